@@ -1,0 +1,242 @@
+// Package transport is the small surface that Warren's agents, mappers and
+// peers are written against, with two implementations: transport/mem, an
+// embedded in-process broker, and transport/amqp, RabbitMQ through
+// github.com/rabbitmq/amqp091-go.
+//
+// The vocabulary is AMQP 0-9-1's: exchanges (direct, fanout, topic), queues,
+// bindings, publishes with properties and headers, consumers with prefetch,
+// acknowledgements, requeue and dead-lettering. Every behaviour that Warren
+// relies on is pinned down by the conformance suite in
+// transport/transporttest, which both implementations pass; the embedded
+// broker has no feature flags that let it differ from RabbitMQ.
+//
+// # Concurrency
+//
+// All methods of a Transport are safe for concurrent use. A Delivery may be
+// settled from any goroutine.
+//
+// # Delivery guarantees
+//
+// A message taken by a consumer that is not acknowledged before its consumer,
+// channel or connection goes away is requeued and redelivered with
+// Redelivered set, as RabbitMQ does. Nack without requeue dead-letters the
+// message when its queue has a dead-letter exchange, and drops it otherwise.
+package transport
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors returned by transports. Implementations wrap them with the name of
+// the exchange or queue involved, so test with errors.Is.
+var (
+	// ErrClosed is returned by every method after Close.
+	ErrClosed = errors.New("transport: closed")
+	// ErrUnroutable is returned by a mandatory Publish that no queue took.
+	ErrUnroutable = errors.New("transport: message unroutable")
+	// ErrNacked is returned by a confirmed Publish that the broker refused.
+	ErrNacked = errors.New("transport: message nacked by broker")
+	// ErrNotFound is returned when a queue or exchange named in an operation
+	// does not exist (AMQP 404).
+	ErrNotFound = errors.New("transport: not found")
+	// ErrPrecondition is returned when a declaration conflicts with an
+	// existing entity of the same name (AMQP 406), or a consumer asks for
+	// exclusive access to a queue already consumed (AMQP 403).
+	ErrPrecondition = errors.New("transport: precondition failed")
+	// ErrAlreadySettled is returned by a second Ack or Nack of one Delivery.
+	ErrAlreadySettled = errors.New("transport: delivery already settled")
+	// ErrConnectionLost is returned for work in flight when the connection to
+	// the broker dropped. A retry may succeed.
+	ErrConnectionLost = errors.New("transport: connection lost")
+)
+
+// Kind is an exchange type.
+type Kind string
+
+// The exchange kinds Warren uses.
+const (
+	Direct Kind = "direct"
+	Fanout Kind = "fanout"
+	Topic  Kind = "topic"
+)
+
+// DefaultExchange is the nameless direct exchange to which every queue is
+// bound with its own name as the routing key.
+const DefaultExchange = ""
+
+// Exchange describes an exchange to declare.
+type Exchange struct {
+	Name       string
+	Kind       Kind
+	Durable    bool // survives a broker restart
+	AutoDelete bool // deleted when its last binding is removed
+}
+
+// QueueType selects the queue implementation.
+type QueueType string
+
+// Queue types. Quorum queues are replicated and durable; they count
+// deliveries (x-delivery-count) and honour DeliveryLimit.
+const (
+	Classic QueueType = "classic"
+	Quorum  QueueType = "quorum"
+)
+
+// Queue describes a queue to declare.
+type Queue struct {
+	// Name of the queue; "" asks the broker to generate one, which
+	// DeclareQueue returns.
+	Name       string
+	Type       QueueType // "" means Classic
+	Durable    bool      // survives a broker restart (always true for Quorum)
+	Exclusive  bool      // owned by this transport's connection, deleted with it
+	AutoDelete bool      // deleted when its last consumer is cancelled
+
+	// MessageTTL expires messages that stay longer in the queue (x-message-ttl).
+	MessageTTL time.Duration
+	// Expires deletes the queue after it has been unused this long (x-expires).
+	Expires time.Duration
+	// MaxLength bounds the number of ready messages (x-max-length); the
+	// oldest are dropped or dead-lettered. 0 means unbounded.
+	MaxLength int
+	// DeadLetterExchange receives messages that are rejected without
+	// requeue, expire, or overflow (x-dead-letter-exchange).
+	DeadLetterExchange string
+	// DeadLetterRoutingKey replaces the routing key of dead-lettered
+	// messages (x-dead-letter-routing-key); "" keeps the original key.
+	DeadLetterRoutingKey string
+	// DeliveryLimit dead-letters a message after this many redeliveries
+	// (x-delivery-limit; Quorum queues only). 0 means no limit.
+	DeliveryLimit int
+}
+
+// Binding routes messages from an exchange to a queue. For a topic exchange
+// Key is a pattern in which * matches one dot-separated word and # matches
+// zero or more.
+type Binding struct {
+	Exchange string
+	Queue    string
+	Key      string
+}
+
+// Message is what is published: a body and its AMQP basic properties.
+// Zero values mean "not set".
+type Message struct {
+	Body            []byte
+	ContentType     string
+	ContentEncoding string
+	// Headers hold values of these Go types only: string, []byte, bool,
+	// int32, int64, float64, time.Time, []any and map[string]any of the same.
+	// Transports convert other integer types to int64 on the way in.
+	Headers       map[string]any
+	MessageID     string
+	CorrelationID string
+	ReplyTo       string
+	Type          string
+	AppID         string
+	Timestamp     time.Time // second resolution on the wire
+	// Expiration is the per-message TTL. It is sent in milliseconds; a
+	// message that waits longer in a queue is dead-lettered (reason expired)
+	// or dropped. 0 means none.
+	Expiration time.Duration
+	Persistent bool  // delivery mode 2
+	Priority   uint8 // 0-9
+}
+
+// PublishOptions tune one Publish.
+type PublishOptions struct {
+	// Mandatory asks the broker to return the message when no queue takes
+	// it; Publish then fails with ErrUnroutable. Implies Confirm.
+	Mandatory bool
+	// Confirm waits for the broker's publisher confirm; a nack is ErrNacked.
+	// Without it Publish returns once the message is written to the
+	// connection.
+	Confirm bool
+}
+
+// ConsumeOptions tune one consumer.
+type ConsumeOptions struct {
+	// Prefetch bounds the number of unacknowledged deliveries this consumer
+	// holds (basic.qos); 0 means 1.
+	Prefetch int
+	// Exclusive makes this the queue's only consumer.
+	Exclusive bool
+	// AutoAck settles each delivery as it is sent; Ack and Nack then do
+	// nothing and return nil. Lost on a crash: use for replies and
+	// heartbeats only.
+	AutoAck bool
+	// Tag names the consumer; "" lets the transport pick one.
+	Tag string
+}
+
+// Delivery is one received message with its delivery information. Settle it
+// exactly once with Ack or Nack (unless the consumer is AutoAck).
+type Delivery struct {
+	Message
+	Exchange    string
+	RoutingKey  string
+	Redelivered bool
+	// ConsumerTag of the consumer that received it.
+	ConsumerTag string
+
+	settle func(ack, requeue bool) error
+}
+
+// NewDelivery is how transports build a Delivery. settle is called at most
+// once, by Ack (ack=true) or Nack (ack=false, requeue as given); it may be
+// nil for auto-acknowledged deliveries.
+func NewDelivery(msg Message, settle func(ack, requeue bool) error) *Delivery {
+	return &Delivery{Message: msg, settle: settle}
+}
+
+// Ack acknowledges the delivery: the broker forgets the message.
+func (d *Delivery) Ack() error {
+	if d.settle == nil {
+		return nil
+	}
+	return d.settle(true, false)
+}
+
+// Nack rejects the delivery. With requeue the message goes back to its queue
+// (to this or another consumer) with Redelivered set; without, it is
+// dead-lettered when its queue has a dead-letter exchange and dropped
+// otherwise.
+func (d *Delivery) Nack(requeue bool) error {
+	if d.settle == nil {
+		return nil
+	}
+	return d.settle(false, requeue)
+}
+
+// Transport is a connection to a broker. All methods are safe for concurrent
+// use and honour ctx for the whole of the work they block on.
+type Transport interface {
+	// DeclareExchange creates an exchange if it does not exist. It is
+	// idempotent; a conflicting existing exchange is ErrPrecondition.
+	DeclareExchange(ctx context.Context, ex Exchange) error
+	// DeclareQueue creates a queue if it does not exist and returns its name
+	// (generated when q.Name is ""). It is idempotent; a conflicting
+	// existing queue is ErrPrecondition.
+	DeclareQueue(ctx context.Context, q Queue) (string, error)
+	// DeleteQueue deletes a queue and the messages in it. Deleting a queue
+	// that does not exist is not an error.
+	DeleteQueue(ctx context.Context, name string) error
+	// Bind routes exchange to queue with a key; binding twice is a no-op.
+	Bind(ctx context.Context, b Binding) error
+	// Unbind removes a binding; removing a missing binding is not an error.
+	Unbind(ctx context.Context, b Binding) error
+	// Publish sends msg to exchange with routing key. A message that no
+	// queue takes is dropped, unless opts.Mandatory.
+	Publish(ctx context.Context, exchange, key string, msg Message, opts PublishOptions) error
+	// Consume starts a consumer on queue. Deliveries arrive on the returned
+	// channel until ctx ends, the transport is closed or the queue is
+	// deleted; then the channel is closed and unacknowledged deliveries are
+	// requeued. The consumer goroutine is owned by the transport: a caller
+	// that stops reading holds up only its own consumer.
+	Consume(ctx context.Context, queue string, opts ConsumeOptions) (<-chan *Delivery, error)
+	// Close stops all consumers, requeues what they had not settled, deletes
+	// exclusive queues and releases the connection. It is idempotent.
+	Close() error
+}
