@@ -1,0 +1,100 @@
+// Package cli implements the warren command line: one kong command struct
+// per subcommand, each with a Run method. Main is the whole program minus
+// os.Exit and signal handling, so tests drive it with buffers.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/alecthomas/kong"
+)
+
+// Globals are flags every subcommand accepts.
+type Globals struct {
+	LogLevel  string `name:"log-level" env:"WARREN_LOG_LEVEL" default:"warn" enum:"debug,info,warn,error" help:"Log level (${enum})."`
+	LogFormat string `name:"log-format" env:"WARREN_LOG_FORMAT" default:"text" enum:"text,json" help:"Log format (${enum})."`
+
+	ctx    context.Context
+	out    io.Writer
+	errOut io.Writer
+}
+
+// Context is the command's context: cancelled on SIGINT/SIGTERM.
+func (g *Globals) Context() context.Context { return g.ctx }
+
+// Out is where a command writes its results.
+func (g *Globals) Out() io.Writer { return g.out }
+
+// ErrOut is where a command writes diagnostics.
+func (g *Globals) ErrOut() io.Writer { return g.errOut }
+
+// Logger returns the logger configured by --log-level and --log-format,
+// writing to ErrOut.
+func (g *Globals) Logger() *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(g.LogLevel))
+	o := &slog.HandlerOptions{Level: lvl}
+	if g.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(g.errOut, o))
+	}
+	return slog.New(slog.NewTextHandler(g.errOut, o))
+}
+
+// root is the command tree. Each subcommand lives in its own file.
+type root struct {
+	Globals
+	commands
+}
+
+// usageError marks errors that are the user's: exit code 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// Main runs the warren command line with args (without the program name)
+// and returns the process exit code: 0 ok, 1 failure, 2 usage.
+func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
+	var r root
+	r.ctx, r.out, r.errOut = ctx, out, errOut
+	exited := false
+	code := 0
+	parser, err := kong.New(&r,
+		kong.Name("warren"),
+		kong.Description("Warren: a self-assembling fabric of Go service daemons over RabbitMQ."),
+		kong.UsageOnError(),
+		kong.Writers(out, errOut),
+		kong.Exit(func(c int) { exited, code = true, c }),
+		kong.Bind(&r.Globals),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+	)
+	if err != nil {
+		fmt.Fprintf(errOut, "warren: %v\n", err)
+		return 1
+	}
+	kctx, err := parser.Parse(args)
+	if exited {
+		return code
+	}
+	if err != nil {
+		fmt.Fprintf(errOut, "warren: %v\n", err)
+		return 2
+	}
+	if err := kctx.Run(&r.Globals); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "warren: ")
+		fmt.Fprintf(errOut, "warren: %s\n", msg)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	if exited {
+		return code
+	}
+	return 0
+}
