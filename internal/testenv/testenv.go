@@ -1,0 +1,150 @@
+// Package testenv holds what Warren's tests share about their environment:
+// where the RabbitMQ broker is, how to wait for a condition without sleeping,
+// how tests log, and how fault tests drive rabbitmqctl.
+//
+// Tests that need RabbitMQ read its URL from WARREN_AMQP_URL with [AMQPURL].
+// Developers start a broker with scripts/rabbitmq-up (scripts/test does it
+// for them); CI (env CI non-empty) fails instead of skipping, so a broken
+// CI setup cannot pass by skipping everything.
+package testenv
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// AMQPURL returns the URL of the RabbitMQ broker for tests, from the
+// environment variable WARREN_AMQP_URL. When it is unset the test is skipped,
+// or fails when the environment variable CI is non-empty.
+func AMQPURL(t testing.TB) string {
+	t.Helper()
+	if u := os.Getenv("WARREN_AMQP_URL"); u != "" {
+		return u
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("WARREN_AMQP_URL unset under CI: .ci/run must start RabbitMQ (scripts/rabbitmq-up)")
+	}
+	t.Skip("WARREN_AMQP_URL unset: run scripts/rabbitmq-up and export WARREN_AMQP_URL=amqp://guest:guest@127.0.0.1:5672/ (or use scripts/test)")
+	return ""
+}
+
+// WaitFor calls cond until it returns nil, and fails the test with cond's
+// last error when timeout passes first or the test's context ends. The pause
+// between calls starts at 1ms and grows to 50ms.
+func WaitFor(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	pause := time.Millisecond
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		tick := time.NewTimer(pause)
+		select {
+		case <-deadline.C:
+			tick.Stop()
+			t.Fatalf("condition not met within %v: %v", timeout, err)
+		case <-t.Context().Done():
+			tick.Stop()
+			t.Fatalf("test ended while waiting: %v", err)
+		case <-tick.C:
+		}
+		pause = min(2*pause, 50*time.Millisecond)
+	}
+}
+
+// Logger returns a logger for the code under test. It writes text to
+// t.Output() when the environment variable WARREN_TEST_LOG is set to debug,
+// info, warn or error (the minimum level; any other non-empty value means
+// debug) and discards everything otherwise. Records arriving after the test
+// has finished are dropped.
+func Logger(t testing.TB) *slog.Logger {
+	v := strings.ToLower(os.Getenv("WARREN_TEST_LOG"))
+	if v == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	var level slog.Level
+	switch v {
+	case "info":
+		level = slog.LevelInfo
+	case "warn", "warning":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelDebug
+	}
+	w := &testWriter{w: t.Output()}
+	t.Cleanup(w.stop)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// testWriter forwards to a test's output until the test is over.
+type testWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	done bool
+}
+
+func (tw *testWriter) Write(p []byte) (int, error) {
+	tw.mu.Lock()
+	defer tw.mu.Unlock()
+	if tw.done {
+		return len(p), nil
+	}
+	return tw.w.Write(p)
+}
+
+func (tw *testWriter) stop() {
+	tw.mu.Lock()
+	tw.done = true
+	tw.mu.Unlock()
+}
+
+// RabbitmqctlAvailable reports whether rabbitmqctl is on PATH, which fault
+// tests need to stop and start the broker.
+func RabbitmqctlAvailable() bool {
+	_, err := exec.LookPath("rabbitmqctl")
+	return err == nil
+}
+
+// Rabbitmqctl runs rabbitmqctl with args and returns its standard output. It
+// skips the test when rabbitmqctl is not installed (fails under CI) and fails
+// it when the command fails or takes more than two minutes.
+func Rabbitmqctl(t testing.TB, args ...string) string {
+	t.Helper()
+	if !RabbitmqctlAvailable() {
+		if os.Getenv("CI") != "" {
+			t.Fatal("rabbitmqctl not on PATH under CI")
+		}
+		t.Skip("rabbitmqctl not on PATH: fault tests need a local broker (scripts/rabbitmq-up)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr strings.Builder
+	cmd := exec.CommandContext(ctx, "rabbitmqctl", args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("rabbitmqctl %s: %v\n%s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String()
+}
+
+// RestartRabbitMQ stops and starts the RabbitMQ application of the local node
+// (rabbitmqctl stop_app, start_app, await_startup), which drops every
+// connection and loses non-durable entities.
+func RestartRabbitMQ(t testing.TB) {
+	t.Helper()
+	Rabbitmqctl(t, "stop_app")
+	Rabbitmqctl(t, "start_app")
+	Rabbitmqctl(t, "await_startup", "--timeout", "120")
+}
