@@ -1,0 +1,277 @@
+package mapper
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
+)
+
+// Reply is one agent's answer. Exactly one of Body and Err is set.
+type Reply struct {
+	Agent string
+	Body  json.RawMessage // the result, JSON
+	// Err is a *wire.RemoteError when the handler failed, or wraps
+	// ErrTimeout when the agent did not answer in time.
+	Err error
+}
+
+// Decode unmarshals the result into v, or returns the reply's error.
+func (r *Reply) Decode(v any) error {
+	if r.Err != nil {
+		return r.Err
+	}
+	return json.Unmarshal(r.Body, v)
+}
+
+// Results maps agent identities to their replies, for fan-out.
+type Results map[string]*Reply
+
+// Missing returns the identities of the agents that did not answer in
+// time, sorted.
+func (rs Results) Missing() []string {
+	var out []string
+	for id, r := range rs {
+		if errors.Is(r.Err, ErrTimeout) {
+			out = append(out, id)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// CallOption tunes one Request, FanOut or Push.
+type CallOption func(*call)
+
+type call struct {
+	sel  Selector
+	tags []string
+}
+
+// Select picks targets with s instead of the default (least_loaded for
+// Request and Push, all for FanOut).
+func Select(s Selector) CallOption { return func(c *call) { c.sel = s } }
+
+// To targets the agent with this identity.
+func To(identity string) CallOption { return Select(Identity(identity)) }
+
+// WithTags narrows the candidates to agents carrying every tag before the
+// selector picks.
+func WithTags(tags ...string) CallOption { return func(c *call) { c.tags = append(c.tags, tags...) } }
+
+func (m *Mapper) options(def Selector, opts []CallOption) Selector {
+	c := call{sel: def}
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	if len(c.tags) > 0 {
+		return Tagged(c.sel, c.tags...)
+	}
+	return c.sel
+}
+
+// Request sends payload (marshalled as JSON; a json.RawMessage is sent as
+// is) to one agent serving path, picked by the selector (least_loaded by
+// default; when a selector returns several agents the first is used: use
+// FanOut to ask them all), and waits for its result until ctx ends. The
+// context's deadline travels with the request: an agent does not start it
+// after that. A handler's failure returns a *wire.RemoteError.
+func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...CallOption) (*Reply, error) {
+	targets, body, err := m.prepare(ctx, path, payload, m.options(LeastLoaded(), opts))
+	if err != nil {
+		return nil, err
+	}
+	r, err := m.ask(ctx, path, targets[0], body)
+	if err != nil {
+		return nil, err
+	}
+	if r.Err != nil {
+		return r, r.Err
+	}
+	return r, nil
+}
+
+// FanOut sends payload to every agent the selector picks (all by default)
+// and gathers a reply per agent identity until each answered or ctx ends.
+// Agents that did not answer in time have a Reply whose Err wraps
+// ErrTimeout; Results.Missing names them. The error is non-nil only when
+// nothing could be sent.
+func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...CallOption) (Results, error) {
+	targets, body, err := m.prepare(ctx, path, payload, m.options(All(), opts))
+	if err != nil {
+		return nil, err
+	}
+	type answer struct {
+		id string
+		r  *Reply
+	}
+	answers := make(chan answer, len(targets))
+	for _, t := range targets {
+		go func() {
+			r, err := m.ask(ctx, path, t, body)
+			if err != nil {
+				r = &Reply{Agent: t.Identity, Err: err}
+			}
+			answers <- answer{t.Identity, r}
+		}()
+	}
+	rs := make(Results, len(targets))
+	for range targets {
+		a := <-answers
+		rs[a.id] = a.r
+	}
+	return rs, nil
+}
+
+// Push sends payload to the agents the selector picks (least_loaded by
+// default) without waiting for a result. It returns once the broker has
+// routed the message to each agent's queue.
+func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...CallOption) error {
+	targets, body, err := m.prepare(ctx, path, payload, m.options(LeastLoaded(), opts))
+	if err != nil {
+		return err
+	}
+	for _, t := range targets {
+		msg := m.message(ctx, wire.TypePush, path, body)
+		if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+			return fmt.Errorf("mapper: push %s to %s: %w", path, t.Identity, err)
+		}
+	}
+	return nil
+}
+
+// prepare validates the call, encodes the payload and picks the targets.
+func (m *Mapper) prepare(ctx context.Context, path string, payload any, sel Selector) ([]AgentInfo, []byte, error) {
+	if err := wire.CheckPath(path); err != nil {
+		return nil, nil, err
+	}
+	select {
+	case <-m.ready:
+	case <-ctx.Done():
+		return nil, nil, fmt.Errorf("mapper: %s: %w", path, ctx.Err())
+	}
+	if !m.running.Load() {
+		return nil, nil, ErrNotRunning
+	}
+	body, err := encode(payload)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mapper: %s: payload: %w", path, err)
+	}
+	cands, err := m.candidates(ctx, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	targets := sel.Select(path, cands)
+	if len(targets) == 0 {
+		return nil, nil, fmt.Errorf("%w %s: none of %d live agents fits the selector", ErrNoAgent, path, len(cands))
+	}
+	return targets, body, nil
+}
+
+// candidates returns the live agents serving path. A mapper that has just
+// started waits up to AnnounceWait for agents to announce themselves.
+func (m *Mapper) candidates(ctx context.Context, path string) ([]AgentInfo, error) {
+	deadline := m.readyAt.Add(m.cfg.AnnounceWait)
+	for {
+		c := m.reg.live(path, time.Now())
+		if len(c) > 0 {
+			return c, nil
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return nil, fmt.Errorf("%w %s", ErrNoAgent, path)
+		}
+		m.mu.Lock()
+		joined := m.joined
+		m.mu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-joined:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w %s: %w", ErrNoAgent, path, ctx.Err())
+		}
+		t.Stop()
+	}
+}
+
+func encode(payload any) ([]byte, error) {
+	switch p := payload.(type) {
+	case json.RawMessage:
+		if !json.Valid(p) {
+			return nil, errors.New("json.RawMessage is not valid JSON")
+		}
+		return p, nil
+	case nil:
+		return []byte("null"), nil
+	}
+	return json.Marshal(payload)
+}
+
+// message builds a request or push with the deadline of ctx.
+func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) transport.Message {
+	id := newID()
+	msg := transport.Message{
+		Body:        body,
+		ContentType: wire.ContentJSON,
+		Type:        typ,
+		MessageID:   id,
+		AppID:       "warren",
+		Timestamp:   time.Now(),
+		Headers:     map[string]any{wire.HeaderPath: path, wire.HeaderFrom: m.cfg.Identity},
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		msg.Headers[wire.HeaderDeadline] = dl.UnixMilli()
+		msg.Expiration = max(time.Until(dl), time.Millisecond)
+	}
+	return msg
+}
+
+// ask sends one request to one agent and waits for its reply.
+func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte) (*Reply, error) {
+	msg := m.message(ctx, wire.TypeRequest, path, body)
+	msg.CorrelationID = msg.MessageID
+	msg.ReplyTo = m.replyQ
+	w := make(chan *Reply, 1)
+	m.mu.Lock()
+	m.pending[msg.CorrelationID] = w
+	m.mu.Unlock()
+	forget := func() {
+		m.mu.Lock()
+		delete(m.pending, msg.CorrelationID)
+		m.mu.Unlock()
+	}
+	if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+		forget()
+		return nil, fmt.Errorf("mapper: request %s to %s: %w", path, t.Identity, err)
+	}
+	select {
+	case r := <-w:
+		if r.Agent == "" {
+			r.Agent = t.Identity
+		}
+		if r.Err != nil && errors.Is(r.Err, ErrNotRunning) {
+			return nil, fmt.Errorf("mapper: request %s to %s: %w", path, t.Identity, r.Err)
+		}
+		return r, nil
+	case <-ctx.Done():
+		forget()
+		return nil, fmt.Errorf("request %s to %s: %w: %w", path, t.Identity, ErrTimeout, ctx.Err())
+	}
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

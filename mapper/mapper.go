@@ -1,0 +1,318 @@
+package mapper
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
+)
+
+// Errors returned by a Mapper. Each is wrapped with the path and, where
+// there is one, the agent; test with errors.Is.
+var (
+	// ErrNoAgent: no live agent serves the path (or none fits the selector).
+	ErrNoAgent = errors.New("mapper: no agent serves this service")
+	// ErrTimeout: the context ended before the agent replied. The error also
+	// wraps the context's own error.
+	ErrTimeout = errors.New("mapper: no reply in time")
+	// ErrNotRunning: the mapper's Run has not started or has returned.
+	ErrNotRunning = errors.New("mapper: not running")
+)
+
+// Config configures a mapper. The zero value of each field means its
+// default.
+type Config struct {
+	// Identity names the mapper in requests it sends; "" generates one.
+	Identity string `yaml:"identity"`
+	// PingTimeout drops an agent that has been silent this long; 0 means
+	// three of the agent's own ping intervals.
+	PingTimeout time.Duration `yaml:"ping_timeout"`
+	// AnnounceWait is how long a mapper that has just started waits for
+	// agents to answer its announce request before it says that no agent
+	// serves a path; 0 means 1s.
+	AnnounceWait time.Duration `yaml:"announce_wait"`
+}
+
+// Option sets what only Go can pass.
+type Option func(*options)
+
+type options struct {
+	log    *slog.Logger
+	events func(Event)
+}
+
+// WithLogger sets the logger; the default discards.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithEvents calls f for every registry change (an agent joined, left or
+// expired), in order, from one goroutine the mapper owns. A slow f delays
+// only later events; they are buffered and counted when dropped.
+func WithEvents(f func(Event)) Option { return func(o *options) { o.events = f } }
+
+// Mapper dispatches requests to agents. It keeps a live registry of agents
+// from their heartbeats and picks targets with a Selector. Any number of
+// mappers run at once, all hot. Call Run, then use Request, FanOut and Push
+// from any goroutine.
+type Mapper struct {
+	tr  transport.Transport
+	cfg Config
+	log *slog.Logger
+	reg *registry
+
+	ready   chan struct{}
+	readyAt time.Time
+	running atomic.Bool
+	replyQ  string
+
+	mu      sync.Mutex
+	pending map[string]chan *Reply
+	joined  chan struct{} // closed and replaced when an agent joins
+
+	events  chan Event
+	onEvent func(Event)
+
+	late    atomic.Int64
+	dropped atomic.Int64
+}
+
+// New returns a mapper on tr. It does not touch the broker until Run.
+func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
+	if tr == nil {
+		return nil, errors.New("mapper: nil transport")
+	}
+	if cfg.PingTimeout < 0 || cfg.AnnounceWait < 0 {
+		return nil, errors.New("mapper: ping_timeout and announce_wait must not be negative")
+	}
+	if cfg.Identity == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		cfg.Identity = "mapper-" + hex.EncodeToString(b[:])
+	}
+	if cfg.AnnounceWait == 0 {
+		cfg.AnnounceWait = time.Second
+	}
+	var o options
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.log == nil {
+		o.log = slog.New(slog.DiscardHandler)
+	}
+	m := &Mapper{
+		tr:      tr,
+		cfg:     cfg,
+		log:     o.log.With("component", "mapper", "mapper", cfg.Identity),
+		ready:   make(chan struct{}),
+		pending: map[string]chan *Reply{},
+		joined:  make(chan struct{}),
+		onEvent: o.events,
+	}
+	m.reg = newRegistry(func(a AgentInfo) time.Duration {
+		if cfg.PingTimeout > 0 {
+			return cfg.PingTimeout
+		}
+		if a.PingInterval <= 0 {
+			return 45 * time.Second
+		}
+		return 3 * a.PingInterval
+	})
+	if m.onEvent != nil {
+		m.events = make(chan Event, 1024)
+	}
+	return m, nil
+}
+
+// Identity returns the mapper's identity.
+func (m *Mapper) Identity() string { return m.cfg.Identity }
+
+// Ready is closed once the mapper receives heartbeats and replies, and has
+// asked the agents to announce themselves.
+func (m *Mapper) Ready() <-chan struct{} { return m.ready }
+
+// Agents returns the live agents, sorted by identity.
+func (m *Mapper) Agents() []AgentInfo { return m.reg.live("", time.Now()) }
+
+// LateReplies counts replies that arrived after their caller gave up, or
+// twice: they are discarded.
+func (m *Mapper) LateReplies() int64 { return m.late.Load() }
+
+// Run joins the fabric and serves until ctx ends; it returns nil then, or
+// an error when the broker refuses the topology or a queue is lost.
+func (m *Mapper) Run(ctx context.Context) error {
+	if !m.running.CompareAndSwap(false, true) {
+		return errors.New("mapper: Run called twice")
+	}
+	defer m.running.Store(false)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	if err := wire.Topology(ctx, m.tr); err != nil {
+		return fmt.Errorf("mapper: %w", err)
+	}
+	replyQ, err := m.tr.DeclareQueue(ctx, transport.Queue{Exclusive: true, AutoDelete: true})
+	if err != nil {
+		return fmt.Errorf("mapper: declare reply queue: %w", err)
+	}
+	replies, err := m.tr.Consume(ctx, replyQ, transport.ConsumeOptions{AutoAck: true, Exclusive: true})
+	if err != nil {
+		return fmt.Errorf("mapper: consume reply queue: %w", err)
+	}
+	hbQ, err := m.tr.DeclareQueue(ctx, transport.Queue{Exclusive: true, AutoDelete: true})
+	if err != nil {
+		return fmt.Errorf("mapper: declare heartbeat queue: %w", err)
+	}
+	if err := m.tr.Bind(ctx, transport.Binding{Exchange: wire.HeartbeatExchange, Queue: hbQ}); err != nil {
+		return fmt.Errorf("mapper: bind heartbeat queue: %w", err)
+	}
+	beats, err := m.tr.Consume(ctx, hbQ, transport.ConsumeOptions{AutoAck: true, Exclusive: true})
+	if err != nil {
+		return fmt.Errorf("mapper: consume heartbeat queue: %w", err)
+	}
+	announce := transport.Message{
+		Type: wire.TypeAnnounce, AppID: "warren", Timestamp: time.Now(), ContentType: wire.ContentJSON,
+		Body:    fmt.Appendf(nil, `{"mapper":%q}`, m.cfg.Identity),
+		Headers: map[string]any{wire.HeaderFrom: m.cfg.Identity},
+	}
+	if err := m.tr.Publish(ctx, wire.ControlExchange, "", announce, transport.PublishOptions{}); err != nil {
+		return fmt.Errorf("mapper: announce: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Go(func() { errs <- m.readReplies(ctx, replies) })
+	wg.Go(func() { errs <- m.readBeats(ctx, beats) })
+	if m.events != nil {
+		wg.Go(func() { m.dispatchEvents(ctx) })
+	}
+	m.replyQ = replyQ
+	m.readyAt = time.Now()
+	close(m.ready)
+	m.log.Info("mapper ready", "reply_queue", replyQ)
+
+	sweep := time.NewTicker(250 * time.Millisecond)
+	defer sweep.Stop()
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errs:
+			if ctx.Err() == nil {
+				runErr = err
+				break loop
+			}
+		case now := <-sweep.C:
+			m.emit(m.reg.sweep(now))
+		}
+	}
+	cancel()
+	wg.Wait()
+	m.failPending()
+	return runErr
+}
+
+func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery) error {
+	for d := range ch {
+		m.mu.Lock()
+		w := m.pending[d.CorrelationID]
+		delete(m.pending, d.CorrelationID)
+		m.mu.Unlock()
+		if w == nil {
+			m.late.Add(1)
+			m.log.Debug("late or unknown reply discarded", "correlation_id", d.CorrelationID)
+			continue
+		}
+		w <- replyFrom(d)
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("mapper: reply queue closed by the broker")
+}
+
+func replyFrom(d *transport.Delivery) *Reply {
+	r := &Reply{Agent: wire.String(d.Headers, wire.HeaderAgent), Body: json.RawMessage(d.Body)}
+	if wire.String(d.Headers, wire.HeaderStatus) == wire.StatusError {
+		r.Body = nil
+		r.Err = &wire.RemoteError{
+			Agent:   r.Agent,
+			Path:    wire.String(d.Headers, wire.HeaderPath),
+			Code:    wire.String(d.Headers, wire.HeaderCode),
+			Message: wire.String(d.Headers, wire.HeaderError),
+		}
+	}
+	return r
+}
+
+func (m *Mapper) readBeats(ctx context.Context, ch <-chan *transport.Delivery) error {
+	for d := range ch {
+		var hb wire.Heartbeat
+		if err := json.Unmarshal(d.Body, &hb); err != nil || hb.Identity == "" {
+			m.log.Warn("malformed heartbeat ignored", "type", d.Type, "err", err)
+			continue
+		}
+		switch d.Type {
+		case wire.TypeRegister, wire.TypePing, wire.TypeUnregister:
+		default:
+			m.log.Warn("unknown heartbeat type ignored", "type", d.Type, "agent", hb.Identity)
+			continue
+		}
+		m.emit(m.reg.update(d.Type, hb, time.Now()))
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("mapper: heartbeat queue closed by the broker")
+}
+
+func (m *Mapper) emit(evs []Event) {
+	for _, e := range evs {
+		m.log.Info("agent "+string(e.Kind), "agent", e.Agent.Identity)
+		if e.Kind == AgentJoined {
+			m.mu.Lock()
+			close(m.joined)
+			m.joined = make(chan struct{})
+			m.mu.Unlock()
+		}
+		if m.events == nil {
+			continue
+		}
+		select {
+		case m.events <- e:
+		default:
+			m.dropped.Add(1)
+		}
+	}
+}
+
+func (m *Mapper) dispatchEvents(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-m.events:
+			m.onEvent(e)
+		}
+	}
+}
+
+func (m *Mapper) failPending() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, w := range m.pending {
+		w <- &Reply{Err: ErrNotRunning}
+		delete(m.pending, id)
+	}
+}

@@ -1,0 +1,222 @@
+// Package wire holds Warren's wire format: the names of its exchanges and
+// queues, the AMQP properties and headers it sets, the heartbeat body, and
+// the error codes replies carry. docs/protocol.md is the normative text;
+// this package is its Go form, shared by agents, mappers and tools.
+//
+// Everything here is plain AMQP 0-9-1: a client in any language can call an
+// actor, or be an agent, by following docs/protocol.md without importing
+// Warren.
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/warrenrpc/warren/transport"
+)
+
+// Version is the protocol version sent in the warren-version header of
+// heartbeats.
+const Version = 1
+
+// Exchanges.
+const (
+	// RequestExchange (direct) routes requests and pushes to one agent's
+	// queue; the routing key is the agent identity.
+	RequestExchange = "warren.request"
+	// ServiceExchange (direct) routes requests and pushes to the shared
+	// queue of a service, consumed by every agent that serves it; the
+	// routing key is the service path.
+	ServiceExchange = "warren.service"
+	// HeartbeatExchange (fanout) carries register, ping and unregister
+	// messages from agents to every mapper.
+	HeartbeatExchange = "warren.heartbeat"
+	// ControlExchange (fanout) carries announce requests from mappers to
+	// every agent.
+	ControlExchange = "warren.control"
+	// DeadLetterExchange (fanout) receives dead letters; DeadLetterQueue
+	// holds them.
+	DeadLetterExchange = "warren.dlx"
+	// DeadLetterQueue is the durable queue bound to DeadLetterExchange.
+	DeadLetterQueue = "warren.dead"
+)
+
+// AgentQueue is the name of an agent's own queue.
+func AgentQueue(identity string) string { return "warren.agent." + identity }
+
+// ServiceQueue is the name of the shared queue of a service path.
+func ServiceQueue(path string) string { return "warren.service." + path }
+
+// Message types (the AMQP type property).
+const (
+	TypeRequest    = "warren.request"
+	TypePush       = "warren.push"
+	TypeReply      = "warren.reply"
+	TypeRegister   = "warren.register"
+	TypePing       = "warren.ping"
+	TypeUnregister = "warren.unregister"
+	TypeAnnounce   = "warren.announce"
+)
+
+// Header names.
+const (
+	HeaderPath     = "warren-path"     // service path of a request or push
+	HeaderFrom     = "warren-from"     // identity of the sender
+	HeaderDeadline = "warren-deadline" // int64 Unix milliseconds
+	HeaderAgent    = "warren-agent"    // identity of the agent that replied
+	HeaderStatus   = "warren-status"   // "ok" or "error" on replies
+	HeaderCode     = "warren-error-code"
+	HeaderError    = "warren-error" // error message on replies and dead letters
+	HeaderReason   = "warren-dead-reason"
+	HeaderVersion  = "warren-version"
+)
+
+// Reply statuses.
+const (
+	StatusOK    = "ok"
+	StatusError = "error"
+)
+
+// Error codes carried in HeaderCode. They are stable: clients in other
+// languages map them.
+const (
+	CodeNoSuchService = "no_such_service" // the agent does not serve the path
+	CodeBadRequest    = "bad_request"     // malformed message or undecodable body
+	CodeHandler       = "handler_error"   // the handler returned an error
+	CodePanic         = "handler_panic"   // the handler panicked
+	CodeExpired       = "deadline_exceeded"
+	CodeDeclined      = "declined"
+	CodeShutdown      = "shutting_down"
+)
+
+// ContentJSON is the default content type of bodies.
+const ContentJSON = "application/json"
+
+// Heartbeat is the JSON body of register, ping and unregister messages.
+// Every ping carries the whole record, so a mapper that missed the register
+// learns everything from the next ping.
+type Heartbeat struct {
+	Identity string   `json:"identity"`
+	Queue    string   `json:"queue"`
+	Services []string `json:"services"`
+	Tags     []string `json:"tags,omitempty"`
+	// Status is any JSON value; numbers compare numerically, strings
+	// lexically. least_loaded picks the smallest.
+	Status any `json:"status"`
+	// PingInterval is how often the agent pings, in milliseconds.
+	PingInterval int64 `json:"ping_interval_ms"`
+	// Inactive lists services whose actor is not taking work now.
+	Inactive []string `json:"inactive,omitempty"`
+	// Started is when the agent started (RFC 3339).
+	Started time.Time `json:"started"`
+}
+
+// RemoteError is a failure reported by the agent that handled a request.
+// errors.Is matches another *RemoteError with the same Code, so
+// errors.Is(err, &wire.RemoteError{Code: wire.CodeNoSuchService}) works.
+type RemoteError struct {
+	Agent   string // identity of the agent that replied
+	Path    string
+	Code    string
+	Message string
+}
+
+func (e *RemoteError) Error() string {
+	return fmt.Sprintf("warren: %s on agent %s: %s: %s", e.Path, e.Agent, e.Code, e.Message)
+}
+
+// Is reports whether target is a *RemoteError with the same code.
+func (e *RemoteError) Is(target error) bool {
+	t, ok := target.(*RemoteError)
+	return ok && t.Code == e.Code && (t.Agent == "" || t.Agent == e.Agent)
+}
+
+// RemoteCode returns the error code, for code that maps errors without
+// importing this package.
+func (e *RemoteError) RemoteCode() string { return e.Code }
+
+// Topology declares the exchanges and the dead-letter queue every Warren
+// participant relies on. It is idempotent.
+func Topology(ctx context.Context, tr transport.Transport) error {
+	exs := []transport.Exchange{
+		{Name: RequestExchange, Kind: transport.Direct, Durable: true},
+		{Name: ServiceExchange, Kind: transport.Direct, Durable: true},
+		{Name: HeartbeatExchange, Kind: transport.Fanout, Durable: true},
+		{Name: ControlExchange, Kind: transport.Fanout, Durable: true},
+		{Name: DeadLetterExchange, Kind: transport.Fanout, Durable: true},
+	}
+	for _, ex := range exs {
+		if err := tr.DeclareExchange(ctx, ex); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", ex.Name, err)
+		}
+	}
+	if _, err := tr.DeclareQueue(ctx, transport.Queue{Name: DeadLetterQueue, Durable: true}); err != nil {
+		return fmt.Errorf("declare queue %s: %w", DeadLetterQueue, err)
+	}
+	if err := tr.Bind(ctx, transport.Binding{Exchange: DeadLetterExchange, Queue: DeadLetterQueue}); err != nil {
+		return fmt.Errorf("bind %s: %w", DeadLetterQueue, err)
+	}
+	return nil
+}
+
+// ErrInvalidPath is returned for a service path that is not /actor/method.
+var ErrInvalidPath = errors.New("warren: invalid service path")
+
+// CheckPath validates a service path: "/actor/method", each part non-empty
+// and free of whitespace.
+func CheckPath(p string) error {
+	parts := strings.Split(p, "/")
+	if len(parts) != 3 || parts[0] != "" || parts[1] == "" || parts[2] == "" || strings.ContainsAny(p, " \t\r\n") {
+		return fmt.Errorf("%w %q: want /actor/method", ErrInvalidPath, p)
+	}
+	return nil
+}
+
+// String returns a header as a string, or "".
+func String(h map[string]any, key string) string {
+	switch v := h[key].(type) {
+	case string:
+		return v
+	case []byte:
+		return string(v)
+	}
+	return ""
+}
+
+// Int returns an integer header, accepting every integer type a client
+// library may send.
+func Int(h map[string]any, key string) (int64, bool) {
+	switch v := h[key].(type) {
+	case int64:
+		return v, true
+	case int32:
+		return int64(v), true
+	case int:
+		return int64(v), true
+	case int16:
+		return int64(v), true
+	case int8:
+		return int64(v), true
+	case uint8:
+		return int64(v), true
+	case uint16:
+		return int64(v), true
+	case uint32:
+		return int64(v), true
+	case float64:
+		return int64(v), true
+	}
+	return 0, false
+}
+
+// Deadline returns the request deadline carried in headers, if any.
+func Deadline(h map[string]any) (time.Time, bool) {
+	ms, ok := Int(h, HeaderDeadline)
+	if !ok || ms <= 0 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(ms), true
+}
