@@ -11,6 +11,8 @@ type Limits struct {
 	MaxAtomLen int
 	// MaxElements is the total number of terms the input may contain.
 	MaxElements int
+	// MaxBigLen is the largest accepted bignum magnitude in bytes.
+	MaxBigLen int
 }
 
 // Default limits.
@@ -19,6 +21,7 @@ const (
 	DefaultMaxDepth    = 64
 	DefaultMaxAtomLen  = 255 * 4
 	DefaultMaxElements = 1 << 20
+	DefaultMaxBigLen   = 4096
 )
 
 // DefaultLimits returns the limits [Unmarshal] uses.
@@ -28,6 +31,7 @@ func DefaultLimits() Limits {
 		MaxDepth:    DefaultMaxDepth,
 		MaxAtomLen:  DefaultMaxAtomLen,
 		MaxElements: DefaultMaxElements,
+		MaxBigLen:   DefaultMaxBigLen,
 	}
 }
 
@@ -44,6 +48,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxElements <= 0 {
 		l.MaxElements = d.MaxElements
+	}
+	if l.MaxBigLen <= 0 {
+		l.MaxBigLen = d.MaxBigLen
 	}
 	return l
 }

@@ -1,9 +1,5 @@
 package bert
 
-import (
-	"errors"
-)
-
 // Atom is an Erlang atom. Decoding produces an Atom for ATOM_EXT (100),
 // SMALL_ATOM_EXT (115), ATOM_UTF8_EXT (118) and SMALL_ATOM_UTF8_EXT (119);
 // encoding writes ATOM_EXT.
@@ -38,17 +34,3 @@ type Regex struct {
 	Source  string
 	Options []any
 }
-
-var (
-	// ErrMalformed is wrapped by every error about input that is not valid
-	// BERT; the message says what and at which byte offset.
-	ErrMalformed = errors.New("bert: malformed term")
-	// ErrLimit is wrapped by errors about input that exceeds a [Limits] value.
-	ErrLimit = errors.New("bert: limit exceeded")
-	// ErrTooLarge is returned by [ReadPacket] when a packet's length header
-	// exceeds the allowed maximum.
-	ErrTooLarge = errors.New("berp: packet too large")
-	// ErrUnsupported is wrapped by [Marshal] errors for values it cannot
-	// encode (including [Map], since maps are not BERT).
-	ErrUnsupported = errors.New("bert: unsupported value")
-)
