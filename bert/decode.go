@@ -100,11 +100,11 @@ func (d *decoder) u32(what string) (int, error) {
 // element budget and in the remaining input. It is called before any
 // allocation sized by n.
 func (d *decoder) count(off, n, minBytes int, what string) error {
-	if n > d.elems {
-		return d.errLimit(off, "%s of %d elements exceeds MaxElements %d", what, n, d.lim.MaxElements)
-	}
 	if rem := len(d.data) - d.pos; n > rem/minBytes {
 		return d.errMalformed(off, "%s of %d elements cannot fit in the remaining %d bytes", what, n, rem)
+	}
+	if n > d.elems {
+		return d.errLimit(off, "%s of %d elements exceeds MaxElements %d", what, n, d.lim.MaxElements)
 	}
 	return nil
 }
