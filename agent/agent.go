@@ -545,6 +545,9 @@ func (a *Agent) reply(ctx context.Context, d *transport.Delivery, msg transport.
 	if p := wire.String(d.Headers, wire.HeaderPath); p != "" {
 		msg.Headers[wire.HeaderPath] = p
 	}
+	if from := wire.String(d.Headers, wire.HeaderFrom); from != "" {
+		msg.Headers[wire.HeaderTo] = from
+	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := a.tr.Publish(pctx, transport.DefaultExchange, d.ReplyTo, msg, transport.PublishOptions{}); err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -90,7 +91,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 	if err != nil {
 		return nil, err
 	}
-	r, err := m.ask(ctx, path, targets[0], body)
+	r, err := m.ask(ctx, path, targets[0], body, true)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +118,7 @@ func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...C
 	answers := make(chan answer, len(targets))
 	for _, t := range targets {
 		go func() {
-			r, err := m.ask(ctx, path, t, body)
+			r, err := m.ask(ctx, path, t, body, false)
 			if err != nil {
 				r = &Reply{Agent: t.Identity, Err: err}
 			}
@@ -142,6 +143,7 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 	}
 	for _, t := range targets {
 		msg := m.message(ctx, wire.TypePush, path, body)
+		msg.Headers[wire.HeaderTo] = t.Identity
 		if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
 			return fmt.Errorf("mapper: push %s to %s: %w", path, t.Identity, err)
 		}
@@ -238,11 +240,14 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 }
 
 // ask sends one request to one agent and waits for its reply.
-func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte) (*Reply, error) {
+// When single, the request may be re-sent to another agent if t leaves or
+// expires before answering (see redispatch).
+func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, single bool) (*Reply, error) {
 	msg := m.message(ctx, wire.TypeRequest, path, body)
+	msg.Headers[wire.HeaderTo] = t.Identity
 	msg.CorrelationID = msg.MessageID
 	msg.ReplyTo = m.replyQ
-	w := make(chan *Reply, 1)
+	w := &waiter{ch: make(chan *Reply, 1), path: path, target: t.Identity, msg: msg, single: single}
 	m.mu.Lock()
 	m.pending[msg.CorrelationID] = w
 	m.mu.Unlock()
@@ -256,7 +261,7 @@ func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte)
 		return nil, fmt.Errorf("mapper: request %s to %s: %w", path, t.Identity, err)
 	}
 	select {
-	case r := <-w:
+	case r := <-w.ch:
 		if r.Agent == "" {
 			r.Agent = t.Identity
 		}
@@ -274,4 +279,63 @@ func newID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// waiter is a request waiting for its reply.
+type waiter struct {
+	ch     chan *Reply // buffered 1: the first reply wins
+	path   string
+	target string // the agent it was sent to last
+	msg    transport.Message
+	single bool // a Request, not one leg of a fan-out
+}
+
+// redispatch handles the requests pending on an agent that left or expired:
+// a Request goes to another live agent that serves its path (it may then
+// run twice; the caller gets the first result only), a fan-out leg fails at
+// once naming the agent.
+func (m *Mapper) redispatch(gone string) {
+	m.mu.Lock()
+	var moved []*waiter
+	for id, w := range m.pending {
+		if w.target != gone {
+			continue
+		}
+		if !w.single {
+			delete(m.pending, id)
+			w.ch <- &Reply{Agent: gone, Err: fmt.Errorf("request %s to %s: %w: the agent left", w.path, gone, ErrTimeout)}
+			continue
+		}
+		moved = append(moved, w)
+	}
+	m.mu.Unlock()
+	if len(moved) == 0 {
+		return
+	}
+	m.bg.Go(func() {
+		for _, w := range moved {
+			cands := slices.DeleteFunc(m.reg.live(w.path, time.Now()), func(a AgentInfo) bool { return a.Identity == gone })
+			if len(cands) == 0 {
+				continue // it waits for the agent to return, or for its deadline
+			}
+			next := LeastLoaded().Select(w.path, cands)[0]
+			m.mu.Lock()
+			if m.pending[w.msg.CorrelationID] != w {
+				m.mu.Unlock()
+				continue // answered meanwhile
+			}
+			w.target = next.Identity
+			m.mu.Unlock()
+			msg := w.msg
+			msg.Headers = maps.Clone(msg.Headers)
+			msg.Headers[wire.HeaderTo] = next.Identity
+			if dl, ok := wire.Deadline(msg.Headers); ok {
+				msg.Expiration = max(time.Until(dl), time.Millisecond)
+			}
+			m.log.Warn("agent gone: request sent to another agent", "service", w.path, "from_agent", gone, "agent", next.Identity, "correlation_id", msg.CorrelationID)
+			if err := m.tr.Publish(m.runCtx, wire.RequestExchange, next.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+				m.log.Warn("redispatch failed", "err", err, "correlation_id", msg.CorrelationID)
+			}
+		}
+	})
 }

@@ -74,8 +74,11 @@ type Mapper struct {
 	replyQ  string
 
 	mu      sync.Mutex
-	pending map[string]chan *Reply
+	pending map[string]*waiter
 	joined  chan struct{} // closed and replaced when an agent joins
+
+	bg     sync.WaitGroup // redispatches in progress
+	runCtx context.Context
 
 	events  chan Event
 	onEvent func(Event)
@@ -114,7 +117,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 		cfg:     cfg,
 		log:     o.log.With("component", "mapper", "mapper", cfg.Identity),
 		ready:   make(chan struct{}),
-		pending: map[string]chan *Reply{},
+		pending: map[string]*waiter{},
 		joined:  make(chan struct{}),
 		onEvent: o.events,
 	}
@@ -156,6 +159,7 @@ func (m *Mapper) Run(ctx context.Context) error {
 	defer m.running.Store(false)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	m.runCtx = ctx
 
 	if err := wire.Topology(ctx, m.tr); err != nil {
 		return fmt.Errorf("mapper: %w", err)
@@ -219,6 +223,7 @@ loop:
 	}
 	cancel()
 	wg.Wait()
+	m.bg.Wait()
 	m.failPending()
 	return runErr
 }
@@ -234,7 +239,7 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery)
 			m.log.Debug("late or unknown reply discarded", "correlation_id", d.CorrelationID)
 			continue
 		}
-		w <- replyFrom(d)
+		w.ch <- replyFrom(d)
 	}
 	if ctx.Err() != nil {
 		return nil
@@ -280,11 +285,14 @@ func (m *Mapper) readBeats(ctx context.Context, ch <-chan *transport.Delivery) e
 func (m *Mapper) emit(evs []Event) {
 	for _, e := range evs {
 		m.log.Info("agent "+string(e.Kind), "agent", e.Agent.Identity)
-		if e.Kind == AgentJoined {
+		switch e.Kind {
+		case AgentJoined:
 			m.mu.Lock()
 			close(m.joined)
 			m.joined = make(chan struct{})
 			m.mu.Unlock()
+		case AgentLeft, AgentExpired:
+			m.redispatch(e.Agent.Identity)
 		}
 		if m.events == nil {
 			continue
@@ -312,7 +320,7 @@ func (m *Mapper) failPending() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id, w := range m.pending {
-		w <- &Reply{Err: ErrNotRunning}
+		w.ch <- &Reply{Err: ErrNotRunning}
 		delete(m.pending, id)
 	}
 }

@@ -65,6 +65,7 @@ const (
 const (
 	HeaderPath     = "warren-path"     // service path of a request or push
 	HeaderFrom     = "warren-from"     // identity of the sender
+	HeaderTo       = "warren-to"       // identity of the recipient, when there is one
 	HeaderDeadline = "warren-deadline" // int64 Unix milliseconds
 	HeaderAgent    = "warren-agent"    // identity of the agent that replied
 	HeaderStatus   = "warren-status"   // "ok" or "error" on replies

@@ -1,0 +1,53 @@
+// Package simple holds the example actor that `warren agent` and
+// `warren demo` serve as /simple/echo, /simple/load and /simple/sleep.
+package simple
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/warrenrpc/warren/agent"
+)
+
+// Simple is the example actor.
+type Simple struct {
+	// Identity is returned by Whoami.
+	Identity string
+}
+
+// Echo returns its payload unchanged.
+func (Simple) Echo(_ context.Context, in json.RawMessage) (json.RawMessage, error) {
+	return in, nil
+}
+
+// Load returns the agent host's 1-minute load average.
+func (Simple) Load(context.Context) (float64, error) {
+	return agent.LoadAverage()
+}
+
+// Sleep waits for the given number of seconds (a JSON number, at most 600)
+// or until the request's deadline, and returns how long it slept.
+func (Simple) Sleep(ctx context.Context, seconds float64) (string, error) {
+	if seconds < 0 || seconds > 600 {
+		return "", &agent.Error{Code: "bad_request", Message: fmt.Sprintf("sleep %v: want 0 to 600 seconds", seconds)}
+	}
+	d := time.Duration(seconds * float64(time.Second))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return "slept " + d.String(), nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// Whoami returns the identity of the agent that served the request.
+func (s Simple) Whoami(context.Context) (string, error) { return s.Identity, nil }
+
+// Fail always fails with the message given, to show remote errors.
+func (Simple) Fail(_ context.Context, msg string) (any, error) {
+	return nil, fmt.Errorf("%s", msg)
+}
