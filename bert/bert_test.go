@@ -325,7 +325,7 @@ var encodeCases = []struct {
 	{"[]byte", []byte("hi"), term(109, "\x00\x00\x00\x02", "hi")},
 	{"nil []byte", []byte(nil), term(109, "\x00\x00\x00\x00")},
 	{"Charlist", Charlist("ab"), term(107, 0, 2, "ab")},
-	{"Charlist empty", Charlist(""), term(106)},
+	{"Charlist empty", Charlist(""), term(107, 0, 0)},
 	{"Tuple", Tuple{Atom("a"), 1}, term(104, 2, 100, 0, 1, "a", 97, 1)},
 	{"nil Tuple", Tuple(nil), term(104, 0)},
 	{"List", List{1}, term(108, "\x00\x00\x00\x01", 97, 1, 106)},

@@ -296,11 +296,11 @@ func (e *encoder) binary(b []byte) error {
 }
 
 // charlist writes STRING_EXT, or for more than 65535 bytes a LIST_EXT of
-// small integers, as Erlang does.
+// small integers, as Erlang does. The empty Charlist is written as an
+// empty STRING_EXT (Erlang and the Ruby gem read it as []), so that it
+// decodes as a Charlist again.
 func (e *encoder) charlist(s Charlist, depth int) error {
 	switch {
-	case len(s) == 0:
-		e.buf = append(e.buf, tagNil)
 	case len(s) <= math.MaxUint16:
 		e.buf = append(e.buf, tagString)
 		e.buf = binary.BigEndian.AppendUint16(e.buf, uint16(len(s)))

@@ -133,6 +133,7 @@ func erlangCases(t *testing.T) []interopCase {
 		{erl: "[1, 2, 300]", enc: List{1, 2, 300}},
 		{erl: "[1, 2]", enc: List{1, 2}, dec: Charlist("\x01\x02"), otherBytes: true},
 		{erl: "\"abc\"", enc: Charlist("abc")},
+		{erl: "\"\"", enc: Charlist(""), dec: List{}, otherBytes: true},
 		{erl: "lists:duplicate(70000, $a)", enc: Charlist(strings.Repeat("a", 70000)), dec: func() List {
 			l := make(List, 70000)
 			for i := range l {
@@ -320,6 +321,7 @@ func rubyCases(t *testing.T) []rubyCase {
 		{ruby: "/x/", enc: Regex{Source: "x"}, dec: Regex{Source: "x", Options: List{}}},
 		// Ruby reads a bytelist (STRING_EXT) as an array of integers.
 		{ruby: "[97, 98]", enc: Charlist("ab"), dec: noValue},
+		{ruby: "[]", enc: Charlist(""), dec: noValue},
 	}
 }
 
