@@ -1,0 +1,391 @@
+package amqp
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenrpc/warren/transport"
+)
+
+// Config configures a Transport. The zero value of each field means its
+// default.
+type Config struct {
+	// Heartbeat is the AMQP heartbeat interval; a connection that stays
+	// silent for two intervals is considered lost. 0 means 10s.
+	Heartbeat time.Duration
+	// TLS configures the TLS client for amqps:// URLs. nil means the
+	// system roots and the URL's host name.
+	TLS *tls.Config
+	// ConnectionName is shown by rabbitmqctl list_connections and the
+	// management UI, suffixed with " (publish)" or " (consume)". "" means
+	// "warren".
+	ConnectionName string
+	// ConfirmWindow bounds the confirmed publishes waiting for their
+	// publisher confirm; more wait in Publish (honouring ctx). 0 means 1024.
+	ConfirmWindow int
+}
+
+func (c Config) heartbeat() time.Duration {
+	if c.Heartbeat <= 0 {
+		return 10 * time.Second
+	}
+	return c.Heartbeat
+}
+
+func (c Config) confirmWindow() int {
+	if c.ConfirmWindow <= 0 {
+		return 1024
+	}
+	return c.ConfirmWindow
+}
+
+// Option configures what only Go code can pass to Dial.
+type Option func(*options)
+
+type options struct {
+	logger *slog.Logger
+}
+
+// WithLogger makes the transport log to l: connection loss and flow control
+// at Warn and Info, channel churn at Debug. The default discards.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) { o.logger = l }
+}
+
+// publishChannels is the number of AMQP channels publishes are spread over.
+// Each one is in confirm mode with its own dispatcher, so the count bounds
+// contention on the per-channel write lock, not the publishes in flight.
+const publishChannels = 4
+
+// topologyPool is how many idle channels for declarations are kept.
+const topologyPool = 4
+
+// Transport is a transport.Transport on a RabbitMQ broker. It holds two
+// connections: one for publishing and one for consuming and declaring (so
+// that exclusive queues belong to the connection that consumes them, and
+// flow control on publishers never stalls consumers). All methods are safe
+// for concurrent use.
+type Transport struct {
+	log  *slog.Logger
+	cfg  Config
+	pub  *supervisor
+	cons *supervisor
+
+	publisher *publisher
+
+	topo chan *amqp091.Channel // idle channels on cons for declarations
+
+	closing   chan struct{} // closed when Close starts
+	closeOnce sync.Once
+	closed    atomic.Bool
+
+	mu        sync.Mutex
+	consumers map[*consumer]struct{}
+	wg        sync.WaitGroup // consumers and abandoned operations
+}
+
+var _ transport.Transport = (*Transport)(nil)
+
+// Dial connects to the broker at url (amqp:// or amqps://) and returns a
+// Transport. ctx bounds the connection attempts. The error names the URL
+// without its password and wraps a *DialError.
+func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transport, error) {
+	var o options
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ConfirmWindow < 0 {
+		return nil, fmt.Errorf("amqp: negative ConfirmWindow %d", cfg.ConfirmWindow)
+	}
+	if _, err := amqp091.ParseURI(url); err != nil {
+		return nil, &DialError{URL: redactURL(url), Err: err}
+	}
+	log := o.logger.With("component", "transport/amqp")
+	cons, err := dialSupervisor(ctx, url, "consume", cfg, log)
+	if err != nil {
+		return nil, &DialError{URL: redactURL(url), Err: err}
+	}
+	pub, err := dialSupervisor(ctx, url, "publish", cfg, log)
+	if err != nil {
+		cons.close()
+		return nil, &DialError{URL: redactURL(url), Err: err}
+	}
+	t := &Transport{
+		log:       log,
+		cfg:       cfg,
+		pub:       pub,
+		cons:      cons,
+		topo:      make(chan *amqp091.Channel, topologyPool),
+		closing:   make(chan struct{}),
+		consumers: make(map[*consumer]struct{}),
+	}
+	t.publisher = newPublisher(t)
+	return t, nil
+}
+
+// Close stops all consumers (their unsettled deliveries are requeued by the
+// broker), fails publishes still waiting for a confirm with ErrClosed, and
+// closes both connections, which deletes the exclusive queues declared
+// through this transport. It waits for every goroutine of the transport and
+// is idempotent; concurrent calls wait for the first.
+func (t *Transport) Close() error {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		t.closed.Store(true)
+		close(t.closing)
+		// Consumers see closing, cancel and close their channels.
+		cs := make([]*consumer, 0, len(t.consumers))
+		for c := range t.consumers {
+			cs = append(cs, c)
+		}
+		t.mu.Unlock()
+		for _, c := range cs {
+			<-c.done
+		}
+		t.publisher.close()
+		t.pub.close()
+		t.cons.close()
+		// Operations abandoned by their ctx end with the connection.
+		t.wg.Wait()
+		for {
+			select {
+			case ch := <-t.topo:
+				_ = ch.Close()
+				continue
+			default:
+			}
+			break
+		}
+	})
+	return nil
+}
+
+// check returns ErrClosed after Close and ErrConnectionLost once the
+// connection s is gone.
+func (t *Transport) check(op, name string, s *supervisor) error {
+	if t.closed.Load() {
+		return fmt.Errorf("amqp: %s %q: %w", op, name, transport.ErrClosed)
+	}
+	if s.isLost() {
+		return fmt.Errorf("amqp: %s %q: %w (%v)", op, name, transport.ErrConnectionLost, s.lostErr)
+	}
+	return nil
+}
+
+// mapErr converts an error of an operation on the consume connection.
+func (t *Transport) mapErr(op, name string, err error, consume bool) error {
+	return brokerError(op, name, err, t.closed.Load(), t.cons.conn.IsClosed(), consume)
+}
+
+// topology runs fn on a channel of the consume connection, honouring ctx:
+// when ctx ends first, fn's channel is closed once fn returns and ctx's error
+// is returned. A channel that the broker closed (any channel-level error) is
+// dropped; the others are reused.
+func (t *Transport) topology(ctx context.Context, op, name string, fn func(ch *amqp091.Channel) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("amqp: %s %q: %w", op, name, err)
+	}
+	if err := t.check(op, name, t.cons); err != nil {
+		return err
+	}
+	// A pooled channel may have been closed since; retry once on a fresh
+	// one when the failure is a closed channel on a live connection.
+	for attempt := 0; ; attempt++ {
+		ch, err := t.topoChannel()
+		if err != nil {
+			return t.mapErr(op, name, err, false)
+		}
+		err = t.runOn(ctx, ch, fn)
+		if errors.Is(err, amqp091.ErrClosed) && attempt == 0 && !t.cons.conn.IsClosed() && !t.closed.Load() {
+			continue
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr {
+			return fmt.Errorf("amqp: %s %q: %w", op, name, err)
+		}
+		return t.mapErr(op, name, err, false)
+	}
+}
+
+// runOn calls fn(ch) and gives ch back to the pool; when ctx ends first it
+// returns ctx.Err() and leaves fn to finish in a goroutine that closes ch.
+func (t *Transport) runOn(ctx context.Context, ch *amqp091.Channel, fn func(ch *amqp091.Channel) error) error {
+	err := t.await(ctx, func() error { return fn(ch) }, func() { _ = ch.Close() })
+	if ctx.Err() == nil || err != ctx.Err() {
+		t.putTopoChannel(ch)
+	}
+	return err
+}
+
+func (t *Transport) topoChannel() (*amqp091.Channel, error) {
+	for {
+		select {
+		case ch := <-t.topo:
+			if ch.IsClosed() {
+				continue
+			}
+			return ch, nil
+		default:
+			return t.cons.conn.Channel()
+		}
+	}
+}
+
+func (t *Transport) putTopoChannel(ch *amqp091.Channel) {
+	if ch.IsClosed() {
+		return
+	}
+	if t.closed.Load() {
+		_ = ch.Close()
+		return
+	}
+	select {
+	case t.topo <- ch:
+	default:
+		_ = ch.Close()
+	}
+}
+
+// DeclareExchange declares ex; "" as Kind means direct. Redeclaring with
+// different properties is ErrPrecondition.
+func (t *Transport) DeclareExchange(ctx context.Context, ex transport.Exchange) error {
+	kind := ex.Kind
+	switch kind {
+	case "":
+		kind = transport.Direct
+	case transport.Direct, transport.Fanout, transport.Topic:
+	default:
+		return fmt.Errorf("amqp: declare exchange %q: unknown kind %q", ex.Name, kind)
+	}
+	if ex.Name == transport.DefaultExchange {
+		return fmt.Errorf("amqp: declare exchange %q: the default exchange cannot be declared", ex.Name)
+	}
+	return t.topology(ctx, "declare exchange", ex.Name, func(ch *amqp091.Channel) error {
+		return ch.ExchangeDeclare(ex.Name, string(kind), ex.Durable, ex.AutoDelete, false, false, nil)
+	})
+}
+
+// DeclareQueue declares q and returns its name. Exclusive queues belong to
+// the transport's consuming connection, so only this transport can consume
+// them, and they are deleted when it closes.
+func (t *Transport) DeclareQueue(ctx context.Context, q transport.Queue) (string, error) {
+	args, durable, err := queueArgs(q)
+	if err != nil {
+		return "", err
+	}
+	var name string
+	err = t.topology(ctx, "declare queue", q.Name, func(ch *amqp091.Channel) error {
+		dq, err := ch.QueueDeclare(q.Name, durable, q.AutoDelete, q.Exclusive, false, args)
+		name = dq.Name
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// queueArgs returns the x-arguments and the durable flag for q.
+func queueArgs(q transport.Queue) (amqp091.Table, bool, error) {
+	bad := func(format string, a ...any) (amqp091.Table, bool, error) {
+		return nil, false, fmt.Errorf("amqp: declare queue %q: "+format, append([]any{q.Name}, a...)...)
+	}
+	args := amqp091.Table{}
+	durable := q.Durable
+	switch q.Type {
+	case "", transport.Classic:
+	case transport.Quorum:
+		if q.Exclusive || q.AutoDelete {
+			return bad("a quorum queue cannot be exclusive or auto-delete")
+		}
+		durable = true
+		args[amqp091.QueueTypeArg] = amqp091.QueueTypeQuorum
+	default:
+		return bad("unknown queue type %q", q.Type)
+	}
+	if q.DeliveryLimit != 0 && q.Type != transport.Quorum {
+		return bad("DeliveryLimit needs a quorum queue")
+	}
+	ms := func(name string, d time.Duration) error {
+		switch {
+		case d < 0:
+			return fmt.Errorf("amqp: declare queue %q: negative %s %v", q.Name, name, d)
+		case d > 0:
+			args[name] = int64((d + time.Millisecond - 1) / time.Millisecond)
+		}
+		return nil
+	}
+	if err := ms(amqp091.QueueMessageTTLArg, q.MessageTTL); err != nil {
+		return nil, false, err
+	}
+	if err := ms(amqp091.QueueTTLArg, q.Expires); err != nil {
+		return nil, false, err
+	}
+	switch {
+	case q.MaxLength < 0:
+		return bad("negative MaxLength %d", q.MaxLength)
+	case q.MaxLength > 0:
+		args[amqp091.QueueMaxLenArg] = int64(q.MaxLength)
+	}
+	if q.DeadLetterExchange != "" {
+		args["x-dead-letter-exchange"] = q.DeadLetterExchange
+	}
+	if q.DeadLetterRoutingKey != "" {
+		args["x-dead-letter-routing-key"] = q.DeadLetterRoutingKey
+	}
+	switch {
+	case q.DeliveryLimit < 0:
+		return bad("negative DeliveryLimit %d", q.DeliveryLimit)
+	case q.DeliveryLimit > 0:
+		args["x-delivery-limit"] = int64(q.DeliveryLimit)
+	}
+	if len(args) == 0 {
+		args = nil
+	}
+	return args, durable, nil
+}
+
+// DeleteQueue deletes the queue and its messages; a missing queue is not an
+// error. Consumers of the queue see their delivery channel closed.
+func (t *Transport) DeleteQueue(ctx context.Context, name string) error {
+	return t.topology(ctx, "delete queue", name, func(ch *amqp091.Channel) error {
+		_, err := ch.QueueDelete(name, false, false, false)
+		return err
+	})
+}
+
+// Bind routes b.Exchange to b.Queue with b.Key. A missing exchange or queue
+// is ErrNotFound.
+func (t *Transport) Bind(ctx context.Context, b transport.Binding) error {
+	return t.topology(ctx, "bind queue", b.Queue, func(ch *amqp091.Channel) error {
+		return ch.QueueBind(b.Queue, b.Key, b.Exchange, false, nil)
+	})
+}
+
+// Unbind removes a binding; a missing binding is not an error.
+func (t *Transport) Unbind(ctx context.Context, b transport.Binding) error {
+	return t.topology(ctx, "unbind queue", b.Queue, func(ch *amqp091.Channel) error {
+		return ch.QueueUnbind(b.Queue, b.Key, b.Exchange, nil)
+	})
+}
+
+// newTag returns a consumer tag unique enough for one broker.
+func newTag() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "warren-" + hex.EncodeToString(b[:])
+}

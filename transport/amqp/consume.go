@@ -1,0 +1,249 @@
+package amqp
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenrpc/warren/transport"
+)
+
+// consumer forwards the deliveries of one AMQP consumer, on its own channel,
+// to the channel returned by Consume.
+type consumer struct {
+	t     *Transport
+	ch    *amqp091.Channel
+	queue string
+	tag   string
+	out   chan *transport.Delivery
+	done  chan struct{} // closed when run has returned
+}
+
+// Consume starts a consumer on queue, on its own channel of the consume
+// connection with basic.qos prefetch opts.Prefetch (0 means 1). Deliveries
+// arrive on the returned channel until ctx ends, the transport is closed,
+// the connection is lost or the queue is deleted; then the consumer is
+// cancelled, its channel closed (the broker requeues what was not settled)
+// and the returned channel closed, in that order.
+//
+// A missing queue is ErrNotFound; an exclusive consumer on a queue that
+// already has consumers, or any consumer on a queue consumed exclusively or
+// declared exclusive by another connection, is ErrPrecondition.
+func (t *Transport) Consume(ctx context.Context, queue string, opts transport.ConsumeOptions) (<-chan *transport.Delivery, error) {
+	const op = "consume queue"
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, err)
+	}
+	if err := t.check(op, queue, t.cons); err != nil {
+		return nil, err
+	}
+	if opts.Prefetch < 0 || opts.Prefetch > 65535 {
+		return nil, fmt.Errorf("amqp: %s %q: prefetch %d out of range 0-65535", op, queue, opts.Prefetch)
+	}
+	prefetch := max(opts.Prefetch, 1)
+	tag := opts.Tag
+	if tag == "" {
+		tag = newTag()
+	}
+
+	var (
+		ch         *amqp091.Channel
+		deliveries <-chan amqp091.Delivery
+		closes     chan *amqp091.Error
+		cancels    chan string
+	)
+	setup := func() error {
+		var err error
+		ch, err = t.cons.conn.Channel()
+		if err != nil {
+			return err
+		}
+		// Registered before basic.consume so that nothing is missed. One
+		// consumer per channel: one close and at most one cancel, so a
+		// buffer of one means amqp091 never waits on us.
+		closes = ch.NotifyClose(make(chan *amqp091.Error, 1))
+		cancels = ch.NotifyCancel(make(chan string, 1))
+		if err = ch.Qos(prefetch, 0, false); err == nil {
+			deliveries, err = ch.Consume(queue, tag, opts.AutoAck, opts.Exclusive, false, false, nil)
+		}
+		if err != nil && !ch.IsClosed() {
+			_ = ch.Close()
+		}
+		return err
+	}
+	err := t.await(ctx, setup, func() {
+		if ch != nil {
+			_ = ch.Close()
+		}
+	})
+	if err != nil {
+		if ctx.Err() != nil && err == ctx.Err() {
+			return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, err)
+		}
+		return nil, t.mapErr(op, queue, err, true)
+	}
+
+	c := &consumer{
+		t:     t,
+		ch:    ch,
+		queue: queue,
+		tag:   tag,
+		out:   make(chan *transport.Delivery),
+		done:  make(chan struct{}),
+	}
+	t.mu.Lock()
+	if t.closed.Load() {
+		t.mu.Unlock()
+		_ = ch.Close()
+		return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, transport.ErrClosed)
+	}
+	t.consumers[c] = struct{}{}
+	t.mu.Unlock()
+	go c.run(ctx, deliveries, closes, cancels, opts.AutoAck)
+	return c.out, nil
+}
+
+func (c *consumer) run(ctx context.Context, deliveries <-chan amqp091.Delivery, closes <-chan *amqp091.Error, cancels <-chan string, autoAck bool) {
+	t := c.t
+	defer close(c.done)
+	log := t.log.With("queue", c.queue, "consumer", c.tag)
+	why := "context done"
+loop:
+	for {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				why = "cancelled by the broker or channel closed"
+				break loop
+			}
+			del := c.delivery(&d, autoAck)
+			select {
+			case c.out <- del:
+			case <-ctx.Done():
+				break loop
+			case <-t.closing:
+				why = "transport closed"
+				break loop
+			case e := <-closes:
+				why = fmt.Sprintf("channel closed: %v", e)
+				break loop
+			}
+		case <-ctx.Done():
+			break loop
+		case <-t.closing:
+			why = "transport closed"
+			break loop
+		case e := <-closes:
+			why = fmt.Sprintf("channel closed: %v", e)
+			break loop
+		case tag := <-cancels:
+			log.Debug("consumer cancelled by the broker", "tag", tag)
+			// deliveries closes next.
+			cancels = nil
+		}
+	}
+	if !c.ch.IsClosed() {
+		// Stop deliveries, then close the channel: the broker requeues
+		// whatever was delivered and not settled.
+		_ = c.ch.Cancel(c.tag, false)
+		_ = c.ch.Close()
+	}
+	log.Debug("consumer stopped", "why", why)
+	t.mu.Lock()
+	delete(t.consumers, c)
+	t.mu.Unlock()
+	close(c.out)
+}
+
+// delivery converts d, with a settle function that refuses a second call
+// and reports a closed channel as ErrConnectionLost.
+func (c *consumer) delivery(d *amqp091.Delivery, autoAck bool) *transport.Delivery {
+	var settle func(ack, requeue bool) error
+	if !autoAck {
+		var settled atomic.Bool
+		ch, tag, queue := c.ch, d.DeliveryTag, c.queue
+		settle = func(ack, requeue bool) error {
+			op := "ack"
+			if !ack {
+				op = "nack"
+			}
+			if !settled.CompareAndSwap(false, true) {
+				return fmt.Errorf("amqp: %s on queue %q: %w", op, queue, transport.ErrAlreadySettled)
+			}
+			var err error
+			if ack {
+				err = ch.Ack(tag, false)
+			} else {
+				err = ch.Nack(tag, false, requeue)
+			}
+			if err != nil {
+				return fmt.Errorf("amqp: %s on queue %q: the consumer's channel is closed and the broker requeues the message: %w (%v)",
+					op, queue, transport.ErrConnectionLost, err)
+			}
+			return nil
+		}
+	}
+	del := transport.NewDelivery(fromDelivery(d), settle)
+	del.Exchange = d.Exchange
+	del.RoutingKey = d.RoutingKey
+	del.Redelivered = d.Redelivered
+	del.ConsumerTag = c.tag
+	return del
+}
+
+// await runs fn, honouring ctx: when ctx ends first it returns ctx.Err() and
+// leaves fn to finish in a goroutine owned by t, which then calls abandon.
+// After Close it returns ErrClosed without calling fn.
+func (t *Transport) await(ctx context.Context, fn func() error, abandon func()) error {
+	if ctx.Done() == nil {
+		return fn()
+	}
+	if !t.addWork() {
+		return transport.ErrClosed
+	}
+	var (
+		mu        sync.Mutex
+		finished  bool
+		abandoned bool
+		result    error
+		done      = make(chan struct{})
+	)
+	go func() {
+		defer t.wg.Done()
+		err := fn()
+		mu.Lock()
+		defer mu.Unlock()
+		if abandoned {
+			abandon()
+			return
+		}
+		finished, result = true, err
+		close(done)
+	}()
+	select {
+	case <-done:
+		return result
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		if finished {
+			return result
+		}
+		abandoned = true
+		return ctx.Err()
+	}
+}
+
+// addWork counts a goroutine that Close must wait for; false after Close.
+func (t *Transport) addWork() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed.Load() {
+		return false
+	}
+	t.wg.Add(1)
+	return true
+}

@@ -1,0 +1,90 @@
+// Package amqp is the RabbitMQ implementation of [transport.Transport], on
+// github.com/rabbitmq/amqp091-go.
+//
+//	tr, err := amqp.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/", amqp.Config{},
+//		amqp.WithLogger(logger))
+//	if err != nil {
+//		return err // "amqp: cannot connect to amqp://guest@127.0.0.1:5672/: connection refused"
+//	}
+//	defer tr.Close()
+//
+// # Design
+//
+// A [Transport] holds two AMQP connections, as RabbitMQ advises: one for
+// publishing, one for consuming. When the broker applies flow control
+// (connection.blocked, on a memory or disk alarm) only the publishing
+// connection stalls; consumers keep draining queues. Declarations go on
+// the consuming connection, so an exclusive queue belongs to the connection
+// that consumes it (RabbitMQ refuses to let any other connection use it).
+//
+// Publishes are spread over a few channels in confirm mode. Each channel
+// has a dispatcher goroutine that receives publisher confirms and
+// basic.return notifications and resolves the matching publishes, so many
+// confirmed publishes are in flight at once; [Config.ConfirmWindow] bounds
+// how many. A mandatory publish carries its delivery tag in the header
+// x-warren-return-token so that a returned message is matched to its
+// publish (RabbitMQ sends basic.return before the basic.ack of the same
+// message); deliveries from this package never show that header.
+// Unconfirmed publishes wait for nothing but the write.
+//
+// Each consumer has its own channel with basic.qos set to its prefetch, and
+// its own goroutine that forwards deliveries to the channel Consume
+// returned. Declarations use short-lived pooled channels. A channel-level
+// error (404 NOT_FOUND, 406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED, 403
+// ACCESS_REFUSED on an exclusive consume) closes only the channel it
+// happened on; the transport replaces it and returns an error wrapping
+// [transport.ErrNotFound] or [transport.ErrPrecondition] and naming the
+// entity.
+//
+// Every notification channel of amqp091 (NotifyClose, NotifyBlocked,
+// NotifyPublish, NotifyReturn, NotifyCancel) is buffered and drained by a
+// goroutine the transport owns, so the connection's reader never waits on
+// user code.
+//
+// # Headers
+//
+// Headers are converted both ways to the types documented on
+// [transport.Message]: received int8, int16, uint8, uint16 and uint32 values
+// become int64, float32 becomes float64, AMQP decimals become float64
+// (value / 10^scale) and tables become map[string]any. A void value arrives
+// as nil. On publish, every Go integer type is sent as int64 (an unsigned
+// value above math.MaxInt64 is an error); any type outside the documented
+// set is an error naming the header. Timestamps arrive in UTC.
+//
+// # Delivery guarantees
+//
+// As RabbitMQ: a delivery that is not settled when its consumer ends
+// (ctx done, Close, queue deleted, connection lost) is requeued by the
+// broker and redelivered with Redelivered set. Settling it afterwards
+// returns an error wrapping [transport.ErrConnectionLost]. A second Ack or
+// Nack returns [transport.ErrAlreadySettled] and sends nothing.
+//
+// A confirmed publish that returns nil has been taken by the broker (and
+// written to disk for a persistent message on a durable queue). One that
+// fails with [transport.ErrConnectionLost] may or may not have been routed.
+//
+// # Connection loss
+//
+// The transport does not reconnect yet. When a connection drops,
+// publishes waiting for a confirm fail with [transport.ErrConnectionLost],
+// consumers end (their delivery channels close), and every later Publish,
+// declaration or Consume on that connection returns
+// [transport.ErrConnectionLost]. Close the transport and dial a new one. A
+// supervisor type owns each connection and is where redialling will go.
+//
+// # Shutdown
+//
+// [Transport.Close] cancels every consumer and closes its channel (the
+// broker requeues unsettled deliveries), fails confirmed publishes still in
+// flight with [transport.ErrClosed], closes both connections (which deletes
+// the exclusive queues) and waits for all of the transport's goroutines.
+// It is idempotent. Afterwards every method returns [transport.ErrClosed].
+//
+// # Context
+//
+// Every method honours ctx while it waits: for a confirm, for room in the
+// confirm window, for the broker to unblock publishing, for a declaration's
+// reply. When ctx ends during a declaration the reply is awaited in the
+// background and the channel discarded. Writing a frame to the socket is
+// not interruptible; heartbeats bound it on a dead connection.
+package amqp

@@ -1,0 +1,104 @@
+package amqp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"syscall"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenrpc/warren/transport"
+)
+
+// AMQP reply codes that Warren maps to transport errors.
+const (
+	codeAccessRefused      = 403
+	codeNotFound           = 404
+	codeResourceLocked     = 405
+	codePreconditionFailed = 406
+)
+
+// brokerError converts an error from an operation on a named entity to one
+// that wraps the matching transport sentinel. lost reports whether the
+// connection the operation used is gone; closed whether the transport was
+// closed. consume is true for basic.consume, where 403 means the queue is
+// already consumed exclusively.
+func brokerError(op, name string, err error, closed, lost, consume bool) error {
+	if err == nil {
+		return nil
+	}
+	var ae *amqp091.Error
+	if errors.As(err, &ae) && ae.Server {
+		switch ae.Code {
+		case codeNotFound:
+			return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrNotFound, ae.Reason)
+		case codePreconditionFailed, codeResourceLocked:
+			return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrPrecondition, ae.Reason)
+		case codeAccessRefused:
+			if consume {
+				return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrPrecondition, ae.Reason)
+			}
+			return fmt.Errorf("amqp: %s %q: %s", op, name, ae.Reason)
+		}
+	}
+	switch {
+	case closed:
+		return fmt.Errorf("amqp: %s %q: %w", op, name, transport.ErrClosed)
+	case lost || errors.Is(err, amqp091.ErrClosed):
+		return fmt.Errorf("amqp: %s %q: %w (%v)", op, name, transport.ErrConnectionLost, err)
+	}
+	if ae != nil {
+		return fmt.Errorf("amqp: %s %q: %s (code %d)", op, name, ae.Reason, ae.Code)
+	}
+	return fmt.Errorf("amqp: %s %q: %w", op, name, err)
+}
+
+// DialError is returned by Dial when the broker cannot be reached or refuses
+// the connection. Its message names the URL without the password.
+type DialError struct {
+	URL string // the broker URL, password removed
+	Err error
+}
+
+func (e *DialError) Error() string {
+	return "amqp: cannot connect to " + e.URL + ": " + shortReason(e.Err)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
+// shortReason reduces dial errors to what a person needs: "connection
+// refused" rather than "dial tcp 127.0.0.1:5672: connect: connection refused".
+func shortReason(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return dnsErr.Error()
+	}
+	var ae *amqp091.Error
+	if errors.As(err, &ae) {
+		return ae.Reason
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Err != nil {
+		return opErr.Err.Error()
+	}
+	return err.Error()
+}
+
+// redactURL returns raw with the password removed, or a placeholder when it
+// does not parse.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User != nil {
+		u.User = url.User(u.User.Username())
+	}
+	return u.String()
+}

@@ -1,0 +1,380 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenrpc/warren/transport"
+)
+
+// publisher spreads publishes over a few channels of the publish connection,
+// all in confirm mode. Each channel has a dispatcher goroutine that matches
+// publisher confirms and mandatory returns to the publishes waiting for
+// them, so any number of confirmed publishes are in flight at once.
+type publisher struct {
+	t      *Transport
+	slots  [publishChannels]pubSlot
+	next   atomic.Uint32
+	window chan struct{} // one token per confirmed publish awaiting its confirm
+
+	wg sync.WaitGroup // dispatchers
+}
+
+// pubSlot holds the current channel of one slot; mu serialises publishes on
+// it so that the next delivery tag is known before the publish is sent.
+type pubSlot struct {
+	mu sync.Mutex
+	pc *pubChannel
+}
+
+// pubChannel is one AMQP channel in confirm mode and its publishes awaiting
+// a confirm, by delivery tag.
+type pubChannel struct {
+	ch *amqp091.Channel
+
+	mu      sync.Mutex
+	pending map[uint64]*pending
+	dead    bool // the dispatcher has finished: nothing will be confirmed
+}
+
+// pending is one publish awaiting its confirm.
+type pending struct {
+	exchange string
+	returned bool       // a basic.return arrived for it
+	done     chan error // buffered; receives the outcome once
+	p        *publisher // to release the window token
+}
+
+func newPublisher(t *Transport) *publisher {
+	return &publisher{t: t, window: make(chan struct{}, t.cfg.confirmWindow())}
+}
+
+// publish sends msg and, when confirm is set, waits for the broker's confirm.
+func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp091.Publishing, mandatory, confirm bool) error {
+	t := p.t
+	if confirm {
+		select {
+		case p.window <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.closing:
+			return transport.ErrClosed
+		case <-t.pub.lost:
+			return lostErr(t.pub)
+		}
+	}
+	// Publishes wait while the broker blocks the connection (resource
+	// alarm): sending would only fill socket buffers.
+	select {
+	case <-t.pub.whenUnblocked():
+	default:
+		select {
+		case <-t.pub.whenUnblocked():
+		case <-ctx.Done():
+			p.release(confirm)
+			return ctx.Err()
+		case <-t.closing:
+			p.release(confirm)
+			return transport.ErrClosed
+		}
+	}
+	var pd *pending
+	if confirm {
+		pd = &pending{exchange: exchange, done: make(chan error, 1), p: p}
+	}
+	slot := &p.slots[p.next.Add(1)%publishChannels]
+	if err := p.send(slot, exchange, key, pub, mandatory, pd); err != nil {
+		p.release(confirm)
+		return err
+	}
+	if !confirm {
+		return nil
+	}
+	select {
+	case err := <-pd.done:
+		return err
+	case <-ctx.Done():
+		// The dispatcher still resolves pd and releases its token.
+		return ctx.Err()
+	}
+}
+
+func (p *publisher) release(confirm bool) {
+	if confirm {
+		<-p.window
+	}
+}
+
+func lostErr(s *supervisor) error {
+	return fmt.Errorf("%w (%v)", transport.ErrConnectionLost, s.lostErr)
+}
+
+// send writes one publish on the slot's channel, replacing the channel when
+// it has been closed (a channel error caused by an earlier publish). A
+// publish that amqp091 refuses because the channel is closed was never
+// written, so retrying it on a fresh channel cannot duplicate it.
+func (p *publisher) send(slot *pubSlot, exchange, key string, pub amqp091.Publishing, mandatory bool, pd *pending) error {
+	t := p.t
+	slot.mu.Lock()
+	defer slot.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		if t.closed.Load() {
+			return transport.ErrClosed
+		}
+		if slot.pc == nil || slot.pc.ch.IsClosed() {
+			pc, err := p.open()
+			if err != nil {
+				return err
+			}
+			slot.pc = pc
+		}
+		pc := slot.pc
+		tag := pc.ch.GetNextPublishSeqNo()
+		msg := pub
+		if mandatory {
+			h := make(amqp091.Table, len(pub.Headers)+1)
+			for k, v := range pub.Headers {
+				h[k] = v
+			}
+			h[returnTokenHeader] = int64(tag)
+			msg.Headers = h
+		}
+		retry := attempt < 3 && !t.pub.conn.IsClosed()
+		if pd != nil && !pc.add(tag, pd) {
+			// The channel died just now.
+			if retry {
+				continue
+			}
+			return p.failure(exchange, nil)
+		}
+		err := pc.ch.Publish(exchange, key, mandatory, false, msg)
+		if err == nil {
+			return nil
+		}
+		if pd != nil && !pc.remove(tag) {
+			// The dispatcher has already failed pd as its channel
+			// closed; the caller reads that outcome.
+			return nil
+		}
+		if errors.Is(err, amqp091.ErrClosed) && retry {
+			continue
+		}
+		return brokerError("publish to exchange", exchange, err, t.closed.Load(), t.pub.conn.IsClosed(), false)
+	}
+}
+
+// open opens a channel in confirm mode and starts its dispatcher.
+func (p *publisher) open() (*pubChannel, error) {
+	t := p.t
+	ch, err := t.pub.conn.Channel()
+	if err == nil {
+		err = ch.Confirm(false)
+		if err != nil {
+			_ = ch.Close()
+		}
+	}
+	if err != nil {
+		if t.closed.Load() {
+			return nil, transport.ErrClosed
+		}
+		if t.pub.conn.IsClosed() {
+			return nil, fmt.Errorf("%w (%v)", transport.ErrConnectionLost, err)
+		}
+		return nil, fmt.Errorf("amqp: open publish channel: %w", err)
+	}
+	pc := &pubChannel{ch: ch, pending: make(map[uint64]*pending)}
+	// Buffers are generous so that the connection's reader goroutine never
+	// waits for the dispatcher; amqp091 drops a notification after 5s.
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
+	returns := ch.NotifyReturn(make(chan amqp091.Return, 256))
+	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	p.wg.Add(1)
+	go p.dispatch(pc, confirms, returns, closes)
+	t.log.Debug("opened publish channel")
+	return pc, nil
+}
+
+func (pc *pubChannel) add(tag uint64, pd *pending) bool {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.dead {
+		return false
+	}
+	pc.pending[tag] = pd
+	return true
+}
+
+// remove forgets a publish that could not be sent; false means the
+// dispatcher took it first.
+func (pc *pubChannel) remove(tag uint64) bool {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	_, ok := pc.pending[tag]
+	delete(pc.pending, tag)
+	return ok
+}
+
+func (pc *pubChannel) take(tag uint64) *pending {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	pd := pc.pending[tag]
+	delete(pc.pending, tag)
+	return pd
+}
+
+func (pd *pending) resolve(err error) {
+	pd.done <- err
+	<-pd.p.window
+}
+
+// dispatch resolves the pending publishes of pc as confirms arrive, until
+// the channel closes; then it fails the rest.
+//
+// RabbitMQ sends a message's basic.return before its basic.ack, and amqp091
+// hands both to listeners from one goroutine in that order. So when a
+// confirm arrives, any return for the same message is already in the returns
+// buffer: drain it before resolving.
+func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmation, returns <-chan amqp091.Return, closes <-chan *amqp091.Error) {
+	defer p.wg.Done()
+	var closeErr *amqp091.Error
+	onReturn := func(r amqp091.Return) {
+		tag, ok := r.Headers[returnTokenHeader].(int64)
+		if !ok {
+			return
+		}
+		pc.mu.Lock()
+		if pd := pc.pending[uint64(tag)]; pd != nil {
+			pd.returned = true
+		}
+		pc.mu.Unlock()
+	}
+	for confirms != nil || returns != nil || closes != nil {
+		select {
+		case c, ok := <-confirms:
+			if !ok {
+				confirms = nil
+				continue
+			}
+			for drained := false; !drained && returns != nil; {
+				select {
+				case r, ok := <-returns:
+					if !ok {
+						returns = nil
+						continue
+					}
+					onReturn(r)
+				default:
+					drained = true
+				}
+			}
+			pd := pc.take(c.DeliveryTag)
+			if pd == nil {
+				continue // an unconfirmed publish
+			}
+			switch {
+			case !c.Ack:
+				pd.resolve(fmt.Errorf("amqp: publish to exchange %q: %w", pd.exchange, transport.ErrNacked))
+			case pd.returned:
+				pd.resolve(fmt.Errorf("amqp: publish to exchange %q: %w", pd.exchange, transport.ErrUnroutable))
+			default:
+				pd.resolve(nil)
+			}
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			onReturn(r)
+		case e, ok := <-closes:
+			if !ok {
+				closes = nil
+				continue
+			}
+			closeErr = e
+		}
+	}
+	pc.mu.Lock()
+	pc.dead = true
+	rest := pc.pending
+	pc.pending = nil
+	pc.mu.Unlock()
+	if closeErr != nil && !p.t.pub.conn.IsClosed() {
+		p.t.log.Debug("publish channel closed by broker", "err", closeErr)
+	}
+	for _, pd := range rest {
+		pd.resolve(p.failure(pd.exchange, closeErr))
+	}
+}
+
+// missingExchange extracts the exchange from RabbitMQ's 404 reply text.
+var missingExchange = regexp.MustCompile(`no exchange '(.*)' in vhost`)
+
+// failure is the error of a publish whose channel closed before its confirm.
+func (p *publisher) failure(exchange string, closeErr *amqp091.Error) error {
+	t := p.t
+	switch {
+	case t.pub.conn.IsClosed() && t.closed.Load():
+		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, transport.ErrClosed)
+	case t.pub.conn.IsClosed():
+		return fmt.Errorf("amqp: publish to exchange %q: %w (%v)", exchange, transport.ErrConnectionLost, closeErr)
+	case closeErr != nil && closeErr.Code == codeNotFound:
+		if m := missingExchange.FindStringSubmatch(closeErr.Reason); m == nil || m[1] == exchange {
+			return fmt.Errorf("amqp: publish to exchange %q: %w (%s)", exchange, transport.ErrNotFound, closeErr.Reason)
+		}
+	case closeErr == nil && t.closed.Load():
+		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, transport.ErrClosed)
+	}
+	// Another publish on the same channel broke it: this one may or may
+	// not have been routed.
+	return fmt.Errorf("amqp: publish to exchange %q: channel closed before the confirm (%v): %w", exchange, closeErr, transport.ErrConnectionLost)
+}
+
+// close closes the publish channels and waits for their dispatchers, which
+// fail what is still pending.
+func (p *publisher) close() {
+	for i := range p.slots {
+		s := &p.slots[i]
+		s.mu.Lock()
+		if s.pc != nil {
+			_ = s.pc.ch.Close()
+		}
+		s.mu.Unlock()
+	}
+	p.wg.Wait()
+}
+
+// Publish sends msg to exchange with routing key key. Without
+// opts.Confirm it returns once the message is handed to the connection;
+// with it (or opts.Mandatory) it waits for the broker's publisher confirm,
+// and many such publishes can be in flight together. While the broker
+// blocks the connection (a resource alarm) Publish waits, honouring ctx.
+//
+// A publish to an exchange that does not exist makes RabbitMQ close the
+// channel it was sent on: a confirmed publish then fails with ErrNotFound,
+// and other confirmed publishes in flight on the same channel fail with
+// ErrConnectionLost (they may or may not have been routed).
+func (t *Transport) Publish(ctx context.Context, exchange, key string, msg transport.Message, opts transport.PublishOptions) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
+	}
+	if err := t.check("publish to exchange", exchange, t.pub); err != nil {
+		return err
+	}
+	pub, err := toPublishing(msg)
+	if err != nil {
+		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
+	}
+	err = t.publisher.publish(ctx, exchange, key, pub, opts.Mandatory, opts.Confirm || opts.Mandatory)
+	if err != nil && !strings.HasPrefix(err.Error(), "amqp: ") {
+		// Errors from the dispatcher name the exchange already.
+		err = fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
+	}
+	return err
+}
