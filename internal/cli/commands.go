@@ -3,5 +3,10 @@ package cli
 // commands lists the subcommands. One field per subcommand; each type lives
 // in its own file and has a Run(*Globals) error method.
 type commands struct {
+	Demo    demoCmd    `cmd:"" help:"Run the Nanite walkthrough in one process: agents fred and bob, a mapper, every selector, an agent dying and returning."`
+	Agent   agentCmd   `cmd:"" help:"Run an agent serving the example actor /simple/*."`
+	Request requestCmd `cmd:"" help:"Send a request and print the result(s) as JSON."`
+	Push    pushCmd    `cmd:"" help:"Send a push (no result)."`
+	Agents  agentsCmd  `cmd:"" help:"List the live agents: identity, services, status, tags, last heartbeat."`
 	Version versionCmd `cmd:"" help:"Print Warren's version."`
 }
