@@ -188,8 +188,8 @@ func (t *Transport) check(op, name string, s *supervisor) error {
 }
 
 // mapErr converts an error of an operation on the consume connection.
-func (t *Transport) mapErr(op, name string, err error, consume bool) error {
-	return brokerError(op, name, err, t.closed.Load(), t.cons.conn.IsClosed(), consume)
+func (t *Transport) mapErr(op, name string, err error) error {
+	return brokerError(op, name, err, t.closed.Load(), t.cons.conn.IsClosed())
 }
 
 // topology runs fn on a channel of the consume connection, honouring ctx:
@@ -208,7 +208,7 @@ func (t *Transport) topology(ctx context.Context, op, name string, fn func(ch *a
 	for attempt := 0; ; attempt++ {
 		ch, err := t.topoChannel()
 		if err != nil {
-			return t.mapErr(op, name, err, false)
+			return t.mapErr(op, name, err)
 		}
 		err = t.runOn(ctx, ch, fn)
 		if errors.Is(err, amqp091.ErrClosed) && attempt == 0 && !t.cons.conn.IsClosed() && !t.closed.Load() {
@@ -217,7 +217,7 @@ func (t *Transport) topology(ctx context.Context, op, name string, fn func(ch *a
 		if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr {
 			return fmt.Errorf("amqp: %s %q: %w", op, name, err)
 		}
-		return t.mapErr(op, name, err, false)
+		return t.mapErr(op, name, err)
 	}
 }
 
@@ -260,19 +260,19 @@ func (t *Transport) putTopoChannel(ch *amqp091.Channel) {
 	}
 }
 
-// DeclareExchange declares ex; "" as Kind means direct. Redeclaring with
-// different properties is ErrPrecondition.
+// DeclareExchange declares ex. Redeclaring it with different properties,
+// declaring the default exchange or a name starting with "amq." is
+// ErrPrecondition.
 func (t *Transport) DeclareExchange(ctx context.Context, ex transport.Exchange) error {
 	kind := ex.Kind
 	switch kind {
-	case "":
-		kind = transport.Direct
 	case transport.Direct, transport.Fanout, transport.Topic:
 	default:
+		// RabbitMQ answers an unknown type by closing the connection.
 		return fmt.Errorf("amqp: declare exchange %q: unknown kind %q", ex.Name, kind)
 	}
 	if ex.Name == transport.DefaultExchange {
-		return fmt.Errorf("amqp: declare exchange %q: the default exchange cannot be declared", ex.Name)
+		return fmt.Errorf("amqp: declare exchange %q: the default exchange cannot be declared: %w", ex.Name, transport.ErrPrecondition)
 	}
 	return t.topology(ctx, "declare exchange", ex.Name, func(ch *amqp091.Channel) error {
 		return ch.ExchangeDeclare(ex.Name, string(kind), ex.Durable, ex.AutoDelete, false, false, nil)
@@ -299,10 +299,11 @@ func (t *Transport) DeclareQueue(ctx context.Context, q transport.Queue) (string
 	return name, nil
 }
 
-// queueArgs returns the x-arguments and the durable flag for q.
+// queueArgs returns the x-arguments and the durable flag for q. Invalid
+// combinations are ErrPrecondition, as RabbitMQ's 406 for bad arguments.
 func queueArgs(q transport.Queue) (amqp091.Table, bool, error) {
 	bad := func(format string, a ...any) (amqp091.Table, bool, error) {
-		return nil, false, fmt.Errorf("amqp: declare queue %q: "+format, append([]any{q.Name}, a...)...)
+		return nil, false, fmt.Errorf("amqp: declare queue %q: %s: %w", q.Name, fmt.Sprintf(format, a...), transport.ErrPrecondition)
 	}
 	args := amqp091.Table{}
 	durable := q.Durable
@@ -320,20 +321,21 @@ func queueArgs(q transport.Queue) (amqp091.Table, bool, error) {
 	if q.DeliveryLimit != 0 && q.Type != transport.Quorum {
 		return bad("DeliveryLimit needs a quorum queue")
 	}
-	ms := func(name string, d time.Duration) error {
-		switch {
-		case d < 0:
-			return fmt.Errorf("amqp: declare queue %q: negative %s %v", q.Name, name, d)
-		case d > 0:
-			args[name] = int64((d + time.Millisecond - 1) / time.Millisecond)
-		}
-		return nil
+	// Durations go in whole milliseconds, truncated. x-message-ttl 0 is
+	// valid (expire unless delivered at once) but means "unset" here.
+	switch {
+	case q.MessageTTL < 0:
+		return bad("negative MessageTTL %v", q.MessageTTL)
+	case q.MessageTTL >= time.Millisecond:
+		args[amqp091.QueueMessageTTLArg] = q.MessageTTL.Milliseconds()
 	}
-	if err := ms(amqp091.QueueMessageTTLArg, q.MessageTTL); err != nil {
-		return nil, false, err
-	}
-	if err := ms(amqp091.QueueTTLArg, q.Expires); err != nil {
-		return nil, false, err
+	switch {
+	case q.Expires < 0:
+		return bad("negative Expires %v", q.Expires)
+	case q.Expires > 0 && q.Expires < time.Millisecond:
+		return bad("Expires must be at least 1ms")
+	case q.Expires > 0:
+		args[amqp091.QueueTTLArg] = q.Expires.Milliseconds()
 	}
 	switch {
 	case q.MaxLength < 0:

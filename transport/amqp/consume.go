@@ -83,7 +83,7 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 		if ctx.Err() != nil && err == ctx.Err() {
 			return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, err)
 		}
-		return nil, t.mapErr(op, queue, err, true)
+		return nil, t.mapErr(op, queue, err)
 	}
 
 	c := &consumer{

@@ -23,9 +23,8 @@ const (
 // brokerError converts an error from an operation on a named entity to one
 // that wraps the matching transport sentinel. lost reports whether the
 // connection the operation used is gone; closed whether the transport was
-// closed. consume is true for basic.consume, where 403 means the queue is
-// already consumed exclusively.
-func brokerError(op, name string, err error, closed, lost, consume bool) error {
+// closed.
+func brokerError(op, name string, err error, closed, lost bool) error {
 	if err == nil {
 		return nil
 	}
@@ -34,13 +33,10 @@ func brokerError(op, name string, err error, closed, lost, consume bool) error {
 		switch ae.Code {
 		case codeNotFound:
 			return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrNotFound, ae.Reason)
-		case codePreconditionFailed, codeResourceLocked:
+		case codePreconditionFailed, codeResourceLocked, codeAccessRefused:
+			// 403 is the default exchange, the reserved amq. prefix, or a
+			// queue in exclusive use by a consumer.
 			return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrPrecondition, ae.Reason)
-		case codeAccessRefused:
-			if consume {
-				return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrPrecondition, ae.Reason)
-			}
-			return fmt.Errorf("amqp: %s %q: %s", op, name, ae.Reason)
 		}
 	}
 	switch {

@@ -166,7 +166,7 @@ func (p *publisher) send(slot *pubSlot, exchange, key string, pub amqp091.Publis
 		if errors.Is(err, amqp091.ErrClosed) && retry {
 			continue
 		}
-		return brokerError("publish to exchange", exchange, err, t.closed.Load(), t.pub.conn.IsClosed(), false)
+		return brokerError("publish to exchange", exchange, err, t.closed.Load(), t.pub.conn.IsClosed())
 	}
 }
 
