@@ -110,6 +110,23 @@ func (tw *testWriter) stop() {
 	tw.mu.Unlock()
 }
 
+// Disruptive reports whether tests may disrupt the shared broker: restart
+// it, raise resource alarms. That breaks whatever else is using the broker,
+// so such tests are named TestDisruptive..., skip unless the environment
+// variable WARREN_TEST_DISRUPT is set, and scripts/test runs them in a
+// separate pass, one package at a time, after everything else.
+func Disruptive() bool {
+	return os.Getenv("WARREN_TEST_DISRUPT") != ""
+}
+
+// RequireDisruptive skips the test unless [Disruptive] is true.
+func RequireDisruptive(t testing.TB) {
+	t.Helper()
+	if !Disruptive() {
+		t.Skip("disrupts the shared broker: set WARREN_TEST_DISRUPT=1 and run alone (scripts/test does)")
+	}
+}
+
 // RabbitmqctlAvailable reports whether rabbitmqctl is on PATH, which fault
 // tests need to stop and start the broker.
 func RabbitmqctlAvailable() bool {
