@@ -1,0 +1,499 @@
+package mem
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warrenrpc/warren/transport"
+)
+
+// Conn is one connection to a [Broker]: a [transport.Transport]. Its
+// exclusive queues and its consumers are its own, as on an AMQP connection.
+// All methods are safe for concurrent use.
+type Conn struct {
+	b          *Broker
+	ownsBroker bool // New made the broker: Close closes it too
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	wg        sync.WaitGroup // consumer goroutines
+
+	mu        sync.Mutex // guards the maps; taken before Broker.mu
+	consumers map[*consumer]struct{}
+	exclusive map[*queue]struct{}
+}
+
+var _ transport.Transport = (*Conn)(nil)
+
+var ctagSeq atomic.Uint64
+
+func (c *Conn) check(ctx context.Context) error {
+	if c.closed.Load() {
+		return transport.ErrClosed
+	}
+	return ctx.Err()
+}
+
+// DeclareExchange implements [transport.Transport].
+func (c *Conn) DeclareExchange(ctx context.Context, ex transport.Exchange) error {
+	if err := c.check(ctx); err != nil {
+		return err
+	}
+	switch ex.Kind {
+	case transport.Direct, transport.Fanout, transport.Topic:
+	default:
+		return fmt.Errorf("mem: declare exchange %q: unknown kind %q", ex.Name, ex.Kind)
+	}
+	if ex.Name == transport.DefaultExchange {
+		return fmt.Errorf("mem: declare exchange: the default exchange cannot be declared: %w", transport.ErrPrecondition)
+	}
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old := b.exchanges[ex.Name]; old != nil {
+		if old.cfg != ex {
+			return fmt.Errorf("mem: declare exchange %q: %+v conflicts with existing %+v: %w", ex.Name, ex, old.cfg, transport.ErrPrecondition)
+		}
+		return nil
+	}
+	if strings.HasPrefix(ex.Name, "amq.") {
+		return fmt.Errorf("mem: declare exchange %q: reserved prefix amq.: %w", ex.Name, transport.ErrPrecondition)
+	}
+	b.exchanges[ex.Name] = newExchange(ex)
+	return nil
+}
+
+// normQueue validates q and returns it as the broker compares it: Type
+// set, durations at the millisecond resolution of the wire.
+func normQueue(q transport.Queue) (transport.Queue, error) {
+	bad := func(format string, args ...any) (transport.Queue, error) {
+		return q, fmt.Errorf("mem: declare queue %q: %s: %w", q.Name, fmt.Sprintf(format, args...), transport.ErrPrecondition)
+	}
+	switch q.Type {
+	case "":
+		q.Type = transport.Classic
+	case transport.Classic, transport.Quorum:
+	default:
+		return bad("unknown queue type %q", q.Type)
+	}
+	if q.Type == transport.Quorum {
+		if q.Exclusive {
+			return bad("quorum queues cannot be exclusive")
+		}
+		if q.AutoDelete {
+			return bad("quorum queues cannot be auto-delete")
+		}
+		q.Durable = true
+	} else if q.DeliveryLimit != 0 {
+		return bad("DeliveryLimit needs a quorum queue")
+	}
+	if q.MessageTTL < 0 || q.Expires < 0 || q.MaxLength < 0 || q.DeliveryLimit < 0 {
+		return bad("negative argument")
+	}
+	q.MessageTTL = q.MessageTTL.Truncate(time.Millisecond)
+	if q.Expires > 0 && q.Expires < time.Millisecond {
+		return bad("Expires must be at least 1ms")
+	}
+	q.Expires = q.Expires.Truncate(time.Millisecond)
+	return q, nil
+}
+
+// DeclareQueue implements [transport.Transport].
+func (c *Conn) DeclareQueue(ctx context.Context, q transport.Queue) (string, error) {
+	if err := c.check(ctx); err != nil {
+		return "", err
+	}
+	cfg, err := normQueue(q)
+	if err != nil {
+		return "", err
+	}
+	if cfg.Name == "" {
+		cfg.Name = generatedName()
+	} else if strings.HasPrefix(cfg.Name, "amq.") {
+		return "", fmt.Errorf("mem: declare queue %q: reserved prefix amq.: %w", cfg.Name, transport.ErrPrecondition)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return "", transport.ErrClosed
+	}
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old := b.queues[cfg.Name]; old != nil {
+		if err := old.access(c); err != nil {
+			return "", err
+		}
+		if old.cfg.Exclusive != cfg.Exclusive {
+			return "", fmt.Errorf("mem: declare queue %q: exclusive does not match the existing queue: %w", cfg.Name, transport.ErrPrecondition)
+		}
+		if old.cfg != cfg {
+			return "", fmt.Errorf("mem: declare queue %q: %+v conflicts with existing %+v: %w", cfg.Name, cfg, old.cfg, transport.ErrPrecondition)
+		}
+		old.mu.Lock()
+		old.armExpires() // a declaration is a use
+		old.mu.Unlock()
+		return cfg.Name, nil
+	}
+	nq := &queue{b: b, name: cfg.Name, cfg: cfg}
+	if cfg.Exclusive {
+		nq.owner = c
+		c.exclusive[nq] = struct{}{}
+	}
+	b.queues[cfg.Name] = nq
+	nq.mu.Lock()
+	nq.armExpires()
+	nq.mu.Unlock()
+	return cfg.Name, nil
+}
+
+// access refuses a connection that does not own an exclusive queue, as
+// RabbitMQ does with 405 RESOURCE_LOCKED (reported as ErrPrecondition).
+func (q *queue) access(c *Conn) error {
+	if q.owner != nil && q.owner != c {
+		return fmt.Errorf("mem: queue %q is exclusive to another connection: %w", q.name, transport.ErrPrecondition)
+	}
+	return nil
+}
+
+// DeleteQueue implements [transport.Transport].
+func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
+	if err := c.check(ctx); err != nil {
+		return err
+	}
+	c.b.mu.RLock()
+	q := c.b.queues[name]
+	c.b.mu.RUnlock()
+	if q == nil {
+		return nil
+	}
+	if err := q.access(c); err != nil {
+		return err
+	}
+	c.b.deleteQueueIf(q, nil)
+	return nil
+}
+
+// Bind implements [transport.Transport].
+func (c *Conn) Bind(ctx context.Context, bd transport.Binding) error {
+	if err := c.check(ctx); err != nil {
+		return err
+	}
+	if bd.Exchange == transport.DefaultExchange {
+		return fmt.Errorf("mem: bind queue %q: the default exchange takes no bindings: %w", bd.Queue, transport.ErrPrecondition)
+	}
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ex := b.exchanges[bd.Exchange]
+	if ex == nil {
+		return fmt.Errorf("mem: bind queue %q to exchange %q: exchange: %w", bd.Queue, bd.Exchange, transport.ErrNotFound)
+	}
+	q := b.queues[bd.Queue]
+	if q == nil {
+		return fmt.Errorf("mem: bind queue %q to exchange %q: queue: %w", bd.Queue, bd.Exchange, transport.ErrNotFound)
+	}
+	if err := q.access(c); err != nil {
+		return err
+	}
+	ex.bind(q, bd.Key)
+	return nil
+}
+
+// Unbind implements [transport.Transport].
+func (c *Conn) Unbind(ctx context.Context, bd transport.Binding) error {
+	if err := c.check(ctx); err != nil {
+		return err
+	}
+	if bd.Exchange == transport.DefaultExchange {
+		return fmt.Errorf("mem: unbind queue %q: the default exchange takes no bindings: %w", bd.Queue, transport.ErrPrecondition)
+	}
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ex, q := b.exchanges[bd.Exchange], b.queues[bd.Queue]
+	if ex == nil || q == nil {
+		return nil
+	}
+	if err := q.access(c); err != nil {
+		return err
+	}
+	if ex.unbind(q, bd.Key, false) && ex.cfg.AutoDelete && len(ex.binds) == 0 {
+		delete(b.exchanges, bd.Exchange)
+	}
+	return nil
+}
+
+// Publish implements [transport.Transport]. The broker takes the message
+// before Publish returns, so a confirm costs nothing extra.
+func (c *Conn) Publish(ctx context.Context, exchange, key string, msg transport.Message, opts transport.PublishOptions) error {
+	if err := c.check(ctx); err != nil {
+		return err
+	}
+	m, err := newMessage(exchange, key, msg)
+	if err != nil {
+		return err
+	}
+	return c.b.publish(m, opts.Mandatory)
+}
+
+// Consume implements [transport.Transport].
+func (c *Conn) Consume(ctx context.Context, queue string, opts transport.ConsumeOptions) (<-chan *transport.Delivery, error) {
+	if err := c.check(ctx); err != nil {
+		return nil, err
+	}
+	if opts.Prefetch < 0 {
+		return nil, fmt.Errorf("mem: consume queue %q: negative prefetch %d", queue, opts.Prefetch)
+	}
+	cs := &consumer{
+		conn:      c,
+		tag:       opts.Tag,
+		prefetch:  max(opts.Prefetch, 1),
+		autoAck:   opts.AutoAck,
+		exclusive: opts.Exclusive,
+		notify:    make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		out:       make(chan *transport.Delivery),
+	}
+	if cs.tag == "" {
+		cs.tag = "amq.ctag-mem-" + strconv.FormatUint(ctagSeq.Add(1), 10)
+	}
+	cs.list.next, cs.list.prev = &cs.list, &cs.list
+
+	var dl []deadLetter
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return nil, transport.ErrClosed
+	}
+	b := c.b
+	b.mu.RLock()
+	q := b.queues[queue]
+	err := func() error {
+		if q == nil {
+			return fmt.Errorf("mem: consume queue %q: %w", queue, transport.ErrNotFound)
+		}
+		if err := q.access(c); err != nil {
+			return err
+		}
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if err := q.addConsumer(cs); err != nil {
+			return err
+		}
+		cs.q = q
+		now := time.Now().UnixNano()
+		q.dispatch(now, &dl)
+		q.armTTL(now)
+		return nil
+	}()
+	b.mu.RUnlock()
+	if err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.consumers[cs] = struct{}{}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go cs.run(ctx)
+	b.publishDeadLetters(dl)
+	return cs.out, nil
+}
+
+// Close implements [transport.Transport]: it ends the consumers, requeueing
+// their unsettled messages, deletes the exclusive queues and waits for the
+// consumer goroutines. Concurrent and repeated calls wait for the first.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed.Store(true)
+		cs := make([]*consumer, 0, len(c.consumers))
+		for x := range c.consumers {
+			cs = append(cs, x)
+		}
+		qs := make([]*queue, 0, len(c.exclusive))
+		for q := range c.exclusive {
+			qs = append(qs, q)
+		}
+		c.mu.Unlock()
+		for _, x := range cs {
+			x.halt()
+		}
+		c.wg.Wait()
+		for _, q := range qs {
+			c.b.deleteQueueIf(q, nil)
+		}
+		c.b.forgetConn(c)
+		if c.ownsBroker {
+			c.b.Close()
+		}
+	})
+	return nil
+}
+
+func (c *Conn) forgetQueue(q *queue) {
+	c.mu.Lock()
+	delete(c.exclusive, q)
+	c.mu.Unlock()
+}
+
+func (c *Conn) forgetConsumer(cs *consumer) {
+	c.mu.Lock()
+	delete(c.consumers, cs)
+	c.mu.Unlock()
+}
+
+// consumer is one Consume call: its place in the queue, its unacknowledged
+// messages and the goroutine that hands deliveries to the caller.
+type consumer struct {
+	q         *queue
+	conn      *Conn
+	tag       string
+	prefetch  int
+	autoAck   bool
+	exclusive bool
+
+	// Guarded by q.mu.
+	unacked      int
+	list         qmsg // sentinel of the unacknowledged messages
+	gone         bool // detached from the queue
+	queueDeleted bool
+
+	bmu    sync.Mutex // guards buf
+	buf    []entry    // taken from the queue, not yet handed over
+	bhead  int
+	notify chan struct{} // buf grew
+	stop   chan struct{} // the queue or the connection ended the consumer
+	halted sync.Once
+	out    chan *transport.Delivery
+}
+
+// entry is a message taken by a consumer, with its delivery information
+// as of that moment.
+type entry struct {
+	qm          *qmsg
+	redelivered bool
+	returns     int64
+}
+
+// take gives qm to c. Called with q.mu held.
+func (c *consumer) take(qm *qmsg) {
+	e := entry{qm: qm, redelivered: qm.redelivered, returns: qm.returns}
+	if !c.autoAck {
+		qm.c = c
+		qm.prev, qm.next = c.list.prev, &c.list
+		c.list.prev.next = qm
+		c.list.prev = qm
+		c.unacked++
+	}
+	c.bmu.Lock()
+	c.buf = append(c.buf, e)
+	c.bmu.Unlock()
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+// unlink removes a settled message from c's list. Called with q.mu held.
+func (c *consumer) unlink(qm *qmsg) {
+	qm.prev.next = qm.next
+	qm.next.prev = qm.prev
+	qm.prev, qm.next, qm.c = nil, nil, nil
+	c.unacked--
+}
+
+func (c *consumer) halt() { c.halted.Do(func() { close(c.stop) }) }
+
+func (c *consumer) next(ctx context.Context) (entry, bool) {
+	for {
+		c.bmu.Lock()
+		if c.bhead < len(c.buf) {
+			e := c.buf[c.bhead]
+			c.buf[c.bhead] = entry{}
+			c.bhead++
+			if c.bhead == len(c.buf) {
+				c.buf, c.bhead = c.buf[:0], 0
+			}
+			c.bmu.Unlock()
+			return e, true
+		}
+		c.bmu.Unlock()
+		select {
+		case <-c.notify:
+		case <-ctx.Done():
+			return entry{}, false
+		case <-c.stop:
+			return entry{}, false
+		}
+	}
+}
+
+func (c *consumer) run(ctx context.Context) {
+	defer c.conn.wg.Done()
+loop:
+	for {
+		e, ok := c.next(ctx)
+		if !ok {
+			break
+		}
+		d := c.delivery(e)
+		select {
+		case c.out <- d:
+		case <-ctx.Done():
+			break loop
+		case <-c.stop:
+			break loop
+		}
+	}
+	if c.q.removeConsumer(c) {
+		c.q.b.deleteQueueIf(c.q, func() bool { return len(c.q.consumers) == 0 })
+	}
+	c.conn.forgetConsumer(c)
+	close(c.out)
+}
+
+// delivery builds what the caller receives: its own copy of the message.
+func (c *consumer) delivery(e entry) *transport.Delivery {
+	m := e.qm.m
+	msg := m.msg
+	if msg.Body != nil {
+		msg.Body = bytes.Clone(msg.Body)
+	}
+	if msg.Headers != nil || e.returns > 0 {
+		msg.Headers = copyTable(msg.Headers, 1)
+		if e.returns > 0 {
+			msg.Headers["x-delivery-count"] = e.returns
+		}
+	}
+	var settle func(ack, requeue bool) error
+	if !c.autoAck {
+		settle = (&settlement{c: c, qm: e.qm}).settle
+	}
+	d := transport.NewDelivery(msg, settle)
+	d.Exchange = m.exchange
+	d.RoutingKey = m.key
+	d.Redelivered = e.redelivered
+	d.ConsumerTag = c.tag
+	return d
+}
+
+// settlement is what one Delivery settles.
+type settlement struct {
+	c       *consumer
+	qm      *qmsg
+	settled atomic.Bool
+}
+
+func (s *settlement) settle(ack, requeue bool) error {
+	if !s.settled.CompareAndSwap(false, true) {
+		return fmt.Errorf("mem: delivery from queue %q: %w", s.c.q.name, transport.ErrAlreadySettled)
+	}
+	return s.c.q.settle(s.c, s.qm, ack, requeue)
+}

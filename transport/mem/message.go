@@ -1,0 +1,245 @@
+package mem
+
+import (
+	"bytes"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/warrenrpc/warren/transport"
+)
+
+// message is a published message as the broker keeps it. It is immutable
+// once built, so every queue it was routed to shares it and consumers read
+// it without locks.
+type message struct {
+	msg      transport.Message
+	exchange string
+	key      string
+	// ttl is the per-message expiration in milliseconds as it would travel on
+	// the wire, -1 when none (a sub-millisecond Expiration is "0").
+	ttl int64
+}
+
+// newMessage copies msg into a message the broker owns, normalised as an
+// AMQP 0-9-1 round trip through amqp091-go would normalise it.
+func newMessage(exchange, key string, msg transport.Message) (*message, error) {
+	m := &message{exchange: exchange, key: key, msg: msg, ttl: -1}
+	m.msg.Body = bytes.Clone(msg.Body)
+	if msg.Headers != nil {
+		h, err := normTable(msg.Headers)
+		if err != nil {
+			return nil, err
+		}
+		m.msg.Headers = h
+	}
+	if !msg.Timestamp.IsZero() {
+		m.msg.Timestamp = time.Unix(msg.Timestamp.Unix(), 0).UTC()
+	}
+	switch {
+	case msg.Expiration < 0:
+		return nil, fmt.Errorf("mem: negative Expiration %v", msg.Expiration)
+	case msg.Expiration > 0:
+		m.ttl = msg.Expiration.Milliseconds()
+		m.msg.Expiration = time.Duration(m.ttl) * time.Millisecond
+	}
+	return m, nil
+}
+
+// normTable returns a deep copy of h with every value converted to the Go
+// type amqp091-go decodes it as (see transport.Message.Headers).
+func normTable(h map[string]any) (map[string]any, error) {
+	out := make(map[string]any, len(h))
+	for k, v := range h {
+		nv, err := normValue(v)
+		if err != nil {
+			return nil, fmt.Errorf("mem: header %q: %w", k, err)
+		}
+		out[k] = nv
+	}
+	return out, nil
+}
+
+func normValue(v any) (any, error) {
+	switch x := v.(type) {
+	case nil, string, bool, int32, int64, float64:
+		return x, nil
+	case []byte:
+		if x == nil {
+			return []byte{}, nil
+		}
+		return bytes.Clone(x), nil
+	case int:
+		return int64(x), nil
+	case int8:
+		return int64(x), nil
+	case int16:
+		return int64(x), nil
+	case uint:
+		if uint64(x) > math.MaxInt64 {
+			return nil, fmt.Errorf("integer %d overflows int64", x)
+		}
+		return int64(x), nil
+	case uint8:
+		return int64(x), nil
+	case uint16:
+		return int64(x), nil
+	case uint32:
+		return int64(x), nil
+	case uint64:
+		if x > math.MaxInt64 {
+			return nil, fmt.Errorf("integer %d overflows int64", x)
+		}
+		return int64(x), nil
+	case float32:
+		return float64(x), nil
+	case time.Time:
+		return time.Unix(x.Unix(), 0), nil
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			ne, err := normValue(e)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = ne
+		}
+		return out, nil
+	case map[string]any:
+		return normTable(x)
+	default:
+		return nil, fmt.Errorf("unsupported header value type %T", v)
+	}
+}
+
+// copyTable deep-copies a normalised table so that a consumer owns what it
+// receives.
+func copyTable(h map[string]any, extra int) map[string]any {
+	out := make(map[string]any, len(h)+extra)
+	for k, v := range h {
+		out[k] = copyValue(v)
+	}
+	return out
+}
+
+func copyValue(v any) any {
+	switch x := v.(type) {
+	case []byte:
+		return bytes.Clone(x)
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = copyValue(e)
+		}
+		return out
+	case map[string]any:
+		return copyTable(x, 0)
+	default:
+		return v
+	}
+}
+
+// Dead-letter reasons, as RabbitMQ writes them in x-death.
+const (
+	reasonRejected      = "rejected"
+	reasonExpired       = "expired"
+	reasonMaxLen        = "maxlen"
+	reasonDeliveryLimit = "delivery_limit"
+)
+
+// deadLetter is a message leaving a queue for its dead-letter exchange.
+type deadLetter struct {
+	m      *message
+	reason string
+	queue  string
+	dlx    string
+	dlrk   string // "" keeps the message's routing key
+}
+
+// build returns the message republished to the dead-letter exchange, with
+// the headers RabbitMQ 3.10 adds (rabbit_dead_letter:make_msg): an x-death
+// entry per (queue, reason), newest first, whose count grows on a repeated
+// death, x-first-death-* on the first death, and the per-message expiration
+// moved into x-death as original-expiration.
+func (d deadLetter) build(now time.Time) *message {
+	old := d.m
+	nm := &message{exchange: d.dlx, key: old.key, msg: old.msg, ttl: -1}
+	if d.dlrk != "" {
+		nm.key = d.dlrk
+	}
+	nm.msg.Expiration = 0
+	h := copyTable(old.msg.Headers, 4)
+	info := map[string]any{
+		"count":        int64(1),
+		"reason":       d.reason,
+		"queue":        d.queue,
+		"time":         time.Unix(now.Unix(), 0),
+		"exchange":     old.exchange,
+		"routing-keys": []any{old.key},
+	}
+	if old.ttl >= 0 {
+		info["original-expiration"] = strconv.FormatInt(old.ttl, 10)
+	}
+	switch deaths := h["x-death"].(type) {
+	case nil:
+		h["x-death"] = []any{info}
+		h["x-first-death-exchange"] = old.exchange
+		h["x-first-death-reason"] = d.reason
+		h["x-first-death-queue"] = d.queue
+	case []any:
+		first := info
+		match := -1
+		for i, e := range deaths {
+			if t, ok := e.(map[string]any); ok && t["queue"] == d.queue && t["reason"] == d.reason {
+				t["count"] = deathCount(t["count"]) + 1
+				first, match = t, i
+				break
+			}
+		}
+		out := make([]any, 0, len(deaths)+1)
+		out = append(out, first)
+		for i, e := range deaths {
+			if i != match {
+				out = append(out, e)
+			}
+		}
+		h["x-death"] = out
+	}
+	nm.msg.Headers = h
+	return nm
+}
+
+func deathCount(v any) int64 {
+	switch n := v.(type) {
+	case int64:
+		return n
+	case int32:
+		return int64(n)
+	}
+	return 0
+}
+
+// isCycle reports whether dead-lettering m into queue closes a fully
+// automatic cycle, one with no rejection in it, which RabbitMQ breaks by
+// dropping the message (rabbit_dead_letter:is_cycle).
+func isCycle(queue string, m *message) bool {
+	deaths, _ := m.msg.Headers["x-death"].([]any)
+	for i, e := range deaths {
+		t, ok := e.(map[string]any)
+		if !ok {
+			return false
+		}
+		if t["queue"] != queue {
+			continue
+		}
+		for _, e := range deaths[:i+1] {
+			t, ok := e.(map[string]any)
+			if !ok || t["reason"] == reasonRejected {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
