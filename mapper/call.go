@@ -179,23 +179,39 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, sel Sele
 	return targets, body, nil
 }
 
+// announceQuiet is how long a new mapper waits after the last agent joined
+// before it trusts its registry to be complete: agents answer an announce
+// within a round trip.
+const announceQuiet = 100 * time.Millisecond
+
 // candidates returns the live agents serving path. A mapper that has just
-// started waits up to AnnounceWait for agents to announce themselves.
+// started first lets the agents answering its announce come in (until none
+// has joined for announceQuiet), and waits up to AnnounceWait for one that
+// serves path.
 func (m *Mapper) candidates(ctx context.Context, path string) ([]AgentInfo, error) {
-	deadline := m.readyAt.Add(m.cfg.AnnounceWait)
+	settled := m.readyAt.Add(m.cfg.AnnounceWait)
 	for {
-		c := m.reg.live(path, time.Now())
-		if len(c) > 0 {
-			return c, nil
+		now := time.Now()
+		var until time.Time
+		if now.Before(settled) {
+			quiet := time.Unix(0, max(m.readyAt.UnixNano(), m.lastJoin.Load())).Add(announceQuiet)
+			if now.Before(quiet) {
+				until = quiet
+			}
 		}
-		wait := time.Until(deadline)
-		if wait <= 0 {
-			return nil, fmt.Errorf("%w %s", ErrNoAgent, path)
+		if until.IsZero() {
+			if c := m.reg.live(path, now); len(c) > 0 {
+				return c, nil
+			}
+			if !now.Before(settled) {
+				return nil, fmt.Errorf("%w %s", ErrNoAgent, path)
+			}
+			until = settled
 		}
 		m.mu.Lock()
 		joined := m.joined
 		m.mu.Unlock()
-		t := time.NewTimer(wait)
+		t := time.NewTimer(time.Until(until))
 		select {
 		case <-joined:
 		case <-t.C:

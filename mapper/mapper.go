@@ -83,8 +83,9 @@ type Mapper struct {
 	events  chan Event
 	onEvent func(Event)
 
-	late    atomic.Int64
-	dropped atomic.Int64
+	lastJoin atomic.Int64 // UnixNano of the latest AgentJoined
+	late     atomic.Int64
+	dropped  atomic.Int64
 }
 
 // New returns a mapper on tr. It does not touch the broker until Run.
@@ -287,6 +288,7 @@ func (m *Mapper) emit(evs []Event) {
 		m.log.Info("agent "+string(e.Kind), "agent", e.Agent.Identity)
 		switch e.Kind {
 		case AgentJoined:
+			m.lastJoin.Store(time.Now().UnixNano())
 			m.mu.Lock()
 			close(m.joined)
 			m.joined = make(chan struct{})

@@ -1,0 +1,40 @@
+// Package mapper dispatches requests to Warren agents.
+//
+// A Mapper keeps a live registry of agents from their heartbeats and picks
+// targets with a Selector: LeastLoaded (the default), All (fan-out),
+// Random, RoundRobin, Identity, Tagged, or any SelectorFunc over the agents'
+// status and tags. Any number of mappers run at once, all hot: each hears
+// every heartbeat and has its own reply queue.
+//
+//	m, _ := mapper.New(tr, mapper.Config{})
+//	go m.Run(ctx)
+//	r, err := m.Request(ctx, "/simple/echo", "hi")
+//	rs, err := m.FanOut(ctx, "/simple/echo", "hi")
+//	err = m.Push(ctx, "/simple/echo", "hi", mapper.Select(mapper.RoundRobin()))
+//
+// # Design
+//
+// A mapper that starts publishes an announce request, so agents ping at once
+// and Request works within a round trip rather than a ping interval; for
+// AnnounceWait after Run is ready, "no agent" waits for agents to answer.
+// An agent silent for the ping timeout (three of its ping intervals unless
+// Config.PingTimeout says otherwise) is dropped from dispatch and taken back
+// when it pings again; an agent that unregisters is dropped at once.
+//
+// # Delivery guarantees
+//
+// Context deadlines are the timeouts, and travel with each request as its
+// expiration and warren-deadline header, so agents do not start expired
+// work. A caller receives each result at most once: replies are matched by
+// correlation id, and late or duplicate replies are discarded (counted by
+// LateReplies). When the agent a Request was sent to leaves or expires
+// before answering, the request is re-sent to another live agent serving
+// the path; it may then run twice, and the caller gets the first result.
+// Requests and pushes are published mandatory: an agent queue that no longer
+// exists is an error, not a silent loss.
+//
+// # Shutdown
+//
+// When Run's context ends, pending calls fail with ErrNotRunning and Run
+// returns nil. The mapper never closes the transport it was given.
+package mapper
