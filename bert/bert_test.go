@@ -88,6 +88,7 @@ var decodeCases = []struct {
 	{"{bert, true} with UTF-8 atoms", term(104, 2, 119, 4, "bert", 119, 4, "true"), true},
 	{"{bert, dict, []}", term(104, 3, atomBert, 100, 0, 4, "dict", 106), Dict{}},
 	{"{bert, dict, [{a, 1}]}", term(104, 3, atomBert, 100, 0, 4, "dict", 108, "\x00\x00\x00\x01", 104, 2, 100, 0, 1, "a", 97, 1, 106), Dict{{Atom("a"), 1}}},
+	{"{bert, dict, [{a, 1}]} large tuple pair", term(104, 3, atomBert, 100, 0, 4, "dict", 108, "\x00\x00\x00\x01", 105, "\x00\x00\x00\x02", 100, 0, 1, "a", 97, 1, 106), Dict{{Atom("a"), 1}}},
 	{"{bert, dict, [{bert, nil}]} keeps the pair", term(104, 3, atomBert, 100, 0, 4, "dict", 108, "\x00\x00\x00\x01", 104, 2, atomBert, 100, 0, 3, "nil", 106), Dict{{Atom("bert"), Atom("nil")}}},
 	{"{bert, time, 1255, 295581, 446228}", term(104, 5, atomBert, 100, 0, 4, "time", 98, "\x00\x00\x04\xe7", 98, "\x00\x04\x82\x9d", 98, "\x00\x06\xcf\x14"), time.Unix(1255295581, 446228000).UTC()},
 	{"{bert, regex, <<\"a\">>, [caseless]}", term(104, 4, atomBert, 100, 0, 5, "regex", 109, "\x00\x00\x00\x01", "a", 108, "\x00\x00\x00\x01", 100, 0, 8, "caseless", 106), Regex{Source: "a", Options: List{Atom("caseless")}}},

@@ -378,15 +378,22 @@ func (d *decoder) list(start, n, depth int, pairs bool) (List, error) {
 // pair decodes one {Key, Value} entry of a dict.
 func (d *decoder) pair(depth int) (any, error) {
 	start := d.pos
-	if d.pos < len(d.data) && d.data[d.pos] == tagSmallTuple && d.pos+1 < len(d.data) && d.data[d.pos+1] == 2 {
-		if d.elems <= 0 {
-			return nil, d.errLimit(start, "more than MaxElements %d terms", d.lim.MaxElements)
-		}
-		d.elems--
-		d.pos += 2
-		return d.tuple(start, 2, depth, true)
+	rest := d.data[d.pos:]
+	var hdr int
+	switch {
+	case len(rest) >= 2 && rest[0] == tagSmallTuple && rest[1] == 2:
+		hdr = 2
+	case len(rest) >= 5 && rest[0] == tagLargeTuple && binary.BigEndian.Uint32(rest[1:5]) == 2:
+		hdr = 5
+	default:
+		return nil, d.errMalformed(start, "dict entry is not a {Key, Value} tuple")
 	}
-	return nil, d.errMalformed(start, "dict entry is not a {Key, Value} tuple")
+	if d.elems <= 0 {
+		return nil, d.errLimit(start, "more than MaxElements %d terms", d.lim.MaxElements)
+	}
+	d.elems--
+	d.pos += hdr
+	return d.tuple(start, 2, depth, true)
 }
 
 func (d *decoder) mapExt(start, n, depth int) (any, error) {
