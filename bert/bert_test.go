@@ -556,3 +556,44 @@ func TestFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestFormatLimit(t *testing.T) {
+	huge := bytes.Repeat([]byte("a"), 1<<20)
+	cases := []struct {
+		in   any
+		max  int
+		want string
+	}{
+		{Tuple{Atom("call"), Atom("m")}, 0, "{call,m}"},
+		{Tuple{Atom("call"), Atom("m")}, 100, "{call,m}"},
+		{Tuple{Atom("call"), Atom("m")}, 3, "{call..."},
+		{List{1, 2, 3, 4, 5}, 4, "[1,2..."},
+		{List{1, 2}, 5, "[1,2]"},
+		{huge, 10, `<<"` + strings.Repeat("a", 64) + "..."},
+		{Dict{{1, 2}, {3, 4}}, 13, "{bert,dict,[{..."},
+		{Dict{{1, 2}, {3, 4}}, 17, "{bert,dict,[{1,2}..."},
+		{Charlist("abc"), 2, `"abc"`},
+		{Charlist(strings.Repeat("x", 100)), 2, `"` + strings.Repeat("x", 64) + "..."},
+	}
+	for _, c := range cases {
+		if got := FormatLimit(c.in, c.max); got != c.want {
+			t.Errorf("FormatLimit(%.80s, %d) = %.200s, want %.200s", Format(c.in), c.max, got, c.want)
+		}
+	}
+	cyclic := Tuple{nil}
+	cyclic[0] = cyclic
+	if got := FormatLimit(cyclic, 20); !strings.HasSuffix(got, "...") {
+		t.Errorf("cyclic tuple: %s", got)
+	}
+}
+
+// TestErrorMessagesAreShort checks that a huge term in a bad complex type
+// is not copied into the error message.
+func TestErrorMessagesAreShort(t *testing.T) {
+	bin := term(109, "\x00\x10\x00\x00", strings.Repeat("z", 1<<20))[1:]
+	in := term(104, 5, atomBert, 100, 0, 4, "time", bin, 97, 0, 97, 0)
+	_, err := Unmarshal(in)
+	if !errors.Is(err, ErrMalformed) || len(err.Error()) > 300 {
+		t.Fatalf("err (%d bytes) = %.300v", len(err.Error()), err)
+	}
+}

@@ -22,7 +22,7 @@ import (
 // with the default limits as far as depth is concerned. Errors wrap
 // [ErrUnsupported].
 func Marshal(v any) ([]byte, error) {
-	return AppendMarshal(make([]byte, 0, 64), v)
+	return AppendMarshal(make([]byte, 0, 128), v)
 }
 
 // AppendMarshal is [Marshal] appending to dst.

@@ -11,75 +11,149 @@ import (
 // encode to (nil as {bert,nil}, a Dict as {bert,dict,[...]}); values that
 // Marshal cannot encode are shown as <unsupported TYPE>.
 func Format(v any) string {
-	var b strings.Builder
-	format(&b, canon(v, 0))
-	return b.String()
+	return FormatLimit(v, 0)
 }
 
-func format(b *strings.Builder, v any) {
-	switch v := v.(type) {
-	case int:
-		b.WriteString(strconv.Itoa(v))
-	case *big.Int:
-		b.WriteString(v.String())
-	case float64:
-		b.WriteString(formatFloat(v))
-	case Atom:
-		formatAtom(b, string(v))
-	case []byte:
-		formatBinary(b, v)
-	case Charlist:
-		if printable(string(v)) {
-			b.WriteByte('"')
-			writeEscaped(b, string(v), '"')
-			b.WriteByte('"')
+// FormatLimit is [Format] that stops after about max bytes and then
+// ends the text with "...". It does the work for the part it shows only,
+// so it suits logging untrusted terms. A max of 0 or less means no limit.
+func FormatLimit(v any, max int) string {
+	f := formatter{max: max}
+	f.term(v, 0)
+	if f.cut {
+		f.b.WriteString("...")
+	}
+	return f.b.String()
+}
+
+type formatter struct {
+	b   strings.Builder
+	max int
+	cut bool // output reached max
+}
+
+// ws and wb write unless the output was cut.
+func (f *formatter) ws(s string) {
+	if !f.cut {
+		f.b.WriteString(s)
+	}
+}
+
+func (f *formatter) wb(c byte) {
+	if !f.cut {
+		f.b.WriteByte(c)
+	}
+}
+
+// full reports whether the output has reached the limit; from then on
+// nothing more is written.
+func (f *formatter) full() bool {
+	if f.max > 0 && f.b.Len() >= f.max {
+		f.cut = true
+	}
+	return f.cut
+}
+
+func (f *formatter) seq(open, close string, n int, elem func(i int)) {
+	f.ws(open)
+	for i := range n {
+		if f.full() {
 			return
 		}
-		b.WriteByte('[')
-		for i := range len(v) {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(strconv.Itoa(int(v[i])))
+		if i > 0 {
+			f.wb(',')
 		}
-		b.WriteByte(']')
+		elem(i)
+	}
+	f.ws(close)
+}
+
+// term writes v. The decoded types are written directly; other Go values
+// go through canon first.
+func (f *formatter) term(v any, depth int) {
+	if f.full() {
+		return
+	}
+	if depth > maxCanonDepth {
+		f.ws("...")
+		return
+	}
+	switch v := v.(type) {
+	case int:
+		f.ws(strconv.Itoa(v))
+	case *big.Int:
+		if v == nil {
+			f.ws("<unsupported *big.Int>")
+			return
+		}
+		f.ws(v.String())
+	case float64:
+		f.ws(formatFloat(v))
+	case Atom:
+		formatAtom(&f.b, string(v))
+	case []byte:
+		f.binary(v)
+	case Charlist:
+		if printable(v) {
+			f.wb('"')
+			escaped(f, v, '"')
+			f.wb('"')
+			return
+		}
+		f.seq("[", "]", len(v), func(i int) { f.ws(strconv.Itoa(int(v[i]))) })
 	case Tuple:
-		b.WriteByte('{')
-		for i, e := range v {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			format(b, e)
-		}
-		b.WriteByte('}')
+		f.seq("{", "}", len(v), func(i int) { f.term(v[i], depth+1) })
 	case List:
-		b.WriteByte('[')
-		for i, e := range v {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			format(b, e)
-		}
-		b.WriteByte(']')
+		f.seq("[", "]", len(v), func(i int) { f.term(v[i], depth+1) })
 	case Map:
-		b.WriteString("#{")
-		for i, kv := range v {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			format(b, kv.Key)
-			b.WriteString(" => ")
-			format(b, kv.Value)
-		}
-		b.WriteByte('}')
+		f.seq("#{", "}", len(v), func(i int) {
+			f.term(v[i].Key, depth+1)
+			f.ws(" => ")
+			f.term(v[i].Value, depth+1)
+		})
+	case Dict:
+		f.ws("{bert,dict,")
+		f.seq("[", "]", len(v), func(i int) {
+			f.seq("{", "}", 2, func(j int) {
+				if j == 0 {
+					f.term(v[i].Key, depth+3)
+				} else {
+					f.term(v[i].Value, depth+3)
+				}
+			})
+		})
+		f.wb('}')
 	case unsupportedValue:
-		b.WriteString("<unsupported ")
+		f.ws("<unsupported ")
 		if v.t == nil {
-			b.WriteString("nil")
+			f.ws("nil")
 		} else {
-			b.WriteString(v.t.String())
+			f.ws(v.t.String())
 		}
-		b.WriteByte('>')
+		f.wb('>')
+	default:
+		f.term(canon(v, depth), depth)
+	}
+}
+
+func (f *formatter) binary(v []byte) {
+	if printable(v) {
+		f.ws(`<<"`)
+		escaped(f, v, '"')
+		f.ws(`">>`)
+		return
+	}
+	f.seq("<<", ">>", len(v), func(i int) { f.ws(strconv.Itoa(int(v[i]))) })
+}
+
+// escaped writes s with Erlang escapes for quote, backslash and control
+// characters; bytes outside ASCII are written as \x{HH}.
+func escaped[T ~string | ~[]byte](f *formatter, s T, quote byte) {
+	for i := range len(s) {
+		if i%64 == 0 && f.full() {
+			return
+		}
+		writeEscapedByte(&f.b, s[i], quote)
 	}
 }
 
@@ -121,31 +195,16 @@ func formatAtom(b *strings.Builder, a string) {
 		return
 	}
 	b.WriteByte('\'')
-	writeEscaped(b, a, '\'')
-	b.WriteByte('\'')
-}
-
-func formatBinary(b *strings.Builder, v []byte) {
-	b.WriteString("<<")
-	if len(v) > 0 && printable(string(v)) {
-		b.WriteByte('"')
-		writeEscaped(b, string(v), '"')
-		b.WriteByte('"')
-	} else {
-		for i, c := range v {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(strconv.Itoa(int(c)))
-		}
+	for i := range len(a) {
+		writeEscapedByte(b, a[i], '\'')
 	}
-	b.WriteString(">>")
+	b.WriteByte('\'')
 }
 
 // printable reports whether s is non-empty and only printable ASCII or
 // common whitespace escapes.
-func printable(s string) bool {
-	if s == "" {
+func printable[T ~string | ~[]byte](s T) bool {
+	if len(s) == 0 {
 		return false
 	}
 	for i := range len(s) {
@@ -157,27 +216,23 @@ func printable(s string) bool {
 	return true
 }
 
-// writeEscaped writes s with Erlang escapes for quote, backslash and
-// control characters; bytes outside ASCII are written as \xHH.
-func writeEscaped(b *strings.Builder, s string, quote byte) {
-	for i := range len(s) {
-		c := s[i]
-		switch {
-		case c == quote || c == '\\':
-			b.WriteByte('\\')
-			b.WriteByte(c)
-		case c == '\n':
-			b.WriteString(`\n`)
-		case c == '\t':
-			b.WriteString(`\t`)
-		case c == '\r':
-			b.WriteString(`\r`)
-		case c < 0x20 || c > 0x7e:
-			b.WriteString(`\x{`)
-			b.WriteString(strconv.FormatUint(uint64(c), 16))
-			b.WriteByte('}')
-		default:
-			b.WriteByte(c)
-		}
+// writeEscapedByte writes c escaped for a text quoted with quote.
+func writeEscapedByte(b *strings.Builder, c, quote byte) {
+	switch {
+	case c == quote || c == '\\':
+		b.WriteByte('\\')
+		b.WriteByte(c)
+	case c == '\n':
+		b.WriteString(`\n`)
+	case c == '\t':
+		b.WriteString(`\t`)
+	case c == '\r':
+		b.WriteString(`\r`)
+	case c < 0x20 || c > 0x7e:
+		b.WriteString(`\x{`)
+		b.WriteString(strconv.FormatUint(uint64(c), 16))
+		b.WriteByte('}')
+	default:
+		b.WriteByte(c)
 	}
 }
