@@ -1,0 +1,103 @@
+package setup
+
+import (
+	"regexp"
+	"testing"
+)
+
+// TestPermissionTable checks the patterns against every resource each role
+// touches (docs/protocol.md) and a few it must not.
+func TestPermissionTable(t *testing.T) {
+	agent, err := AgentPermissions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fred, err := AgentPermissions("fred", "a.b*c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := MapperPermissions()
+	type row struct {
+		perm         Permissions
+		name         string
+		conf, wr, rd bool
+	}
+	for _, r := range []row{
+		{agent, "warren.request", true, false, true},
+		{agent, "warren.service", true, false, true},
+		{agent, "warren.heartbeat", true, true, false},
+		{agent, "warren.control", true, false, true},
+		{agent, "warren.dlx", true, true, true},
+		{agent, "warren.dead", true, true, false},
+		{agent, "warren.agent.bob", true, true, true},
+		{agent, "warren.service./simple/echo", true, true, true},
+		{agent, "amq.gen-JzTY20BRgKO-HjmUJj0wLg", true, true, true},
+		{agent, "amq.default", false, true, false},
+		{agent, "amq.direct", false, false, false},
+		{agent, "warren.agent.", false, false, false},
+		{agent, "other", false, false, false},
+		{fred, "warren.agent.fred", true, true, true},
+		{fred, "warren.agent.a.b*c", true, true, true},
+		{fred, "warren.agent.a.bbc", false, false, false},
+		{fred, "warren.agent.bob", false, false, false},
+		{fred, "warren.agent.fredx", false, false, false},
+		{mapper, "warren.request", true, true, false},
+		{mapper, "warren.service", true, true, false},
+		{mapper, "warren.heartbeat", true, false, true},
+		{mapper, "warren.control", true, true, false},
+		{mapper, "warren.dlx", true, false, true},
+		{mapper, "warren.dead", true, true, false},
+		{mapper, "warren.agent.fred", false, false, false},
+		{mapper, "warren.service./simple/echo", false, false, false},
+		{mapper, "amq.gen-JzTY20BRgKO-HjmUJj0wLg", true, true, true},
+		{mapper, "amq.default", false, false, false},
+	} {
+		got := [3]bool{
+			regexp.MustCompile(r.perm.Configure).MatchString(r.name),
+			regexp.MustCompile(r.perm.Write).MatchString(r.name),
+			regexp.MustCompile(r.perm.Read).MatchString(r.name),
+		}
+		if want := [3]bool{r.conf, r.wr, r.rd}; got != want {
+			t.Errorf("%v on %q: configure/write/read %v, want %v", r.perm, r.name, got, want)
+		}
+	}
+	for _, bad := range []string{"", "a b", "a/b", "a\tb", "a\x00"} {
+		if _, err := AgentPermissions(bad); err == nil {
+			t.Errorf("identity %q accepted", bad)
+		}
+	}
+}
+
+func TestCheckPassword(t *testing.T) {
+	// RabbitMQ 3.10's hash of "guest" (GET /api/users/guest).
+	const h = "Me2gZNGtkW8S61yFO6zbkQJBhL97E2hhnZkYbI0JxiQz7VDv"
+	if m, k := checkPassword("rabbit_password_hashing_sha256", h, "guest"); !m || !k {
+		t.Errorf("guest: match %v known %v", m, k)
+	}
+	if m, _ := checkPassword("rabbit_password_hashing_sha256", h, "guesT"); m {
+		t.Error("wrong password matched")
+	}
+	if _, k := checkPassword("bcrypt", h, "guest"); k {
+		t.Error("unknown algorithm claimed known")
+	}
+	if m, _ := checkPassword("rabbit_password_hashing_sha256", "", "x"); m {
+		t.Error("empty hash matched")
+	}
+}
+
+// TestTopologyMatchesWire keeps the exchanges setup declares in step with
+// the protocol's.
+func TestTopologyMatchesWire(t *testing.T) {
+	want := map[string]string{
+		"warren.request": "direct", "warren.service": "direct", "warren.heartbeat": "fanout",
+		"warren.control": "fanout", "warren.dlx": "fanout",
+	}
+	if len(topologyExchanges) != len(want) {
+		t.Fatalf("%d exchanges, want %d", len(topologyExchanges), len(want))
+	}
+	for _, ex := range topologyExchanges {
+		if want[ex.name] != ex.kind {
+			t.Errorf("exchange %s kind %s, want %s", ex.name, ex.kind, want[ex.name])
+		}
+	}
+}
