@@ -344,6 +344,8 @@ var encodeCases = []struct {
 	{"Dict", Dict{{Atom("a"), 1}}, term(104, 3, atomBert, 100, 0, 4, "dict", 108, "\x00\x00\x00\x01", 104, 2, 100, 0, 1, "a", 97, 1, 106)},
 	{"map[string]any sorted", map[string]any{"b": 2, "a": 1}, term(104, 3, atomBert, 100, 0, 4, "dict", 108, "\x00\x00\x00\x02",
 		104, 2, 109, "\x00\x00\x00\x01", "a", 97, 1, 104, 2, 109, "\x00\x00\x00\x01", "b", 97, 2, 106)},
+	{"map[Atom]any keeps atom keys", map[Atom]any{"b": 2, "a": 1}, term(104, 3, atomBert, 100, 0, 4, "dict", 108, "\x00\x00\x00\x02",
+		104, 2, 100, 0, 1, "a", 97, 1, 104, 2, 100, 0, 1, "b", 97, 2, 106)},
 	{"map[string]int", map[string]int{"a": 1}, term(104, 3, atomBert, 100, 0, 4, "dict", 108, "\x00\x00\x00\x01", 104, 2, 109, "\x00\x00\x00\x01", "a", 97, 1, 106)},
 	{"time", time.Unix(1255295581, 446228999).In(time.FixedZone("X", 3600)), term(104, 5, atomBert, 100, 0, 4, "time", 98, "\x00\x00\x04\xe7", 98, "\x00\x04\x82\x9d", 98, "\x00\x06\xcf\x14")},
 	{"Regex", Regex{Source: "a", Options: List{Atom("caseless")}}, term(104, 4, atomBert, 100, 0, 5, "regex", 109, "\x00\x00\x00\x01", "a", 108, "\x00\x00\x00\x01", 100, 0, 8, "caseless", 106)},

@@ -47,6 +47,7 @@
 //	nil, bool                                       {bert, nil}, {bert, true}, {bert, false}
 //	Dict                                            {bert, dict, [...]} in Dict order
 //	map[string]V                                    {bert, dict, [...]}, binary keys, sorted
+//	map[K]V, K of kind string (map[Atom]V)          {bert, dict, [...]}, keys as K, sorted
 //	time.Time (not before 1970)                     {bert, time, ...}, to the microsecond
 //	Regex, *Regex                                   {bert, regex, <<Source>>, Options}
 //	named types of the kinds above                  as their kind

@@ -163,14 +163,9 @@ func (e *encoder) reflect(rv reflect.Value, depth int) error {
 		return nil
 	case reflect.Map:
 		if rv.Type().Key().Kind() != reflect.String {
-			return unsupported("map with %s keys (only string keys become a dict)", rv.Type().Key())
+			return unsupported("map with %s keys (only string-kind keys become a dict)", rv.Type().Key())
 		}
-		d := make(Dict, 0, rv.Len())
-		for it := rv.MapRange(); it.Next(); {
-			d = append(d, KV{Key: it.Key().String(), Value: it.Value().Interface()})
-		}
-		slices.SortFunc(d, func(a, b KV) int { return cmpString(a.Key.(string), b.Key.(string)) })
-		return e.dict(d, depth)
+		return e.dict(reflectDict(rv), depth)
 	}
 	if !rv.IsValid() {
 		return e.term(nil, depth)
@@ -186,6 +181,27 @@ func cmpString(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// reflectDict turns a map with string-kind keys into a Dict sorted by key.
+// Keys keep their type: a map[Atom]V gives atom keys.
+func reflectDict(rv reflect.Value) Dict {
+	d := make(Dict, 0, rv.Len())
+	keys := make([]string, 0, rv.Len())
+	for it := rv.MapRange(); it.Next(); {
+		d = append(d, KV{Key: it.Key().Interface(), Value: it.Value().Interface()})
+		keys = append(keys, it.Key().String())
+	}
+	idx := make([]int, len(d))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int { return cmpString(keys[a], keys[b]) })
+	sorted := make(Dict, len(d))
+	for i, j := range idx {
+		sorted[i] = d[j]
+	}
+	return sorted
 }
 
 func sortedDict(m map[string]any) Dict {

@@ -110,11 +110,7 @@ func canonReflect(rv reflect.Value, depth int) any {
 		if rv.Type().Key().Kind() != reflect.String {
 			break
 		}
-		m := make(map[string]any, rv.Len())
-		for it := rv.MapRange(); it.Next(); {
-			m[it.Key().String()] = it.Value().Interface()
-		}
-		return canonDict(sortedDict(m), depth)
+		return canonDict(reflectDict(rv), depth)
 	case reflect.Invalid:
 		return complexTuple("nil")
 	}
