@@ -196,7 +196,12 @@ func (t *Transport) mapErr(op, name string, err error) error {
 // when ctx ends first, fn's channel is closed once fn returns and ctx's error
 // is returned. A channel that the broker closed (any channel-level error) is
 // dropped; the others are reused.
-func (t *Transport) topology(ctx context.Context, op, name string, fn func(ch *amqp091.Channel) error) error {
+func (t *Transport) topology(ctx context.Context, op, name string, names []string, fn func(ch *amqp091.Channel) error) error {
+	for _, n := range names {
+		if err := checkShort("name", n); err != nil {
+			return fmt.Errorf("amqp: %s %q: %w", op, name, err)
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("amqp: %s %q: %w", op, name, err)
 	}
@@ -274,7 +279,7 @@ func (t *Transport) DeclareExchange(ctx context.Context, ex transport.Exchange) 
 	if ex.Name == transport.DefaultExchange {
 		return fmt.Errorf("amqp: declare exchange %q: the default exchange cannot be declared: %w", ex.Name, transport.ErrPrecondition)
 	}
-	return t.topology(ctx, "declare exchange", ex.Name, func(ch *amqp091.Channel) error {
+	return t.topology(ctx, "declare exchange", ex.Name, []string{ex.Name}, func(ch *amqp091.Channel) error {
 		return ch.ExchangeDeclare(ex.Name, string(kind), ex.Durable, ex.AutoDelete, false, false, nil)
 	})
 }
@@ -288,7 +293,7 @@ func (t *Transport) DeclareQueue(ctx context.Context, q transport.Queue) (string
 		return "", err
 	}
 	var name string
-	err = t.topology(ctx, "declare queue", q.Name, func(ch *amqp091.Channel) error {
+	err = t.topology(ctx, "declare queue", q.Name, []string{q.Name, q.DeadLetterExchange, q.DeadLetterRoutingKey}, func(ch *amqp091.Channel) error {
 		dq, err := ch.QueueDeclare(q.Name, durable, q.AutoDelete, q.Exclusive, false, args)
 		name = dq.Name
 		return err
@@ -364,7 +369,7 @@ func queueArgs(q transport.Queue) (amqp091.Table, bool, error) {
 // DeleteQueue deletes the queue and its messages; a missing queue is not an
 // error. Consumers of the queue see their delivery channel closed.
 func (t *Transport) DeleteQueue(ctx context.Context, name string) error {
-	return t.topology(ctx, "delete queue", name, func(ch *amqp091.Channel) error {
+	return t.topology(ctx, "delete queue", name, []string{name}, func(ch *amqp091.Channel) error {
 		_, err := ch.QueueDelete(name, false, false, false)
 		return err
 	})
@@ -373,14 +378,14 @@ func (t *Transport) DeleteQueue(ctx context.Context, name string) error {
 // Bind routes b.Exchange to b.Queue with b.Key. A missing exchange or queue
 // is ErrNotFound.
 func (t *Transport) Bind(ctx context.Context, b transport.Binding) error {
-	return t.topology(ctx, "bind queue", b.Queue, func(ch *amqp091.Channel) error {
+	return t.topology(ctx, "bind queue", b.Queue, []string{b.Exchange, b.Queue, b.Key}, func(ch *amqp091.Channel) error {
 		return ch.QueueBind(b.Queue, b.Key, b.Exchange, false, nil)
 	})
 }
 
 // Unbind removes a binding; a missing binding is not an error.
 func (t *Transport) Unbind(ctx context.Context, b transport.Binding) error {
-	return t.topology(ctx, "unbind queue", b.Queue, func(ch *amqp091.Channel) error {
+	return t.topology(ctx, "unbind queue", b.Queue, []string{b.Exchange, b.Queue, b.Key}, func(ch *amqp091.Channel) error {
 		return ch.QueueUnbind(b.Queue, b.Key, b.Exchange, nil)
 	})
 }

@@ -541,3 +541,30 @@ func TestConnectionLost(t *testing.T) {
 		t.Errorf("consume: err = %v", err)
 	}
 }
+
+// TestLongNamesAreErrors checks that strings too long for AMQP are refused
+// before anything is written: amqp091 would break the whole connection.
+func TestLongNamesAreErrors(t *testing.T) {
+	tr := dial(t, amqp.Config{})
+	ctx := t.Context()
+	q := tempQueue(t, tr, transport.Queue{})
+	long := strings.Repeat("x", 256)
+	errs := map[string]error{
+		"routing key": tr.Publish(ctx, "", long, transport.Message{}, transport.PublishOptions{}),
+		"exchange":    tr.Publish(ctx, long, "k", transport.Message{}, transport.PublishOptions{}),
+		"header key":  tr.Publish(ctx, "", q, transport.Message{Headers: map[string]any{"m": map[string]any{long: 1}}}, transport.PublishOptions{}),
+		"message id":  tr.Publish(ctx, "", q, transport.Message{MessageID: long}, transport.PublishOptions{}),
+		"bind key":    tr.Bind(ctx, transport.Binding{Exchange: "amq.direct", Queue: q, Key: long}),
+		"consume":     func() error { _, err := tr.Consume(ctx, long, transport.ConsumeOptions{}); return err }(),
+		"tag":         func() error { _, err := tr.Consume(ctx, q, transport.ConsumeOptions{Tag: long}); return err }(),
+	}
+	_, errs["declare"] = tr.DeclareQueue(ctx, transport.Queue{Name: long})
+	for what, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "more than AMQP's 255") {
+			t.Errorf("%s: err = %v", what, err)
+		}
+	}
+	if err := tr.Publish(ctx, "", q, transport.Message{}, transport.PublishOptions{Confirm: true}); err != nil {
+		t.Fatalf("transport broken: %v", err)
+	}
+}

@@ -48,6 +48,11 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 	if tag == "" {
 		tag = newTag()
 	}
+	for _, f := range []struct{ what, s string }{{"queue name", queue}, {"consumer tag", tag}} {
+		if err := checkShort(f.what, f.s); err != nil {
+			return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, err)
+		}
+	}
 
 	var (
 		ch         *amqp091.Channel

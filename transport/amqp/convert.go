@@ -19,6 +19,9 @@ const returnTokenHeader = "x-warren-return-token"
 // toPublishing converts a transport message to its AMQP form, checking header
 // types.
 func toPublishing(m transport.Message) (amqp091.Publishing, error) {
+	if err := checkMessage(&m); err != nil {
+		return amqp091.Publishing{}, err
+	}
 	headers, err := toTable(m.Headers)
 	if err != nil {
 		return amqp091.Publishing{}, err
@@ -93,6 +96,9 @@ func toTable(h map[string]any) (amqp091.Table, error) {
 	}
 	t := make(amqp091.Table, len(h))
 	for k, v := range h {
+		if err := checkShort("header key", k); err != nil {
+			return nil, err
+		}
 		w, err := toValue(v)
 		if err != nil {
 			return nil, fmt.Errorf("amqp: header %q: %w", k, err)
@@ -195,4 +201,35 @@ func fromValue(v any) any {
 	default:
 		return v
 	}
+}
+
+// maxShortstr is the AMQP limit on names, keys, header keys and most
+// properties. amqp091 finds a longer one only while writing the frame, and
+// the half-written frame breaks the whole connection: check first.
+const maxShortstr = 255
+
+// checkShort returns an error naming what when s is too long for the wire.
+func checkShort(what, s string) error {
+	if len(s) > maxShortstr {
+		return fmt.Errorf("%s is %d bytes long, more than AMQP's %d", what, len(s), maxShortstr)
+	}
+	return nil
+}
+
+// checkMessage checks the properties that travel as short strings.
+func checkMessage(m *transport.Message) error {
+	for _, f := range []struct{ what, s string }{
+		{"content type", m.ContentType},
+		{"content encoding", m.ContentEncoding},
+		{"message id", m.MessageID},
+		{"correlation id", m.CorrelationID},
+		{"reply-to", m.ReplyTo},
+		{"type", m.Type},
+		{"app id", m.AppID},
+	} {
+		if err := checkShort(f.what, f.s); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -368,6 +368,12 @@ func (t *Transport) Publish(ctx context.Context, exchange, key string, msg trans
 		return err
 	}
 	pub, err := toPublishing(msg)
+	if err == nil {
+		err = checkShort("exchange name", exchange)
+	}
+	if err == nil {
+		err = checkShort("routing key", key)
+	}
 	if err != nil {
 		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
 	}

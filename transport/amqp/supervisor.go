@@ -46,7 +46,7 @@ func dialSupervisor(ctx context.Context, url, role string, cfg Config, log *slog
 		netConn net.Conn
 	)
 	dial := func(network, addr string) (net.Conn, error) {
-		var d net.Dialer
+		d := net.Dialer{Timeout: 30 * time.Second}
 		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
