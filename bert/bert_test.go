@@ -337,6 +337,16 @@ var encodeCases = []struct {
 	{"[]int empty", []int{}, term(106)},
 	{"named string", namedString("x"), term(109, "\x00\x00\x00\x01", "x")},
 	{"named int", namedInt(3), term(97, 3)},
+	{"named uint", namedUint(1 << 40), term(110, 6, 0, "\x00\x00\x00\x00\x00\x01")},
+	{"named bool", namedBool(true), term(104, 2, atomBert, 100, 0, 4, "true")},
+	{"named float", namedFloat(0.5), term(99, floatText("5.00000000000000000000e-01"))},
+	{"named bytes", namedBytes("x"), term(109, "\x00\x00\x00\x01", "x")},
+	{"[]int", []int{1, 2}, term(108, "\x00\x00\x00\x02", 97, 1, 97, 2, 106)},
+	{"[]Tuple", []Tuple{{}}, term(108, "\x00\x00\x00\x01", 104, 0, 106)},
+	{"int16", int16(-300), term(98, "\xff\xff\xfe\xd4")},
+	{"uint16", uint16(300), term(98, "\x00\x00\x01\x2c")},
+	{"uint32 max", uint32(math.MaxUint32), term(110, 4, 0, "\xff\xff\xff\xff")},
+	{"uint", uint(5), term(97, 5)},
 	{"nil", nil, term(104, 2, atomBert, 100, 0, 3, "nil")},
 	{"true", true, term(104, 2, atomBert, 100, 0, 4, "true")},
 	{"false", false, term(104, 2, atomBert, 100, 0, 5, "false")},
@@ -355,6 +365,10 @@ var encodeCases = []struct {
 type (
 	namedString string
 	namedInt    int
+	namedUint   uint64
+	namedBool   bool
+	namedFloat  float64
+	namedBytes  []byte
 )
 
 func TestMarshal(t *testing.T) {
@@ -421,6 +435,8 @@ func TestMarshalErrors(t *testing.T) {
 		{"before 1970", time.Unix(-1, 0), "before 1970"},
 		{"chan", make(chan int), "cannot encode chan int"},
 		{"struct", struct{}{}, "cannot encode struct"},
+		{"array", [2]int{}, "cannot encode [2]int"},
+		{"pointer", new(int), "cannot encode *int"},
 		{"func in list", []any{func() {}}, "cannot encode func()"},
 		{"map[int]any", map[int]any{1: 1}, "map with int keys"},
 		{"nil *big.Int", (*big.Int)(nil), "nil *big.Int"},
