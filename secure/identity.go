@@ -1,0 +1,259 @@
+package secure
+
+import (
+	"crypto"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/hpke"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+)
+
+// IdentityScheme is the URI scheme of a subject alternative name that names
+// a Warren identity: a certificate carrying the URI SAN "warren:fred" is
+// fred's, whatever its Common Name. Without such a SAN the identity is the
+// subject's Common Name.
+const IdentityScheme = "warren"
+
+// IdentityOf returns the Warren identity a certificate names: its first URI
+// SAN with scheme "warren" (warren:ID), else its subject Common Name.
+func IdentityOf(cert *x509.Certificate) (string, error) {
+	if cert == nil {
+		return "", errors.New("secure: nil certificate")
+	}
+	id := cert.Subject.CommonName
+	for _, u := range cert.URIs {
+		if u.Scheme == IdentityScheme {
+			id = u.Opaque
+			if id == "" {
+				id = u.Host
+			}
+			break
+		}
+	}
+	if err := checkIdentity(id); err != nil {
+		return "", fmt.Errorf("secure: certificate %s: %w", Fingerprint(cert), err)
+	}
+	return id, nil
+}
+
+// checkIdentity applies the protocol's rule: non-empty, no whitespace,
+// control characters or slashes.
+func checkIdentity(id string) error {
+	if id == "" {
+		return errors.New("no identity (want a Common Name or a warren:ID URI SAN)")
+	}
+	if len(id) > 255 {
+		return fmt.Errorf("identity longer than 255 bytes")
+	}
+	for _, r := range id {
+		if r <= ' ' || r == '/' || r == 0x7f {
+			return fmt.Errorf("identity %q: no spaces, control characters or slashes", id)
+		}
+	}
+	return nil
+}
+
+// Fingerprint returns the SHA-256 of the certificate's DER encoding in lower
+// case hex: how docs, logs and deny lists name a certificate.
+func Fingerprint(cert *x509.Certificate) string {
+	if cert == nil {
+		return ""
+	}
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// PrivateKey holds a private key so that it is never printed: fmt, slog and
+// encoding/json see "[redacted]".
+type PrivateKey struct {
+	signer crypto.Signer
+}
+
+// NewPrivateKey wraps an ECDSA P-256 or Ed25519 private key.
+func NewPrivateKey(k crypto.Signer) (PrivateKey, error) {
+	switch k := k.(type) {
+	case *ecdsa.PrivateKey:
+		if k.Curve != elliptic.P256() {
+			return PrivateKey{}, fmt.Errorf("secure: ECDSA key on %s: want P-256", k.Curve.Params().Name)
+		}
+	case ed25519.PrivateKey:
+		if len(k) != ed25519.PrivateKeySize {
+			return PrivateKey{}, errors.New("secure: malformed Ed25519 private key")
+		}
+	case nil:
+		return PrivateKey{}, errors.New("secure: nil private key")
+	default:
+		return PrivateKey{}, fmt.Errorf("secure: %T private key: want ECDSA P-256 or Ed25519", k)
+	}
+	return PrivateKey{signer: k}, nil
+}
+
+const redacted = "[redacted]"
+
+// LogValue implements slog.LogValuer: the key is never logged.
+func (PrivateKey) LogValue() slog.Value { return slog.StringValue(redacted) }
+
+// String implements fmt.Stringer: the key is never printed.
+func (PrivateKey) String() string { return redacted }
+
+// GoString implements fmt.GoStringer, for %#v.
+func (PrivateKey) GoString() string { return "secure.PrivateKey(" + redacted + ")" }
+
+// MarshalText keeps the key out of JSON, YAML and every text encoding.
+func (PrivateKey) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+
+// Identity is a certificate and its private key: what a participant signs
+// with and decrypts with. Printing or logging it shows the identity and the
+// certificate's fingerprint, never the key.
+type Identity struct {
+	name string
+	cert *x509.Certificate
+	key  PrivateKey
+	alg  string
+	kem  hpke.PrivateKey // nil for Ed25519 keys, which cannot decrypt
+}
+
+// NewIdentity pairs a certificate with its private key (ECDSA P-256 or
+// Ed25519). It fails when the key does not match the certificate or the
+// certificate names no valid identity.
+func NewIdentity(cert *x509.Certificate, key crypto.Signer) (*Identity, error) {
+	pk, err := NewPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if cert == nil {
+		return nil, errors.New("secure: nil certificate")
+	}
+	name, err := IdentityOf(cert)
+	if err != nil {
+		return nil, err
+	}
+	pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(key.Public()) {
+		return nil, fmt.Errorf("secure: the private key does not match the certificate of %s", name)
+	}
+	id := &Identity{name: name, cert: cert, key: pk}
+	switch k := key.(type) {
+	case *ecdsa.PrivateKey:
+		id.alg = algES256
+		ek, err := k.ECDH()
+		if err != nil {
+			return nil, fmt.Errorf("secure: key of %s: %w", name, err)
+		}
+		if id.kem, err = hpke.NewDHKEMPrivateKey(ek); err != nil {
+			return nil, fmt.Errorf("secure: key of %s: %w", name, err)
+		}
+	case ed25519.PrivateKey:
+		id.alg = algEdDSA
+	}
+	return id, nil
+}
+
+// Name returns the identity the certificate names: the agent or mapper
+// identity to configure.
+func (id *Identity) Name() string { return id.name }
+
+// Certificate returns the identity's certificate.
+func (id *Identity) Certificate() *x509.Certificate { return id.cert }
+
+// Key returns the private key, wrapped so that it is never printed.
+func (id *Identity) Key() PrivateKey { return id.key }
+
+// CanDecrypt reports whether messages can be encrypted to this identity:
+// true for ECDSA P-256 keys, false for Ed25519 (sign only).
+func (id *Identity) CanDecrypt() bool { return id.kem != nil }
+
+// String describes the identity without its key.
+func (id *Identity) String() string {
+	if id == nil {
+		return "secure.Identity(nil)"
+	}
+	return fmt.Sprintf("secure.Identity(%s, sha256:%s)", id.name, Fingerprint(id.cert))
+}
+
+// GoString is String, so that %#v does not print the key.
+func (id *Identity) GoString() string { return id.String() }
+
+// LogValue implements slog.LogValuer: name and fingerprint, never the key.
+func (id *Identity) LogValue() slog.Value {
+	if id == nil {
+		return slog.StringValue("<nil>")
+	}
+	return slog.GroupValue(
+		slog.String("name", id.name),
+		slog.String("fingerprint", Fingerprint(id.cert)),
+		slog.String("key", redacted),
+	)
+}
+
+// sign signs msg: ECDSA with SHA-256 (ASN.1 signature) or pure Ed25519.
+func (id *Identity) sign(rand interface{ Read([]byte) (int, error) }, msg []byte) ([]byte, error) {
+	switch id.alg {
+	case algES256:
+		h := sha256.Sum256(msg)
+		return id.key.signer.Sign(rand, h[:], crypto.SHA256)
+	case algEdDSA:
+		return id.key.signer.Sign(rand, msg, crypto.Hash(0))
+	}
+	return nil, fmt.Errorf("secure: unsupported algorithm %q", id.alg)
+}
+
+// Signature algorithms, named as in JOSE (RFC 7518, RFC 8037).
+const (
+	algES256 = "ES256" // ECDSA P-256 with SHA-256, ASN.1 DER signature
+	algEdDSA = "EdDSA" // Ed25519
+)
+
+// keyAlg returns the signature algorithm of a certificate's public key.
+func keyAlg(cert *x509.Certificate) (string, error) {
+	switch k := cert.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return "", fmt.Errorf("ECDSA key on %s: want P-256", k.Curve.Params().Name)
+		}
+		return algES256, nil
+	case ed25519.PublicKey:
+		return algEdDSA, nil
+	}
+	return "", fmt.Errorf("%s key: want ECDSA P-256 or Ed25519", strings.ToLower(cert.PublicKeyAlgorithm.String()))
+}
+
+// verifySig checks sig over msg with the certificate's key.
+func verifySig(cert *x509.Certificate, alg string, msg, sig []byte) bool {
+	switch k := cert.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if alg != algES256 {
+			return false
+		}
+		h := sha256.Sum256(msg)
+		return ecdsa.VerifyASN1(k, h[:], sig)
+	case ed25519.PublicKey:
+		return alg == algEdDSA && ed25519.Verify(k, msg, sig)
+	}
+	return false
+}
+
+// kemPublicKey returns the HPKE public key of a certificate, or an error
+// for keys that cannot be encrypted to.
+func kemPublicKey(cert *x509.Certificate) (hpke.PublicKey, error) {
+	k, ok := cert.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s key (only ECDSA P-256 certificates can receive encrypted messages)", ErrCannotEncrypt, strings.ToLower(cert.PublicKeyAlgorithm.String()))
+	}
+	ek, err := k.ECDH()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCannotEncrypt, err)
+	}
+	if ek.Curve() != ecdh.P256() {
+		return nil, fmt.Errorf("%w: not a P-256 key", ErrCannotEncrypt)
+	}
+	return hpke.NewDHKEMPublicKey(ek)
+}
