@@ -122,6 +122,7 @@ func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transpo
 	}
 	pub, err := dialSupervisor(ctx, url, "publish", cfg, log)
 	if err != nil {
+		cons.start()
 		cons.close()
 		return nil, &DialError{URL: redactURL(url), Err: err}
 	}
@@ -135,7 +136,25 @@ func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transpo
 		consumers: make(map[*consumer]struct{}),
 	}
 	t.publisher = newPublisher(t)
+	// Until the supervisors can redial, losing either connection ends
+	// the other: a transport that consumes requests but cannot publish
+	// replies (or the reverse) must not linger.
+	pub.onLost = func() { t.lost(cons) }
+	cons.onLost = func() { t.lost(pub) }
+	cons.start()
+	pub.start()
 	return t, nil
+}
+
+// lost closes the other connection after one was lost.
+func (t *Transport) lost(other *supervisor) {
+	if t.closed.Load() || other.conn.IsClosed() {
+		return
+	}
+	t.log.Warn("closing the other connection too: the transport does not reconnect", "connection", other.role)
+	if err := other.conn.CloseDeadline(time.Now().Add(5 * time.Second)); err != nil && !errors.Is(err, amqp091.ErrClosed) {
+		t.log.Debug("closing connection", "connection", other.role, "err", err)
+	}
 }
 
 // Close stops all consumers (their unsettled deliveries are requeued by the

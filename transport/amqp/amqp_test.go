@@ -492,8 +492,9 @@ func TestCtxEndsBlockingWork(t *testing.T) {
 	}
 }
 
-// TestConnectionLost closes the transport's connections from the broker
-// side: consumers end, and every operation fails with ErrConnectionLost.
+// TestConnectionLost closes the transport's publishing connection from the
+// broker side: the transport closes its consuming connection too, consumers
+// end, and every operation fails with ErrConnectionLost.
 func TestConnectionLost(t *testing.T) {
 	connName := name(t, "conn")
 	tr := dial(t, amqp.Config{ConnectionName: connName})
@@ -507,22 +508,17 @@ func TestConnectionLost(t *testing.T) {
 	}
 	d := receive(t, ds)
 
-	var pids []string
+	var pid string
 	testenv.WaitFor(t, 10*time.Second, func() error {
-		pids = pids[:0]
 		for line := range strings.Lines(testenv.Rabbitmqctl(t, "list_connections", "-q", "--no-table-headers", "pid", "client_properties")) {
-			if strings.Contains(line, connName) {
-				pids = append(pids, strings.Fields(line)[0])
+			if strings.Contains(line, connName+" (publish)") {
+				pid = strings.Fields(line)[0]
+				return nil
 			}
 		}
-		if len(pids) != 2 {
-			return fmt.Errorf("found %d connections named %s, want 2", len(pids), connName)
-		}
-		return nil
+		return fmt.Errorf("no connection named %s (publish)", connName)
 	})
-	for _, pid := range pids {
-		testenv.Rabbitmqctl(t, "close_connection", pid, "test: connection lost")
-	}
+	testenv.Rabbitmqctl(t, "close_connection", pid, "test: connection lost")
 	waitClosed(t, ds)
 	if err := d.Ack(); !errors.Is(err, transport.ErrConnectionLost) {
 		t.Errorf("ack: err = %v", err)
@@ -534,11 +530,20 @@ func TestConnectionLost(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := tr.DeclareQueue(t.Context(), transport.Queue{Name: q}); !errors.Is(err, transport.ErrConnectionLost) {
-		t.Errorf("declare: err = %v", err)
-	}
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if _, err := tr.DeclareQueue(t.Context(), transport.Queue{Name: q}); !errors.Is(err, transport.ErrConnectionLost) {
+			return fmt.Errorf("declare: err = %v", err)
+		}
+		return nil
+	})
 	if _, err := tr.Consume(t.Context(), q, transport.ConsumeOptions{}); !errors.Is(err, transport.ErrConnectionLost) {
 		t.Errorf("consume: err = %v", err)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Publish(t.Context(), "", q, transport.Message{}, transport.PublishOptions{}); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("publish after Close: err = %v", err)
 	}
 }
 

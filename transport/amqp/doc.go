@@ -65,10 +65,13 @@
 //
 // # Connection loss
 //
-// The transport does not reconnect yet. When a connection drops,
-// publishes waiting for a confirm fail with [transport.ErrConnectionLost],
-// consumers end (their delivery channels close), and every later Publish,
-// declaration or Consume on that connection returns
+// The transport does not reconnect yet. When either connection drops
+// (network failure, missed heartbeats, broker shutdown, an operator's
+// close_connection) the transport closes the other one too, so that it
+// never consumes work it cannot answer. Then publishes waiting for a
+// confirm fail with [transport.ErrConnectionLost], consumers end (their
+// delivery channels close and the broker requeues their unsettled
+// deliveries), and every later Publish, declaration or Consume returns
 // [transport.ErrConnectionLost]. Close the transport and dial a new one. A
 // supervisor type owns each connection and is where redialling will go.
 //

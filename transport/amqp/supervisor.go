@@ -25,6 +25,11 @@ type supervisor struct {
 	lost    chan struct{} // closed once the connection is gone
 	lostErr error         // why; set before lost is closed
 
+	// onLost, when set before the connection can drop, is called once from
+	// the watch goroutine when the broker or the network ends the
+	// connection (not when close is called).
+	onLost func()
+
 	mu        sync.Mutex
 	unblocked chan struct{} // closed while the broker lets us publish
 
@@ -105,10 +110,14 @@ func dialSupervisor(ctx context.Context, url, role string, cfg Config, log *slog
 		done:      make(chan struct{}),
 	}
 	close(s.unblocked)
-	closes := conn.NotifyClose(make(chan *amqp091.Error, 1))
-	blocks := conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
-	go s.watch(closes, blocks)
 	return s, nil
+}
+
+// start begins watching the connection; onLost must be set before.
+func (s *supervisor) start() {
+	closes := s.conn.NotifyClose(make(chan *amqp091.Error, 1))
+	blocks := s.conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
+	go s.watch(closes, blocks)
 }
 
 // watch drains the connection's notifications until both channels are
@@ -124,6 +133,9 @@ func (s *supervisor) watch(closes <-chan *amqp091.Error, blocks <-chan amqp091.B
 				continue
 			}
 			s.markLost(e)
+			if s.onLost != nil {
+				s.onLost()
+			}
 		case b, ok := <-blocks:
 			if !ok {
 				blocks = nil
