@@ -103,3 +103,24 @@ func BenchmarkRoundTrip(b *testing.B) {
 	cancel()
 	<-done
 }
+
+// BenchmarkRoundTripChannels is the baseline for BenchmarkRoundTrip: the
+// same two goroutine hand-offs over bare channels, without a broker.
+func BenchmarkRoundTripChannels(b *testing.B) {
+	reqs := make(chan *transport.Delivery, 1)
+	replies := make(chan *transport.Delivery, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for d := range reqs {
+			replies <- d
+		}
+	}()
+	d := &transport.Delivery{}
+	for b.Loop() {
+		reqs <- d
+		<-replies
+	}
+	close(reqs)
+	<-done
+}

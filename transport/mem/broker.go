@@ -273,12 +273,12 @@ func (b *Broker) routeLocked(exchange, key string, out []*queue) ([]*queue, erro
 func (b *Broker) publish(m *message, mandatory bool) error {
 	var qbuf [4]*queue
 	var dl []deadLetter
-	now := time.Now().UnixNano()
+	var clk clock
 	b.mu.RLock()
 	qs, err := b.routeLocked(m.exchange, m.key, qbuf[:0])
 	for _, q := range qs {
 		q.mu.Lock()
-		q.enqueue(m, now, &dl)
+		q.enqueue(m, &clk, &dl)
 		q.mu.Unlock()
 	}
 	b.mu.RUnlock()
@@ -299,6 +299,7 @@ func (b *Broker) publishDeadLetters(dl []deadLetter) {
 	for len(dl) > 0 {
 		var next []deadLetter
 		now := time.Now()
+		clk := clock{t: now.UnixNano()}
 		for _, d := range dl {
 			m := d.build(now)
 			b.mu.RLock()
@@ -308,7 +309,7 @@ func (b *Broker) publishDeadLetters(dl []deadLetter) {
 						continue
 					}
 					q.mu.Lock()
-					q.enqueue(m, now.UnixNano(), &next)
+					q.enqueue(m, &clk, &next)
 					q.mu.Unlock()
 				}
 			}
@@ -337,7 +338,8 @@ func (b *Broker) deleteQueueIf(q *queue, cond func() bool) bool {
 	cs := q.consumers
 	q.consumers = nil
 	for _, c := range cs {
-		c.gone, c.queueDeleted = true, true
+		c.queueDeleted = true
+		c.end()
 		for qm := c.list.next; qm != &c.list; {
 			next := qm.next
 			qm.prev, qm.next, qm.c = nil, nil, nil
@@ -357,9 +359,6 @@ func (b *Broker) deleteQueueIf(q *queue, cond func() bool) bool {
 		}
 	}
 	b.mu.Unlock()
-	for _, c := range cs {
-		c.halt()
-	}
 	if q.owner != nil {
 		q.owner.forgetQueue(q)
 	}

@@ -257,10 +257,9 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 		prefetch:  max(opts.Prefetch, 1),
 		autoAck:   opts.AutoAck,
 		exclusive: opts.Exclusive,
-		notify:    make(chan struct{}, 1),
 		stop:      make(chan struct{}),
-		out:       make(chan *transport.Delivery),
 	}
+	cs.out = make(chan *transport.Delivery, cs.prefetch)
 	if cs.tag == "" {
 		cs.tag = "amq.ctag-mem-" + strconv.FormatUint(ctagSeq.Add(1), 10)
 	}
@@ -288,9 +287,9 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 			return err
 		}
 		cs.q = q
-		now := time.Now().UnixNano()
-		q.dispatch(now, &dl)
-		q.armTTL(now)
+		var clk clock
+		q.dispatch(&clk, &dl)
+		q.armTTL(&clk)
 		return nil
 	}()
 	b.mu.RUnlock()
@@ -301,7 +300,7 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 	c.consumers[cs] = struct{}{}
 	c.wg.Add(1)
 	c.mu.Unlock()
-	go cs.run(ctx)
+	go cs.watch(ctx)
 	b.publishDeadLetters(dl)
 	return cs.out, nil
 }
@@ -323,7 +322,7 @@ func (c *Conn) Close() error {
 		}
 		c.mu.Unlock()
 		for _, x := range cs {
-			x.halt()
+			x.detach()
 		}
 		c.wg.Wait()
 		for _, q := range qs {
@@ -349,8 +348,16 @@ func (c *Conn) forgetConsumer(cs *consumer) {
 	c.mu.Unlock()
 }
 
-// consumer is one Consume call: its place in the queue, its unacknowledged
-// messages and the goroutine that hands deliveries to the caller.
+// consumer is one Consume call: its place in the queue, its
+// unacknowledged messages, and the channel the caller receives from.
+//
+// The queue sends deliveries on out itself, under its lock, without ever
+// blocking: out has room for prefetch deliveries and a consumer holds at
+// most prefetch unacknowledged ones, each either in out or with the caller.
+// AutoAck consumers have no such bound (basic.qos does not apply to them):
+// when out is full their deliveries wait in overflow, which a pump
+// goroutine feeds into out. A watcher goroutine per consumer ends it when
+// its context does.
 type consumer struct {
 	q         *queue
 	conn      *Conn
@@ -358,134 +365,152 @@ type consumer struct {
 	prefetch  int
 	autoAck   bool
 	exclusive bool
+	out       chan *transport.Delivery
+	stop      chan struct{} // closed when the consumer ends
 
 	// Guarded by q.mu.
 	unacked      int
 	list         qmsg // sentinel of the unacknowledged messages
 	gone         bool // detached from the queue
 	queueDeleted bool
-
-	bmu    sync.Mutex // guards buf
-	buf    []entry    // taken from the queue, not yet handed over
-	bhead  int
-	notify chan struct{} // buf grew
-	stop   chan struct{} // the queue or the connection ended the consumer
-	halted sync.Once
-	out    chan *transport.Delivery
-}
-
-// entry is a message taken by a consumer, with its delivery information
-// as of that moment.
-type entry struct {
-	qm          *qmsg
-	redelivered bool
-	returns     int64
+	overflow     []*transport.Delivery
+	ohead        int
+	pumping      bool
 }
 
 // take gives qm to c. Called with q.mu held.
 func (c *consumer) take(qm *qmsg) {
-	e := entry{qm: qm, redelivered: qm.redelivered, returns: qm.returns}
-	if !c.autoAck {
+	var d *transport.Delivery
+	if c.autoAck {
+		d = c.delivery(qm, nil)
+	} else {
 		qm.c = c
 		qm.prev, qm.next = c.list.prev, &c.list
 		c.list.prev.next = qm
 		c.list.prev = qm
 		c.unacked++
+		s := &settlement{c: c, qm: qm}
+		d = c.delivery(qm, s)
 	}
-	c.bmu.Lock()
-	c.buf = append(c.buf, e)
-	c.bmu.Unlock()
-	select {
-	case c.notify <- struct{}{}:
-	default:
-	}
-}
-
-// unlink removes a settled message from c's list. Called with q.mu held.
-func (c *consumer) unlink(qm *qmsg) {
-	qm.prev.next = qm.next
-	qm.next.prev = qm.prev
-	qm.prev, qm.next, qm.c = nil, nil, nil
-	c.unacked--
-}
-
-func (c *consumer) halt() { c.halted.Do(func() { close(c.stop) }) }
-
-func (c *consumer) next(ctx context.Context) (entry, bool) {
-	for {
-		c.bmu.Lock()
-		if c.bhead < len(c.buf) {
-			e := c.buf[c.bhead]
-			c.buf[c.bhead] = entry{}
-			c.bhead++
-			if c.bhead == len(c.buf) {
-				c.buf, c.bhead = c.buf[:0], 0
-			}
-			c.bmu.Unlock()
-			return e, true
-		}
-		c.bmu.Unlock()
-		select {
-		case <-c.notify:
-		case <-ctx.Done():
-			return entry{}, false
-		case <-c.stop:
-			return entry{}, false
-		}
-	}
-}
-
-func (c *consumer) run(ctx context.Context) {
-	defer c.conn.wg.Done()
-loop:
-	for {
-		e, ok := c.next(ctx)
-		if !ok {
-			break
-		}
-		d := c.delivery(e)
+	if !c.pumping {
 		select {
 		case c.out <- d:
-		case <-ctx.Done():
-			break loop
-		case <-c.stop:
-			break loop
+			return
+		default:
 		}
 	}
-	if c.q.removeConsumer(c) {
-		c.q.b.deleteQueueIf(c.q, func() bool { return len(c.q.consumers) == 0 })
+	c.overflow = append(c.overflow, d)
+	if !c.pumping {
+		c.pumping = true
+		c.conn.wg.Add(1)
+		go c.pump()
 	}
-	c.conn.forgetConsumer(c)
+}
+
+// pump feeds overflow into out until overflow is empty or the consumer
+// ends.
+func (c *consumer) pump() {
+	defer c.conn.wg.Done()
+	q := c.q
+	for {
+		q.mu.Lock()
+		if c.gone || c.ohead == len(c.overflow) {
+			clear(c.overflow)
+			c.overflow, c.ohead, c.pumping = c.overflow[:0], 0, false
+			if c.gone {
+				c.closeOut()
+			}
+			q.mu.Unlock()
+			return
+		}
+		d := c.overflow[c.ohead]
+		c.overflow[c.ohead] = nil
+		c.ohead++
+		q.mu.Unlock()
+		select {
+		case c.out <- d:
+		case <-c.stop:
+		}
+	}
+}
+
+// end marks c gone and closes its channel, or leaves that to the pump.
+// Deliveries still buffered in out are dropped unless AutoAck: their
+// messages are back in the queue. Called with q.mu held.
+func (c *consumer) end() {
+	c.gone = true
+	close(c.stop)
+	if !c.pumping {
+		c.closeOut()
+	}
+}
+
+func (c *consumer) closeOut() {
+	if !c.autoAck {
+	drain:
+		for {
+			select {
+			case <-c.out:
+			default:
+				break drain
+			}
+		}
+	}
 	close(c.out)
 }
 
+// watch ends the consumer when ctx does; it returns when the consumer has
+// ended either way.
+func (c *consumer) watch(ctx context.Context) {
+	defer c.conn.wg.Done()
+	select {
+	case <-ctx.Done():
+		c.detach()
+	case <-c.stop:
+	}
+	c.conn.forgetConsumer(c)
+}
+
+// detach removes c from its queue, requeueing what it held, and deletes an
+// auto-delete queue that it leaves without consumers.
+func (c *consumer) detach() {
+	if c.q.removeConsumer(c) {
+		c.q.b.deleteQueueIf(c.q, func() bool { return len(c.q.consumers) == 0 })
+	}
+}
+
 // delivery builds what the caller receives: its own copy of the message.
-func (c *consumer) delivery(e entry) *transport.Delivery {
-	m := e.qm.m
+// Called with q.mu held.
+func (c *consumer) delivery(qm *qmsg, s *settlement) *transport.Delivery {
+	m := qm.m
 	msg := m.msg
 	if msg.Body != nil {
 		msg.Body = bytes.Clone(msg.Body)
 	}
-	if msg.Headers != nil || e.returns > 0 {
+	if msg.Headers != nil || qm.returns > 0 {
 		msg.Headers = copyTable(msg.Headers, 1)
-		if e.returns > 0 {
-			msg.Headers["x-delivery-count"] = e.returns
+		if qm.returns > 0 {
+			msg.Headers["x-delivery-count"] = qm.returns
 		}
 	}
-	var settle func(ack, requeue bool) error
-	if !c.autoAck {
-		settle = (&settlement{c: c, qm: e.qm}).settle
+	var d *transport.Delivery
+	if s == nil {
+		d = transport.NewDelivery(msg, nil)
+	} else {
+		// One allocation for the delivery and its settlement state.
+		s.d = *transport.NewDelivery(msg, s.settle)
+		d = &s.d
 	}
-	d := transport.NewDelivery(msg, settle)
 	d.Exchange = m.exchange
 	d.RoutingKey = m.key
-	d.Redelivered = e.redelivered
+	d.Redelivered = qm.redelivered
 	d.ConsumerTag = c.tag
 	return d
 }
 
-// settlement is what one Delivery settles.
+// settlement is a Delivery with what it settles.
 type settlement struct {
+	d       transport.Delivery
 	c       *consumer
 	qm      *qmsg
 	settled atomic.Bool
@@ -496,4 +521,12 @@ func (s *settlement) settle(ack, requeue bool) error {
 		return fmt.Errorf("mem: delivery from queue %q: %w", s.c.q.name, transport.ErrAlreadySettled)
 	}
 	return s.c.q.settle(s.c, s.qm, ack, requeue)
+}
+
+// unlink removes a settled message from c's list. Called with q.mu held.
+func (c *consumer) unlink(qm *qmsg) {
+	qm.prev.next = qm.next
+	qm.next.prev = qm.prev
+	qm.prev, qm.next, qm.c = nil, nil, nil
+	c.unacked--
 }

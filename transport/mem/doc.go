@@ -16,12 +16,18 @@
 // takes it for reading to route, then each target queue's own lock to
 // enqueue. A queue hands ready messages to its consumers round robin, each
 // up to its prefetch of unacknowledged messages, and keeps the messages a
-// consumer holds so that they can go back where they were. A consumer is a
-// goroutine with its own buffer: the queue appends to the buffer and never
-// waits for the caller, and the goroutine hands deliveries over on the
-// channel that Consume returned. A caller that stops reading holds up only
-// its own consumer. Timers (message TTL, queue expiry) are runtime timers,
-// one per queue at most, armed for the next event only; nothing polls.
+// consumer holds so that they can go back where they were.
+//
+// The queue sends a delivery straight onto the channel that Consume
+// returned, which has room for prefetch deliveries: a consumer never holds
+// more than that many unacknowledged, so the send never blocks and a caller
+// that stops reading holds up only its own consumer. AutoAck consumers are
+// not bounded by prefetch; what does not fit in their channel waits in a
+// buffer of their own, fed into the channel by a goroutine that runs only
+// while the buffer is not empty. Each consumer has a goroutine that ends it
+// when its context ends. Timers (message TTL, queue expiry) are runtime
+// timers, one per queue at most, armed for the next event only; nothing
+// polls.
 //
 // Every delivery carries its own copy of the body and headers, so
 // consumers, publishers and other queues never share memory.
@@ -100,8 +106,8 @@
 //
 // # Lock order
 //
-// Conn.mu, then Broker.mu, then a queue's mu, then a consumer's buffer
-// lock. Dead letters are collected under the queue lock and republished
+// Conn.mu, then Broker.mu, then a queue's mu. Dead letters are collected under the queue lock and republished
 // after it is released, so no two queue locks are ever held at once. No
-// lock is held while user code runs or while a channel send may block.
+// lock is held while user code runs or while a channel send may block:
+// sends under a queue's lock are to a channel known to have room.
 package mem

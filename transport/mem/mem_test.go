@@ -1,7 +1,11 @@
 package mem_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -16,4 +20,162 @@ func TestConformance(t *testing.T) {
 	b := mem.NewBroker()
 	t.Cleanup(func() { b.Close() })
 	transporttest.Run(t, func(t *testing.T) transport.Transport { return b.Connect() }, transporttest.Harness{})
+}
+
+// A consumer whose caller stops reading holds up only itself: the broker
+// keeps routing, to its queue and to others.
+func TestSlowConsumerBlocksOnlyItself(t *testing.T) {
+	ctx := t.Context()
+	b := mem.NewBroker()
+	defer b.Close()
+	tr := b.Connect()
+	declare := func() string {
+		q, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	stuck, stuckAuto, live := declare(), declare(), declare()
+	if _, err := tr.Consume(ctx, stuck, transport.ConsumeOptions{Prefetch: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Consume(ctx, stuckAuto, transport.ConsumeOptions{AutoAck: true}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := tr.Consume(ctx, live, transport.ConsumeOptions{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1000 {
+		for _, q := range []string{stuck, stuckAuto, live} {
+			if err := tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: []byte{byte(i)}}, transport.PublishOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d := <-ds
+		if d.Body[0] != byte(i) {
+			t.Fatalf("live consumer got %d, want %d", d.Body[0], i)
+		}
+		d.Ack()
+	}
+	// Close ends the stuck consumers too, including an AutoAck one whose
+	// overflow is waiting for a reader.
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// AutoAck deliveries that overflow the channel keep their order.
+func TestAutoAckOverflowKeepsOrder(t *testing.T) {
+	tr := mem.New()
+	defer tr.Close()
+	ctx := t.Context()
+	q, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := tr.Consume(ctx, q, transport.ConsumeOptions{AutoAck: true, Prefetch: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 500
+	for i := range n {
+		tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: fmt.Appendf(nil, "%d", i)}, transport.PublishOptions{})
+	}
+	for i := range n {
+		d := <-ds
+		if want := fmt.Sprint(i); string(d.Body) != want {
+			t.Fatalf("delivery %d has body %s", i, d.Body)
+		}
+	}
+}
+
+// Settling after the consumer ended fails with ErrClosed: the message is
+// back in its queue. Settling after the queue was deleted is harmless.
+func TestSettleAfterConsumerEnded(t *testing.T) {
+	tr := mem.New()
+	defer tr.Close()
+	q, err := tr.DeclareQueue(t.Context(), transport.Queue{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.Publish(t.Context(), transport.DefaultExchange, q, transport.Message{Body: []byte("m")}, transport.PublishOptions{})
+	ctx, cancel := context.WithCancel(t.Context())
+	ds, err := tr.Consume(ctx, q, transport.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := <-ds
+	cancel()
+	for range ds {
+	}
+	if err := d.Ack(); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("ack after the consumer ended: %v, want ErrClosed", err)
+	}
+	if err := d.Ack(); !errors.Is(err, transport.ErrAlreadySettled) {
+		t.Errorf("second ack: %v, want ErrAlreadySettled", err)
+	}
+	ds, err = tr.Consume(t.Context(), q, transport.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = <-ds
+	if !d.Redelivered {
+		t.Errorf("redelivery without Redelivered")
+	}
+	tr.DeleteQueue(t.Context(), q)
+	if _, ok := <-ds; ok {
+		t.Errorf("delivery after the queue was deleted")
+	}
+	if err := d.Ack(); err != nil {
+		t.Errorf("ack after the queue was deleted: %v", err)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	tr := mem.New()
+	defer tr.Close()
+	ctx := t.Context()
+	q, _ := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+	if err := tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Headers: map[string]any{"bad": struct{}{}}}, transport.PublishOptions{}); err == nil {
+		t.Errorf("publish with an unsupported header type: nil error")
+	}
+	if err := tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Expiration: -time.Second}, transport.PublishOptions{}); err == nil {
+		t.Errorf("publish with a negative expiration: nil error")
+	}
+	if err := tr.DeclareExchange(ctx, transport.Exchange{Name: "x", Kind: "headers"}); err == nil {
+		t.Errorf("declare an exchange of unknown kind: nil error")
+	}
+	for _, bad := range []transport.Queue{
+		{Name: "a", Type: "stream"},
+		{Name: "b", MessageTTL: -time.Second},
+		{Name: "c", MaxLength: -1},
+		{Name: "d", Expires: time.Microsecond},
+	} {
+		if _, err := tr.DeclareQueue(ctx, bad); !errors.Is(err, transport.ErrPrecondition) {
+			t.Errorf("declare %+v: %v, want ErrPrecondition", bad, err)
+		}
+	}
+	if _, err := tr.Consume(ctx, q, transport.ConsumeOptions{Prefetch: -1}); err == nil {
+		t.Errorf("consume with negative prefetch: nil error")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := tr.Consume(cctx, q, transport.ConsumeOptions{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("consume with a cancelled context: %v", err)
+	}
+}
+
+// A connection from a closed broker is closed.
+func TestConnectAfterBrokerClose(t *testing.T) {
+	b := mem.NewBroker()
+	tr := b.Connect()
+	b.Close()
+	if _, err := tr.DeclareQueue(t.Context(), transport.Queue{}); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("declare on a connection of a closed broker: %v", err)
+	}
+	if _, err := b.Connect().DeclareQueue(t.Context(), transport.Queue{}); !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("declare on a connection made after Close: %v", err)
+	}
 }

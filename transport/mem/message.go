@@ -20,6 +20,11 @@ type message struct {
 	// ttl is the per-message expiration in milliseconds as it would travel on
 	// the wire, -1 when none (a sub-millisecond Expiration is "0").
 	ttl int64
+
+	// first is the queue entry of the first queue the message is routed
+	// to, allocated with it: most messages go to one queue.
+	first     qmsg
+	firstUsed bool // set by the one goroutine that routes the message
 }
 
 // newMessage copies msg into a message the broker owns, normalised as an

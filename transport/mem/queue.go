@@ -131,28 +131,36 @@ func (q *queue) popHead() *qmsg {
 
 // enqueue adds a published message, delivers what it can and enforces
 // x-max-length. Called with q.mu held.
-func (q *queue) enqueue(m *message, now int64, dl *[]deadLetter) {
+func (q *queue) enqueue(m *message, clk *clock, dl *[]deadLetter) {
 	if q.deleted {
 		return
 	}
-	qm := &qmsg{m: m, seq: q.nextSeq}
+	var qm *qmsg
+	if !m.firstUsed {
+		m.firstUsed = true
+		qm = &m.first
+		qm.m = m
+	} else {
+		qm = &qmsg{m: m}
+	}
+	qm.seq = q.nextSeq
 	q.nextSeq++
 	if ttl := q.cfg.MessageTTL; ttl > 0 {
-		qm.expireAt = now + int64(ttl)
+		qm.expireAt = clk.now() + int64(ttl)
 	}
 	if m.ttl >= 0 {
-		if at := now + m.ttl*int64(time.Millisecond); qm.expireAt == 0 || at < qm.expireAt {
+		if at := clk.now() + m.ttl*int64(time.Millisecond); qm.expireAt == 0 || at < qm.expireAt {
 			qm.expireAt = at
 		}
 	}
 	q.ready.pushBack(qm)
-	q.dispatch(now, dl)
+	q.dispatch(clk, dl)
 	if max := q.cfg.MaxLength; max > 0 {
 		for q.readyLen() > max {
 			q.deadLetter(q.popHead(), reasonMaxLen, dl)
 		}
 	}
-	q.armTTL(now)
+	q.armTTL(clk)
 }
 
 // deadLetter routes qm to the dead-letter exchange, if any, once q.mu is
@@ -170,18 +178,29 @@ func (q *queue) deadLetter(qm *qmsg, reason string, dl *[]deadLetter) {
 // expired reports whether qm has outlived its TTL. A message whose TTL is 0
 // survives only the instant of its publish, like RabbitMQ's
 // expire-unless-deliverable-now.
-func expired(qm *qmsg, now int64) bool { return qm.expireAt != 0 && qm.expireAt < now }
+func expired(qm *qmsg, clk *clock) bool { return qm.expireAt != 0 && qm.expireAt < clk.now() }
+
+// clock reads the time once, when first needed: most messages have no TTL
+// and need none.
+type clock struct{ t int64 }
+
+func (c *clock) now() int64 {
+	if c.t == 0 {
+		c.t = time.Now().UnixNano()
+	}
+	return c.t
+}
 
 // dispatch hands ready messages to consumers with credit, round robin,
 // expiring dead messages it meets at the head. Called with q.mu held.
-func (q *queue) dispatch(now int64, dl *[]deadLetter) {
+func (q *queue) dispatch(clk *clock, dl *[]deadLetter) {
 	for q.readyLen() > 0 && len(q.consumers) > 0 {
 		c := q.nextConsumer()
 		if c == nil {
 			return
 		}
 		qm := q.popHead()
-		if expired(qm, now) {
+		if expired(qm, clk) {
 			q.deadLetter(qm, reasonExpired, dl)
 			continue
 		}
@@ -204,10 +223,10 @@ func (q *queue) nextConsumer() *consumer {
 // expireHead drops or dead-letters expired messages at the head: like
 // RabbitMQ's classic queues, a message expires only once it reaches the
 // head. Called with q.mu held.
-func (q *queue) expireHead(now int64, dl *[]deadLetter) {
+func (q *queue) expireHead(clk *clock, dl *[]deadLetter) {
 	for {
 		h := q.head()
-		if h == nil || !expired(h, now) {
+		if h == nil || !expired(h, clk) {
 			return
 		}
 		q.deadLetter(q.popHead(), reasonExpired, dl)
@@ -215,7 +234,7 @@ func (q *queue) expireHead(now int64, dl *[]deadLetter) {
 }
 
 // armTTL makes sure the TTL timer fires when the head expires.
-func (q *queue) armTTL(now int64) {
+func (q *queue) armTTL(clk *clock) {
 	h := q.head()
 	if h == nil || h.expireAt == 0 || q.deleted {
 		return
@@ -224,7 +243,7 @@ func (q *queue) armTTL(now int64) {
 		return
 	}
 	q.ttlAt = h.expireAt
-	d := time.Duration(h.expireAt - now + 1)
+	d := time.Duration(h.expireAt - clk.now() + 1)
 	if q.ttlTimer == nil {
 		q.ttlTimer = time.AfterFunc(d, q.onTTL)
 	} else {
@@ -239,11 +258,11 @@ func (q *queue) onTTL() {
 	defer q.b.leaveTimer()
 	var dl []deadLetter
 	q.mu.Lock()
-	now := time.Now().UnixNano()
+	var clk clock
 	q.ttlAt = 0
 	if !q.deleted {
-		q.expireHead(now, &dl)
-		q.armTTL(now)
+		q.expireHead(&clk, &dl)
+		q.armTTL(&clk)
 	}
 	q.mu.Unlock()
 	q.b.publishDeadLetters(dl)
@@ -279,7 +298,7 @@ func (q *queue) settle(c *consumer, qm *qmsg, ack, requeue bool) error {
 		return fmt.Errorf("mem: settle on queue %q: consumer %q ended and its message was requeued: %w", q.name, c.tag, transport.ErrClosed)
 	}
 	c.unlink(qm)
-	now := time.Now().UnixNano()
+	var clk clock
 	switch {
 	case ack:
 	case requeue:
@@ -287,8 +306,8 @@ func (q *queue) settle(c *consumer, qm *qmsg, ack, requeue bool) error {
 	default:
 		q.deadLetter(qm, reasonRejected, &dl)
 	}
-	q.dispatch(now, &dl)
-	q.armTTL(now)
+	q.dispatch(&clk, &dl)
+	q.armTTL(&clk)
 	q.mu.Unlock()
 	q.b.publishDeadLetters(dl)
 	return nil
@@ -321,7 +340,7 @@ func (q *queue) removeConsumer(c *consumer) (autoDelete bool) {
 		q.mu.Unlock()
 		return false
 	}
-	c.gone = true
+	c.end()
 	for i, x := range q.consumers {
 		if x == c {
 			q.consumers = append(q.consumers[:i], q.consumers[i+1:]...)
@@ -343,9 +362,9 @@ func (q *queue) removeConsumer(c *consumer) (autoDelete bool) {
 	}
 	c.list.next, c.list.prev = &c.list, &c.list
 	c.unacked = 0
-	now := time.Now().UnixNano()
-	q.dispatch(now, &dl)
-	q.armTTL(now)
+	var clk clock
+	q.dispatch(&clk, &dl)
+	q.armTTL(&clk)
 	if len(q.consumers) == 0 && !q.deleted {
 		autoDelete = q.cfg.AutoDelete
 		q.armExpires()
