@@ -16,7 +16,7 @@ type Permissions struct {
 }
 
 func (p Permissions) String() string {
-	return fmt.Sprintf("configure %q write %q read %q", p.Configure, p.Write, p.Read)
+	return fmt.Sprintf("configure '%s' write '%s' read '%s'", p.Configure, p.Write, p.Read)
 }
 
 // Patterns shared by both roles. Every pattern is anchored.
