@@ -27,7 +27,8 @@
 // while the buffer is not empty. Each consumer has a goroutine that ends it
 // when its context ends. Timers (message TTL, queue expiry) are runtime
 // timers, one per queue at most, armed for the next event only; nothing
-// polls.
+// polls. So a broker made inside a testing/synctest bubble runs on the
+// bubble's fake clock: tests of TTLs, heartbeats and timeouts take no time.
 //
 // Every delivery carries its own copy of the body and headers, so
 // consumers, publishers and other queues never share memory.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -178,4 +179,37 @@ func TestConnectAfterBrokerClose(t *testing.T) {
 	if _, err := b.Connect().DeclareQueue(t.Context(), transport.Queue{}); !errors.Is(err, transport.ErrClosed) {
 		t.Errorf("declare on a connection made after Close: %v", err)
 	}
+}
+
+// The broker works inside a synctest bubble, so that tests of heartbeats
+// and timeouts built on it run on the fake clock: here a 10-minute TTL and a
+// 1-hour queue expiry pass instantly.
+func TestTimersUnderSynctest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := mem.New()
+		defer tr.Close()
+		ctx := t.Context()
+		tr.DeclareExchange(ctx, transport.Exchange{Name: "dlx", Kind: transport.Fanout})
+		tr.DeclareQueue(ctx, transport.Queue{Name: "dead"})
+		tr.Bind(ctx, transport.Binding{Exchange: "dlx", Queue: "dead"})
+		tr.DeclareQueue(ctx, transport.Queue{Name: "q", MessageTTL: 10 * time.Minute, DeadLetterExchange: "dlx"})
+		tr.DeclareQueue(ctx, transport.Queue{Name: "idle", Expires: time.Hour})
+		start := time.Now()
+		tr.Publish(ctx, transport.DefaultExchange, "q", transport.Message{Body: []byte("m")}, transport.PublishOptions{})
+		dead, err := tr.Consume(ctx, "dead", transport.ConsumeOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := <-dead
+		if waited := time.Since(start); waited < 10*time.Minute || waited > 10*time.Minute+time.Millisecond {
+			t.Errorf("dead-lettered after %v, want 10m", waited)
+		}
+		d.Ack()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		err = tr.Publish(ctx, transport.DefaultExchange, "idle", transport.Message{}, transport.PublishOptions{Mandatory: true})
+		if !errors.Is(err, transport.ErrUnroutable) {
+			t.Errorf("publish to the expired queue: %v, want ErrUnroutable", err)
+		}
+	})
 }

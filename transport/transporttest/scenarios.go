@@ -2,6 +2,7 @@ package transporttest
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"slices"
 	"time"
@@ -15,6 +16,8 @@ var scenarios = []scenario{
 
 	{name: "PropertiesRoundTrip", fn: propertiesRoundTrip},
 	{name: "EmptyMessageRoundTrip", fn: emptyMessageRoundTrip},
+	{name: "LargeBodyRoundTrip", fn: largeBodyRoundTrip},
+	{name: "CancelledContextFails", fn: cancelledContextFails},
 	{name: "DefaultExchangeRoutesByQueueName", fn: defaultExchangeRoutesByQueueName},
 	{name: "DirectRouting", fn: directRouting},
 	{name: "FanoutToAllBoundQueues", fn: fanoutToAllBoundQueues},
@@ -215,6 +218,49 @@ func emptyMessageRoundTrip(e *env) {
 	}
 }
 
+func largeBodyRoundTrip(e *env) {
+	tr := e.open()
+	q := e.queue(tr, transport.Queue{})
+	body := make([]byte, 1<<20+17) // more than one AMQP frame
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	e.publishMsg(tr, transport.DefaultExchange, q, transport.Message{Body: body})
+	c := e.consume(tr, q, transport.ConsumeOptions{})
+	d := e.recv(c)
+	e.ack(d)
+	if !bytes.Equal(d.Body, body) {
+		e.t.Fatalf("body of %d bytes came back as %d bytes, different", len(body), len(d.Body))
+	}
+}
+
+// cancelledContextFails: every method given a context that has already
+// ended fails with its error.
+func cancelledContextFails(e *env) {
+	tr := e.open()
+	q := e.queue(tr, transport.Queue{})
+	ctx, cancel := context.WithCancel(e.ctx())
+	cancel()
+	_, declareErr := tr.DeclareQueue(ctx, transport.Queue{Name: e.name("q")})
+	_, consumeErr := tr.Consume(ctx, q, transport.ConsumeOptions{})
+	b := transport.Binding{Exchange: "amq.direct", Queue: q, Key: e.name("k")}
+	for op, err := range map[string]error{
+		"DeclareExchange": tr.DeclareExchange(ctx, transport.Exchange{Name: e.name("x"), Kind: transport.Direct, AutoDelete: true}),
+		"DeclareQueue":    declareErr,
+		"Bind":            tr.Bind(ctx, b),
+		"Publish confirm": tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: []byte("x")}, transport.PublishOptions{Confirm: true}),
+		"Consume":         consumeErr,
+	} {
+		e.wantErr(op+" with a cancelled context", err, context.Canceled)
+	}
+	// The transport is still fine.
+	e.publish(tr, transport.DefaultExchange, q, "ok")
+	got := e.contents(tr, q)
+	if len(got) == 0 || got[len(got)-1] != "ok" {
+		e.t.Fatalf("queue holds %q, want it to end with \"ok\"", got)
+	}
+}
+
 func defaultExchangeRoutesByQueueName(e *env) {
 	tr := e.open()
 	q1 := e.queue(tr, transport.Queue{})
@@ -312,9 +358,14 @@ func topicWildcards(e *env) {
 		qs[i] = e.queue(tr, transport.Queue{})
 		e.bind(tr, x, qs[i], c.pattern)
 	}
+	// A queue gets one copy however many of its bindings match.
+	both := e.queue(tr, transport.Queue{})
+	e.bind(tr, x, both, "a.*")
+	e.bind(tr, x, both, "#.b")
 	for _, k := range keys {
 		e.publish(tr, x, k, "key="+k)
 	}
+	e.equalStrings("queue bound with a.* and #.b", e.contents(tr, both), []string{"key=a.b", "key=a.x.b", "key=b", "key=x.b"})
 	for i, c := range cases {
 		var want []string
 		for _, k := range c.want {
