@@ -160,6 +160,25 @@ func (f *fixture) expectDead(reason Reason) *transport.Delivery {
 	return nil
 }
 
+// awaitDead waits for a dead letter with reason, passing over others (in
+// fabric tests, where several participants reject the same intruder).
+func (f *fixture) awaitDead(reason Reason) *transport.Delivery {
+	f.t.Helper()
+	timer := time.NewTimer(5 * time.Second)
+	defer timer.Stop()
+	for {
+		select {
+		case d := <-f.dead:
+			if wire.String(d.Headers, wire.HeaderReason) == string(reason) {
+				return d
+			}
+		case <-timer.C:
+			f.t.Fatalf("no dead letter with reason %s", reason)
+			return nil
+		}
+	}
+}
+
 // expectNothing checks that ch delivers nothing more (after the dead letter
 // proved the message was processed).
 func expectNothing(t *testing.T, ch <-chan *transport.Delivery) {

@@ -42,7 +42,9 @@ func (a *Authority) AddIntermediates(certs ...*x509.Certificate) {
 
 // DenyList names revoked certificates: by SHA-256 fingerprint (64 hex
 // digits, as Fingerprint prints it) or by serial number ("serial:" followed
-// by hex digits, as `openssl x509 -serial` prints it). A denied certificate
+// by hex digits; "serial=HEX" as `openssl x509 -serial` prints it works too).
+// Colons and a "sha256:" prefix are ignored in fingerprints, so
+// `openssl x509 -fingerprint -sha256` output can be pasted. A denied certificate
 // is refused wherever it appears in a chain.
 type DenyList struct {
 	fingerprints map[string]bool
@@ -58,8 +60,8 @@ func ParseDenyList(entries ...string) (*DenyList, error) {
 		if e == "" || strings.HasPrefix(e, "#") {
 			continue
 		}
-		low := strings.ToLower(strings.ReplaceAll(e, ":", ""))
-		if s, ok := strings.CutPrefix(strings.ToLower(e), "serial:"); ok {
+		lower := strings.ToLower(e)
+		if s, ok := cutAnyPrefix(lower, "serial:", "serial="); ok {
 			s = strings.ReplaceAll(s, ":", "")
 			n, ok := new(big.Int).SetString(s, 16)
 			if !ok {
@@ -68,12 +70,23 @@ func ParseDenyList(entries ...string) (*DenyList, error) {
 			d.serials[n.Text(16)] = true
 			continue
 		}
+		fp, _ := cutAnyPrefix(lower, "sha256:", "sha256 fingerprint=")
+		low := strings.ReplaceAll(fp, ":", "")
 		if b, err := hex.DecodeString(low); err != nil || len(b) != 32 {
 			return nil, fmt.Errorf("secure: deny list entry %q: want a SHA-256 fingerprint (64 hex digits) or serial:HEX", e)
 		}
 		d.fingerprints[low] = true
 	}
 	return d, nil
+}
+
+func cutAnyPrefix(s string, prefixes ...string) (string, bool) {
+	for _, p := range prefixes {
+		if rest, ok := strings.CutPrefix(s, p); ok {
+			return rest, true
+		}
+	}
+	return s, false
 }
 
 // Denied reports whether cert is on the list.

@@ -1,0 +1,330 @@
+package secure
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
+)
+
+func TestIdentityOf(t *testing.T) {
+	c := &x509.Certificate{}
+	c.Subject.CommonName = "fred"
+	if id, err := IdentityOf(c); err != nil || id != "fred" {
+		t.Fatalf("CN: %q %v", id, err)
+	}
+	c.URIs = []*url.URL{{Scheme: "https", Host: "x"}, {Scheme: "warren", Opaque: "bob"}}
+	if id, err := IdentityOf(c); err != nil || id != "bob" {
+		t.Fatalf("URI SAN: %q %v", id, err)
+	}
+	for _, bad := range []string{"", "a b", "a/b", "a\x00"} {
+		c := &x509.Certificate{}
+		c.Subject.CommonName = bad
+		if _, err := IdentityOf(c); err == nil {
+			t.Errorf("identity %q accepted", bad)
+		}
+	}
+}
+
+// TestKeysNeverPrinted: fmt, slog and JSON show no key material.
+func TestKeysNeverPrinted(t *testing.T) {
+	p := testPKI(t)
+	id := p.ids["fred"]
+	der, err := x509.MarshalPKCS8PrivateKey(id.key.signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&buf, nil))
+	log.Info("x", "id", id, "key", id.Key(), "cfg", fmt.Sprintf("%+v %#v %v", id, id, id.Key()))
+	j, _ := json.Marshal(struct{ K PrivateKey }{id.Key()})
+	buf.Write(j)
+	fmt.Fprintf(&buf, "%v %+v %#v %s", id, id, id, id.Key())
+	out := buf.String()
+	for _, secret := range []string{fmt.Sprintf("%x", der), string(der[len(der)-32:])} {
+		if strings.Contains(out, secret) {
+			t.Fatal("key material printed")
+		}
+	}
+	if !strings.Contains(out, "[redacted]") || !strings.Contains(out, "fred") {
+		t.Fatalf("unexpected output %s", out)
+	}
+}
+
+func TestLoadIdentity(t *testing.T) {
+	p := testPKI(t)
+	dir := t.TempDir()
+	crt, key := filepath.Join(dir, "fred.crt"), filepath.Join(dir, "fred.key")
+	if err := WriteIdentity(p.ids["fred"], crt, key); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v %v", st.Mode(), err)
+	}
+	id, err := LoadIdentity(crt, key)
+	if err != nil || id.Name() != "fred" || !id.CanDecrypt() {
+		t.Fatalf("%v %v", id, err)
+	}
+	// Mismatched key.
+	other := filepath.Join(dir, "bob.key")
+	if err := WriteIdentity(p.ids["bob"], filepath.Join(dir, "bob.crt"), other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadIdentity(crt, other); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Fatalf("mismatched key: %v", err)
+	}
+	if _, err := LoadIdentity(crt, filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing key file")
+	}
+	if _, err := LoadIdentity(key, key); err == nil {
+		t.Fatal("key as certificate")
+	}
+	// Ed25519.
+	if err := WriteIdentity(p.ids["ed"], crt, key); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := LoadIdentity(crt, key); err != nil || id.CanDecrypt() {
+		t.Fatalf("ed25519: %v %v", id, err)
+	}
+	// Errors never quote the key.
+	keyPEM, _ := os.ReadFile(key)
+	broken := bytes.Replace(keyPEM, []byte("PRIVATE KEY-----\n"), []byte("PRIVATE KEY-----\nAAAA"), 1)
+	os.WriteFile(key, broken, 0o600)
+	_, err = LoadIdentity(crt, key)
+	if err == nil || strings.Contains(err.Error(), string(keyPEM[40:60])) {
+		t.Fatalf("broken key: %v", err)
+	}
+}
+
+func TestLoadIdentityFromEnv(t *testing.T) {
+	p := testPKI(t)
+	dir := t.TempDir()
+	crt, key := filepath.Join(dir, "c"), filepath.Join(dir, "k")
+	if err := WriteIdentity(p.ids["bob"], crt, key); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("WT_CERT_FILE", crt)
+	t.Setenv("WT_KEY_FILE", key)
+	if id, err := LoadIdentityFromEnv("WT"); err != nil || id.Name() != "bob" {
+		t.Fatalf("%v %v", id, err)
+	}
+	kp, _ := os.ReadFile(key)
+	t.Setenv("WT_KEY", string(kp))
+	if _, err := LoadIdentityFromEnv("WT"); err == nil {
+		t.Fatal("both WT_KEY and WT_KEY_FILE accepted")
+	}
+	t.Setenv("WT_KEY_FILE", "")
+	if id, err := LoadIdentityFromEnv("WT"); err != nil || id.Name() != "bob" {
+		t.Fatalf("inline key: %v %v", id, err)
+	}
+	if _, err := LoadIdentityFromEnv("NOPE"); err == nil || !strings.Contains(err.Error(), "NOPE_CERT") {
+		t.Fatalf("unset: %v", err)
+	}
+}
+
+func TestStores(t *testing.T) {
+	p := testPKI(t)
+	dir := t.TempDir()
+	for _, n := range []string{"fred", "bob"} {
+		if err := os.WriteFile(filepath.Join(dir, n+".pem"), CertificatePEM(p.ids[n].Certificate()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "README"), []byte("not a cert"), 0o644)
+	s, err := LoadStore(dir)
+	if err != nil || s.Len() != 2 {
+		t.Fatalf("%v %v", s, err)
+	}
+	c, err := s.Certificate(t.Context(), "bob")
+	if err != nil || c != nil && Fingerprint(c) != Fingerprint(p.ids["bob"].Certificate()) {
+		t.Fatalf("%v", err)
+	}
+	if _, err := s.Certificate(t.Context(), "eve"); !errors.Is(err, ErrUnknownIdentity) {
+		t.Fatalf("unknown: %v", err)
+	}
+	if _, err := NewStaticStore(p.ids["fred"].Certificate(), p.ids["fred"].Certificate()); err == nil {
+		t.Fatal("duplicate identity")
+	}
+	if _, err := NewMapStore(map[string]*x509.Certificate{"bob": p.ids["fred"].Certificate()}); err == nil {
+		t.Fatal("map store under the wrong name")
+	}
+}
+
+// countingStore counts lookups.
+type countingStore struct {
+	Store
+	n atomic.Int64
+}
+
+func (c *countingStore) Certificate(ctx context.Context, id string) (*x509.Certificate, error) {
+	c.n.Add(1)
+	return c.Store.Certificate(ctx, id)
+}
+
+func TestCache(t *testing.T) {
+	p := testPKI(t)
+	back := &countingStore{Store: p.store()}
+	c := NewCache(back, 2, time.Minute)
+	now := time.Now()
+	c.now = func() time.Time { return now }
+	for range 3 {
+		if _, err := c.Certificate(t.Context(), "fred"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if back.n.Load() != 1 {
+		t.Fatalf("lookups %d, want 1", back.n.Load())
+	}
+	c.Certificate(t.Context(), "bob")
+	c.Certificate(t.Context(), "eve") // evicts fred, the least recently used
+	if c.Len() != 2 {
+		t.Fatalf("len %d", c.Len())
+	}
+	c.Certificate(t.Context(), "fred")
+	if back.n.Load() != 4 {
+		t.Fatalf("lookups %d, want 4", back.n.Load())
+	}
+	now = now.Add(2 * time.Minute) // every entry expired
+	c.Certificate(t.Context(), "fred")
+	if back.n.Load() != 5 {
+		t.Fatalf("lookups %d after expiry, want 5", back.n.Load())
+	}
+	if _, err := c.Certificate(t.Context(), "nobody"); !errors.Is(err, ErrUnknownIdentity) {
+		t.Fatal(err)
+	}
+}
+
+func TestDenyList(t *testing.T) {
+	p := testPKI(t)
+	fred := p.ids["fred"].Certificate()
+	for _, e := range []string{
+		Fingerprint(fred),
+		strings.ToUpper(Fingerprint(fred)),
+		"serial:" + fred.SerialNumber.Text(16),
+		"serial:00" + strings.ToUpper(fred.SerialNumber.Text(16)),
+	} {
+		d, err := ParseDenyList("# comment", "", e)
+		if err != nil || !d.Denied(fred) || d.Denied(p.ids["bob"].Certificate()) {
+			t.Errorf("entry %q: %v", e, err)
+		}
+	}
+	for _, bad := range []string{"abc", "serial:xyz", strings.Repeat("a", 63)} {
+		if _, err := ParseDenyList(bad); err == nil {
+			t.Errorf("entry %q accepted", bad)
+		}
+	}
+}
+
+func TestReplayWindow(t *testing.T) {
+	w := newReplayWindow(3)
+	if w.admit("a", 10, false, false, 0) != admitted || w.admit("a", 10, false, false, 0) != admitReplayed {
+		t.Fatal("duplicate admitted")
+	}
+	// In hand and redelivered (its connection dropped): admitted again.
+	if w.admit("a", 10, true, false, 0) != admitted {
+		t.Fatal("redelivery of an unsettled message refused")
+	}
+	w.settled("a", false)
+	if w.admit("a", 10, true, false, 0) != admitReplayed {
+		t.Fatal("redelivery flag let a settled message through")
+	}
+	// Requeued: forgotten, so its redelivery is admitted.
+	w.admit("b", 11, false, false, 0)
+	w.settled("b", true)
+	if w.admit("b", 11, true, false, 0) != admitted {
+		t.Fatal("requeued message refused")
+	}
+	// Full: the oldest go, and everything as old is refused.
+	w.admit("c", 12, false, true, 0)
+	w.admit("d", 13, false, true, 0)
+	if w.len() != 3 {
+		t.Fatalf("len %d", w.len())
+	}
+	if w.admit("a", 10, false, false, 0) != admitBelowFloor {
+		t.Fatal("evicted message admitted")
+	}
+	if w.admit("e", 9, false, false, 0) != admitBelowFloor {
+		t.Fatal("message older than the floor admitted")
+	}
+	// Aged out of the window.
+	w.admit("f", 100, false, true, 50)
+	if w.len() != 1 {
+		t.Fatalf("len %d after purge", w.len())
+	}
+}
+
+func TestJSONDepth(t *testing.T) {
+	for in, want := range map[string]int{`{}`: 1, `{"a":[{}]}`: 3, `{"a":"[[[["}`: 1, `{"a":"\"[[["}`: 1, `"x"`: 0} {
+		if got, err := jsonDepth([]byte(in), 10); err != nil || got != want {
+			t.Errorf("%s: %d %v, want %d", in, got, err, want)
+		}
+	}
+	if _, err := jsonDepth([]byte(`[[[`), 2); !errors.Is(err, ErrTooDeep) {
+		t.Fatal(err)
+	}
+}
+
+// TestOpenSSLCertificates: certificates made with openssl as
+// docs/security.md shows (testdata/openssl-setup.sh) load and talk.
+func TestOpenSSLCertificates(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not on PATH")
+	}
+	dir := t.TempDir()
+	out, err := exec.Command("sh", "testdata/openssl-setup.sh", dir, "mapper1", "fred", "bob-ed").CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl-setup.sh: %v\n%s", err, out)
+	}
+	cfg := func(name string) Config {
+		c, err := ConfigFromFiles(filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, "ca.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	f := newFixture(t)
+	mc := cfg("mapper1")
+	mc.Store, _ = LoadStore(filepath.Join(dir, "fred.crt"))
+	tx := f.wrap(mc)
+	rx := f.wrap(cfg("fred"))
+	ed := f.wrap(cfg("bob-ed"))
+	q := f.queue("q")
+	in := f.consume(rx, q, false)
+	if err := tx.Publish(ctx(t), "", q, request("fred", "/a/b"), transport.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := receive(t, in); string(d.Body) != `{"secret":"launch codes"}` {
+		t.Fatalf("%q", d.Body)
+	}
+	// The Ed25519 identity signs a broadcast that fred verifies.
+	if err := ed.Publish(ctx(t), "", q, transport.Message{Type: wire.TypeAnnounce, Body: []byte(`{}`)}, transport.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if d := receive(t, in); wire.String(d.Headers, wire.HeaderFrom) != "bob-ed" {
+		t.Fatalf("%v", d.Headers)
+	}
+	// openssl's own serial and fingerprint output works in a deny list.
+	serial, _ := exec.Command("openssl", "x509", "-in", filepath.Join(dir, "fred.crt"), "-noout", "-serial").Output()
+	fp, _ := exec.Command("openssl", "x509", "-in", filepath.Join(dir, "fred.crt"), "-noout", "-fingerprint", "-sha256").Output()
+	fred, _ := LoadCertificates(filepath.Join(dir, "fred.crt"))
+	for _, e := range []string{string(serial), string(fp)} {
+		d, err := ParseDenyList(e)
+		if err != nil || !d.Denied(fred[0]) {
+			t.Errorf("deny list entry %q: %v", e, err)
+		}
+	}
+}
