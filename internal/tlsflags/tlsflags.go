@@ -28,7 +28,7 @@ type Flags struct {
 }
 
 // ErrUsage marks errors in the flags themselves (wrapped).
-var ErrUsage = errors.New("tlsflags: bad TLS flags")
+var ErrUsage = errors.New("TLS flags")
 
 // Set reports whether any TLS flag is set.
 func (f Flags) Set() bool {
@@ -61,7 +61,7 @@ func (f Flags) Config(brokerURL string) (*tls.Config, error) {
 	}
 	if f.Insecure {
 		if f.CA != "" || f.ServerName != "" {
-			return nil, fmt.Errorf("%w: --tls-insecure-skip-verify turns off what --tls-ca and --tls-server-name ask for: use one or the other", ErrUsage)
+			return nil, fmt.Errorf("%w: --tls-insecure-skip-verify turns off what --tls-ca (WARREN_TLS_CA) and --tls-server-name (WARREN_TLS_SERVER_NAME) ask for: use one or the other", ErrUsage)
 		}
 		cfg.InsecureSkipVerify = true
 	}
