@@ -32,6 +32,7 @@ var scenarios = []scenario{
 	{name: "UnackedRedeliveredOnConsumerCancel", fn: unackedRedeliveredOnConsumerCancel},
 	{name: "UnackedRedeliveredOnClose", fn: unackedRedeliveredOnClose},
 	{name: "NackRequeue", fn: nackRequeue},
+	{name: "RequeueOrder", fn: requeueOrder},
 	{name: "AutoAckNotRedelivered", fn: autoAckNotRedelivered},
 	{name: "AckTwiceErrAlreadySettled", fn: ackTwiceErrAlreadySettled},
 	{name: "ExclusiveConsumer", fn: exclusiveConsumer},

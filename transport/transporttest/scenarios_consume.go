@@ -157,6 +157,23 @@ func nackRequeue(e *env) {
 	e.ack(d)
 }
 
+// requeueOrder: messages a consumer gives back go in front of those that
+// were never delivered, in their order, in classic and quorum queues.
+func requeueOrder(e *env) {
+	tr := e.open()
+	for _, typ := range []transport.QueueType{transport.Classic, transport.Quorum} {
+		q := e.queue(tr, transport.Queue{Type: typ, Durable: true})
+		for _, m := range []string{"m1", "m2", "m3", "m4"} {
+			e.publish(tr, transport.DefaultExchange, q, m)
+		}
+		c := e.consume(tr, q, transport.ConsumeOptions{Prefetch: 2})
+		e.recvBody(c, "m1")
+		e.recvBody(c, "m2")
+		e.closedAfter(c)
+		e.equalStrings(string(typ)+" queue after requeue", e.contents(tr, q), []string{"m1", "m2", "m3", "m4"})
+	}
+}
+
 func autoAckNotRedelivered(e *env) {
 	tr := e.open()
 	q := e.queue(tr, transport.Queue{})
