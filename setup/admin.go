@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -97,6 +98,9 @@ func (a *Admin) do(ctx context.Context, method, path string, in, out any) error 
 	}
 	resp, err := a.hc.Do(req)
 	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("setup: %s %s: %w (is the rabbitmq_management plugin enabled? rabbitmq-plugins enable rabbitmq_management)", method, path, err)
+		}
 		return fmt.Errorf("setup: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()

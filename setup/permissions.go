@@ -1,6 +1,7 @@
 package setup
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -81,7 +82,7 @@ func anchor(alts ...string) string {
 // control characters or '/'.
 func checkIdentity(id string) error {
 	if id == "" {
-		return fmt.Errorf("setup: empty agent identity")
+		return errors.New("setup: empty agent identity")
 	}
 	for _, r := range id {
 		if unicode.IsSpace(r) || unicode.IsControl(r) || r == '/' {

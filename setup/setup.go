@@ -60,6 +60,8 @@ type Step struct {
 type Result struct {
 	DryRun bool
 	Steps  []Step
+
+	complete bool // Apply went through every step
 }
 
 // Changed reports whether any step created or updated something (or would
@@ -68,8 +70,8 @@ func (r *Result) Changed() bool {
 	return slices.ContainsFunc(r.Steps, func(s Step) bool { return s.Action != Unchanged })
 }
 
-// String prints one line per step, and a last line that says whether
-// anything changed.
+// String prints one line per step and, when Apply went through all of them,
+// a last line that says whether anything changed.
 func (r *Result) String() string {
 	var b strings.Builder
 	for _, s := range r.Steps {
@@ -84,6 +86,7 @@ func (r *Result) String() string {
 		b.WriteByte('\n')
 	}
 	switch {
+	case !r.complete:
 	case !r.Changed():
 		b.WriteString("nothing to change\n")
 	case r.DryRun:
@@ -122,23 +125,30 @@ func Apply(ctx context.Context, admin *Admin, p Plan, dryRun bool) (*Result, err
 			return r, err
 		}
 	}
+	r.complete = true
 	return r, nil
 }
 
+// ErrInvalidPlan is wrapped by the errors of a Plan that Apply refuses
+// before talking to the broker.
+var ErrInvalidPlan = errors.New("setup: invalid plan")
+
 func (p Plan) check(admin *Admin) (Permissions, error) {
-	if p.VHost == "" {
-		return Permissions{}, errors.New("setup: empty vhost")
+	switch {
+	case p.VHost == "":
+		return Permissions{}, fmt.Errorf("%w: empty vhost", ErrInvalidPlan)
+	case p.Agent.Name == "" || p.Mapper.Name == "":
+		return Permissions{}, fmt.Errorf("%w: agent and mapper users must be named", ErrInvalidPlan)
+	case p.Agent.Name == p.Mapper.Name:
+		return Permissions{}, fmt.Errorf("%w: agent and mapper users are both %q: they need different permissions", ErrInvalidPlan, p.Agent.Name)
+	case p.Agent.Name == admin.user || p.Mapper.Name == admin.user:
+		return Permissions{}, fmt.Errorf("%w: the admin user %q cannot be the agent or mapper user", ErrInvalidPlan, admin.user)
 	}
-	if p.Agent.Name == "" || p.Mapper.Name == "" {
-		return Permissions{}, errors.New("setup: agent and mapper users must be named")
+	perm, err := AgentPermissions(p.AgentIdentities...)
+	if err != nil {
+		return Permissions{}, fmt.Errorf("%w: %s", ErrInvalidPlan, strings.TrimPrefix(err.Error(), "setup: "))
 	}
-	if p.Agent.Name == p.Mapper.Name {
-		return Permissions{}, fmt.Errorf("setup: agent and mapper users are both %q: they need different permissions", p.Agent.Name)
-	}
-	if p.Agent.Name == admin.user || p.Mapper.Name == admin.user {
-		return Permissions{}, fmt.Errorf("setup: the admin user %q cannot be the agent or mapper user", admin.user)
-	}
-	return AgentPermissions(p.AgentIdentities...)
+	return perm, nil
 }
 
 type applier struct {

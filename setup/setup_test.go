@@ -204,8 +204,8 @@ func TestPlanErrors(t *testing.T) {
 		"admin user":   {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "admin"}},
 		"bad identity": {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "m"}, AgentIdentities: []string{"a/b"}},
 	} {
-		if _, err := setup.Apply(t.Context(), a, p, true); err == nil {
-			t.Errorf("%s: no error", name)
+		if _, err := setup.Apply(t.Context(), a, p, true); !errors.Is(err, setup.ErrInvalidPlan) {
+			t.Errorf("%s: %v, want ErrInvalidPlan", name, err)
 		}
 	}
 	for _, u := range []string{"ftp://x", "http://", "http://u:p@host:15672"} {

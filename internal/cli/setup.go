@@ -83,6 +83,9 @@ func (c *setupCmd) Run(g *Globals) error {
 	if r != nil {
 		fmt.Fprint(g.Out(), r.String())
 	}
+	if errors.Is(err, setup.ErrInvalidPlan) {
+		return usageError{err}
+	}
 	return err
 }
 
