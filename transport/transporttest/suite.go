@@ -18,6 +18,39 @@
 // their own queue and exchange names (see [Name]), run in parallel, and
 // delete what they declare.
 //
+// # Scenarios
+//
+// Routing and properties: PropertiesRoundTrip (every Message field and
+// header type; Timestamp to the second), EmptyMessageRoundTrip,
+// LargeBodyRoundTrip, CancelledContextFails,
+// DefaultExchangeRoutesByQueueName, DirectRouting, FanoutToAllBoundQueues,
+// TopicWildcards, ServerNamedQueue, MandatoryUnroutable, ConfirmedPublish,
+// PublishToMissingExchange.
+//
+// Consumers: CompetingConsumersRoundRobin, PrefetchBoundsUnacked,
+// UnackedRedeliveredOnConsumerCancel, UnackedRedeliveredOnClose,
+// NackRequeue, RequeueOrder, AutoAckNotRedelivered,
+// AckTwiceErrAlreadySettled, ExclusiveConsumer,
+// ConsumeCtxCancelClosesChannel, DeleteQueueEndsConsumer,
+// ConcurrentPublishConsume.
+//
+// Dead letters (x-death and x-first-death-* as RabbitMQ writes them):
+// NackWithoutRequeueDeadLetters, NackWithoutDLXDrops, QueueTTLExpiresToDLX,
+// PerMessageExpirationToDLX, MaxLengthDropsOrDeadLettersOldest,
+// DeadLetterRoutingKey, DeadLetterCountIncrements, QuorumDeliveryLimit.
+//
+// Lifecycle: ExclusiveQueueDeletedOnClose, ExclusiveQueueOtherConnection,
+// AutoDeleteQueueGoesWithLastConsumer,
+// AutoDeleteExchangeGoesWithLastBinding, QueueExpiresWhenUnused,
+// DeclareIdempotent, DeclareConflictIsPrecondition, ReservedNamesRefused,
+// ConsumeMissingQueueNotFound, DeleteQueueDropsMessages, ConcurrentClose,
+// OperationsAfterCloseErrClosed, and PersistenceAcrossRestart (needs
+// [Harness.Restart]; it runs first, alone, before the parallel scenarios).
+//
+// Timing: an expected event may take up to 5s; the suite watches 200ms for
+// something that must not happen, and uses TTLs of 100-300ms. Against a
+// local RabbitMQ the whole suite takes a few seconds.
+//
 // # Error mapping
 //
 // Transports report broker refusals with the sentinels of package
