@@ -2,13 +2,14 @@ package agent
 
 import (
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -36,6 +37,15 @@ type Config struct {
 	// DrainTimeout bounds how long a stopping agent waits for requests in
 	// hand; what is not finished by then is requeued. 0 means 30s.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Durable makes the agent's own queue a durable quorum queue with a
+	// delivery limit: requests addressed to it survive a broker restart,
+	// and one that keeps crashing the agent is dead-lettered after
+	// MaxDeliveries. Mappers should then send with mapper.Persistent().
+	Durable bool `yaml:"durable"`
+	// MaxDeliveries bounds how often one message is delivered (quorum
+	// queues' delivery limit) or declined and passed on, before it is
+	// dead-lettered with reason delivery_limit. 0 means 5.
+	MaxDeliveries int `yaml:"max_deliveries"`
 	// NoSharedQueues stops the agent from consuming the shared queue of
 	// each of its services, so it serves only requests addressed to it.
 	NoSharedQueues bool `yaml:"no_shared_queues"`
@@ -44,7 +54,7 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.Identity == "" {
 		var b [16]byte
-		_, _ = rand.Read(b[:])
+		_, _ = crand.Read(b[:])
 		c.Identity = hex.EncodeToString(b[:])
 	}
 	if c.PingInterval <= 0 {
@@ -56,6 +66,9 @@ func (c *Config) setDefaults() {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
 	}
+	if c.MaxDeliveries <= 0 {
+		c.MaxDeliveries = 5
+	}
 }
 
 // Validate reports the first invalid field.
@@ -65,8 +78,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("agent: identity %q: no spaces, control characters or slashes", c.Identity)
 		}
 	}
-	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 {
-		return errors.New("agent: ping_interval, prefetch and drain_timeout must not be negative")
+	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 {
+		return errors.New("agent: ping_interval, prefetch, drain_timeout and max_deliveries must not be negative")
 	}
 	return nil
 }
@@ -97,7 +110,7 @@ type Agent struct {
 	started time.Time
 
 	mu       sync.Mutex
-	handlers map[string]Handler
+	handlers map[string]*service
 	running  bool
 
 	ready    chan struct{}
@@ -138,7 +151,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Agent, error) {
 		cfg:      cfg,
 		log:      o.log.With("component", "agent", "agent", cfg.Identity),
 		status:   o.status,
-		handlers: map[string]Handler{},
+		handlers: map[string]*service{},
 		ready:    make(chan struct{}),
 	}, nil
 }
@@ -152,13 +165,55 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 // Handled returns how many requests and pushes the agent has settled.
 func (a *Agent) Handled() int64 { return a.handled.Load() }
 
+// HandlerOption tunes how one service is served.
+type HandlerOption func(*service)
+
+// service is one path the agent serves.
+type service struct {
+	path     string
+	h        Handler
+	prefetch int         // 0: the agent's Prefetch
+	active   func() bool // nil: always active
+	durable  bool
+	sem      chan struct{} // bounds concurrent requests from the agent queue
+}
+
+// Prefetch bounds how many requests of this service the agent works on at
+// once (the prefetch of its shared queue, and a limit on requests taken from
+// the agent's own queue). 0 means the agent's Prefetch.
+func Prefetch(n int) HandlerOption { return func(s *service) { s.prefetch = n } }
+
+// Active sets a predicate (Vincent's :active): while it returns false the
+// agent advertises the service as inactive, so mappers do not select it for
+// this service, stops consuming the service's shared queue, and declines
+// requests that reach it anyway; they go to another agent. It is called at
+// every ping and for every request, so it must be quick.
+func Active(pred func() bool) HandlerOption { return func(s *service) { s.active = pred } }
+
+// Durable makes the service's shared queue a durable quorum queue with a
+// delivery limit (Config.MaxDeliveries), so work parked there survives a
+// broker restart and a message that keeps crashing agents is dead-lettered
+// instead of looping. Every agent serving the path must agree.
+func Durable() HandlerOption { return func(s *service) { s.durable = true } }
+
+func (s *service) isActive() bool { return s.active == nil || s.active() }
+
 // Handle serves path ("/actor/method") with h. Call it before Run.
-func (a *Agent) Handle(path string, h Handler) error {
+func (a *Agent) Handle(path string, h Handler, opts ...HandlerOption) error {
 	if err := wire.CheckPath(path); err != nil {
 		return err
 	}
 	if h == nil {
 		return fmt.Errorf("agent: nil handler for %s", path)
+	}
+	s := &service{path: path, h: h}
+	for _, o := range opts {
+		if o != nil {
+			o(s)
+		}
+	}
+	if s.prefetch < 0 {
+		return fmt.Errorf("agent: %s: negative prefetch", path)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -168,24 +223,29 @@ func (a *Agent) Handle(path string, h Handler) error {
 	if _, dup := a.handlers[path]; dup {
 		return fmt.Errorf("agent: %s registered twice", path)
 	}
-	a.handlers[path] = h
+	if s.prefetch == 0 {
+		s.prefetch = a.cfg.Prefetch
+	}
+	s.sem = make(chan struct{}, s.prefetch)
+	a.handlers[path] = s
 	return nil
 }
 
 // Expose serves the exported methods of v as /actor/<method>, method names
-// in snake_case (GetLoad → get_load). A method must look like
+// in snake_case (GetLoad → get_load), each with opts. A method must look
+// like
 //
 //	func(ctx context.Context, in In) (Out, error)
 //
 // where the In argument and the Out result are optional and In may be
 // *Request for the raw request. Other methods are skipped.
-func (a *Agent) Expose(actor string, v any) error {
+func (a *Agent) Expose(actor string, v any, opts ...HandlerOption) error {
 	hs, err := methodHandlers(v)
 	if err != nil {
 		return err
 	}
 	for _, name := range slices.Sorted(maps.Keys(hs)) {
-		if err := a.Handle("/"+actor+"/"+name, hs[name]); err != nil {
+		if err := a.Handle("/"+actor+"/"+name, hs[name], opts...); err != nil {
 			return err
 		}
 	}
@@ -199,10 +259,22 @@ func (a *Agent) Services() []string {
 	return slices.Sorted(maps.Keys(a.handlers))
 }
 
+func (a *Agent) service(path string) *service {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.handlers[path]
+}
+
 // Run declares the agent's queues, registers with the mappers, serves until
 // ctx ends, then drains: it stops taking work, finishes what is in hand
-// (up to DrainTimeout), unregisters and returns nil. It returns an error when
-// the broker refuses the topology or the transport fails.
+// (up to DrainTimeout), unregisters and returns nil.
+//
+// When the connection to the broker is lost (the transport reports
+// ErrConnectionLost or a consumer ends without being asked), the agent
+// re-declares its queues, consumes again and re-registers, with backoff and
+// jitter, until ctx ends. Requests in hand when the connection dropped are
+// redelivered by the broker. Run returns an error when the transport is
+// closed under it or the broker refuses the topology.
 func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	if a.running {
@@ -216,142 +288,274 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.started = time.Now()
 
-	// consumeCtx outlives ctx during the drain, so that work in hand can
-	// still be acknowledged; cancelling it requeues whatever was not taken.
-	consumeCtx, stopConsumers := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopConsumers()
 	// handlerCtx is cancelled when the drain times out.
 	handlerCtx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
+	// bg outlives ctx, for the drain's acks and the unregister.
+	bg := context.WithoutCancel(ctx)
 
-	sources, control, err := a.declare(consumeCtx)
-	if err != nil {
-		return err
+	var runErr error
+	backoff := newBackoff()
+	first := true
+	for {
+		s, err := a.startSession(bg, handlerCtx)
+		if err != nil {
+			if first || !retryable(err) {
+				if !first {
+					a.drain(cancelHandlers)
+				}
+				return err
+			}
+			a.log.Warn("cannot re-establish the session; retrying", "err", err)
+			if !backoff.wait(ctx) {
+				break
+			}
+			continue
+		}
+		if first {
+			a.log.Info("agent registered", "services", a.Services(), "tags", a.cfg.Tags)
+			close(a.ready)
+			first = false
+		} else {
+			a.log.Warn("session re-established: queues declared, consumers restored, registered")
+		}
+		backoff.reset()
+		lost := a.serveSession(ctx, bg, s)
+		if !lost {
+			// ctx ended: drain this session, then unregister.
+			s.stopTaking()
+			a.drain(cancelHandlers)
+			s.stop()
+			uctx, cancel := context.WithTimeout(bg, 5*time.Second)
+			if err := a.beat(uctx, wire.TypeUnregister); err != nil {
+				a.log.Warn("unregister failed", "err", err)
+			}
+			cancel()
+			break
+		}
+		a.log.Warn("connection lost: re-establishing the session")
+		s.stop()
+		if !backoff.wait(ctx) {
+			a.drain(cancelHandlers)
+			break
+		}
 	}
-	draining := make(chan struct{})
-	var loops sync.WaitGroup
-	for _, src := range sources {
-		loops.Go(func() { a.consumeLoop(handlerCtx, src, draining) })
-	}
-	if err := a.beat(consumeCtx, wire.TypeRegister); err != nil {
-		stopConsumers()
-		loops.Wait()
-		return err
-	}
-	a.log.Info("agent registered", "services", a.Services(), "tags", a.cfg.Tags)
-	close(a.ready)
+	a.log.Info("agent stopped", "handled", a.handled.Load())
+	return runErr
+}
 
+// drain waits for the requests in hand, cancelling their contexts after the
+// drain timeout.
+func (a *Agent) drain(cancelHandlers context.CancelFunc) {
+	done := make(chan struct{})
+	go func() { a.inflight.Wait(); close(done) }()
+	t := time.NewTimer(a.cfg.DrainTimeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		a.log.Warn("drain timeout: cancelling handlers; their requests are requeued")
+		cancelHandlers()
+		<-done
+	}
+}
+
+// serveSession pings and answers announces until ctx ends (false) or the
+// session's connection is lost (true).
+func (a *Agent) serveSession(ctx, bg context.Context, s *session) bool {
 	ticker := time.NewTicker(a.cfg.PingInterval)
 	defer ticker.Stop()
-	var runErr error
-loop:
 	for {
 		select {
 		case <-ctx.Done():
-			break loop
+			return false
+		case <-s.lost:
+			return true
 		case <-ticker.C:
-			if err := a.beat(consumeCtx, wire.TypePing); err != nil {
+			s.syncActive(bg)
+			if err := a.beat(bg, wire.TypePing); err != nil {
 				a.log.Warn("ping failed", "err", err)
+				if retryable(err) {
+					return true
+				}
 			}
-		case d, ok := <-control:
+		case d, ok := <-s.control:
 			if !ok {
-				runErr = errors.New("agent: control queue closed by the broker")
-				break loop
+				return true
 			}
 			if d.Type == wire.TypeAnnounce {
-				if err := a.beat(consumeCtx, wire.TypePing); err != nil {
+				if err := a.beat(bg, wire.TypePing); err != nil {
 					a.log.Warn("announce reply failed", "err", err)
 				}
 			}
 		}
 	}
-
-	// Drain: stop taking work, finish what is in hand, then unregister.
-	close(draining)
-	loops.Wait()
-	done := make(chan struct{})
-	go func() { a.inflight.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(a.cfg.DrainTimeout):
-		a.log.Warn("drain timeout: cancelling handlers; their requests are requeued")
-		cancelHandlers()
-		<-done
-	}
-	uctx, cancel := context.WithTimeout(consumeCtx, 5*time.Second)
-	if err := a.beat(uctx, wire.TypeUnregister); err != nil && runErr == nil {
-		a.log.Warn("unregister failed", "err", err)
-	}
-	cancel()
-	a.log.Info("agent stopped", "handled", a.handled.Load())
-	return runErr
 }
 
-// declare creates the agent's queues and starts its consumers. It returns
-// the request sources and the control channel.
-func (a *Agent) declare(ctx context.Context) ([]<-chan *transport.Delivery, <-chan *transport.Delivery, error) {
-	tr := a.tr
+// retryable reports whether an error may go away by reconnecting.
+func retryable(err error) bool {
+	return errors.Is(err, transport.ErrConnectionLost)
+}
+
+// session is one life of the agent's consumers on one connection.
+type session struct {
+	a        *Agent
+	ctx      context.Context // consumers' context
+	cancel   context.CancelFunc
+	handlers context.Context
+	control  <-chan *transport.Delivery
+	lost     chan struct{}
+	lostOnce sync.Once
+	taking   chan struct{} // closed to stop taking new work
+	loops    sync.WaitGroup
+
+	mu     sync.Mutex
+	shared map[string]context.CancelFunc // consumers of shared service queues, by path
+}
+
+// startSession declares the agent's queues, starts its consumers and
+// registers.
+func (a *Agent) startSession(bg, handlers context.Context) (*session, error) {
+	ctx, cancel := context.WithCancel(bg)
+	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), shared: map[string]context.CancelFunc{}}
+	if err := s.declare(); err != nil {
+		s.stop()
+		return nil, err
+	}
+	if err := a.beat(ctx, wire.TypeRegister); err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *session) markLost() { s.lostOnce.Do(func() { close(s.lost) }) }
+
+// stopTaking stops the consume loops from taking new deliveries; what they
+// hold unacknowledged is requeued when the session stops.
+func (s *session) stopTaking() {
+	close(s.taking)
+	s.loops.Wait()
+}
+
+// stop cancels the consumers (requeueing what was not taken) and waits for
+// the consume loops.
+func (s *session) stop() {
+	s.cancel()
+	s.loops.Wait()
+}
+
+func (s *session) declare() error {
+	a, tr, ctx := s.a, s.a.tr, s.ctx
 	if err := wire.Topology(ctx, tr); err != nil {
-		return nil, nil, fmt.Errorf("agent: %w", err)
+		return fmt.Errorf("agent: %w", err)
 	}
 	expires := max(10*a.cfg.PingInterval, time.Minute)
 	own := wire.AgentQueue(a.cfg.Identity)
-	if _, err := tr.DeclareQueue(ctx, transport.Queue{Name: own, Expires: expires, DeadLetterExchange: wire.DeadLetterExchange}); err != nil {
-		return nil, nil, fmt.Errorf("agent: declare %s: %w", own, err)
+	q := transport.Queue{Name: own, Expires: expires, DeadLetterExchange: wire.DeadLetterExchange}
+	if a.cfg.Durable {
+		q.Type, q.Durable, q.DeliveryLimit = transport.Quorum, true, a.cfg.MaxDeliveries
+	}
+	if _, err := tr.DeclareQueue(ctx, q); err != nil {
+		return fmt.Errorf("agent: declare %s: %w", own, err)
 	}
 	if err := tr.Bind(ctx, transport.Binding{Exchange: wire.RequestExchange, Queue: own, Key: a.cfg.Identity}); err != nil {
-		return nil, nil, fmt.Errorf("agent: bind %s: %w", own, err)
-	}
-	queues := []string{own}
-	if !a.cfg.NoSharedQueues {
-		for _, p := range a.Services() {
-			q := wire.ServiceQueue(p)
-			if _, err := tr.DeclareQueue(ctx, transport.Queue{Name: q, Durable: true, DeadLetterExchange: wire.DeadLetterExchange}); err != nil {
-				return nil, nil, fmt.Errorf("agent: declare %s: %w", q, err)
-			}
-			if err := tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: q, Key: p}); err != nil {
-				return nil, nil, fmt.Errorf("agent: bind %s: %w", q, err)
-			}
-			queues = append(queues, q)
-		}
+		return fmt.Errorf("agent: bind %s: %w", own, err)
 	}
 	cq, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true, AutoDelete: true})
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent: declare control queue: %w", err)
+		return fmt.Errorf("agent: declare control queue: %w", err)
 	}
 	if err := tr.Bind(ctx, transport.Binding{Exchange: wire.ControlExchange, Queue: cq}); err != nil {
-		return nil, nil, fmt.Errorf("agent: bind control queue: %w", err)
+		return fmt.Errorf("agent: bind control queue: %w", err)
 	}
-	control, err := tr.Consume(ctx, cq, transport.ConsumeOptions{AutoAck: true, Exclusive: true})
+	if s.control, err = tr.Consume(ctx, cq, transport.ConsumeOptions{AutoAck: true, Exclusive: true}); err != nil {
+		return fmt.Errorf("agent: consume control queue: %w", err)
+	}
+	ch, err := tr.Consume(ctx, own, transport.ConsumeOptions{Prefetch: a.cfg.Prefetch})
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent: consume control queue: %w", err)
+		return fmt.Errorf("agent: consume %s: %w", own, err)
 	}
-	var sources []<-chan *transport.Delivery
-	for _, q := range queues {
-		ch, err := tr.Consume(ctx, q, transport.ConsumeOptions{Prefetch: a.cfg.Prefetch})
-		if err != nil {
-			return nil, nil, fmt.Errorf("agent: consume %s: %w", q, err)
+	s.loops.Go(func() { s.consumeLoop(ctx, ch) })
+	if a.cfg.NoSharedQueues {
+		return nil
+	}
+	for _, p := range a.Services() {
+		svc := a.service(p)
+		name := wire.ServiceQueue(p)
+		q := transport.Queue{Name: name, Durable: true, DeadLetterExchange: wire.DeadLetterExchange}
+		if svc.durable {
+			q.Type, q.DeliveryLimit = transport.Quorum, a.cfg.MaxDeliveries
 		}
-		sources = append(sources, ch)
+		if _, err := tr.DeclareQueue(ctx, q); err != nil {
+			return fmt.Errorf("agent: declare %s: %w", name, err)
+		}
+		if err := tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: name, Key: p}); err != nil {
+			return fmt.Errorf("agent: bind %s: %w", name, err)
+		}
 	}
-	return sources, control, nil
+	s.syncActive(ctx)
+	return nil
 }
 
-// consumeLoop takes deliveries from src until draining is closed, starting
-// one goroutine per delivery; the prefetch bounds how many run at once.
-func (a *Agent) consumeLoop(ctx context.Context, src <-chan *transport.Delivery, draining <-chan struct{}) {
+// syncActive consumes the shared queue of every active service and stops
+// consuming those whose Active predicate turned false.
+func (s *session) syncActive(ctx context.Context) {
+	if s.a.cfg.NoSharedQueues {
+		return
+	}
+	for _, p := range s.a.Services() {
+		svc := s.a.service(p)
+		active := svc.isActive()
+		s.mu.Lock()
+		cancel, consuming := s.shared[p]
+		s.mu.Unlock()
+		switch {
+		case active && !consuming:
+			cctx, cancel := context.WithCancel(s.ctx)
+			ch, err := s.a.tr.Consume(cctx, wire.ServiceQueue(p), transport.ConsumeOptions{Prefetch: svc.prefetch})
+			if err != nil {
+				cancel()
+				s.a.log.Warn("consume shared queue failed", "service", p, "err", err)
+				if retryable(err) {
+					s.markLost()
+				}
+				continue
+			}
+			s.mu.Lock()
+			s.shared[p] = cancel
+			s.mu.Unlock()
+			s.loops.Go(func() { s.consumeLoop(cctx, ch) })
+		case !active && consuming:
+			s.a.log.Info("service inactive: not consuming its shared queue", "service", p)
+			cancel()
+			s.mu.Lock()
+			delete(s.shared, p)
+			s.mu.Unlock()
+		}
+	}
+}
+
+// consumeLoop takes deliveries from src until the session stops taking
+// work, starting one goroutine per delivery; the prefetch bounds how many
+// run at once. A source that closes while its context is live means the
+// connection was lost.
+func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Delivery) {
 	for {
 		select {
-		case <-draining:
+		case <-s.taking:
 			return
 		case d, ok := <-src:
 			if !ok {
+				if ctx.Err() == nil {
+					s.markLost()
+				}
 				return
 			}
-			a.inflight.Add(1)
+			s.a.inflight.Add(1)
 			go func() {
-				defer a.inflight.Done()
-				a.serve(ctx, d)
+				defer s.a.inflight.Done()
+				s.a.serve(s.handlers, d)
 			}()
 		}
 	}
@@ -366,8 +570,20 @@ func (a *Agent) heartbeat() wire.Heartbeat {
 		Tags:         a.cfg.Tags,
 		Status:       a.status(),
 		PingInterval: a.cfg.PingInterval.Milliseconds(),
+		Inactive:     a.inactive(),
 		Started:      a.started.UTC(),
 	}
+}
+
+// inactive lists the services whose Active predicate is false.
+func (a *Agent) inactive() []string {
+	var out []string
+	for _, p := range a.Services() {
+		if !a.service(p).isActive() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func (a *Agent) beat(ctx context.Context, typ string) error {
@@ -405,12 +621,22 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.fail(ctx, d, req, wire.CodeExpired, "deadline passed before the agent started the request")
 		return
 	}
-	a.mu.Lock()
-	h := a.handlers[req.Path]
-	a.mu.Unlock()
-	if h == nil {
+	svc := a.service(req.Path)
+	if svc == nil {
 		log.Warn("no such service")
 		a.fail(ctx, d, req, wire.CodeNoSuchService, fmt.Sprintf("agent %s does not serve %s", a.cfg.Identity, req.Path))
+		return
+	}
+	if !svc.isActive() {
+		log.Info("service inactive: declining")
+		a.decline(ctx, d, req)
+		return
+	}
+	select {
+	case svc.sem <- struct{}{}:
+		defer func() { <-svc.sem }()
+	case <-ctx.Done():
+		a.settle(d, false, true)
 		return
 	}
 	hctx := ctx
@@ -419,7 +645,12 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		hctx, cancel = context.WithDeadline(ctx, req.Deadline)
 		defer cancel()
 	}
-	result, herr := call(hctx, h, req)
+	result, herr := call(hctx, svc.h, req)
+	if errors.Is(herr, ErrDecline) {
+		log.Info("handler declined the request")
+		a.decline(ctx, d, req)
+		return
+	}
 	if ctx.Err() != nil && herr != nil {
 		// The drain timed out under the handler: give the work back.
 		log.Warn("handler cancelled by shutdown: requeued", "err", herr)
@@ -567,5 +798,70 @@ func (a *Agent) settle(d *transport.Delivery, ack, requeue bool) {
 	}
 	if err != nil {
 		a.log.Warn("settle failed; the broker will redeliver", "err", err, "ack", ack)
+	}
+}
+
+// ErrDecline, returned by a handler, declines the request (Vincent's
+// reject): it is passed on to another agent instead of failing. A request
+// declined MaxDeliveries times is dead-lettered with reason
+// delivery_limit.
+var ErrDecline = errors.New("agent: request declined")
+
+// HeaderAttempts counts how often a message was declined and passed on.
+const HeaderAttempts = "warren-attempts"
+
+// decline passes a request on. A request addressed to this agent by a
+// waiting mapper gets a declined reply, and the mapper re-sends it to
+// another agent. Anything else is republished to the service's shared
+// queue for another agent to take, counting attempts.
+func (a *Agent) decline(ctx context.Context, d *transport.Delivery, req *Request) {
+	if d.ReplyTo != "" && d.Exchange != wire.ServiceExchange {
+		a.fail(ctx, d, req, wire.CodeDeclined, fmt.Sprintf("agent %s declined %s", a.cfg.Identity, req.Path))
+		return
+	}
+	n, _ := wire.Int(d.Headers, HeaderAttempts)
+	if int(n)+1 >= a.cfg.MaxDeliveries {
+		a.deadLetter(ctx, d, req, wire.CodeDeliveryLimit, fmt.Sprintf("declined %d times", n+1))
+		return
+	}
+	msg := d.Message
+	msg.Headers = maps.Clone(d.Headers)
+	if msg.Headers == nil {
+		msg.Headers = map[string]any{}
+	}
+	msg.Headers[HeaderAttempts] = n + 1
+	msg.Headers[wire.HeaderPath] = req.Path
+	delete(msg.Headers, wire.HeaderTo)
+	if !req.Deadline.IsZero() {
+		msg.Expiration = max(time.Until(req.Deadline), time.Millisecond)
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := a.tr.Publish(pctx, wire.ServiceExchange, req.Path, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+		a.deadLetter(ctx, d, req, wire.CodeDeclined, "declined, and no shared queue to pass it on: "+err.Error())
+		return
+	}
+	a.settle(d, true, false)
+}
+
+// backoff waits between reconnection attempts: exponential from 100ms to
+// 10s, with full jitter.
+type backoff struct{ next time.Duration }
+
+func newBackoff() *backoff { return &backoff{next: 100 * time.Millisecond} }
+
+func (b *backoff) reset() { b.next = 100 * time.Millisecond }
+
+// wait sleeps for the next interval; false when ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	d := time.Duration(rand.Int64N(int64(b.next)) + 1)
+	b.next = min(2*b.next, 10*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }

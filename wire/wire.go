@@ -89,7 +89,8 @@ const (
 	CodeHandler       = "handler_error"   // the handler returned an error
 	CodePanic         = "handler_panic"   // the handler panicked
 	CodeExpired       = "deadline_exceeded"
-	CodeDeclined      = "declined"
+	CodeDeclined      = "declined"       // no agent took the work
+	CodeDeliveryLimit = "delivery_limit" // delivered or declined too often
 	CodeShutdown      = "shutting_down"
 )
 
