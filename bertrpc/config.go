@@ -1,0 +1,306 @@
+package bertrpc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/warrenrpc/warren/bert"
+)
+
+// ErrInvalidConfig is wrapped by every configuration error.
+var ErrInvalidConfig = errors.New("bertrpc: invalid config")
+
+// ModuleType says how a module's functions are run.
+type ModuleType string
+
+// Module types.
+const (
+	// TypeNative modules are Go functions registered in a [Registry] and run
+	// inside the server.
+	TypeNative ModuleType = "native"
+	// TypeExternal modules are worker processes speaking Ernie's external
+	// protocol (BERPs on file descriptors 3 and 4).
+	TypeExternal ModuleType = "external"
+	// Fabric modules forward calls to Warren services through a [Fabric].
+	TypeFabric ModuleType = "fabric"
+)
+
+// Defaults for zero Config fields.
+const (
+	DefaultListen      = ":8000"
+	DefaultMaxPacket   = 16 << 20
+	DefaultCallTimeout = 30 * time.Second
+	DefaultIdleTimeout = 5 * time.Minute
+)
+
+// Config configures a [Server]. The zero value of each field means its
+// default. A Config is read-only once passed to [New].
+type Config struct {
+	// Listen is the TCP address to listen on. "" → ":8000" (Ernie's default
+	// port). Use "127.0.0.1:0" in tests and read [Server.Addr].
+	Listen string `yaml:"listen"`
+	// Modules lists the modules in the order Ernie's config file gives them.
+	// A native and an external module of the same name, native first,
+	// shadow each other (see the package documentation).
+	Modules []ModuleConfig `yaml:"modules"`
+	// MaxPacket is the largest accepted BERP in bytes, on client
+	// connections and from workers. 0 → 16 MiB.
+	MaxPacket int `yaml:"max_packet"`
+	// CallTimeout bounds each call from the moment it is read until its
+	// reply, queueing included. A worker still running when it expires is
+	// killed and restarted. 0 → 30s; negative → no timeout (Ernie's
+	// behaviour). A module's own Timeout overrides it.
+	CallTimeout time.Duration `yaml:"call_timeout"`
+	// IdleTimeout closes a kept-open client connection that sends nothing
+	// for this long. 0 → 5m; negative → never.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// AccessLog is the path of the access log ("" → none). The file is
+	// reopened when it is moved or deleted.
+	AccessLog string `yaml:"access_log"`
+}
+
+// ModuleConfig is one entry of the config: one term of Ernie's config file.
+type ModuleConfig struct {
+	// Module is the BERT-RPC module name (the atom clients call).
+	Module string `yaml:"module"`
+	// Type is native, external or fabric.
+	Type ModuleType `yaml:"type"`
+	// Command starts one external worker; Ernie appends
+	// " --procline xxx…" to it and runs it with /bin/sh -c.
+	Command string `yaml:"command"`
+	// Count is the number of external workers. 0 → 1.
+	Count int `yaml:"count"`
+	// Selector is the fabric selector (for example "least_loaded").
+	Selector string `yaml:"selector"`
+	// Timeout overrides Config.CallTimeout for this module (Erlang form:
+	// {timeout, Milliseconds}).
+	Timeout time.Duration `yaml:"timeout"`
+	// CodePaths is accepted for Ernie compatibility and ignored: native
+	// modules are compiled into the binary.
+	CodePaths []string `yaml:"codepaths"`
+}
+
+func (c Config) withDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxPacket <= 0 {
+		c.MaxPacket = DefaultMaxPacket
+	}
+	if c.CallTimeout == 0 {
+		c.CallTimeout = DefaultCallTimeout
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	for i := range c.Modules {
+		if c.Modules[i].Type == TypeExternal && c.Modules[i].Count <= 0 {
+			c.Modules[i].Count = 1
+		}
+	}
+	return c
+}
+
+// Validate checks the config. Errors wrap [ErrInvalidConfig] and name the
+// offending module.
+func (c Config) Validate() error {
+	if c.MaxPacket < 0 {
+		return fmt.Errorf("%w: max_packet must not be negative", ErrInvalidConfig)
+	}
+	for i, m := range c.Modules {
+		where := fmt.Sprintf("modules[%d] (%s)", i, m.Module)
+		if m.Module == "" {
+			return fmt.Errorf("%w: modules[%d]: module name missing", ErrInvalidConfig, i)
+		}
+		if m.Module == adminModule {
+			return fmt.Errorf("%w: %s: %s is reserved", ErrInvalidConfig, where, adminModule)
+		}
+		switch m.Type {
+		case TypeNative:
+		case TypeExternal:
+			if strings.TrimSpace(m.Command) == "" {
+				return fmt.Errorf("%w: %s: external module needs a command", ErrInvalidConfig, where)
+			}
+			if m.Count < 0 {
+				return fmt.Errorf("%w: %s: count must not be negative", ErrInvalidConfig, where)
+			}
+		case TypeFabric:
+		case "":
+			return fmt.Errorf("%w: %s: type missing (native, external or fabric)", ErrInvalidConfig, where)
+		default:
+			return fmt.Errorf("%w: %s: unknown type %q (native, external or fabric)", ErrInvalidConfig, where, m.Type)
+		}
+		if m.Timeout < 0 {
+			return fmt.Errorf("%w: %s: timeout must not be negative", ErrInvalidConfig, where)
+		}
+	}
+	return nil
+}
+
+// HasFabric reports whether any module is of type fabric.
+func (c Config) HasFabric() bool {
+	for _, m := range c.Modules {
+		if m.Type == TypeFabric {
+			return true
+		}
+	}
+	return false
+}
+
+// LoadConfig reads a config file: YAML when the name ends in .yaml or .yml,
+// otherwise Ernie's Erlang-term format.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("bertrpc: read config: %w", err)
+	}
+	var cfg Config
+	switch strings.ToLower(filepath.Ext(path)) {
+	case ".yaml", ".yml":
+		cfg, err = ParseYAMLConfig(data)
+	default:
+		cfg, err = ParseErlangConfig(data)
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseYAMLConfig parses the YAML form of the config. Unknown fields are
+// errors.
+func ParseYAMLConfig(data []byte) (Config, error) {
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return Config{}, nil
+		}
+		return Config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// ParseErlangConfig parses Ernie's config format: dot-terminated Erlang
+// terms, each a list of 2-tuples describing one module, for example
+//
+//	[{module, ext}, {type, external}, {command, "ruby ext.rb"}, {count, 2}].
+//
+// Keys: module, type (native, external, fabric), command, count, selector,
+// timeout (milliseconds) and codepaths (ignored). Server-wide settings
+// (listen address, access log) come from the command line, as in Ernie;
+// the YAML form can also hold them.
+func ParseErlangConfig(data []byte) (Config, error) {
+	terms, err := parseErlangTerms(string(data))
+	if err != nil {
+		return Config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
+	}
+	var cfg Config
+	for i, t := range terms {
+		m, err := moduleFromTerm(t)
+		if err != nil {
+			return Config{}, fmt.Errorf("%w: term %d: %v", ErrInvalidConfig, i+1, err)
+		}
+		cfg.Modules = append(cfg.Modules, m)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+func moduleFromTerm(t any) (ModuleConfig, error) {
+	var m ModuleConfig
+	l, ok := t.(bert.List)
+	if !ok {
+		return m, fmt.Errorf("expected a list of {Key, Value} tuples, got %s", bert.Format(t))
+	}
+	for _, e := range l {
+		kv, ok := e.(bert.Tuple)
+		if !ok || len(kv) != 2 {
+			return m, fmt.Errorf("expected {Key, Value}, got %s", bert.Format(e))
+		}
+		key, ok := kv[0].(bert.Atom)
+		if !ok {
+			return m, fmt.Errorf("key must be an atom, got %s", bert.Format(kv[0]))
+		}
+		v := kv[1]
+		var err error
+		switch key {
+		case "module":
+			m.Module, err = termString(v)
+		case "type":
+			var s string
+			s, err = termString(v)
+			m.Type = ModuleType(s)
+		case "command":
+			m.Command, err = termString(v)
+		case "count":
+			m.Count, err = termInt(v)
+		case "selector":
+			m.Selector, err = termString(v)
+		case "timeout":
+			var ms int
+			ms, err = termInt(v)
+			m.Timeout = time.Duration(ms) * time.Millisecond
+		case "codepaths":
+			paths, ok := v.(bert.List)
+			if !ok {
+				return m, fmt.Errorf("codepaths must be a list of strings")
+			}
+			for _, p := range paths {
+				s, err := termString(p)
+				if err != nil {
+					return m, fmt.Errorf("codepaths: %v", err)
+				}
+				m.CodePaths = append(m.CodePaths, s)
+			}
+		default:
+			return m, fmt.Errorf("unknown key %s", key)
+		}
+		if err != nil {
+			return m, fmt.Errorf("%s: %v", key, err)
+		}
+	}
+	return m, nil
+}
+
+// termString accepts an atom, a string or a binary.
+func termString(v any) (string, error) {
+	switch s := v.(type) {
+	case bert.Atom:
+		return string(s), nil
+	case bert.Charlist:
+		return string(s), nil
+	case []byte:
+		return string(s), nil
+	case bert.List:
+		if len(s) == 0 {
+			return "", nil
+		}
+	}
+	return "", fmt.Errorf("expected an atom or a string, got %s", bert.Format(v))
+}
+
+func termInt(v any) (int, error) {
+	switch n := v.(type) {
+	case int:
+		return n, nil
+	case *big.Int:
+		return 0, fmt.Errorf("integer %s out of range", n)
+	}
+	return 0, fmt.Errorf("expected an integer, got %s", bert.Format(v))
+}

@@ -1,0 +1,807 @@
+package bertrpc
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warrenrpc/warren/bert"
+)
+
+// adminModule is the module of Ernie's administrative calls.
+const adminModule = "__admin__"
+
+// priority is the queue a request goes to.
+type priority uint8
+
+const (
+	high priority = iota
+	low
+)
+
+func (p priority) String() string {
+	if p == low {
+		return "low"
+	}
+	return "high"
+}
+
+// Option configures what only Go can pass to [New].
+type Option func(*options)
+
+type options struct {
+	logger       *slog.Logger
+	registry     *Registry
+	fabric       Fabric
+	workerOut    io.Writer
+	drainTimeout time.Duration
+	accessCheck  time.Duration
+}
+
+// WithLogger sets the server's logger. The default discards everything.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithNative sets the registry of native modules. Config entries of type
+// native must name modules registered there.
+func WithNative(r *Registry) Option { return func(o *options) { o.registry = r } }
+
+// WithFabric sets the bridge fabric modules dispatch to.
+func WithFabric(f Fabric) Option { return func(o *options) { o.fabric = f } }
+
+// WithWorkerOutput sends external workers' stdout and stderr to w. The
+// default is /dev/null. Pass an *os.File to avoid a copying goroutine per
+// worker.
+func WithWorkerOutput(w io.Writer) Option { return func(o *options) { o.workerOut = w } }
+
+// WithDrainTimeout bounds how long a stopping server waits for in-flight
+// requests before it cancels native handlers and kills workers. The default
+// is 30 seconds.
+func WithDrainTimeout(d time.Duration) Option { return func(o *options) { o.drainTimeout = d } }
+
+// route is one way to serve a module; a module has one route per config
+// entry, tried in config order (shadowing).
+type route struct {
+	kind     ModuleType
+	pool     *pool
+	selector string
+	timeout  time.Duration // <0: none
+}
+
+// Server is an Ernie-compatible BERT-RPC server. Create it with [New], run
+// it with [Server.Run].
+type Server struct {
+	cfg    Config
+	o      options
+	log    *slog.Logger
+	routes map[string][]route
+	pools  []*pool // parallel to cfg.Modules; nil for non-external entries
+	acc    *accessLog
+	limits bert.Limits
+
+	ready    chan struct{}
+	addr     net.Addr
+	running  atomic.Bool
+	haltCh   chan struct{}
+	haltOnce sync.Once
+
+	mu       sync.Mutex
+	halting  bool
+	conns    map[net.Conn]struct{}
+	inflight sync.WaitGroup // accepted requests not yet answered (casts: not yet run)
+	wg       sync.WaitGroup // connection and helper goroutines
+
+	workCtx context.Context // handlers and workers; cancelled after the drain
+
+	total, completed atomic.Int64
+	queued           queueCounter
+}
+
+// New checks cfg and prepares a server. Nothing listens or starts until
+// [Server.Run].
+func New(cfg Config, opts ...Option) (*Server, error) {
+	o := options{drainTimeout: 30 * time.Second, accessCheck: time.Second}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.logger == nil {
+		o.logger = slog.New(slog.DiscardHandler)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{
+		cfg:    cfg,
+		o:      o,
+		log:    o.logger.With("component", "bertrpc"),
+		routes: make(map[string][]route),
+		pools:  make([]*pool, len(cfg.Modules)),
+		limits: bert.Limits{MaxSize: cfg.MaxPacket},
+		ready:  make(chan struct{}),
+		haltCh: make(chan struct{}),
+		conns:  make(map[net.Conn]struct{}),
+	}
+	for i, m := range cfg.Modules {
+		r := route{kind: m.Type, selector: m.Selector, timeout: cfg.CallTimeout}
+		if m.Timeout > 0 {
+			r.timeout = m.Timeout
+		}
+		switch m.Type {
+		case TypeNative:
+			if !o.registry.hasModule(m.Module) {
+				return nil, fmt.Errorf("%w: modules[%d]: native module %q is not registered in this binary", ErrInvalidConfig, i, m.Module)
+			}
+			if len(m.CodePaths) > 0 {
+				s.log.Warn("codepaths ignored: native modules are compiled in", "module", m.Module)
+			}
+		case TypeExternal:
+			r.pool = newPool(m, cfg.MaxPacket, o.workerOut, s.log, &s.queued)
+			s.pools[i] = r.pool
+		case TypeFabric:
+			if o.fabric == nil {
+				return nil, ErrNoFabric
+			}
+		}
+		s.routes[m.Module] = append(s.routes[m.Module], r)
+	}
+	return s, nil
+}
+
+// Ready is closed once the server listens; [Server.Addr] is valid then.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr is the address the server listens on, nil before [Server.Ready].
+func (s *Server) Addr() net.Addr {
+	select {
+	case <-s.ready:
+		return s.addr
+	default:
+		return nil
+	}
+}
+
+// Halt stops the server gracefully, as the __admin__:halt call does: stop
+// accepting connections, answer the requests in hand, then make
+// [Server.Run] return nil. It is safe to call more than once.
+func (s *Server) Halt() { s.haltOnce.Do(func() { close(s.haltCh) }) }
+
+// ReloadHandlers makes every external worker restart with fresh code, as
+// __admin__:reload_handlers does: idle workers now, busy ones after their
+// current request.
+func (s *Server) ReloadHandlers() {
+	for _, p := range s.pools {
+		if p != nil {
+			p.reload()
+		}
+	}
+}
+
+// Run listens, starts the external workers and serves until ctx ends or
+// the server is halted. Either way it stops gracefully: no new connections,
+// in-flight requests are answered (for at most the drain timeout), then
+// workers are stopped. Run returns nil on a clean stop. It can be called
+// once.
+func (s *Server) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("bertrpc: Run called twice")
+	}
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("bertrpc: listen: %w", err)
+	}
+	if s.cfg.AccessLog != "" {
+		s.acc, err = openAccessLog(s.cfg.AccessLog, s.o.accessCheck)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	s.workCtx = workCtx
+	for _, p := range s.pools {
+		if p != nil {
+			p.start(workCtx)
+		}
+	}
+	s.addr = ln.Addr()
+	close(s.ready)
+	s.log.Info("listening", "addr", s.addr.String(), "modules", len(s.cfg.Modules))
+
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		s.acceptLoop(ln)
+	}()
+
+	select {
+	case <-ctx.Done():
+		s.log.Info("stopping", "reason", context.Cause(ctx))
+	case <-s.haltCh:
+		s.log.Info("halting")
+	}
+	ln.Close()
+	<-acceptDone
+
+	s.mu.Lock()
+	s.halting = true
+	s.mu.Unlock()
+
+	drained := make(chan struct{})
+	go func() {
+		s.inflight.Wait()
+		close(drained)
+	}()
+	t := time.NewTimer(s.o.drainTimeout)
+	select {
+	case <-drained:
+		t.Stop()
+	case <-t.C:
+		s.log.Warn("drain timeout: cancelling requests in hand", "timeout", s.o.drainTimeout)
+		cancelWork()
+		<-drained
+	}
+
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+
+	cancelWork()
+	for _, p := range s.pools {
+		if p != nil {
+			p.wait()
+		}
+	}
+	if s.acc != nil {
+		if err := s.acc.close(); err != nil {
+			s.log.Warn("closing access log", "err", err)
+		}
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+func (s *Server) acceptLoop(ln net.Listener) {
+	var pause time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off and retry.
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "pause", pause)
+			time.Sleep(pause)
+			continue
+		}
+		pause = 0
+		accepted := time.Now()
+		s.mu.Lock()
+		if s.halting {
+			s.mu.Unlock()
+			c.Close()
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(c, accepted)
+		}()
+	}
+}
+
+// request is one call or cast being served.
+type request struct {
+	cast     bool
+	module   string
+	function string
+	args     bert.List
+	payload  []byte // the request BERT as received
+	prio     priority
+	read     time.Time // when its first packet (an info or the call) was read
+	deadline time.Time
+	entry    *accessEntry // nil without an access log
+}
+
+// serveConn reads requests until the client closes the connection. Ernie
+// closes after each reply; here the connection stays open for the next
+// request (Ernie's clients close it themselves after reading the reply).
+func (s *Server) serveConn(c net.Conn, accepted time.Time) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		c.Close()
+	}()
+	br := bufio.NewReaderSize(c, 4096)
+	prio := high
+	start := accepted // the current request's accept time
+	hq, lq := s.queueLens()
+	for {
+		if s.cfg.IdleTimeout > 0 {
+			_ = c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		}
+		payload, rerr := readFrame(br, s.cfg.MaxPacket)
+		if rerr != nil {
+			if rerr.err != nil {
+				s.writeTerm(c, rerr.err.term())
+				s.log.Debug("bad packet", "remote", c.RemoteAddr().String(), "err", rerr.err.Detail)
+			}
+			return
+		}
+		if start.IsZero() {
+			start = time.Now()
+			hq, lq = s.queueLens()
+		}
+		term, err := bert.UnmarshalLimits(payload, s.limits)
+		if err != nil {
+			s.writeTerm(c, protocolErr(CodeUndesignated, "invalid BERT: %v", err).term())
+			prio, start = high, time.Time{}
+			continue
+		}
+		tup, _ := term.(bert.Tuple)
+		kind := ""
+		if len(tup) > 0 {
+			if a, ok := tup[0].(bert.Atom); ok {
+				kind = string(a)
+			}
+		}
+		switch {
+		case kind == "info" && len(tup) == 3:
+			if cmd, _ := tup[1].(bert.Atom); cmd == "priority" {
+				if p, ok := parsePriority(tup[2]); ok {
+					prio = p
+				}
+			}
+			// Other infos (cache, callback, stream, ...) are accepted and ignored.
+			continue
+		case (kind == "call" || kind == "cast") && len(tup) == 4:
+			req, perr := parseRequest(tup, payload)
+			if perr != nil {
+				s.writeTerm(c, perr.term())
+				break
+			}
+			if req.module == adminModule && !req.cast {
+				s.admin(c, req.function)
+				break
+			}
+			req.prio, req.read = prio, start
+			if s.acc != nil {
+				req.entry = &accessEntry{accept: start, hq: hq, lq: lq, prio: prio, action: bert.Format(term), kind: "unk"}
+			}
+			s.serveRequest(c, req)
+		default:
+			s.writeTerm(c, protocolErr(CodeUndesignated, "invalid request: %s", truncate(bert.Format(term), 200)).term())
+		}
+		prio, start = high, time.Time{}
+	}
+}
+
+func parsePriority(v any) (priority, bool) {
+	if l, ok := v.(bert.List); ok && len(l) == 1 {
+		v = l[0]
+	}
+	switch a, _ := v.(bert.Atom); a {
+	case "high":
+		return high, true
+	case "low":
+		return low, true
+	}
+	return high, false
+}
+
+func parseRequest(tup bert.Tuple, payload []byte) (*request, *Error) {
+	mod, ok1 := tup[1].(bert.Atom)
+	fun, ok2 := tup[2].(bert.Atom)
+	if !ok1 || !ok2 {
+		return nil, protocolErr(CodeUndesignated, "invalid request: module and function must be atoms: %s", truncate(bert.Format(tup), 200))
+	}
+	var args bert.List
+	switch a := tup[3].(type) {
+	case bert.List:
+		args = a
+	case bert.Charlist:
+		// Erlang sends a list of small integers as a string.
+		args = make(bert.List, len(a))
+		for i := range len(a) {
+			args[i] = int(a[i])
+		}
+	default:
+		return nil, protocolErr(CodeUndesignated, "invalid request: arguments must be a list: %s", truncate(bert.Format(tup), 200))
+	}
+	return &request{cast: tup[0] == bert.Atom("cast"), module: string(mod), function: string(fun), args: args, payload: payload}, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// serveRequest runs a call and answers it, or answers a cast with
+// {noreply} and runs it in the background.
+func (s *Server) serveRequest(c net.Conn, req *request) {
+	s.mu.Lock()
+	if s.halting {
+		s.mu.Unlock()
+		s.writeTerm(c, serverErr(CodeUndesignated, "ServerError", "%s", ErrHalting.Error()).term())
+		return
+	}
+	s.inflight.Add(1)
+	s.wg.Add(1) // a cast's goroutine, or nothing: Done below
+	s.mu.Unlock()
+	s.total.Add(1)
+
+	if req.cast {
+		s.writeTerm(c, bert.Tuple{bert.Atom("noreply")})
+		go func() {
+			defer s.wg.Done()
+			defer s.inflight.Done()
+			_, errLog := s.execute(req)
+			s.finishRequest(req, errLog)
+		}()
+		return
+	}
+	defer s.wg.Done()
+	defer s.inflight.Done()
+	reply, errLog := s.execute(req)
+	// Counted and logged before the reply goes out, so a client that has
+	// its reply finds it in the stats and the access log.
+	s.finishRequest(req, errLog)
+	s.writeFrame(c, reply)
+}
+
+func (s *Server) finishRequest(req *request, errLog string) {
+	s.completed.Add(1)
+	if req.entry == nil {
+		return
+	}
+	req.entry.done = time.Now()
+	req.entry.err = errLog
+	if err := s.acc.write(req.entry.format()); err != nil {
+		s.log.Error("access log", "err", err)
+	}
+}
+
+// execute finds the route for req (shadowing: native first if it has the
+// function and its predicate agrees) and runs it. It returns the encoded
+// reply and, for server-side failures, the text of an ERR access log line.
+func (s *Server) execute(req *request) (reply []byte, errLog string) {
+	routes := s.routes[req.module]
+	if len(routes) == 0 {
+		return s.errorReply(req, "unk", serverErr(CodeNoModule, "ServerError", "No such module '%s'", req.module))
+	}
+	for _, r := range routes {
+		timeout := r.timeout
+		if timeout > 0 {
+			req.deadline = req.read.Add(timeout)
+		} else {
+			req.deadline = time.Time{}
+		}
+		switch r.kind {
+		case TypeNative:
+			fn := s.o.registry.lookup(req.module, req.function, len(req.args))
+			if fn == nil {
+				continue
+			}
+			if pred := s.o.registry.lookup(req.module, req.function+"_pred", len(req.args)); pred != nil {
+				if !s.predicate(req, pred) {
+					continue
+				}
+			}
+			s.markProcess(req, "nat")
+			v, e := s.runNative(req, fn)
+			if e != nil {
+				return s.errorReply(req, "nat", e)
+			}
+			return s.replyOf(req, v)
+		case TypeExternal:
+			s.markProcess(req, "ext")
+			return s.runExternal(req, r.pool)
+		case TypeFabric:
+			s.markProcess(req, "fab")
+			ctx, cancel := s.callContext(req)
+			v, e := fabricCall(ctx, s.o.fabric, req.module, req.function, r.selector, req.args)
+			cancel()
+			if e != nil {
+				return s.errorReply(req, "fab", e)
+			}
+			return s.replyOf(req, v)
+		}
+	}
+	return s.errorReply(req, "unk", serverErr(CodeNoFunction, "ServerError", "No such function '%s:%s'", req.module, req.function))
+}
+
+func (s *Server) markProcess(req *request, kind string) {
+	if req.entry != nil {
+		req.entry.process = time.Now()
+		req.entry.kind = kind
+	}
+}
+
+// errorReply encodes e. Server and protocol errors are logged as ERR lines;
+// user errors are the handler's answer (ACC), as in Ernie.
+func (s *Server) errorReply(req *request, kind string, e *Error) ([]byte, string) {
+	if req.entry != nil {
+		if req.entry.process.IsZero() {
+			req.entry.process = time.Now()
+		}
+		req.entry.kind = kind
+	}
+	b, err := bert.Marshal(e.term())
+	if err != nil { // cannot happen for an error tuple of atoms, ints and binaries
+		s.log.Error("encoding error reply", "err", err)
+	}
+	if e.Type == UserError {
+		return b, ""
+	}
+	return b, e.Detail
+}
+
+func (s *Server) replyOf(req *request, v any) ([]byte, string) {
+	b, err := bert.Marshal(bert.Tuple{bert.Atom("reply"), v})
+	if err != nil {
+		return s.errorReply(req, req.entry.kindOr("nat"), serverErr(CodeUndesignated, "ServerError", "%s:%s: cannot encode the result: %v", req.module, req.function, err))
+	}
+	return b, ""
+}
+
+func (e *accessEntry) kindOr(def string) string {
+	if e == nil {
+		return def
+	}
+	return e.kind
+}
+
+func (s *Server) callContext(req *request) (context.Context, context.CancelFunc) {
+	if req.deadline.IsZero() {
+		return context.WithCancel(s.workCtx)
+	}
+	return context.WithDeadline(s.workCtx, req.deadline)
+}
+
+// predicate calls a shadowing predicate; anything but true (errors and
+// panics included) selects the next route.
+func (s *Server) predicate(req *request, pred Func) (ok bool) {
+	ctx, cancel := s.callContext(req)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Warn("shadowing predicate panicked", "module", req.module, "function", req.function+"_pred", "panic", r)
+			ok = false
+		}
+	}()
+	v, err := pred(ctx, req.args)
+	if err != nil {
+		s.log.Warn("shadowing predicate failed", "module", req.module, "function", req.function+"_pred", "err", err)
+		return false
+	}
+	b, _ := v.(bool)
+	return b || v == bert.Atom("true")
+}
+
+type nativeResult struct {
+	v   any
+	err *Error
+}
+
+// runNative runs fn; with a deadline it runs in its own goroutine so that a
+// handler ignoring ctx cannot hold the reply past the timeout.
+func (s *Server) runNative(req *request, fn Func) (any, *Error) {
+	ctx, cancel := s.callContext(req)
+	defer cancel()
+	if req.deadline.IsZero() {
+		r := callNative(ctx, req, fn)
+		return r.v, r.err
+	}
+	ch := make(chan nativeResult, 1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ch <- callNative(ctx, req, fn)
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		select {
+		case r := <-ch:
+			return r.v, r.err
+		default:
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, serverErr(CodeUndesignated, "TimeoutError", "%s:%s did not return in time", req.module, req.function)
+		}
+		return nil, serverErr(CodeUndesignated, "ServerError", "%s:%s: server is stopping", req.module, req.function)
+	}
+}
+
+func callNative(ctx context.Context, req *request, fn Func) (r nativeResult) {
+	defer func() {
+		if p := recover(); p != nil {
+			r = nativeResult{err: &Error{
+				Type: UserError, Code: CodeUndesignated, Class: "RuntimeError",
+				Detail:    fmt.Sprintf("panic: %v", p),
+				Backtrace: strings.Split(strings.TrimSpace(string(debug.Stack())), "\n"),
+			}}
+		}
+	}()
+	v, err := fn(ctx, req.args)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			return nativeResult{err: e}
+		}
+		return nativeResult{err: &Error{Type: UserError, Code: CodeUndesignated, Class: "RuntimeError", Detail: err.Error()}}
+	}
+	return nativeResult{v: v}
+}
+
+// Job states: a job is queued until a worker starts it or its waiter gives
+// up, whichever comes first.
+func (s *Server) runExternal(req *request, p *pool) ([]byte, string) {
+	j := &job{payload: req.payload, deadline: req.deadline, prio: req.prio, cast: req.cast, done: make(chan jobResult, 1)}
+	p.submit(j)
+	var timeout <-chan time.Time
+	if !req.deadline.IsZero() {
+		t := time.NewTimer(time.Until(req.deadline))
+		defer t.Stop()
+		timeout = t.C
+	}
+	for {
+		select {
+		case r := <-j.done:
+			if r.err != nil {
+				b, _ := s.errorReply(req, "ext", r.err)
+				return b, r.errLog
+			}
+			return r.reply, ""
+		case <-timeout:
+			if j.cancel() {
+				return s.errorReply(req, "ext", serverErr(CodeUndesignated, "TimeoutError", "%s:%s waited in the queue past its timeout", req.module, req.function))
+			}
+			// A worker has it and answers by the same deadline.
+			timeout = nil
+		case <-s.workCtx.Done():
+			if j.cancel() {
+				return s.errorReply(req, "ext", serverErr(CodeUndesignated, "ServerError", "%s", ErrHalting.Error()))
+			}
+			// The worker is being stopped and answers with an error.
+			return s.waitJob(req, j)
+		}
+	}
+}
+
+func (s *Server) waitJob(req *request, j *job) ([]byte, string) {
+	r := <-j.done
+	if r.err != nil {
+		b, _ := s.errorReply(req, "ext", r.err)
+		return b, r.errLog
+	}
+	return r.reply, ""
+}
+
+func (s *Server) queueLens() (hq, lq int) {
+	return int(s.queued.hq.Load()), int(s.queued.lq.Load())
+}
+
+// admin answers Ernie's __admin__ calls.
+func (s *Server) admin(c net.Conn, fun string) {
+	var msg string
+	halt := false
+	switch fun {
+	case "stats":
+		msg = s.Stats()
+	case "reload_handlers":
+		s.ReloadHandlers()
+		msg = "Handlers reloaded."
+	case "halt":
+		msg, halt = "Halting.", true
+	default:
+		msg = "Admin function not supported."
+	}
+	s.writeTerm(c, bert.Tuple{bert.Atom("reply"), []byte(msg)})
+	if halt {
+		s.Halt()
+	}
+}
+
+// Stats returns Ernie's statistics text, one key=value per line:
+//
+//	connections.total=12
+//	connections.completed=12
+//	workers.idle.nat=native
+//	workers.idle.ext=2
+//	queue.high=0
+//	queue.low=0
+//
+// connections.* count requests (calls and casts), as Ernie's do. Fabric
+// modules show "fabric".
+func (s *Server) Stats() string {
+	var b strings.Builder
+	b.WriteString("connections.total=" + strconv.FormatInt(s.total.Load(), 10) + "\n")
+	b.WriteString("connections.completed=" + strconv.FormatInt(s.completed.Load(), 10) + "\n")
+	for i, m := range s.cfg.Modules {
+		b.WriteString("workers.idle." + m.Module + "=")
+		switch m.Type {
+		case TypeExternal:
+			b.WriteString(strconv.FormatInt(s.pools[i].idle.Load(), 10))
+		default:
+			b.WriteString(string(m.Type))
+		}
+		b.WriteByte('\n')
+	}
+	hq, lq := s.queueLens()
+	b.WriteString("queue.high=" + strconv.Itoa(hq) + "\n")
+	b.WriteString("queue.low=" + strconv.Itoa(lq) + "\n")
+	return b.String()
+}
+
+// frameError is a failed packet read; err is what to tell the client, nil
+// when the client simply went away.
+type frameError struct{ err *Error }
+
+// readFrame reads one BERP: a 4-byte big-endian length and that many bytes.
+func readFrame(r io.Reader, max int) ([]byte, *frameError) {
+	var hdr [4]byte
+	if n, err := io.ReadFull(r, hdr[:]); err != nil {
+		if n > 0 && errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, &frameError{protocolErr(CodeNoHeader, "unable to read the 4-byte length header")}
+		}
+		return nil, &frameError{}
+	}
+	size := binary.BigEndian.Uint32(hdr[:])
+	if int64(size) > int64(max) {
+		return nil, &frameError{protocolErr(CodeNoData, "packet of %d bytes exceeds the maximum of %d", size, max)}
+	}
+	buf := make([]byte, size)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return nil, &frameError{protocolErr(CodeNoData, "unable to read the %d bytes of data the header announced", size)}
+		}
+		return nil, &frameError{}
+	}
+	return buf, nil
+}
+
+const writeTimeout = 30 * time.Second
+
+func (s *Server) writeTerm(c net.Conn, t any) {
+	b, err := bert.Marshal(t)
+	if err != nil {
+		s.log.Error("encoding reply", "err", err)
+		return
+	}
+	s.writeFrame(c, b)
+}
+
+// writeFrame sends one BERP in a single write.
+func (s *Server) writeFrame(c net.Conn, payload []byte) {
+	buf := make([]byte, 4+len(payload))
+	binary.BigEndian.PutUint32(buf, uint32(len(payload)))
+	copy(buf[4:], payload)
+	_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := c.Write(buf); err != nil {
+		s.log.Debug("write reply", "remote", c.RemoteAddr().String(), "err", err)
+	}
+}
