@@ -152,9 +152,7 @@ func (t *Transport) lost(other *supervisor) {
 		return
 	}
 	t.log.Warn("closing the other connection too: the transport does not reconnect", "connection", other.role)
-	if err := other.conn.CloseDeadline(time.Now().Add(5 * time.Second)); err != nil && !errors.Is(err, amqp091.ErrClosed) {
-		t.log.Debug("closing connection", "connection", other.role, "err", err)
-	}
+	other.closeConn()
 }
 
 // Close stops all consumers (their unsettled deliveries are requeued by the
@@ -176,8 +174,7 @@ func (t *Transport) Close() error {
 		for _, c := range cs {
 			<-c.done
 		}
-		t.publisher.close()
-		t.pub.close()
+		t.publisher.close() // closes the publish connection
 		t.cons.close()
 		// Operations abandoned by their ctx end with the connection.
 		t.wg.Wait()

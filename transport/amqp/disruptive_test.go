@@ -38,21 +38,39 @@ func TestDisruptiveBlockedPublishWaits(t *testing.T) {
 
 	// The broker blocks a connection when it publishes during the alarm:
 	// publish until a confirmed publish times out waiting.
-	testenv.WaitFor(t, 20*time.Second, func() error {
-		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-		defer cancel()
-		err := tr.Publish(ctx, "", q, transport.Message{Body: []byte("probe")}, transport.PublishOptions{Confirm: true})
-		if errors.Is(err, context.DeadlineExceeded) {
-			return nil
-		}
-		return errors.New("publish not blocked yet")
-	})
+	waitBlocked := func(tr transport.Transport) {
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+			defer cancel()
+			err := tr.Publish(ctx, "", q, transport.Message{Body: []byte("probe")}, transport.PublishOptions{Confirm: true})
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil
+			}
+			return errors.New("publish not blocked yet")
+		})
+	}
+	waitBlocked(tr)
 	// The consuming connection is not blocked.
 	if d := receive(t, ds); string(d.Body) != "before" {
 		t.Fatalf("got %q, want before", d.Body)
 	} else {
 		d.Ack()
 	}
+
+	// Close does not hang on a blocked connection: the broker stopped
+	// reading from it, so a channel.close would never be answered.
+	tr2 := dial(t, amqp.Config{})
+	waitBlocked(tr2)
+	blocked := make(chan error, 1)
+	go func() {
+		blocked <- tr2.Publish(t.Context(), "", q, transport.Message{Body: []byte("blocked")}, transport.PublishOptions{Confirm: true})
+	}()
+	start := time.Now()
+	tr2.Close()
+	if err := <-blocked; !errors.Is(err, transport.ErrClosed) {
+		t.Errorf("publish blocked during Close: err = %v", err)
+	}
+	t.Logf("Close of a blocked transport took %v", time.Since(start))
 
 	done := make(chan error, 1)
 	go func() {

@@ -336,16 +336,16 @@ func (p *publisher) failure(exchange string, closeErr *amqp091.Error) error {
 	return fmt.Errorf("amqp: publish to exchange %q: channel closed before the confirm (%v): %w", exchange, closeErr, transport.ErrConnectionLost)
 }
 
-// close closes the publish channels and waits for their dispatchers, which
-// fail what is still pending.
+// close closes the publish connection and waits for the dispatchers, which
+// fail what is still pending with ErrClosed. It closes the connection rather
+// than each channel: a broker that blocked the connection (resource alarm)
+// stops reading from it, and only the connection's close has a deadline.
 func (p *publisher) close() {
+	p.t.pub.close()
+	// After this no send can open a channel: they all see t.closed.
 	for i := range p.slots {
-		s := &p.slots[i]
-		s.mu.Lock()
-		if s.pc != nil {
-			_ = s.pc.ch.Close()
-		}
-		s.mu.Unlock()
+		p.slots[i].mu.Lock()
+		p.slots[i].mu.Unlock()
 	}
 	p.wg.Wait()
 }

@@ -18,9 +18,10 @@ import (
 // (connection.blocked). It is where reconnection will live: today a lost
 // connection stays lost and every user of it sees ErrConnectionLost.
 type supervisor struct {
-	role string // "publish" or "consume", for logs and the connection name
-	conn *amqp091.Connection
-	log  *slog.Logger
+	role    string // "publish" or "consume", for logs and the connection name
+	conn    *amqp091.Connection
+	netConn net.Conn // the socket under conn (under TLS too)
+	log     *slog.Logger
 
 	lost    chan struct{} // closed once the connection is gone
 	lostErr error         // why; set before lost is closed
@@ -101,9 +102,13 @@ func dialSupervisor(ctx context.Context, url, role string, cfg Config, log *slog
 		return nil, err
 	}
 
+	netMu.Lock()
+	raw := netConn
+	netMu.Unlock()
 	s := &supervisor{
 		role:      role,
 		conn:      conn,
+		netConn:   raw,
 		log:       log.With("connection", role),
 		lost:      make(chan struct{}),
 		unblocked: make(chan struct{}),
@@ -198,12 +203,26 @@ func (s *supervisor) isLost() bool {
 	}
 }
 
-// close closes the connection and waits for watch to return.
+// closeTimeout bounds the connection.close handshake.
+const closeTimeout = 5 * time.Second
+
+// close closes the connection and waits for watch to return. It takes at
+// most closeTimeout even when the broker does not answer: one that blocked
+// the connection (resource alarm) has stopped reading from it, and
+// amqp091's own deadline is pushed back by its heartbeater.
 func (s *supervisor) close() {
+	s.closeConn()
+	<-s.done
+}
+
+// closeConn closes the connection without waiting for watch.
+func (s *supervisor) closeConn() {
 	if !s.conn.IsClosed() {
-		if err := s.conn.CloseDeadline(time.Now().Add(5 * time.Second)); err != nil && !errors.Is(err, amqp091.ErrClosed) {
+		cut := time.AfterFunc(closeTimeout, func() { _ = s.netConn.Close() })
+		err := s.conn.CloseDeadline(time.Now().Add(closeTimeout))
+		cut.Stop()
+		if err != nil && !errors.Is(err, amqp091.ErrClosed) {
 			s.log.Debug("closing connection", "err", err)
 		}
 	}
-	<-s.done
 }
