@@ -2,20 +2,20 @@ package agent
 
 import (
 	"context"
-	crand "crypto/rand"
+	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/warrenrpc/warren/internal/backoff"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/wire"
 )
@@ -54,7 +54,7 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.Identity == "" {
 		var b [16]byte
-		_, _ = crand.Read(b[:])
+		_, _ = rand.Read(b[:])
 		c.Identity = hex.EncodeToString(b[:])
 	}
 	if c.PingInterval <= 0 {
@@ -295,7 +295,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	bg := context.WithoutCancel(ctx)
 
 	var runErr error
-	backoff := newBackoff()
+	bo := backoff.New()
 	first := true
 	for {
 		s, err := a.startSession(bg, handlerCtx)
@@ -307,7 +307,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				return err
 			}
 			a.log.Warn("cannot re-establish the session; retrying", "err", err)
-			if !backoff.wait(ctx) {
+			if !bo.Wait(ctx) {
 				break
 			}
 			continue
@@ -319,7 +319,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		} else {
 			a.log.Warn("session re-established: queues declared, consumers restored, registered")
 		}
-		backoff.reset()
+		bo.Reset()
 		lost := a.serveSession(ctx, bg, s)
 		if !lost {
 			// ctx ended: drain this session, then unregister.
@@ -335,7 +335,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.log.Warn("connection lost: re-establishing the session")
 		s.stop()
-		if !backoff.wait(ctx) {
+		if !bo.Wait(ctx) {
 			a.drain(cancelHandlers)
 			break
 		}
@@ -842,26 +842,4 @@ func (a *Agent) decline(ctx context.Context, d *transport.Delivery, req *Request
 		return
 	}
 	a.settle(d, true, false)
-}
-
-// backoff waits between reconnection attempts: exponential from 100ms to
-// 10s, with full jitter.
-type backoff struct{ next time.Duration }
-
-func newBackoff() *backoff { return &backoff{next: 100 * time.Millisecond} }
-
-func (b *backoff) reset() { b.next = 100 * time.Millisecond }
-
-// wait sleeps for the next interval; false when ctx ended first.
-func (b *backoff) wait(ctx context.Context) bool {
-	d := time.Duration(rand.Int64N(int64(b.next)) + 1)
-	b.next = min(2*b.next, 10*time.Second)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

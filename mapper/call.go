@@ -52,8 +52,11 @@ func (rs Results) Missing() []string {
 type CallOption func(*call)
 
 type call struct {
-	sel  Selector
-	tags []string
+	sel        Selector
+	tags       []string
+	persistent bool
+	park       bool
+	retry      bool
 }
 
 // Select picks targets with s instead of the default (least_loaded for
@@ -67,7 +70,25 @@ func To(identity string) CallOption { return Select(Identity(identity)) }
 // selector picks.
 func WithTags(tags ...string) CallOption { return func(c *call) { c.tags = append(c.tags, tags...) } }
 
-func (m *Mapper) options(def Selector, opts []CallOption) Selector {
+// Persistent publishes the request or push as a persistent message and
+// waits for the broker's confirm, so once Push returns the work survives a
+// broker restart in a durable queue (agents with Config.Durable, services
+// with agent.Durable()).
+func Persistent() CallOption { return func(c *call) { c.persistent = true } }
+
+// Park is Nanite's offline failsafe: when no live agent serves the path, the
+// request or push is parked, durably, in the service's shared queue, and
+// delivered when an agent for it appears (within the context's deadline,
+// which travels as the message's expiration). Without Park the caller gets
+// ErrNoAgent at once.
+func Park() CallOption { return func(c *call) { c.park = true } }
+
+// RetryOnConnectionLoss re-sends a Request whose connection to the broker
+// dropped while it waited, once the mapper has reconnected, until the
+// context ends. The handler may then run twice.
+func RetryOnConnectionLoss() CallOption { return func(c *call) { c.retry = true } }
+
+func (m *Mapper) options(def Selector, opts []CallOption) call {
 	c := call{sel: def}
 	for _, o := range opts {
 		if o != nil {
@@ -75,9 +96,9 @@ func (m *Mapper) options(def Selector, opts []CallOption) Selector {
 		}
 	}
 	if len(c.tags) > 0 {
-		return Tagged(c.sel, c.tags...)
+		c.sel = Tagged(c.sel, c.tags...)
 	}
-	return c.sel
+	return c
 }
 
 // Request sends payload (marshalled as JSON; a json.RawMessage is sent as
@@ -85,20 +106,39 @@ func (m *Mapper) options(def Selector, opts []CallOption) Selector {
 // default; when a selector returns several agents the first is used: use
 // FanOut to ask them all), and waits for its result until ctx ends. The
 // context's deadline travels with the request: an agent does not start it
-// after that. A handler's failure returns a *wire.RemoteError.
+// after that. A handler's failure returns a *wire.RemoteError. An agent that
+// declines the request (agent.ErrDecline, or an inactive service) is
+// skipped and the request goes to the next candidate.
 func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...CallOption) (*Reply, error) {
-	targets, body, err := m.prepare(ctx, path, payload, m.options(LeastLoaded(), opts))
-	if err != nil {
-		return nil, err
+	c := m.options(LeastLoaded(), opts)
+	declined := map[string]bool{}
+	for {
+		targets, body, err := m.prepare(ctx, path, payload, c, declined)
+		if errors.Is(err, ErrNoAgent) && c.park && len(declined) == 0 {
+			return m.parkRequest(ctx, path, payload, c)
+		}
+		if err != nil {
+			if len(declined) > 0 && errors.Is(err, ErrNoAgent) {
+				return nil, fmt.Errorf("%w: every agent declined: %w", err, &wire.RemoteError{Path: path, Code: wire.CodeDeclined, Message: "declined"})
+			}
+			return nil, err
+		}
+		r, err := m.ask(ctx, path, targets[0], body, true, c.persistent)
+		if errors.Is(err, transport.ErrConnectionLost) && c.retry && ctx.Err() == nil {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if errors.Is(r.Err, &wire.RemoteError{Code: wire.CodeDeclined}) {
+			declined[r.Agent] = true
+			continue
+		}
+		if r.Err != nil {
+			return r, r.Err
+		}
+		return r, nil
 	}
-	r, err := m.ask(ctx, path, targets[0], body, true)
-	if err != nil {
-		return nil, err
-	}
-	if r.Err != nil {
-		return r, r.Err
-	}
-	return r, nil
 }
 
 // FanOut sends payload to every agent the selector picks (all by default)
@@ -107,7 +147,8 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 // ErrTimeout; Results.Missing names them. The error is non-nil only when
 // nothing could be sent.
 func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...CallOption) (Results, error) {
-	targets, body, err := m.prepare(ctx, path, payload, m.options(All(), opts))
+	c := m.options(All(), opts)
+	targets, body, err := m.prepare(ctx, path, payload, c, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +159,7 @@ func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...C
 	answers := make(chan answer, len(targets))
 	for _, t := range targets {
 		go func() {
-			r, err := m.ask(ctx, path, t, body, false)
+			r, err := m.ask(ctx, path, t, body, false, c.persistent)
 			if err != nil {
 				r = &Reply{Agent: t.Identity, Err: err}
 			}
@@ -137,12 +178,23 @@ func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...C
 // default) without waiting for a result. It returns once the broker has
 // routed the message to each agent's queue.
 func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...CallOption) error {
-	targets, body, err := m.prepare(ctx, path, payload, m.options(LeastLoaded(), opts))
+	c := m.options(LeastLoaded(), opts)
+	targets, body, err := m.prepare(ctx, path, payload, c, nil)
+	if errors.Is(err, ErrNoAgent) && c.park {
+		body, err := encode(payload)
+		if err != nil {
+			return fmt.Errorf("mapper: %s: payload: %w", path, err)
+		}
+		msg := m.message(ctx, wire.TypePush, path, body)
+		msg.Persistent = true
+		return m.park(ctx, path, msg)
+	}
 	if err != nil {
 		return err
 	}
 	for _, t := range targets {
 		msg := m.message(ctx, wire.TypePush, path, body)
+		msg.Persistent = c.persistent
 		msg.Headers[wire.HeaderTo] = t.Identity
 		if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
 			return fmt.Errorf("mapper: push %s to %s: %w", path, t.Identity, err)
@@ -152,7 +204,8 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 }
 
 // prepare validates the call, encodes the payload and picks the targets.
-func (m *Mapper) prepare(ctx context.Context, path string, payload any, sel Selector) ([]AgentInfo, []byte, error) {
+// Agents in skip are not candidates.
+func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, skip map[string]bool) ([]AgentInfo, []byte, error) {
 	if err := wire.CheckPath(path); err != nil {
 		return nil, nil, err
 	}
@@ -164,6 +217,14 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, sel Sele
 	if !m.running.Load() {
 		return nil, nil, ErrNotRunning
 	}
+	m.mu.Lock()
+	up := m.up
+	m.mu.Unlock()
+	select {
+	case <-up:
+	case <-ctx.Done():
+		return nil, nil, fmt.Errorf("mapper: %s: waiting for the broker: %w: %w", path, transport.ErrConnectionLost, ctx.Err())
+	}
 	body, err := encode(payload)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mapper: %s: payload: %w", path, err)
@@ -172,7 +233,11 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, sel Sele
 	if err != nil {
 		return nil, nil, err
 	}
-	targets := sel.Select(path, cands)
+	cands = slices.DeleteFunc(cands, func(a AgentInfo) bool { return skip[a.Identity] })
+	if len(cands) == 0 {
+		return nil, nil, fmt.Errorf("%w %s", ErrNoAgent, path)
+	}
+	targets := c.sel.Select(path, cands)
 	if len(targets) == 0 {
 		return nil, nil, fmt.Errorf("%w %s: none of %d live agents fits the selector", ErrNoAgent, path, len(cands))
 	}
@@ -258,12 +323,20 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 // ask sends one request to one agent and waits for its reply.
 // When single, the request may be re-sent to another agent if t leaves or
 // expires before answering (see redispatch).
-func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, single bool) (*Reply, error) {
+func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, single, persistent bool) (*Reply, error) {
 	msg := m.message(ctx, wire.TypeRequest, path, body)
 	msg.Headers[wire.HeaderTo] = t.Identity
+	msg.Persistent = persistent
+	return m.await(ctx, path, t.Identity, msg, single, wire.RequestExchange, t.Identity)
+}
+
+// await publishes a request and waits for its reply.
+func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, single bool, exchange, key string) (*Reply, error) {
 	msg.CorrelationID = msg.MessageID
+	m.mu.Lock()
 	msg.ReplyTo = m.replyQ
-	w := &waiter{ch: make(chan *Reply, 1), path: path, target: t.Identity, msg: msg, single: single}
+	m.mu.Unlock()
+	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, msg: msg, single: single}
 	m.mu.Lock()
 	m.pending[msg.CorrelationID] = w
 	m.mu.Unlock()
@@ -272,22 +345,22 @@ func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte,
 		delete(m.pending, msg.CorrelationID)
 		m.mu.Unlock()
 	}
-	if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+	if err := m.tr.Publish(ctx, exchange, key, msg, transport.PublishOptions{Mandatory: true}); err != nil {
 		forget()
-		return nil, fmt.Errorf("mapper: request %s to %s: %w", path, t.Identity, err)
+		return nil, fmt.Errorf("mapper: request %s to %s: %w", path, target, err)
 	}
 	select {
 	case r := <-w.ch:
 		if r.Agent == "" {
-			r.Agent = t.Identity
+			r.Agent = target
 		}
-		if r.Err != nil && errors.Is(r.Err, ErrNotRunning) {
-			return nil, fmt.Errorf("mapper: request %s to %s: %w", path, t.Identity, r.Err)
+		if r.Err != nil && (errors.Is(r.Err, ErrNotRunning) || errors.Is(r.Err, transport.ErrConnectionLost)) {
+			return nil, fmt.Errorf("mapper: request %s to %s: %w", path, target, r.Err)
 		}
 		return r, nil
 	case <-ctx.Done():
 		forget()
-		return nil, fmt.Errorf("request %s to %s: %w: %w", path, t.Identity, ErrTimeout, ctx.Err())
+		return nil, fmt.Errorf("request %s to %s: %w: %w", path, target, ErrTimeout, ctx.Err())
 	}
 }
 
@@ -354,4 +427,53 @@ func (m *Mapper) redispatch(gone string) {
 			}
 		}
 	})
+}
+
+// parkRequest parks a request in the service's shared queue and waits for
+// the reply of whichever agent takes it.
+func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c call) (*Reply, error) {
+	body, err := encode(payload)
+	if err != nil {
+		return nil, fmt.Errorf("mapper: %s: payload: %w", path, err)
+	}
+	msg := m.message(ctx, wire.TypeRequest, path, body)
+	msg.Persistent = true
+	if err := m.ensureServiceQueue(ctx, path); err != nil {
+		return nil, err
+	}
+	r, err := m.await(ctx, path, "", msg, false, wire.ServiceExchange, path)
+	if err != nil {
+		return nil, err
+	}
+	if r.Err != nil {
+		return r, r.Err
+	}
+	return r, nil
+}
+
+// park publishes msg to the service's shared queue, declaring it when no
+// agent ever did.
+func (m *Mapper) park(ctx context.Context, path string, msg transport.Message) error {
+	if err := m.ensureServiceQueue(ctx, path); err != nil {
+		return err
+	}
+	if err := m.tr.Publish(ctx, wire.ServiceExchange, path, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+		return fmt.Errorf("mapper: park %s: %w", path, err)
+	}
+	m.log.Info("no agent: parked in the shared queue", "service", path, "message_id", msg.MessageID)
+	return nil
+}
+
+// ensureServiceQueue declares the shared queue of path as agents declare it
+// (a durable classic queue; an existing queue of another type is kept).
+func (m *Mapper) ensureServiceQueue(ctx context.Context, path string) error {
+	q := wire.ServiceQueue(path)
+	_, err := m.tr.DeclareQueue(ctx, transport.Queue{Name: q, Durable: true, DeadLetterExchange: wire.DeadLetterExchange})
+	if err != nil && !errors.Is(err, transport.ErrPrecondition) {
+		return fmt.Errorf("mapper: park %s: declare %s: %w", path, q, err)
+	}
+	if err := m.tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: q, Key: path}); err != nil {
+		return fmt.Errorf("mapper: park %s: bind %s: %w", path, q, err)
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/warrenrpc/warren/internal/backoff"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/wire"
 )
@@ -76,6 +77,7 @@ type Mapper struct {
 	mu      sync.Mutex
 	pending map[string]*waiter
 	joined  chan struct{} // closed and replaced when an agent joins
+	up      chan struct{} // closed while a session is established
 
 	bg     sync.WaitGroup // redispatches in progress
 	runCtx context.Context
@@ -120,6 +122,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 		ready:   make(chan struct{}),
 		pending: map[string]*waiter{},
 		joined:  make(chan struct{}),
+		up:      make(chan struct{}),
 		onEvent: o.events,
 	}
 	m.reg = newRegistry(func(a AgentInfo) time.Duration {
@@ -151,8 +154,14 @@ func (m *Mapper) Agents() []AgentInfo { return m.reg.live("", time.Now()) }
 // twice: they are discarded.
 func (m *Mapper) LateReplies() int64 { return m.late.Load() }
 
-// Run joins the fabric and serves until ctx ends; it returns nil then, or
-// an error when the broker refuses the topology or a queue is lost.
+// Run joins the fabric and serves until ctx ends; it returns nil then.
+//
+// When the connection to the broker is lost, calls in flight fail at once
+// with an error wrapping transport.ErrConnectionLost (retry them, or ask
+// for that with RetryOnConnectionLoss), and the mapper re-declares its
+// queues, consumes again and announces itself, with backoff and jitter, so
+// its registry refills. Run returns an error when the broker refuses the
+// topology at start or the transport is closed under it.
 func (m *Mapper) Run(ctx context.Context) error {
 	if !m.running.CompareAndSwap(false, true) {
 		return errors.New("mapper: Run called twice")
@@ -162,74 +171,136 @@ func (m *Mapper) Run(ctx context.Context) error {
 	defer cancel()
 	m.runCtx = ctx
 
+	var wg sync.WaitGroup
+	if m.events != nil {
+		wg.Go(func() { m.dispatchEvents(ctx) })
+	}
+	defer func() {
+		cancel()
+		wg.Wait()
+		m.bg.Wait()
+		m.failPending(ErrNotRunning)
+	}()
+	sweep := time.NewTicker(250 * time.Millisecond)
+	defer sweep.Stop()
+	bo := backoff.New()
+	first := true
+	for {
+		s, err := m.startSession(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if first || !errors.Is(err, transport.ErrConnectionLost) {
+				return err
+			}
+			m.log.Warn("cannot re-establish the session; retrying", "err", err)
+			if !bo.Wait(ctx) {
+				return nil
+			}
+			continue
+		}
+		m.mu.Lock()
+		m.replyQ = s.replyQ
+		close(m.up)
+		m.mu.Unlock()
+		if first {
+			m.readyAt = time.Now()
+			close(m.ready)
+			first = false
+			m.log.Info("mapper ready", "reply_queue", s.replyQ)
+		} else {
+			m.log.Warn("session re-established: queues declared, consumers restored, announced")
+		}
+		bo.Reset()
+		lost := false
+	serve:
+		for {
+			select {
+			case <-ctx.Done():
+				break serve
+			case <-s.lost:
+				lost = true
+				break serve
+			case now := <-sweep.C:
+				m.emit(m.reg.sweep(now))
+			}
+		}
+		s.stop()
+		if !lost {
+			return nil
+		}
+		m.mu.Lock()
+		m.up = make(chan struct{})
+		m.mu.Unlock()
+		m.log.Warn("connection lost: failing calls in flight and re-establishing the session")
+		m.failPending(transport.ErrConnectionLost)
+		if !bo.Wait(ctx) {
+			return nil
+		}
+	}
+}
+
+// session is one life of the mapper's queues on one connection.
+type session struct {
+	replyQ   string
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	lost     chan struct{}
+	lostOnce sync.Once
+}
+
+func (s *session) markLost() { s.lostOnce.Do(func() { close(s.lost) }) }
+
+func (s *session) stop() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+func (m *Mapper) startSession(parent context.Context) (*session, error) {
+	ctx, cancel := context.WithCancel(parent)
+	s := &session{cancel: cancel, lost: make(chan struct{})}
+	fail := func(err error) (*session, error) {
+		s.stop()
+		return nil, err
+	}
 	if err := wire.Topology(ctx, m.tr); err != nil {
-		return fmt.Errorf("mapper: %w", err)
+		return fail(fmt.Errorf("mapper: %w", err))
 	}
 	replyQ, err := m.tr.DeclareQueue(ctx, transport.Queue{Exclusive: true, AutoDelete: true})
 	if err != nil {
-		return fmt.Errorf("mapper: declare reply queue: %w", err)
+		return fail(fmt.Errorf("mapper: declare reply queue: %w", err))
 	}
 	replies, err := m.tr.Consume(ctx, replyQ, transport.ConsumeOptions{AutoAck: true, Exclusive: true})
 	if err != nil {
-		return fmt.Errorf("mapper: consume reply queue: %w", err)
+		return fail(fmt.Errorf("mapper: consume reply queue: %w", err))
 	}
+	s.replyQ = replyQ
+	s.wg.Go(func() { m.readReplies(ctx, replies, s) })
 	hbQ, err := m.tr.DeclareQueue(ctx, transport.Queue{Exclusive: true, AutoDelete: true})
 	if err != nil {
-		return fmt.Errorf("mapper: declare heartbeat queue: %w", err)
+		return fail(fmt.Errorf("mapper: declare heartbeat queue: %w", err))
 	}
 	if err := m.tr.Bind(ctx, transport.Binding{Exchange: wire.HeartbeatExchange, Queue: hbQ}); err != nil {
-		return fmt.Errorf("mapper: bind heartbeat queue: %w", err)
+		return fail(fmt.Errorf("mapper: bind heartbeat queue: %w", err))
 	}
 	beats, err := m.tr.Consume(ctx, hbQ, transport.ConsumeOptions{AutoAck: true, Exclusive: true})
 	if err != nil {
-		return fmt.Errorf("mapper: consume heartbeat queue: %w", err)
+		return fail(fmt.Errorf("mapper: consume heartbeat queue: %w", err))
 	}
+	s.wg.Go(func() { m.readBeats(ctx, beats, s) })
 	announce := transport.Message{
 		Type: wire.TypeAnnounce, AppID: "warren", Timestamp: time.Now(), ContentType: wire.ContentJSON,
 		Body:    fmt.Appendf(nil, `{"mapper":%q}`, m.cfg.Identity),
 		Headers: map[string]any{wire.HeaderFrom: m.cfg.Identity},
 	}
 	if err := m.tr.Publish(ctx, wire.ControlExchange, "", announce, transport.PublishOptions{}); err != nil {
-		return fmt.Errorf("mapper: announce: %w", err)
+		return fail(fmt.Errorf("mapper: announce: %w", err))
 	}
-
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	wg.Go(func() { errs <- m.readReplies(ctx, replies) })
-	wg.Go(func() { errs <- m.readBeats(ctx, beats) })
-	if m.events != nil {
-		wg.Go(func() { m.dispatchEvents(ctx) })
-	}
-	m.replyQ = replyQ
-	m.readyAt = time.Now()
-	close(m.ready)
-	m.log.Info("mapper ready", "reply_queue", replyQ)
-
-	sweep := time.NewTicker(250 * time.Millisecond)
-	defer sweep.Stop()
-	var runErr error
-loop:
-	for {
-		select {
-		case <-ctx.Done():
-			break loop
-		case err := <-errs:
-			if ctx.Err() == nil {
-				runErr = err
-				break loop
-			}
-		case now := <-sweep.C:
-			m.emit(m.reg.sweep(now))
-		}
-	}
-	cancel()
-	wg.Wait()
-	m.bg.Wait()
-	m.failPending()
-	return runErr
+	return s, nil
 }
 
-func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery) error {
+func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
 		m.mu.Lock()
 		w := m.pending[d.CorrelationID]
@@ -242,10 +313,9 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery)
 		}
 		w.ch <- replyFrom(d)
 	}
-	if ctx.Err() != nil {
-		return nil
+	if ctx.Err() == nil {
+		s.markLost()
 	}
-	return errors.New("mapper: reply queue closed by the broker")
 }
 
 func replyFrom(d *transport.Delivery) *Reply {
@@ -262,7 +332,7 @@ func replyFrom(d *transport.Delivery) *Reply {
 	return r
 }
 
-func (m *Mapper) readBeats(ctx context.Context, ch <-chan *transport.Delivery) error {
+func (m *Mapper) readBeats(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
 		var hb wire.Heartbeat
 		if err := json.Unmarshal(d.Body, &hb); err != nil || hb.Identity == "" {
@@ -277,10 +347,9 @@ func (m *Mapper) readBeats(ctx context.Context, ch <-chan *transport.Delivery) e
 		}
 		m.emit(m.reg.update(d.Type, hb, time.Now()))
 	}
-	if ctx.Err() != nil {
-		return nil
+	if ctx.Err() == nil {
+		s.markLost()
 	}
-	return errors.New("mapper: heartbeat queue closed by the broker")
 }
 
 func (m *Mapper) emit(evs []Event) {
@@ -318,11 +387,12 @@ func (m *Mapper) dispatchEvents(ctx context.Context) {
 	}
 }
 
-func (m *Mapper) failPending() {
+// failPending fails every call waiting for a reply with err.
+func (m *Mapper) failPending(err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id, w := range m.pending {
-		w.ch <- &Reply{Err: ErrNotRunning}
+		w.ch <- &Reply{Err: err}
 		delete(m.pending, id)
 	}
 }

@@ -22,6 +22,9 @@ type AgentInfo struct {
 	PingInterval time.Duration
 	LastSeen     time.Time // when the latest heartbeat arrived
 	Started      time.Time
+	// Inactive lists services the agent serves but does not take work for
+	// now (their Active predicate is false); it is not selected for them.
+	Inactive []string
 }
 
 // Serves reports whether the agent offers path.
@@ -124,6 +127,7 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 		PingInterval: time.Duration(hb.PingInterval) * time.Millisecond,
 		LastSeen:     now,
 		Started:      hb.Started,
+		Inactive:     slices.Clone(hb.Inactive),
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -167,7 +171,7 @@ func (r *registry) live(path string, now time.Time) []AgentInfo {
 	defer r.mu.Unlock()
 	out := make([]AgentInfo, 0, len(r.agents))
 	for _, a := range r.agents {
-		if r.expired(a, now) || (path != "" && !a.Serves(path)) {
+		if r.expired(a, now) || (path != "" && (!a.Serves(path) || slices.Contains(a.Inactive, path))) {
 			continue
 		}
 		out = append(out, *a)
