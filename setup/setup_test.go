@@ -39,6 +39,12 @@ func adminClient(t *testing.T) *setup.Admin {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Fault tests of other packages restart the broker (and with it the
+	// management API): wait for it rather than fail.
+	testenv.WaitFor(t, 90*time.Second, func() error {
+		_, err := a.Overview(t.Context())
+		return err
+	})
 	return a
 }
 
@@ -58,13 +64,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{admin: adminClient(t), vhost: unique("/warren-test-"), dir: t.TempDir()}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := f.admin.DeleteVHost(ctx, f.vhost); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	t.Cleanup(func() { cleanup(t, func(ctx context.Context) error { return f.admin.DeleteVHost(ctx, f.vhost) }) })
 	return f
 }
 
@@ -72,14 +72,28 @@ func newFixture(t *testing.T) *fixture {
 // in the fixture's directory.
 func (f *fixture) user(t *testing.T, role string) setup.User {
 	name := unique("warren-test-" + role + "-")
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := f.admin.DeleteUser(ctx, name); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
+	t.Cleanup(func() { cleanup(t, func(ctx context.Context) error { return f.admin.DeleteUser(ctx, name) }) })
 	return setup.User{Name: name, PasswordFile: filepath.Join(f.dir, name+".password")}
+}
+
+// cleanup retries del for up to a minute: the broker may be restarting
+// (t.Context is over by now, so testenv.WaitFor cannot be used).
+func cleanup(t *testing.T, del func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		err := del(ctx)
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Errorf("cleanup: %v", err)
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func (f *fixture) apply(t *testing.T, p setup.Plan) *setup.Result {
