@@ -98,7 +98,8 @@ type Transport struct {
 
 	replay  *replayWindow
 	learned *lru[*x509.Certificate]
-	trusted *lru[time.Time] // fingerprint+identity -> checked until
+	trusted *lru[time.Time]         // fingerprint+identity -> checked until
+	parsed  *lru[*x509.Certificate] // DER fingerprint -> certificate
 
 	stats stats
 
@@ -168,6 +169,7 @@ func Wrap(inner transport.Transport, cfg Config, opts ...Option) (*Transport, er
 		replay:  newReplayWindow(cfg.ReplayCache),
 		learned: newLRU[*x509.Certificate](cfg.LearnedCertificates, 24*time.Hour),
 		trusted: newLRU[time.Time](cfg.LearnedCertificates, time.Minute),
+		parsed:  newLRU[*x509.Certificate](cfg.LearnedCertificates, time.Hour),
 		closing: make(chan struct{}),
 	}, nil
 }
@@ -453,10 +455,12 @@ func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck b
 		t.learned.put(signer, cert, now) // to encrypt replies to it
 	}
 
-	if from := wire.String(msg.Headers, wire.HeaderFrom); from != signer && d.Exchange != wire.DeadLetterExchange {
+	// No exception for dead letters here: a consumer reached through
+	// warren.dlx is not to be told that another identity sent a message.
+	if from := wire.String(msg.Headers, wire.HeaderFrom); from != signer {
 		return msg, "", reject(ReasonBadSignature, "", "warren-from %q is not the signer %q", from, signer)
 	}
-	if ag := wire.String(msg.Headers, wire.HeaderAgent); ag != "" && ag != signer && d.Exchange != wire.DeadLetterExchange {
+	if ag := wire.String(msg.Headers, wire.HeaderAgent); ag != "" && ag != signer {
 		return msg, "", reject(ReasonBadSignature, "", "warren-agent %q is not the signer %q", ag, signer)
 	}
 	if env.TS < windowStart(now, t.cfg.MaxAge) {
@@ -513,7 +517,7 @@ func (t *Transport) signerCert(ctx context.Context, env *envelope, now time.Time
 		return t.cfg.Identity.cert, nil
 	}
 	if env.Cert != nil && t.cfg.Authority != nil {
-		c, err := x509.ParseCertificate(env.Cert)
+		c, err := t.parseCert(env.Cert, now)
 		if err != nil {
 			return nil, reject(ReasonMalformed, "", "certificate of %s: %v", env.Signer, err)
 		}
@@ -535,6 +539,21 @@ func (t *Transport) signerCert(ctx context.Context, env *envelope, now time.Time
 	if cerr := t.check(c, env.Signer, now, true); cerr != nil {
 		return nil, reject(cerr.reason, "", "%v", cerr)
 	}
+	return c, nil
+}
+
+// parseCert parses a certificate's DER, remembering recent ones: peers
+// send the same certificate with every message.
+func (t *Transport) parseCert(der []byte, now time.Time) (*x509.Certificate, error) {
+	key := fingerprintDER(der)
+	if c, ok := t.parsed.get(key, now); ok {
+		return c, nil
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	t.parsed.put(key, c, now)
 	return c, nil
 }
 
