@@ -1,0 +1,226 @@
+package mapper_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/fabrictest"
+	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
+)
+
+// runAgent starts an agent with the handlers set up by reg, and stops it at
+// the end of the test.
+func runAgent(t *testing.T, connect fabrictest.Connect, cfg agent.Config, reg func(a *agent.Agent)) *agent.Agent {
+	t.Helper()
+	if cfg.PingInterval == 0 {
+		cfg.PingInterval = 200 * time.Millisecond
+	}
+	a, err := agent.New(connect(t), cfg, agent.WithLogger(testenv.Logger(t)))
+	must(t, err)
+	reg(a)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-a.Ready():
+	case err := <-done:
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TestDeclineGoesToAnotherAgent: Vincent's reject. An agent whose handler
+// declines, and one whose service is inactive, pass the work on.
+func TestDeclineGoesToAnotherAgent(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/work"
+		var declined, served atomic.Int64
+		diskFull := atomic.Bool{}
+		diskFull.Store(true)
+		runAgent(t, connect, agent.Config{Identity: actor + "-picky"}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) {
+				declined.Add(1)
+				return nil, agent.ErrDecline
+			})))
+		})
+		runAgent(t, connect, agent.Config{Identity: actor + "-full"}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) {
+				return "full", nil
+			}), agent.Active(func() bool { return !diskFull.Load() })))
+		})
+		runAgent(t, connect, agent.Config{Identity: actor + "-willing"}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) {
+				served.Add(1)
+				return "done", nil
+			})))
+		})
+		m := startMapper(t, connect, mapper.Config{})
+		waitLive(t, m, actor, actor+"-full", actor+"-picky", actor+"-willing")
+		for range 6 {
+			r, err := m.Request(ctxT(t, 5*time.Second), path, nil, mapper.Select(mapper.Random()))
+			must(t, err)
+			if r.Agent != actor+"-willing" {
+				t.Fatalf("served by %s", r.Agent)
+			}
+		}
+		if served.Load() != 6 || declined.Load() == 0 {
+			t.Fatalf("served %d, declined %d", served.Load(), declined.Load())
+		}
+		// The inactive agent is not even selected: its heartbeat says so.
+		for _, a := range m.Agents() {
+			if a.Identity == actor+"-full" && len(a.Inactive) != 1 {
+				t.Fatalf("inactive not advertised: %+v", a)
+			}
+		}
+		// It takes work again once its predicate turns true.
+		diskFull.Store(false)
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			r, err := m.Request(ctxT(t, 5*time.Second), path, nil, mapper.To(actor+"-full"))
+			if err != nil {
+				return err
+			}
+			if r.Agent != actor+"-full" {
+				return fmt.Errorf("served by %s", r.Agent)
+			}
+			return nil
+		})
+	})
+}
+
+// TestDeclinedPushIsBounded: a push every agent declines is passed around
+// a bounded number of times, then dead-lettered with reason delivery_limit.
+func TestDeclinedPushIsBounded(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/never"
+		var tries atomic.Int64
+		runAgent(t, connect, agent.Config{Identity: actor + "-a", MaxDeliveries: 3}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) {
+				tries.Add(1)
+				return nil, agent.ErrDecline
+			})))
+		})
+		tap := connect(t)
+		q, err := tap.DeclareQueue(t.Context(), transport.Queue{Exclusive: true})
+		must(t, err)
+		must(t, tap.Bind(t.Context(), transport.Binding{Exchange: wire.DeadLetterExchange, Queue: q}))
+		dead, err := tap.Consume(t.Context(), q, transport.ConsumeOptions{AutoAck: true})
+		must(t, err)
+		m := startMapper(t, connect, mapper.Config{})
+		must(t, m.Push(ctxT(t, 5*time.Second), path, 1))
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case d := <-dead:
+				if wire.String(d.Headers, wire.HeaderPath) != path {
+					continue
+				}
+				if got := wire.String(d.Headers, wire.HeaderReason); got != wire.CodeDeliveryLimit {
+					t.Fatalf("dead-letter reason %q", got)
+				}
+				if n := tries.Load(); n != 3 {
+					t.Fatalf("handler ran %d times, want 3", n)
+				}
+				return
+			case <-deadline:
+				t.Fatalf("no dead letter; handler ran %d times", tries.Load())
+			}
+		}
+	})
+}
+
+// TestParkUntilAnAgentAppears: Nanite's offline failsafe. With Park, a push
+// and a request for a service with no live agent wait in its shared queue
+// and are served when an agent appears; without Park the caller gets
+// ErrNoAgent at once.
+func TestParkUntilAnAgentAppears(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/later"
+		m := startMapper(t, connect, mapper.Config{AnnounceWait: 100 * time.Millisecond})
+		start := time.Now()
+		if _, err := m.Request(ctxT(t, 5*time.Second), path, 1); !errors.Is(err, mapper.ErrNoAgent) {
+			t.Fatalf("without Park: %v", err)
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("no-agent error took %v", time.Since(start))
+		}
+		must(t, m.Push(ctxT(t, 5*time.Second), path, "parked push", mapper.Park()))
+		type result struct {
+			r   *mapper.Reply
+			err error
+		}
+		res := make(chan result, 1)
+		go func() {
+			r, err := m.Request(ctxT(t, 15*time.Second), path, "parked request", mapper.Park())
+			res <- result{r, err}
+		}()
+		var pushes atomic.Int64
+		time.Sleep(200 * time.Millisecond) // the request is parked before the agent exists
+		runAgent(t, connect, agent.Config{Identity: actor + "-late"}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.Func(func(_ context.Context, s string) (string, error) {
+				if s == "parked push" {
+					pushes.Add(1)
+				}
+				return "served " + s, nil
+			})))
+		})
+		got := <-res
+		if got.err != nil {
+			t.Fatal(got.err)
+		}
+		if string(got.r.Body) != `"served parked request"` || got.r.Agent != actor+"-late" {
+			t.Fatalf("parked request: %s from %s", got.r.Body, got.r.Agent)
+		}
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			if pushes.Load() != 1 {
+				return fmt.Errorf("parked push executed %d times", pushes.Load())
+			}
+			return nil
+		})
+	})
+}
+
+// TestPersistentDurable: a durable agent (quorum queue) and persistent,
+// confirmed requests and pushes.
+func TestPersistentDurable(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/keep"
+		var n atomic.Int64
+		runAgent(t, connect, agent.Config{Identity: actor + "-d", Durable: true}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) {
+				n.Add(1)
+				return "kept", nil
+			}), agent.Durable()))
+		})
+		m := startMapper(t, connect, mapper.Config{})
+		r, err := m.Request(ctxT(t, 5*time.Second), path, nil, mapper.Persistent())
+		must(t, err)
+		if string(r.Body) != `"kept"` {
+			t.Fatalf("reply %s", r.Body)
+		}
+		must(t, m.Push(ctxT(t, 5*time.Second), path, nil, mapper.Persistent()))
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			if n.Load() != 2 {
+				return fmt.Errorf("executed %d", n.Load())
+			}
+			return nil
+		})
+		// Durable queues outlive the test: delete them (the agent's
+		// consumers go with them).
+		c := connect(t)
+		must(t, c.DeleteQueue(t.Context(), wire.AgentQueue(actor+"-d")))
+		must(t, c.DeleteQueue(t.Context(), wire.ServiceQueue(path)))
+	})
+}
