@@ -8,5 +8,6 @@ type commands struct {
 	Request requestCmd `cmd:"" help:"Send a request and print the result(s) as JSON."`
 	Push    pushCmd    `cmd:"" help:"Send a push (no result)."`
 	Agents  agentsCmd  `cmd:"" help:"List the live agents: identity, services, status, tags, last heartbeat."`
+	Setup   setupCmd   `cmd:"" help:"Create a vhost, Warren's exchanges and least-privilege agent and mapper users (idempotent)."`
 	Version versionCmd `cmd:"" help:"Print Warren's version."`
 }
