@@ -576,7 +576,7 @@ func TestClientContext(t *testing.T) {
 	s := startServer(t, natConfig(), bertrpc.WithNative(natRegistry(t)))
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
-	_, err := bertrpc.Call(ctx, addrOf(s), "nat", "sleep", 2000)
+	_, err := bertrpc.Call(ctx, addrOf(s), "nat", "sleep", 500)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v", err)
 	}
