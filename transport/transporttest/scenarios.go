@@ -242,11 +242,15 @@ func cancelledContextFails(e *env) {
 	q := e.queue(tr, transport.Queue{})
 	ctx, cancel := context.WithCancel(e.ctx())
 	cancel()
-	_, declareErr := tr.DeclareQueue(ctx, transport.Queue{Name: e.name("q")})
+	qname := e.name("q")
+	e.track(qname)
+	_, declareErr := tr.DeclareQueue(ctx, transport.Queue{Name: qname})
 	_, consumeErr := tr.Consume(ctx, q, transport.ConsumeOptions{})
 	b := transport.Binding{Exchange: "amq.direct", Queue: q, Key: e.name("k")}
+	x := e.name("x")
+	e.trackExchange(x)
 	for op, err := range map[string]error{
-		"DeclareExchange": tr.DeclareExchange(ctx, transport.Exchange{Name: e.name("x"), Kind: transport.Direct, AutoDelete: true}),
+		"DeclareExchange": tr.DeclareExchange(ctx, transport.Exchange{Name: x, Kind: transport.Direct, AutoDelete: true}),
 		"DeclareQueue":    declareErr,
 		"Bind":            tr.Bind(ctx, b),
 		"Publish confirm": tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: []byte("x")}, transport.PublishOptions{Confirm: true}),

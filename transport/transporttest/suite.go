@@ -160,8 +160,9 @@ type env struct {
 	newT Factory
 	h    Harness
 
-	mu     sync.Mutex
-	queues []string
+	mu        sync.Mutex
+	queues    []string
+	exchanges []string
 }
 
 func newEnv(t *testing.T, newT Factory, h Harness) *env {
@@ -171,18 +172,32 @@ func newEnv(t *testing.T, newT Factory, h Harness) *env {
 }
 
 // cleanup deletes the scenario's queues on a fresh connection, which works
-// even after the scenario closed its own or restarted the broker.
+// even after the scenario closed its own or restarted the broker. Its
+// exchanges are auto-delete, but only go when a binding is removed: each
+// is bound to a scratch queue that is then deleted.
 func (e *env) cleanup() {
 	e.mu.Lock()
-	qs := e.queues
+	qs, xs := e.queues, e.exchanges
 	e.mu.Unlock()
-	if len(qs) == 0 {
+	if len(qs) == 0 && len(xs) == 0 {
 		return
 	}
 	tr := e.newT(e.t)
 	defer tr.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
+	if len(xs) > 0 {
+		scratch, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+		if err != nil {
+			e.t.Errorf("cleanup: declare scratch queue: %v", err)
+		} else {
+			for _, x := range xs {
+				// An exchange already gone is ErrNotFound: fine.
+				_ = tr.Bind(ctx, transport.Binding{Exchange: x, Queue: scratch})
+			}
+			qs = append(qs, scratch)
+		}
+	}
 	for _, q := range qs {
 		if err := tr.DeleteQueue(ctx, q); err != nil && !errors.Is(err, transport.ErrPrecondition) {
 			e.t.Errorf("cleanup: delete queue %q: %v", q, err)
@@ -221,6 +236,13 @@ func (e *env) queue(tr transport.Transport, q transport.Queue) string {
 	return name
 }
 
+// trackExchange has cleanup delete exchange if it exists.
+func (e *env) trackExchange(name string) {
+	e.mu.Lock()
+	e.exchanges = append(e.exchanges, name)
+	e.mu.Unlock()
+}
+
 func (e *env) track(name string) {
 	e.mu.Lock()
 	e.queues = append(e.queues, name)
@@ -235,6 +257,7 @@ func (e *env) exchange(tr transport.Transport, kind transport.Kind) string {
 	if err := tr.DeclareExchange(e.ctx(), transport.Exchange{Name: name, Kind: kind, AutoDelete: true}); err != nil {
 		e.t.Fatalf("declare exchange %q: %v", name, err)
 	}
+	e.trackExchange(name)
 	return name
 }
 
