@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/transport/amqp"
 	"github.com/warrenrpc/warren/transport/mem"
-	"github.com/warrenrpc/warren/wire"
 )
 
 // BenchmarkSealOpen measures the decorator's own work per message: sign and
@@ -51,48 +52,67 @@ func BenchmarkSealOpen(b *testing.B) {
 	}
 }
 
-// BenchmarkRoundTrip compares a publish, consume and ack through the
-// embedded broker, plain and through the decorator.
+// BenchmarkRoundTrip compares a publish, consume and ack, plain and
+// through the decorator, on the embedded broker and on RabbitMQ (skipped
+// without WARREN_AMQP_URL).
 func BenchmarkRoundTrip(b *testing.B) {
 	p := testPKI(b)
-	for _, mode := range []string{"plain", "secure"} {
-		b.Run(mode, func(b *testing.B) {
+	brokers := []struct {
+		name    string
+		connect func(b *testing.B) (transport.Transport, transport.Transport)
+	}{
+		{"mem", func(b *testing.B) (transport.Transport, transport.Transport) {
 			br := mem.NewBroker()
-			defer br.Close()
-			var tx, rx transport.Transport = br.Connect(), br.Connect()
-			if mode == "secure" {
-				var err error
-				if tx, err = Wrap(tx, p.caConfig("mapper1")); err != nil {
+			b.Cleanup(func() { br.Close() })
+			return br.Connect(), br.Connect()
+		}},
+		{"rabbitmq", func(b *testing.B) (transport.Transport, transport.Transport) {
+			url := testenv.AMQPURL(b)
+			dial := func() transport.Transport {
+				tr, err := amqp.Dial(b.Context(), url, amqp.Config{})
+				if err != nil {
 					b.Fatal(err)
 				}
-				if rx, err = Wrap(rx, p.caConfig("fred")); err != nil {
+				return tr
+			}
+			return dial(), dial()
+		}},
+	}
+	for _, br := range brokers {
+		for _, mode := range []string{"plain", "secure"} {
+			b.Run(br.name+"/"+mode, func(b *testing.B) {
+				tx, rx := br.connect(b)
+				if mode == "secure" {
+					var err error
+					if tx, err = Wrap(tx, p.caConfig("mapper1")); err != nil {
+						b.Fatal(err)
+					}
+					if rx, err = Wrap(rx, p.caConfig("fred")); err != nil {
+						b.Fatal(err)
+					}
+				}
+				defer tx.Close()
+				defer rx.Close()
+				q, err := rx.DeclareQueue(b.Context(), transport.Queue{Exclusive: true, AutoDelete: true})
+				if err != nil {
 					b.Fatal(err)
 				}
-			}
-			defer tx.Close()
-			defer rx.Close()
-			if err := wire.Topology(b.Context(), rx); err != nil {
-				b.Fatal(err)
-			}
-			q, err := rx.DeclareQueue(b.Context(), transport.Queue{Name: "bench"})
-			if err != nil {
-				b.Fatal(err)
-			}
-			in, err := rx.Consume(b.Context(), q, transport.ConsumeOptions{Prefetch: 1})
-			if err != nil {
-				b.Fatal(err)
-			}
-			m := request("fred", "/a/b")
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := tx.Publish(b.Context(), "", q, m, transport.PublishOptions{}); err != nil {
+				in, err := rx.Consume(b.Context(), q, transport.ConsumeOptions{Prefetch: 1})
+				if err != nil {
 					b.Fatal(err)
 				}
-				d := <-in
-				if err := d.Ack(); err != nil {
-					b.Fatal(err)
+				m := request("fred", "/a/b")
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := tx.Publish(b.Context(), "", q, m, transport.PublishOptions{}); err != nil {
+						b.Fatal(err)
+					}
+					d := <-in
+					if err := d.Ack(); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
 }

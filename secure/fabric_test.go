@@ -265,6 +265,18 @@ func TestFabricRejections(t *testing.T) {
 		publish("bob", captured.Message)
 		b.awaitDead(ReasonNotForMe)
 	})
+	t.Run("tampered ciphertext", func(t *testing.T) {
+		msg := captured.Message
+		msg.Body = bytes.Replace(msg.Body, []byte(`"body":"`), []byte(`"body":"AAAA`), 1)
+		publish("fred", msg)
+		b.awaitDead(ReasonBadSignature)
+	})
+	t.Run("malformed envelope", func(t *testing.T) {
+		msg := captured.Message
+		msg.Body = []byte(`{"v":1,"alg":"ES256","signer":"mapper1","sig":`)
+		publish("fred", msg)
+		b.awaitDead(ReasonMalformed)
+	})
 	t.Run("mapper from an untrusted CA", func(t *testing.T) {
 		// mallory trusts fred (so it can encrypt to it), fred does not
 		// trust mallory: the request is rejected, mallory gets no reply.
@@ -294,7 +306,54 @@ func TestFabricRejections(t *testing.T) {
 			t.Fatal("mapper registered an untrusted agent")
 		}
 	})
-	if fred.hits.Load() != 1 || bob.hits.Load() != 0 {
+	t.Run("agent with an expired certificate", func(t *testing.T) {
+		old, err := p.ca.Issue("oldtimer", CertOptions{NotBefore: time.Now().Add(-50 * time.Minute), NotAfter: time.Now().Add(-10 * time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Its clock is behind, or it could not even start.
+		tr, err := Wrap(connect(t), Config{Identity: old, Authority: auth}, WithClock(func() time.Time { return time.Now().Add(-30 * time.Minute) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := agent.New(tr, agent.Config{Identity: "oldtimer", PingInterval: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Handle(echo, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) { return nil, nil }))
+		runCtx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(runCtx) }()
+		defer func() { cancel(); <-done }()
+		b.awaitDead(ReasonExpired) // its register, at the mapper
+		if slices.ContainsFunc(m.Agents(), func(a mapper.AgentInfo) bool { return a.Identity == "oldtimer" }) {
+			t.Fatal("mapper registered an agent with an expired certificate")
+		}
+	})
+	t.Run("mapper with a pinned store that lacks an agent", func(t *testing.T) {
+		s, err := NewStaticStore(p.ids["fred"].Certificate())
+		if err != nil {
+			t.Fatal(err)
+		}
+		pm, ptr := startSecureMapper(t, connect, Config{Identity: p.ids["eve"], Store: s})
+		waitAgents(t, pm, "fred")
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			if ptr.Stats().Rejected[ReasonUntrusted] == 0 {
+				return errors.New("bob's heartbeats not rejected")
+			}
+			return nil
+		})
+		if slices.ContainsFunc(pm.Agents(), func(a mapper.AgentInfo) bool { return a.Identity == "bob" }) {
+			t.Fatal("mapper registered an agent it has no certificate for")
+		}
+		// fred trusts eve through the CA, and the pinned mapper trusts
+		// fred's reply through its store.
+		r, err := pm.Request(timeout(t, 5*time.Second), echo, "pinned", mapper.To("fred"))
+		if err != nil || string(r.Body) != `"pinned"` {
+			t.Fatalf("pinned mapper: %v %v", r, err)
+		}
+	})
+	if fred.hits.Load() != 2 || bob.hits.Load() != 0 {
 		t.Fatalf("handlers ran for rejected messages: fred %d, bob %d", fred.hits.Load(), bob.hits.Load())
 	}
 	if n := mtr.Stats().Rejected[ReasonUntrusted]; n == 0 {
