@@ -274,14 +274,17 @@ func (b *Broker) publish(m *message, mandatory bool) error {
 	var qbuf [4]*queue
 	var dl []deadLetter
 	var clk clock
+	// Route under the topology lock, deliver under each queue's own: a
+	// queue deleted in between drops the message, as it would have a
+	// moment later.
 	b.mu.RLock()
 	qs, err := b.routeLocked(m.exchange, m.key, qbuf[:0])
+	b.mu.RUnlock()
 	for _, q := range qs {
 		q.mu.Lock()
 		q.enqueue(m, &clk, &dl)
 		q.mu.Unlock()
 	}
-	b.mu.RUnlock()
 	b.publishDeadLetters(dl)
 	switch {
 	case err != nil:
@@ -302,18 +305,20 @@ func (b *Broker) publishDeadLetters(dl []deadLetter) {
 		clk := clock{t: now.UnixNano()}
 		for _, d := range dl {
 			m := d.build(now)
+			var qs []*queue
 			b.mu.RLock()
 			if ex := b.exchanges[d.dlx]; ex != nil {
-				for _, q := range ex.route(m.key, qbuf[:0]) {
-					if d.reason != reasonRejected && isCycle(q.name, m) {
-						continue
-					}
-					q.mu.Lock()
-					q.enqueue(m, &clk, &next)
-					q.mu.Unlock()
-				}
+				qs = ex.route(m.key, qbuf[:0])
 			}
 			b.mu.RUnlock()
+			for _, q := range qs {
+				if d.reason != reasonRejected && isCycle(q.name, m) {
+					continue
+				}
+				q.mu.Lock()
+				q.enqueue(m, &clk, &next)
+				q.mu.Unlock()
+			}
 		}
 		dl = next
 	}

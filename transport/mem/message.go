@@ -24,7 +24,7 @@ type message struct {
 	// first is the queue entry of the first queue the message is routed
 	// to, allocated with it: most messages go to one queue.
 	first     qmsg
-	firstUsed bool // set by the one goroutine that routes the message
+	firstUsed bool // set by the one goroutine that enqueues the message
 }
 
 // newMessage copies msg into a message the broker owns, normalised as an
