@@ -2,12 +2,14 @@ package secure
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/wire"
 )
@@ -463,5 +465,38 @@ func TestEd25519SignOnly(t *testing.T) {
 	}
 	if r := receive(t, back); string(r.Body) != "1" {
 		t.Fatalf("%q", r.Body)
+	}
+}
+
+// TestConsumerGoneRequeues: a verified delivery that its consumer did not
+// take is requeued, and accepted again by the next consumer.
+func TestConsumerGoneRequeues(t *testing.T) {
+	f := newFixture(t)
+	tx := f.wrap(f.p.caConfig("mapper1"))
+	rx := f.wrap(f.p.caConfig("fred"))
+	q := f.queue("qfred")
+	cctx, cancel := context.WithCancel(t.Context())
+	in, err := rx.Consume(cctx, q, transport.ConsumeOptions{Prefetch: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Publish(ctx(t), "", q, request("fred", "/a/b"), transport.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if rx.Stats().Opened != 1 {
+			return errors.New("not verified yet")
+		}
+		return nil
+	})
+	cancel() // the consumer goes away without reading
+	for range in {
+	}
+	d := receive(t, f.consume(rx, q, false))
+	if !d.Redelivered || string(d.Body) != `{"secret":"launch codes"}` {
+		t.Fatalf("redelivery %+v", d)
+	}
+	if s := rx.Stats(); s.Rejected[ReasonReplayed] != 0 {
+		t.Fatalf("stats %+v", s)
 	}
 }
