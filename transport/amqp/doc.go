@@ -30,11 +30,15 @@
 // Each consumer has its own channel with basic.qos set to its prefetch, and
 // its own goroutine that forwards deliveries to the channel Consume
 // returned. Declarations use short-lived pooled channels. A channel-level
-// error (404 NOT_FOUND, 406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED, 403
-// ACCESS_REFUSED on an exclusive consume) closes only the channel it
-// happened on; the transport replaces it and returns an error wrapping
-// [transport.ErrNotFound] or [transport.ErrPrecondition] and naming the
-// entity.
+// error closes only the channel it happened on; the transport replaces it
+// and returns an error naming the entity and wrapping
+// [transport.ErrNotFound] for 404 NOT_FOUND, or [transport.ErrPrecondition]
+// for 406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED (another connection's
+// exclusive queue) and 403 ACCESS_REFUSED (the default exchange, the amq.
+// prefix, a queue in exclusive use). Input that amqp091 would only reject
+// halfway through writing a frame, which breaks the whole connection, is
+// refused first: names, keys, header keys and short properties longer than
+// 255 bytes.
 //
 // Every notification channel of amqp091 (NotifyClose, NotifyBlocked,
 // NotifyPublish, NotifyReturn, NotifyCancel) is buffered and drained by a
