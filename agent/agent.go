@@ -657,6 +657,10 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.settle(d, false, true)
 		return
 	}
+	var pe *panicError
+	if errors.As(herr, &pe) {
+		log.Error("handler panicked", "panic", pe.err.Message, "stack", string(pe.stack))
+	}
 	if herr != nil {
 		code := codeOf(herr)
 		log.Info("handler failed", "code", code, "err", herr)
@@ -675,11 +679,20 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 	a.reply(ctx, d, transport.Message{Body: body, Headers: map[string]any{wire.HeaderStatus: wire.StatusOK}})
 }
 
+// panicError is a handler's panic; the stack is logged, not sent.
+type panicError struct {
+	err   *Error
+	stack []byte
+}
+
+func (e *panicError) Error() string { return e.err.Error() }
+func (e *panicError) Unwrap() error { return e.err }
+
 // call runs the handler, turning a panic into an error.
 func call(ctx context.Context, h Handler, req *Request) (res any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = &Error{Code: wire.CodePanic, Message: fmt.Sprintf("panic: %v\n%s", r, debug.Stack())}
+			err = &panicError{&Error{Code: wire.CodePanic, Message: fmt.Sprintf("panic: %v", r)}, debug.Stack()}
 		}
 	}()
 	return h.Serve(ctx, req)
