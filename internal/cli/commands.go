@@ -8,6 +8,7 @@ type commands struct {
 	Request requestCmd `cmd:"" help:"Send a request and print the result(s) as JSON."`
 	Push    pushCmd    `cmd:"" help:"Send a push (no result)."`
 	Agents  agentsCmd  `cmd:"" help:"List the live agents: identity, services, status, tags, last heartbeat."`
+	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"Inspect, replay and purge dead letters (list, show, replay, purge)."`
 	Setup   setupCmd   `cmd:"" help:"Create a vhost, Warren's exchanges and least-privilege agent and mapper users (idempotent)."`
 	Bert    bertCmd    `cmd:"" help:"Run the Ernie-compatible BERT-RPC server, or talk to one (stats, reload-handlers, halt, bench)."`
 	Version versionCmd `cmd:"" help:"Print Warren's version."`
