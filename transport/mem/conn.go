@@ -33,6 +33,11 @@ var _ transport.Transport = (*Conn)(nil)
 
 var ctagSeq atomic.Uint64
 
+// maxChannelBuffer bounds the buffer of a consumer's channel; deliveries
+// beyond it, for a large prefetch or AutoAck, wait in the consumer's
+// overflow.
+const maxChannelBuffer = 256
+
 func (c *Conn) check(ctx context.Context) error {
 	if c.closed.Load() {
 		return transport.ErrClosed
@@ -259,7 +264,7 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 		exclusive: opts.Exclusive,
 		stop:      make(chan struct{}),
 	}
-	cs.out = make(chan *transport.Delivery, cs.prefetch)
+	cs.out = make(chan *transport.Delivery, min(cs.prefetch, maxChannelBuffer))
 	if cs.tag == "" {
 		cs.tag = "amq.ctag-mem-" + strconv.FormatUint(ctagSeq.Add(1), 10)
 	}
@@ -352,11 +357,11 @@ func (c *Conn) forgetConsumer(cs *consumer) {
 // unacknowledged messages, and the channel the caller receives from.
 //
 // The queue sends deliveries on out itself, under its lock, without ever
-// blocking: out has room for prefetch deliveries and a consumer holds at
-// most prefetch unacknowledged ones, each either in out or with the caller.
-// AutoAck consumers have no such bound (basic.qos does not apply to them):
-// when out is full their deliveries wait in overflow, which a pump
-// goroutine feeds into out. A watcher goroutine per consumer ends it when
+// blocking: out has room for prefetch deliveries (up to maxChannelBuffer)
+// and a consumer holds at most prefetch unacknowledged ones, each either in
+// out or with the caller. Deliveries that do not fit (AutoAck consumers,
+// which basic.qos does not bound, or a prefetch above maxChannelBuffer)
+// wait in overflow, which a pump goroutine feeds into out. A watcher goroutine per consumer ends it when
 // its context does.
 type consumer struct {
 	q         *queue

@@ -213,3 +213,33 @@ func TestTimersUnderSynctest(t *testing.T) {
 		}
 	})
 }
+
+// A prefetch larger than the channel's buffer works: the rest waits in the
+// consumer's overflow, in order.
+func TestLargePrefetch(t *testing.T) {
+	tr := mem.New()
+	defer tr.Close()
+	ctx := t.Context()
+	q, _ := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+	const n = 1000
+	for i := range n {
+		tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: fmt.Appendf(nil, "%d", i)}, transport.PublishOptions{})
+	}
+	ds, err := tr.Consume(ctx, q, transport.ConsumeOptions{Prefetch: 100000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []*transport.Delivery
+	for i := range n {
+		d := <-ds
+		if want := fmt.Sprint(i); string(d.Body) != want {
+			t.Fatalf("delivery %d has body %s", i, d.Body)
+		}
+		held = append(held, d)
+	}
+	for _, d := range held {
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
