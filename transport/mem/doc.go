@@ -70,7 +70,7 @@
 //   - Header values are normalised as amqp091-go delivers them: other
 //     integer types become int64, float32 becomes float64, time.Time is cut
 //     to the second, and tables and arrays are copied deeply. Timestamp has
-//     second resolution and Expiration millisecond resolution.
+//     second resolution; Expiration is rounded up to the millisecond.
 //
 // # Differences from RabbitMQ
 //

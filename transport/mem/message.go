@@ -17,8 +17,8 @@ type message struct {
 	msg      transport.Message
 	exchange string
 	key      string
-	// ttl is the per-message expiration in milliseconds as it would travel on
-	// the wire, -1 when none (a sub-millisecond Expiration is "0").
+	// ttl is the per-message expiration in milliseconds as it travels on
+	// the wire, -1 when none.
 	ttl int64
 
 	// first is the queue entry of the first queue the message is routed
@@ -46,7 +46,8 @@ func newMessage(exchange, key string, msg transport.Message) (*message, error) {
 	case msg.Expiration < 0:
 		return nil, fmt.Errorf("mem: negative Expiration %v", msg.Expiration)
 	case msg.Expiration > 0:
-		m.ttl = msg.Expiration.Milliseconds()
+		// Milliseconds on the wire, rounded up: never sooner than asked.
+		m.ttl = int64((msg.Expiration + time.Millisecond - 1) / time.Millisecond)
 		m.msg.Expiration = time.Duration(m.ttl) * time.Millisecond
 	}
 	return m, nil

@@ -175,9 +175,7 @@ func (q *queue) deadLetter(qm *qmsg, reason string, dl *[]deadLetter) {
 	})
 }
 
-// expired reports whether qm has outlived its TTL. A message whose TTL is 0
-// survives only the instant of its publish, like RabbitMQ's
-// expire-unless-deliverable-now.
+// expired reports whether qm has outlived its TTL.
 func expired(qm *qmsg, clk *clock) bool { return qm.expireAt != 0 && qm.expireAt < clk.now() }
 
 // clock reads the time once, when first needed: most messages have no TTL

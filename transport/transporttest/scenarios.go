@@ -217,6 +217,18 @@ func emptyMessageRoundTrip(e *env) {
 	if d.ConsumerTag == "" {
 		e.t.Errorf("ConsumerTag empty: the transport must pick one")
 	}
+	// Expiration travels in whole milliseconds, rounded up.
+	for _, tc := range []struct{ sent, want time.Duration }{
+		{2500 * time.Microsecond, 3 * time.Millisecond},
+		{time.Nanosecond, time.Millisecond},
+	} {
+		e.publishMsg(tr, transport.DefaultExchange, q, transport.Message{Expiration: tc.sent + time.Hour})
+		d := e.recv(c)
+		e.ack(d)
+		if d.Expiration != tc.want+time.Hour {
+			e.t.Errorf("Expiration %v came back as %v, want %v", tc.sent+time.Hour, d.Expiration, tc.want+time.Hour)
+		}
+	}
 }
 
 func largeBodyRoundTrip(e *env) {
