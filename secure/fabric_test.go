@@ -383,3 +383,44 @@ func TestFabricRevokedAgent(t *testing.T) {
 		t.Fatalf("request to a revoked agent: %v", err)
 	}
 }
+
+// TestFabricDeclinedPush: an agent cannot pass a declined push on in
+// secure mode (it would have to speak for the mapper); the push is
+// dead-lettered with reason declined instead, and nothing else breaks.
+func TestFabricDeclinedPush(t *testing.T) {
+	p := testPKI(t)
+	b := newFixture(t)
+	connect := func(t *testing.T) transport.Transport {
+		c := b.b.Connect()
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	tr, err := Wrap(connect(t), Config{Identity: p.ids["fred"], Authority: p.ca.Authority()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(tr, agent.Config{Identity: "fred", PingInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Handle("/vault/busy", agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) { return nil, agent.ErrDecline })); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	defer func() { cancel(); <-done }()
+	<-a.Ready()
+	m, _ := startSecureMapper(t, connect, Config{Identity: p.ids["mapper1"], Authority: p.ca.Authority()})
+	waitAgents(t, m, "fred")
+	if err := m.Push(timeout(t, 5*time.Second), "/vault/busy", 1); err != nil {
+		t.Fatal(err)
+	}
+	d := b.awaitDead(Reason(wire.CodeDeclined))
+	if d.ContentType != ContentType {
+		t.Fatalf("dead letter not sealed: %s", d.ContentType)
+	}
+	if r, err := m.Request(timeout(t, 5*time.Second), "/vault/busy", 1); !errors.Is(err, &wire.RemoteError{Code: wire.CodeDeclined}) {
+		t.Fatalf("declined request: %v %v", r, err)
+	}
+}
