@@ -328,3 +328,17 @@ func TestOpenSSLCertificates(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadDenyList(t *testing.T) {
+	p := testPKI(t)
+	path := filepath.Join(t.TempDir(), "deny")
+	os.WriteFile(path, []byte("# revoked\n\nserial:"+p.ids["bob"].Certificate().SerialNumber.Text(16)+"\r\n"), 0o644)
+	d, err := LoadDenyList(path)
+	if err != nil || !d.Denied(p.ids["bob"].Certificate()) || d.Denied(p.ids["fred"].Certificate()) {
+		t.Fatalf("%v", err)
+	}
+	os.WriteFile(path, []byte("nonsense\n"), 0o644)
+	if _, err := LoadDenyList(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("bad file: %v", err)
+	}
+}

@@ -89,6 +89,20 @@ func cutAnyPrefix(s string, prefixes ...string) (string, bool) {
 	return s, false
 }
 
+// LoadDenyList reads a deny list file: one entry per line (see DenyList),
+// blank lines and lines starting with # skipped.
+func LoadDenyList(path string) (*DenyList, error) {
+	b, err := readSmall(path)
+	if err != nil {
+		return nil, fmt.Errorf("secure: deny list: %w", err)
+	}
+	d, err := ParseDenyList(strings.Split(string(b), "\n")...)
+	if err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, path)
+	}
+	return d, nil
+}
+
 // Denied reports whether cert is on the list.
 func (d *DenyList) Denied(cert *x509.Certificate) bool {
 	if d == nil || cert == nil {
