@@ -38,7 +38,7 @@ func needRuby(t *testing.T) {
 	needTool(t, "ruby", "ruby", "-e", "require 'bert'")
 }
 
-func rubyDir(t *testing.T) string {
+func rubyDir(t testing.TB) string {
 	dir, err := filepath.Abs(filepath.Join("testdata", "ruby"))
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ func rubyDir(t *testing.T) string {
 }
 
 // rubyWorkerCommand runs the Ernie-style handler ext.rb with our ernie.rb.
-func rubyWorkerCommand(t *testing.T, stateDir string) string {
+func rubyWorkerCommand(t testing.TB, stateDir string) string {
 	dir := rubyDir(t)
 	return "EXT_STATE_DIR=" + stateDir + " ruby -I " + dir + " " + filepath.Join(dir, "ext.rb")
 }

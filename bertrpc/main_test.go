@@ -117,7 +117,7 @@ func testWorker() int {
 }
 
 // natRegistry returns a registry with the nat example module.
-func natRegistry(t *testing.T) *bertrpc.Registry {
+func natRegistry(t testing.TB) *bertrpc.Registry {
 	t.Helper()
 	r := bertrpc.NewRegistry()
 	if err := nat.Register(r); err != nil {
