@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -499,4 +501,38 @@ func TestConsumerGoneRequeues(t *testing.T) {
 	if s := rx.Stats(); s.Rejected[ReasonReplayed] != 0 {
 		t.Fatalf("stats %+v", s)
 	}
+}
+
+// TestRejectionLogged: a rejection is logged with its reason, without the
+// payload.
+func TestRejectionLogged(t *testing.T) {
+	f := newFixture(t)
+	var buf syncBuffer
+	rx := f.wrap(f.p.caConfig("fred"), WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
+	q := f.queue("qfred")
+	f.consume(rx, q, false)
+	m := request("fred", "/secret/launch")
+	f.publishRaw(q, m)
+	f.expectDead(ReasonUnsigned)
+	out := buf.String()
+	if !strings.Contains(out, "reason=security_unsigned") || strings.Contains(out, "launch codes") {
+		t.Fatalf("log:\n%s", out)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
