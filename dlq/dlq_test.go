@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -55,7 +56,7 @@ func TestListShowReplayPurge(t *testing.T) {
 			}
 			return nil
 		})
-		slices.SortFunc(mine, func(a, b dlq.Letter) int { return compare(a.MessageID, b.MessageID) })
+		slices.SortFunc(mine, func(a, b dlq.Letter) int { return strings.Compare(a.MessageID, b.MessageID) })
 		if l := mine[0]; l.MessageID != actor+"-expired" || l.Reason != "expired" || l.Queue != q || l.Key != q {
 			t.Errorf("expired letter %+v", l)
 		}
@@ -102,15 +103,6 @@ func TestListShowReplayPurge(t *testing.T) {
 	})
 }
 
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
 
 func runAgent(t *testing.T, connect fabrictest.Connect, id, path string, ran *atomic.Int64) (stop func()) {
 	t.Helper()

@@ -2,6 +2,7 @@ package mapper
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,19 +14,10 @@ func agents(statuses map[string]any) []AgentInfo {
 	for id, s := range statuses {
 		out = append(out, AgentInfo{Identity: id, Status: s, Services: []string{"/a/b"}})
 	}
-	slices.SortFunc(out, func(x, y AgentInfo) int { return compareStr(x.Identity, y.Identity) })
+	slices.SortFunc(out, func(x, y AgentInfo) int { return strings.Compare(x.Identity, y.Identity) })
 	return out
 }
 
-func compareStr(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
 
 func ids(as []AgentInfo) []string {
 	var out []string
