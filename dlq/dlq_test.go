@@ -103,7 +103,6 @@ func TestListShowReplayPurge(t *testing.T) {
 	})
 }
 
-
 func runAgent(t *testing.T, connect fabrictest.Connect, id, path string, ran *atomic.Int64) (stop func()) {
 	t.Helper()
 	a, err := agent.New(connect(t), agent.Config{Identity: id, PingInterval: time.Second}, agent.WithLogger(testenv.Logger(t)))

@@ -18,7 +18,6 @@ func agents(statuses map[string]any) []AgentInfo {
 	return out
 }
 
-
 func ids(as []AgentInfo) []string {
 	var out []string
 	for _, a := range as {
