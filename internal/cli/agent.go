@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/warrenrpc/warren/agent"
@@ -24,11 +25,17 @@ it stops taking work, finishes what is in hand, unregisters and exits 0.`
 
 func (c *agentCmd) Run(g *Globals) error {
 	ctx := g.Context()
-	tr, err := c.dial(ctx, g, "agent")
+	tr, certID, err := c.dialAs(ctx, g, "agent")
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
+	if certID != "" {
+		if c.Token != "" && c.Token != certID {
+			return usageError{fmt.Errorf("--token %q differs from the certificate's identity %q", c.Token, certID)}
+		}
+		c.Token = certID
+	}
 	a, err := agent.New(tr, agent.Config{
 		Identity: c.Token, Tags: c.Tags, PingInterval: c.Ping, Prefetch: c.Prefetch, DrainTimeout: c.Drain,
 	}, agent.WithLogger(g.Logger()))

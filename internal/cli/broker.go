@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/warrenrpc/warren/internal/tlsflags"
+	"github.com/warrenrpc/warren/secure"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/amqp"
 )
@@ -15,11 +17,68 @@ import (
 type brokerFlags struct {
 	Broker string         `name:"broker" short:"b" env:"WARREN_BROKER" default:"amqp://guest:guest@127.0.0.1:5672/" help:"Broker URL (amqp:// or amqps://). Prefer WARREN_BROKER when it holds a password."`
 	TLS    tlsflags.Flags `embed:""`
+	Secure secureFlags    `embed:"" prefix:"secure-"`
+}
+
+// secureFlags turn on secure mode: every message signed with this
+// certificate's key and, unless sign-only, encrypted to its recipient.
+type secureFlags struct {
+	Cert     string `name:"cert" env:"WARREN_SECURE_CERT" type:"existingfile" help:"Secure mode: this participant's certificate (PEM); its identity is the agent's or mapper's."`
+	Key      string `name:"key" env:"WARREN_SECURE_KEY_FILE" type:"existingfile" help:"Secure mode: the private key file (PEM). Never the key itself."`
+	CA       string `name:"ca" env:"WARREN_SECURE_CA" type:"existingfile" help:"Secure mode: trust certificates signed by these CAs (PEM)."`
+	Deny     string `name:"deny" env:"WARREN_SECURE_DENY" type:"existingfile" help:"Secure mode: revoked serial numbers or fingerprints, one per line."`
+	SignOnly bool   `name:"sign-only" help:"Secure mode: sign, do not encrypt."`
+}
+
+// wrap returns tr in secure mode when --secure-cert is given, and the
+// identity the certificate names ("" otherwise).
+func (f secureFlags) wrap(g *Globals, tr transport.Transport) (transport.Transport, string, error) {
+	if f.Cert == "" && f.Key == "" && f.CA == "" {
+		return tr, "", nil
+	}
+	if f.Cert == "" || f.Key == "" || f.CA == "" {
+		return nil, "", usageError{errors.New("secure mode needs --secure-cert, --secure-key and --secure-ca")}
+	}
+	cfg, err := secure.ConfigFromFiles(f.Cert, f.Key, f.CA)
+	if err != nil {
+		return nil, "", usageError{err}
+	}
+	if f.Deny != "" {
+		if cfg.Deny, err = secure.LoadDenyList(f.Deny); err != nil {
+			return nil, "", usageError{err}
+		}
+	}
+	cfg.SignOnly = f.SignOnly
+	str, err := secure.Wrap(tr, cfg, secure.WithLogger(g.Logger()))
+	if err != nil {
+		return nil, "", err
+	}
+	return str, cfg.Identity.Name(), nil
 }
 
 // dial connects to the broker named by --broker, failing within 10s with a
-// one-line error when it cannot be reached.
+// one-line error when it cannot be reached, in secure mode when asked.
 func (b brokerFlags) dial(ctx context.Context, g *Globals, name string) (transport.Transport, error) {
+	tr, _, err := b.dialAs(ctx, g, name)
+	return tr, err
+}
+
+// dialAs is dial that also returns the secure-mode identity ("" when not
+// in secure mode).
+func (b brokerFlags) dialAs(ctx context.Context, g *Globals, name string) (transport.Transport, string, error) {
+	tr, err := b.dialPlain(ctx, g, name)
+	if err != nil {
+		return nil, "", err
+	}
+	str, id, err := b.Secure.wrap(g, tr)
+	if err != nil {
+		tr.Close()
+		return nil, "", err
+	}
+	return str, id, nil
+}
+
+func (b brokerFlags) dialPlain(ctx context.Context, g *Globals, name string) (transport.Transport, error) {
 	if !strings.HasPrefix(b.Broker, "amqp://") && !strings.HasPrefix(b.Broker, "amqps://") {
 		return nil, usageError{fmt.Errorf("--broker %q: want an amqp:// or amqps:// URL", b.Broker)}
 	}

@@ -39,16 +39,17 @@ func (c *callFlags) options() ([]mapper.CallOption, json.RawMessage, error) {
 
 // withMapper dials, runs a mapper for the duration of fn, and stops it.
 func withMapper(ctx context.Context, g *Globals, b brokerFlags, name string, fn func(*mapper.Mapper) error) error {
-	tr, err := b.dial(ctx, g, name)
+	tr, id, err := b.dialAs(ctx, g, name)
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
-	return runMapper(ctx, g, tr, fn)
+	return runMapper(ctx, g, tr, id, fn)
 }
 
-func runMapper(ctx context.Context, g *Globals, tr transport.Transport, fn func(*mapper.Mapper) error) error {
-	m, err := mapper.New(tr, mapper.Config{}, mapper.WithLogger(g.Logger()))
+// runMapper runs a mapper named id ("" generates one) for fn.
+func runMapper(ctx context.Context, g *Globals, tr transport.Transport, id string, fn func(*mapper.Mapper) error) error {
+	m, err := mapper.New(tr, mapper.Config{Identity: id}, mapper.WithLogger(g.Logger()))
 	if err != nil {
 		return err
 	}
