@@ -46,8 +46,10 @@
 //     consumers are not limited, as basic.qos does not apply to them).
 //     Ready messages go to consumers with room, in turn.
 //   - Nack with requeue, a cancelled consumer and a closed connection put
-//     unsettled messages back at their original position in a classic queue,
-//     and in front of the others in a quorum queue, with Redelivered set.
+//     unsettled messages back, with Redelivered set: at their original
+//     position in a classic queue, in front of the ready messages in a
+//     quorum queue, except that a quorum queue without DeliveryLimit puts a
+//     message nacked with requeue at the back.
 //     Quorum queues count these returns in x-delivery-count and dead-letter
 //     a message returned more than DeliveryLimit times (reason
 //     delivery_limit).

@@ -94,8 +94,8 @@ type queue struct {
 	mu       sync.Mutex
 	deleted  bool
 	nextSeq  uint64
-	ready    ring // in seq order
-	returned ring // quorum queues: returned messages, delivered first
+	ready    ring // classic queues: in seq order
+	returned ring // quorum queues: messages of consumers that went away, delivered first
 	// consumers in round-robin order; rr is the next one to try.
 	consumers   []*consumer
 	rr          int
@@ -266,22 +266,29 @@ func (q *queue) onTTL() {
 	q.b.publishDeadLetters(dl)
 }
 
-// requeue puts an unsettled message back, redelivered, counting the return
-// on quorum queues and dead-lettering it past the delivery limit. Called
-// with q.mu held.
-func (q *queue) requeue(qm *qmsg, dl *[]deadLetter) {
+// requeue puts an unsettled message back, redelivered. A classic queue puts
+// it at its original position. A quorum queue counts the return and
+// dead-letters the message past the delivery limit; it puts the message in
+// front of the ready ones, except that without a delivery limit a message
+// nacked with requeue goes to the back (RabbitMQ 3.10 re-enqueues it, so
+// that a poison message does not block the queue). Called with q.mu held.
+func (q *queue) requeue(qm *qmsg, nacked bool, dl *[]deadLetter) {
 	qm.c = nil
 	qm.redelivered = true
-	if q.quorum() {
-		qm.returns++
-		if lim := q.cfg.DeliveryLimit; lim > 0 && qm.returns > int64(lim) {
-			q.deadLetter(qm, reasonDeliveryLimit, dl)
-			return
-		}
-		q.returned.pushBack(qm)
+	if !q.quorum() {
+		q.ready.insert(qm)
 		return
 	}
-	q.ready.insert(qm)
+	qm.returns++
+	if lim := q.cfg.DeliveryLimit; lim > 0 && qm.returns > int64(lim) {
+		q.deadLetter(qm, reasonDeliveryLimit, dl)
+		return
+	}
+	if nacked && q.cfg.DeliveryLimit == 0 {
+		q.ready.pushBack(qm)
+	} else {
+		q.returned.pushBack(qm)
+	}
 }
 
 // settle acknowledges or rejects qm held by c.
@@ -300,7 +307,7 @@ func (q *queue) settle(c *consumer, qm *qmsg, ack, requeue bool) error {
 	switch {
 	case ack:
 	case requeue:
-		q.requeue(qm, &dl)
+		q.requeue(qm, true, &dl)
 	default:
 		q.deadLetter(qm, reasonRejected, &dl)
 	}
@@ -355,7 +362,7 @@ func (q *queue) removeConsumer(c *consumer) (autoDelete bool) {
 	for qm := c.list.next; qm != &c.list; {
 		next := qm.next
 		qm.prev, qm.next = nil, nil
-		q.requeue(qm, &dl)
+		q.requeue(qm, false, &dl)
 		qm = next
 	}
 	c.list.next, c.list.prev = &c.list, &c.list

@@ -157,12 +157,24 @@ func nackRequeue(e *env) {
 	e.ack(d)
 }
 
-// requeueOrder: messages a consumer gives back go in front of those that
-// were never delivered, in their order, in classic and quorum queues.
+// requeueOrder: where requeued messages go. Messages a consumer held when
+// it went away go in front of those never delivered, in their order. A
+// message nacked with requeue goes back to its original position in a
+// classic queue, in front in a quorum queue with a delivery limit, and to
+// the back of a quorum queue without one (RabbitMQ 3.10).
 func requeueOrder(e *env) {
 	tr := e.open()
-	for _, typ := range []transport.QueueType{transport.Classic, transport.Quorum} {
-		q := e.queue(tr, transport.Queue{Type: typ, Durable: true})
+	for _, tc := range []struct {
+		name      string
+		typ       transport.QueueType
+		limit     int
+		afterNack []string
+	}{
+		{"classic", transport.Classic, 0, []string{"m1", "m2", "m3"}},
+		{"quorum", transport.Quorum, 0, []string{"m2", "m3", "m1"}},
+		{"quorum with delivery limit", transport.Quorum, 10, []string{"m1", "m2", "m3"}},
+	} {
+		q := e.queue(tr, transport.Queue{Type: tc.typ, Durable: true, DeliveryLimit: tc.limit})
 		for _, m := range []string{"m1", "m2", "m3", "m4"} {
 			e.publish(tr, transport.DefaultExchange, q, m)
 		}
@@ -170,7 +182,21 @@ func requeueOrder(e *env) {
 		e.recvBody(c, "m1")
 		e.recvBody(c, "m2")
 		e.closedAfter(c)
-		e.equalStrings(string(typ)+" queue after requeue", e.contents(tr, q), []string{"m1", "m2", "m3", "m4"})
+		e.equalStrings(tc.name+" queue after its consumer went away", e.contents(tr, q), []string{"m1", "m2", "m3", "m4"})
+
+		for _, m := range []string{"m1", "m2", "m3"} {
+			e.publish(tr, transport.DefaultExchange, q, m)
+		}
+		c = e.consume(tr, q, transport.ConsumeOptions{Prefetch: 1})
+		e.nack(e.recvBody(c, "m1"), true)
+		var got []string
+		for range 3 {
+			d := e.recv(c)
+			e.ack(d)
+			got = append(got, string(d.Body))
+		}
+		e.equalStrings(tc.name+" queue after a nack with requeue", got, tc.afterNack)
+		e.closedAfter(c)
 	}
 }
 
