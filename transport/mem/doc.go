@@ -84,6 +84,13 @@
 //     transport.ErrNotFound even without Confirm (RabbitMQ closes the
 //     channel asynchronously), and Confirm costs nothing: the broker has
 //     taken the message when Publish returns. Nothing is ever nacked.
+//   - Everything else is synchronous too: a dead letter is in its new
+//     queue, and a requeued message offered to consumers, when the call
+//     that caused it returns. Where RabbitMQ's order depends on timing (a
+//     dead letter racing other publishes or a consumer's cancellation; a
+//     classic queue with prefetch above 1 sometimes delivering the next
+//     ready message before a requeued one), mem gives one of the orders
+//     RabbitMQ can give, always the same one.
 //   - There are no resource limits or flow control: queues grow until
 //     memory runs out, where RabbitMQ would block publishers.
 //   - The CC and BCC headers are not used for routing.
