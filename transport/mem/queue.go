@@ -14,7 +14,7 @@ type qmsg struct {
 	m        *message
 	seq      uint64 // publish order in this queue: requeue goes back here
 	expireAt int64  // unix nanoseconds; 0 means never
-	// redelivered is set once a consumer has taken the message.
+	// redelivered is set when the message comes back unsettled.
 	redelivered bool
 	// returns counts the times the message came back unsettled (quorum
 	// queues' x-delivery-count).
@@ -25,7 +25,8 @@ type qmsg struct {
 	prev, next *qmsg
 }
 
-// ring is a double-ended queue of messages kept in seq order.
+// ring is a double-ended queue of messages. Classic queues keep it in seq
+// order, so that insert puts a requeued message back at its place.
 type ring struct {
 	buf  []*qmsg
 	head int
