@@ -244,8 +244,8 @@ func (c *bertBenchCmd) Run(g *Globals, parent *bertCmd) error {
 	if c.Clients < 1 {
 		return usageError{errors.New("--clients must be at least 1")}
 	}
-	ctx, cancel := context.WithTimeout(g.Context(), c.Duration)
-	defer cancel()
+	ctx := g.Context()
+	stop := time.Now().Add(c.Duration)
 	addr := parent.addr()
 	var (
 		mu   sync.Mutex
@@ -258,7 +258,7 @@ func (c *bertBenchCmd) Run(g *Globals, parent *bertCmd) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			mine, err := benchClient(ctx, addr, c.Module, c.Function, c.Keep)
+			mine, err := benchClient(ctx, stop, addr, c.Module, c.Function, c.Keep)
 			mu.Lock()
 			defer mu.Unlock()
 			lats = append(lats, mine...)
@@ -281,14 +281,14 @@ func (c *bertBenchCmd) Run(g *Globals, parent *bertCmd) error {
 	if c.Keep {
 		mode = "kept-open connections"
 	}
-	_, err := fmt.Fprintf(g.Out(), "%s:%s, %d client(s), %s: calls=%d calls/s=%.0f p50=%v p99=%v\n",
+	_, err := fmt.Fprintf(g.Out(), "%s:%s, %d client(s), %s: calls=%d calls/s=%.0f p50=%v p99=%v max=%v\n",
 		c.Module, c.Function, c.Clients, mode, len(lats), float64(len(lats))/elapsed.Seconds(),
-		pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond))
+		pct(0.5).Round(time.Microsecond), pct(0.99).Round(time.Microsecond), lats[len(lats)-1].Round(time.Microsecond))
 	return err
 }
 
-// benchClient calls until ctx ends and returns each call's latency.
-func benchClient(ctx context.Context, addr, mod, fun string, keep bool) ([]time.Duration, error) {
+// benchClient calls until stop and returns each call's latency.
+func benchClient(ctx context.Context, stop time.Time, addr, mod, fun string, keep bool) ([]time.Duration, error) {
 	var lats []time.Duration
 	var cl *bertrpc.Client
 	defer func() {
@@ -296,7 +296,8 @@ func benchClient(ctx context.Context, addr, mod, fun string, keep bool) ([]time.
 			cl.Close()
 		}
 	}()
-	for ctx.Err() == nil {
+	for time.Now().Before(stop) && ctx.Err() == nil {
+		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		t0 := time.Now()
 		var (
 			res any
@@ -304,17 +305,16 @@ func benchClient(ctx context.Context, addr, mod, fun string, keep bool) ([]time.
 		)
 		if keep {
 			if cl == nil {
-				if cl, err = bertrpc.Dial(ctx, addr); err != nil {
+				if cl, err = bertrpc.Dial(callCtx, addr); err != nil {
+					cancel()
 					return lats, err
 				}
 			}
-			res, err = cl.Call(ctx, mod, fun, 1, 2)
+			res, err = cl.Call(callCtx, mod, fun, 1, 2)
 		} else {
-			res, err = bertrpc.Call(ctx, addr, mod, fun, 1, 2)
+			res, err = bertrpc.Call(callCtx, addr, mod, fun, 1, 2)
 		}
-		if ctx.Err() != nil {
-			break
-		}
+		cancel()
 		if err != nil {
 			return lats, err
 		}
