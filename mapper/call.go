@@ -57,6 +57,26 @@ type call struct {
 	persistent bool
 	park       bool
 	retry      bool
+	ttl        time.Duration
+}
+
+// TTL gives a push a time to live of its own, independent of the context
+// that bounds the publish: an agent does not start it later, and a broker
+// queue drops it (into warren.dead, reason expired) when nobody took it in
+// time. For requests the context's deadline is the TTL.
+func TTL(d time.Duration) CallOption { return func(c *call) { c.ttl = d } }
+
+// withTTL applies the push TTL to msg, keeping an earlier context deadline.
+func (c call) withTTL(msg *transport.Message) {
+	if c.ttl <= 0 {
+		return
+	}
+	dl := time.Now().Add(c.ttl)
+	if cur, ok := wire.Deadline(msg.Headers); ok && cur.Before(dl) {
+		return
+	}
+	msg.Headers[wire.HeaderDeadline] = dl.UnixMilli()
+	msg.Expiration = c.ttl
 }
 
 // Select picks targets with s instead of the default (least_loaded for
@@ -187,6 +207,7 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 		}
 		msg := m.message(ctx, wire.TypePush, path, body)
 		msg.Persistent = true
+		c.withTTL(&msg)
 		return m.park(ctx, path, msg)
 	}
 	if err != nil {
@@ -195,6 +216,7 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 	for _, t := range targets {
 		msg := m.message(ctx, wire.TypePush, path, body)
 		msg.Persistent = c.persistent
+		c.withTTL(&msg)
 		msg.Headers[wire.HeaderTo] = t.Identity
 		if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
 			return fmt.Errorf("mapper: push %s to %s: %w", path, t.Identity, err)

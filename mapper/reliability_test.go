@@ -224,3 +224,38 @@ func TestPersistentDurable(t *testing.T) {
 		must(t, c.DeleteQueue(t.Context(), wire.ServiceQueue(path)))
 	})
 }
+
+// TestPushTTL: a parked push whose TTL passes before an agent appears is
+// not executed; it expires into the dead letters.
+func TestPushTTL(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/stale"
+		tap := connect(t)
+		must(t, wire.Topology(t.Context(), tap))
+		q, err := tap.DeclareQueue(t.Context(), transport.Queue{Exclusive: true})
+		must(t, err)
+		must(t, tap.Bind(t.Context(), transport.Binding{Exchange: wire.DeadLetterExchange, Queue: q}))
+		dead, err := tap.Consume(t.Context(), q, transport.ConsumeOptions{AutoAck: true})
+		must(t, err)
+		m := startMapper(t, connect, mapper.Config{AnnounceWait: 50 * time.Millisecond})
+		must(t, m.Push(ctxT(t, 5*time.Second), path, "old news", mapper.Park(), mapper.TTL(100*time.Millisecond)))
+		for {
+			select {
+			case d := <-dead:
+				if wire.String(d.Headers, wire.HeaderPath) != path {
+					continue
+				}
+				death, _ := d.Headers["x-death"].([]any)
+				if len(death) == 0 || wire.String(death[0].(map[string]any), "reason") != "expired" {
+					t.Fatalf("dead letter headers %v", d.Headers)
+				}
+				c := connect(t)
+				must(t, c.DeleteQueue(t.Context(), wire.ServiceQueue(path)))
+				return
+			case <-time.After(10 * time.Second):
+				t.Fatal("parked push did not expire")
+			}
+		}
+	})
+}
