@@ -180,13 +180,6 @@ func (p *pool) generation() (uint64, chan struct{}) {
 	return p.gen, p.genCh
 }
 
-// drainQueued answers every queued job with err (used at shutdown).
-func (p *pool) drainQueued(err *Error) {
-	for j := p.pop(); j != nil; j = p.pop() {
-		j.finish(jobResult{err: err, errLog: err.Detail})
-	}
-}
-
 // runWorker owns one worker process at a time: it starts it, feeds it one
 // request at a time, and replaces it when it crashes, times out, or the
 // handlers are reloaded.

@@ -1,0 +1,100 @@
+package bertrpc
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warrenrpc/warren/bert"
+)
+
+func TestParsePriority(t *testing.T) {
+	tests := []struct {
+		name   string
+		arg    any
+		want   priority
+		wantOK bool
+	}{
+		{"list low (Ernie's clients)", bert.List{bert.Atom("low")}, low, true},
+		{"bare low (Ernie's README)", bert.Atom("low"), low, true},
+		{"list high", bert.List{bert.Atom("high")}, high, true},
+		{"bare high", bert.Atom("high"), high, true},
+		{"unknown", bert.Atom("urgent"), high, false},
+		{"binary", []byte("low"), high, false},
+		{"two elements", bert.List{bert.Atom("low"), bert.Atom("low")}, high, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := parsePriority(tc.arg)
+			if got != tc.want || ok != tc.wantOK {
+				t.Fatalf("parsePriority(%s) = %v, %v", bert.Format(tc.arg), got, ok)
+			}
+		})
+	}
+}
+
+func TestProclineCommand(t *testing.T) {
+	got := proclineCommand("ruby ext.rb")
+	if len(got) != 150 || !strings.HasPrefix(got, "ruby ext.rb --procline xxx") || strings.Trim(got[len("ruby ext.rb --procline "):], "x") != "" {
+		t.Fatalf("%q (%d)", got, len(got))
+	}
+	long := strings.Repeat("a", 151)
+	if proclineCommand(long) != long {
+		t.Fatal("a command over 150 characters must run as is")
+	}
+	edge := strings.Repeat("a", 145) // Ernie would loop forever on this one
+	if got := proclineCommand(edge); got != edge+" --procline " {
+		t.Fatalf("%q", got)
+	}
+}
+
+func TestAccessEntryFormat(t *testing.T) {
+	accept := time.Date(2010, 2, 20, 11, 42, 25, 259750000, time.Local)
+	e := accessEntry{
+		accept: accept, process: accept.Add(53 * time.Microsecond), done: accept.Add(290 * time.Microsecond),
+		hq: 0, lq: 2, kind: "nat", prio: high, action: "{call,nat,add,[1,2]}",
+	}
+	want := "ACC [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 2 nat high - {call,nat,add,[1,2]}\n"
+	if got := e.format(); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	e.err, e.kind, e.prio = "External process error boom", "ext", low
+	want = "ERR [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 2 ext low - External process error boom : {call,nat,add,[1,2]}\n"
+	if got := e.format(); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+	e.err = ""
+	e.action = "{call,ext,echo,[<<\"" + strings.Repeat("y", 300) + "\">>]}"
+	got := e.format()
+	if !strings.HasSuffix(got, "...\n") || len(got) > 120+150 {
+		t.Fatalf("long action not cut: %q", got)
+	}
+}
+
+func FuzzParseErlangTerms(f *testing.F) {
+	f.Add(`[{module, ext}, {type, external}, {command, "ruby ext.rb"}, {count, 2}].`)
+	f.Add(`[{a, 'q\'x'}, {b, <<"bin", 1, $a>>}, {c, 16#ff}, {d, -1.5e3}, {e, $\n}]. % c`)
+	f.Add(`[[[[[[`)
+	f.Fuzz(func(t *testing.T, src string) {
+		terms, err := parseErlangTerms(src)
+		if err == nil {
+			for _, term := range terms {
+				_ = bert.Format(term)
+			}
+		}
+		_, _ = ParseErlangConfig([]byte(src))
+	})
+}
+
+func FuzzReadFrame(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1, 131})
+	f.Add([]byte{0, 0})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, ferr := readFrame(bytes.NewReader(data), 1024)
+		if ferr == nil && len(p) > 1024 {
+			t.Fatalf("frame of %d bytes over the limit", len(p))
+		}
+	})
+}
