@@ -117,6 +117,9 @@ func TestInteropRubyWorker(t *testing.T) {
 	if !bert.Equal(v, bert.List{1, []byte("x"), bert.Atom("y"), 2.5, bert.Tuple{bert.Atom("t")}}) {
 		t.Fatalf("echo = %s", bert.Format(v))
 	}
+	if v := mustCall(t, s, "ext", "chatty", []byte("quiet")); string(v.([]byte)) != "quiet" {
+		t.Fatalf("chatty = %s", bert.Format(v))
+	}
 	argv := mustCall(t, s, "ext", "argv").(bert.List)
 	if len(argv) != 2 || string(argv[0].([]byte)) != "--procline" || strings.Trim(string(argv[1].([]byte)), "x") != "" {
 		t.Fatalf("argv = %s", bert.Format(argv))
@@ -125,8 +128,6 @@ func TestInteropRubyWorker(t *testing.T) {
 	wantError(t, err, bertrpc.UserError, 0, "ArgumentError")
 
 	// A cast is answered at once and then run.
-	dir := t.TempDir()
-	_ = dir
 	c, err := bertrpc.Dial(t.Context(), addrOf(s))
 	if err != nil {
 		t.Fatal(err)
