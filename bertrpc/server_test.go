@@ -143,12 +143,12 @@ func TestErrors(t *testing.T) {
 	reg := natRegistry(t)
 	_ = reg.Register("nat", "boom", 0, func(context.Context, bert.List) (any, error) { panic("kaboom") })
 	_ = reg.Register("nat", "hang", 0, func(context.Context, bert.List) (any, error) {
-		time.Sleep(time.Second) // ignores ctx: the timeout must still answer in time
+		time.Sleep(1500 * time.Millisecond) // ignores ctx: the timeout must still answer in time
 		return bert.Atom("late"), nil
 	})
 	cfg := natConfig()
-	cfg.CallTimeout = 200 * time.Millisecond
-	s := startServer(t, cfg, bertrpc.WithNative(reg), bertrpc.WithDrainTimeout(time.Second))
+	cfg.CallTimeout = 500 * time.Millisecond
+	s := startServer(t, cfg, bertrpc.WithNative(reg), bertrpc.WithDrainTimeout(3*time.Second))
 
 	_, err := call(t, s, "nope", "x")
 	e := wantError(t, err, bertrpc.ServerError, bertrpc.CodeNoModule, "ServerError")
