@@ -231,9 +231,9 @@ type Transport interface {
 	// queue takes is dropped, unless opts.Mandatory.
 	Publish(ctx context.Context, exchange, key string, msg Message, opts PublishOptions) error
 	// Consume starts a consumer on queue. Deliveries arrive on the returned
-	// channel until ctx ends, the transport is closed or the queue is
-	// deleted; then the channel is closed and unacknowledged deliveries are
-	// requeued. The consumer goroutine is owned by the transport: a caller
+	// channel until ctx ends, the transport is closed, the queue is deleted
+	// or the connection is lost; then the channel is closed and
+	// unacknowledged deliveries are requeued. The consumer goroutine is owned by the transport: a caller
 	// that stops reading holds up only its own consumer.
 	Consume(ctx context.Context, queue string, opts ConsumeOptions) (<-chan *Delivery, error)
 	// Close stops all consumers, requeues what they had not settled, deletes

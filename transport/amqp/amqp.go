@@ -56,8 +56,9 @@ type options struct {
 	logger *slog.Logger
 }
 
-// WithLogger makes the transport log to l: connection loss and flow control
-// at Warn and Info, channel churn at Debug. The default discards.
+// WithLogger makes the transport log to l: connection losses and
+// reconnection attempts at Warn, reconnections and flow control at Info and
+// Warn, channel churn at Debug. The default discards.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
@@ -73,32 +74,42 @@ const topologyPool = 4
 // Transport is a transport.Transport on a RabbitMQ broker. It holds two
 // connections: one for publishing and one for consuming and declaring (so
 // that exclusive queues belong to the connection that consumes them, and
-// flow control on publishers never stalls consumers). All methods are safe
-// for concurrent use.
+// flow control on publishers never stalls consumers), and redials both when
+// either is lost. All methods are safe for concurrent use.
 type Transport struct {
-	log  *slog.Logger
-	cfg  Config
-	pub  *supervisor
-	cons *supervisor
+	log *slog.Logger
+	cfg Config
+	url string
 
 	publisher *publisher
 
-	topo chan *amqp091.Channel // idle channels on cons for declarations
-
-	closing   chan struct{} // closed when Close starts
+	closing   chan struct{}   // closed when Close starts
+	life      context.Context // cancelled when Close starts
+	endLife   context.CancelFunc
 	closeOnce sync.Once
 	closed    atomic.Bool
 
+	// supervised is closed when the supervisor returns; final is then the
+	// link Close must close (nil when the supervisor closed the last one).
+	supervised chan struct{}
+	final      *link
+
+	stats counters
+
 	mu        sync.Mutex
+	cur       *link         // nil while reconnecting
+	up        chan struct{} // closed while cur is set
 	consumers map[*consumer]struct{}
-	wg        sync.WaitGroup // consumers and abandoned operations
+	wg        sync.WaitGroup // abandoned operations
 }
 
 var _ transport.Transport = (*Transport)(nil)
 
 // Dial connects to the broker at url (amqp:// or amqps://) and returns a
-// Transport. ctx bounds the connection attempts. The error names the URL
-// without its password and wraps a *DialError.
+// Transport. ctx bounds the connection attempts; Dial itself does not retry.
+// The error names the URL without its password and wraps a *DialError.
+// Once connected, the Transport reconnects by itself after a loss until
+// Close.
 func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transport, error) {
 	var o options
 	for _, opt := range opts {
@@ -116,55 +127,44 @@ func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transpo
 		return nil, &DialError{URL: redactURL(url), Err: err}
 	}
 	log := o.logger.With("component", "transport/amqp")
-	cons, err := dialSupervisor(ctx, url, "consume", cfg, log)
-	if err != nil {
-		return nil, &DialError{URL: redactURL(url), Err: err}
-	}
-	pub, err := dialSupervisor(ctx, url, "publish", cfg, log)
-	if err != nil {
-		cons.start()
-		cons.close()
-		return nil, &DialError{URL: redactURL(url), Err: err}
-	}
 	t := &Transport{
-		log:       log,
-		cfg:       cfg,
-		pub:       pub,
-		cons:      cons,
-		topo:      make(chan *amqp091.Channel, topologyPool),
-		closing:   make(chan struct{}),
-		consumers: make(map[*consumer]struct{}),
+		log:        log,
+		cfg:        cfg,
+		url:        url,
+		closing:    make(chan struct{}),
+		supervised: make(chan struct{}),
+		up:         make(chan struct{}),
+		consumers:  make(map[*consumer]struct{}),
+	}
+	t.life, t.endLife = context.WithCancel(context.Background())
+	l, err := dialLink(ctx, url, cfg, log, 1, t.linkLost)
+	if err != nil {
+		t.endLife()
+		return nil, &DialError{URL: redactURL(url), Err: err}
 	}
 	t.publisher = newPublisher(t)
-	// Until the supervisors can redial, losing either connection ends
-	// the other: a transport that consumes requests but cannot publish
-	// replies (or the reverse) must not linger.
-	pub.onLost = func() { t.lost(cons) }
-	cons.onLost = func() { t.lost(pub) }
-	cons.start()
-	pub.start()
+	t.mu.Lock()
+	if !l.isLost() {
+		t.cur = l
+		close(t.up)
+	}
+	t.mu.Unlock()
+	go t.supervise(l)
 	return t, nil
 }
 
-// lost closes the other connection after one was lost.
-func (t *Transport) lost(other *supervisor) {
-	if t.closed.Load() || other.conn.IsClosed() {
-		return
-	}
-	t.log.Warn("closing the other connection too: the transport does not reconnect", "connection", other.role)
-	other.closeConn()
-}
-
 // Close stops all consumers (their unsettled deliveries are requeued by the
-// broker), fails publishes still waiting for a confirm with ErrClosed, and
-// closes both connections, which deletes the exclusive queues declared
-// through this transport. It waits for every goroutine of the transport and
-// is idempotent; concurrent calls wait for the first.
+// broker), stops reconnecting, fails publishes still waiting for a confirm
+// with ErrClosed, and closes both connections, which deletes the exclusive
+// queues declared through this transport. Operations waiting for a
+// reconnection return ErrClosed. It waits for every goroutine of the
+// transport and is idempotent; concurrent calls wait for the first.
 func (t *Transport) Close() error {
 	t.closeOnce.Do(func() {
 		t.mu.Lock()
 		t.closed.Store(true)
 		close(t.closing)
+		t.endLife()
 		// Consumers see closing, cancel and close their channels.
 		cs := make([]*consumer, 0, len(t.consumers))
 		for c := range t.consumers {
@@ -174,44 +174,30 @@ func (t *Transport) Close() error {
 		for _, c := range cs {
 			<-c.done
 		}
-		t.publisher.close() // closes the publish connection
-		t.cons.close()
+		<-t.supervised
+		t.publisher.close(t.final) // closes the final link's publish connection
+		if t.final != nil {
+			t.final.close(closeTimeout)
+		}
 		// Operations abandoned by their ctx end with the connection.
 		t.wg.Wait()
-		for {
-			select {
-			case ch := <-t.topo:
-				_ = ch.Close()
-				continue
-			default:
-			}
-			break
-		}
 	})
 	return nil
 }
 
-// check returns ErrClosed after Close and ErrConnectionLost once the
-// connection s is gone.
-func (t *Transport) check(op, name string, s *supervisor) error {
-	if t.closed.Load() {
-		return fmt.Errorf("amqp: %s %q: %w", op, name, transport.ErrClosed)
+// mapErr converts an error of an operation on the consume connection of l.
+func (t *Transport) mapErr(l *link, op, name string, err error) error {
+	if err != nil {
+		t.noticeLoss(l, err)
 	}
-	if s.isLost() {
-		return fmt.Errorf("amqp: %s %q: %w (%v)", op, name, transport.ErrConnectionLost, s.lostErr)
-	}
-	return nil
-}
-
-// mapErr converts an error of an operation on the consume connection.
-func (t *Transport) mapErr(op, name string, err error) error {
-	return brokerError(op, name, err, t.closed.Load(), t.cons.conn.IsClosed())
+	return brokerError(op, name, err, t.closed.Load(), l.isLost() || l.cons.c.IsClosed())
 }
 
 // topology runs fn on a channel of the consume connection, honouring ctx:
 // when ctx ends first, fn's channel is closed once fn returns and ctx's error
 // is returned. A channel that the broker closed (any channel-level error) is
-// dropped; the others are reused.
+// dropped; the others are reused. While the transport reconnects, topology
+// waits for it.
 func (t *Transport) topology(ctx context.Context, op, name string, names []string, fn func(ch *amqp091.Channel) error) error {
 	for _, n := range names {
 		if err := checkShort("name", n); err != nil {
@@ -221,61 +207,62 @@ func (t *Transport) topology(ctx context.Context, op, name string, names []strin
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("amqp: %s %q: %w", op, name, err)
 	}
-	if err := t.check(op, name, t.cons); err != nil {
+	l, err := t.link(ctx, op, name)
+	if err != nil {
 		return err
 	}
 	// A pooled channel may have been closed since; retry once on a fresh
 	// one when the failure is a closed channel on a live connection.
 	for attempt := 0; ; attempt++ {
-		ch, err := t.topoChannel()
+		ch, err := l.topoChannel()
 		if err != nil {
-			return t.mapErr(op, name, err)
+			return t.mapErr(l, op, name, err)
 		}
-		err = t.runOn(ctx, ch, fn)
-		if errors.Is(err, amqp091.ErrClosed) && attempt == 0 && !t.cons.conn.IsClosed() && !t.closed.Load() {
+		err = t.runOn(ctx, l, ch, fn)
+		if errors.Is(err, amqp091.ErrClosed) && attempt == 0 && !l.isLost() && !l.cons.c.IsClosed() && !t.closed.Load() {
 			continue
 		}
 		if ctxErr := ctx.Err(); ctxErr != nil && err == ctxErr {
 			return fmt.Errorf("amqp: %s %q: %w", op, name, err)
 		}
-		return t.mapErr(op, name, err)
+		return t.mapErr(l, op, name, err)
 	}
 }
 
-// runOn calls fn(ch) and gives ch back to the pool; when ctx ends first it
+// runOn calls fn(ch) and gives ch back to l's pool; when ctx ends first it
 // returns ctx.Err() and leaves fn to finish in a goroutine that closes ch.
-func (t *Transport) runOn(ctx context.Context, ch *amqp091.Channel, fn func(ch *amqp091.Channel) error) error {
+func (t *Transport) runOn(ctx context.Context, l *link, ch *amqp091.Channel, fn func(ch *amqp091.Channel) error) error {
 	err := t.await(ctx, func() error { return fn(ch) }, func() { _ = ch.Close() })
 	if ctx.Err() == nil || err != ctx.Err() {
-		t.putTopoChannel(ch)
+		t.putTopoChannel(l, ch)
 	}
 	return err
 }
 
-func (t *Transport) topoChannel() (*amqp091.Channel, error) {
+func (l *link) topoChannel() (*amqp091.Channel, error) {
 	for {
 		select {
-		case ch := <-t.topo:
+		case ch := <-l.topo:
 			if ch.IsClosed() {
 				continue
 			}
 			return ch, nil
 		default:
-			return t.cons.conn.Channel()
+			return l.cons.c.Channel()
 		}
 	}
 }
 
-func (t *Transport) putTopoChannel(ch *amqp091.Channel) {
+func (t *Transport) putTopoChannel(l *link, ch *amqp091.Channel) {
 	if ch.IsClosed() {
 		return
 	}
-	if t.closed.Load() {
+	if t.closed.Load() || l.isLost() {
 		_ = ch.Close()
 		return
 	}
 	select {
-	case t.topo <- ch:
+	case l.topo <- ch:
 	default:
 		_ = ch.Close()
 	}

@@ -492,13 +492,16 @@ func TestCtxEndsBlockingWork(t *testing.T) {
 	}
 }
 
-// TestConnectionLost closes the transport's publishing connection from the
-// broker side: the transport closes its consuming connection too, consumers
-// end, and every operation fails with ErrConnectionLost.
-func TestConnectionLost(t *testing.T) {
+// TestReconnectAfterConnectionClosed closes the transport's publishing
+// connection from the broker side: the transport closes its consuming
+// connection too, consumers end, settling a delivery of the old consumer
+// fails with ErrConnectionLost (the broker redelivers it), and the
+// transport reconnects by itself: publishes, declarations and consumers
+// work again.
+func TestReconnectAfterConnectionClosed(t *testing.T) {
 	connName := name(t, "conn")
 	tr := dial(t, amqp.Config{ConnectionName: connName})
-	q := tempQueue(t, tr, transport.Queue{})
+	q := tempQueue(t, dial(t, amqp.Config{}), transport.Queue{})
 	ds, err := tr.Consume(t.Context(), q, transport.ConsumeOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -508,36 +511,34 @@ func TestConnectionLost(t *testing.T) {
 	}
 	d := receive(t, ds)
 
-	var pid string
-	testenv.WaitFor(t, 10*time.Second, func() error {
-		for line := range strings.Lines(testenv.Rabbitmqctl(t, "list_connections", "-q", "--no-table-headers", "pid", "client_properties")) {
-			if strings.Contains(line, connName+" (publish)") {
-				pid = strings.Fields(line)[0]
-				return nil
-			}
-		}
-		return fmt.Errorf("no connection named %s (publish)", connName)
-	})
-	testenv.Rabbitmqctl(t, "close_connection", pid, "test: connection lost")
+	closeConnection(t, connName+" (publish)")
 	waitClosed(t, ds)
 	if err := d.Ack(); !errors.Is(err, transport.ErrConnectionLost) {
 		t.Errorf("ack: err = %v", err)
 	}
-	testenv.WaitFor(t, 10*time.Second, func() error {
-		err := tr.Publish(t.Context(), "", q, transport.Message{}, transport.PublishOptions{Confirm: true})
-		if !errors.Is(err, transport.ErrConnectionLost) {
-			return fmt.Errorf("publish: err = %v", err)
-		}
-		return nil
-	})
-	testenv.WaitFor(t, 10*time.Second, func() error {
-		if _, err := tr.DeclareQueue(t.Context(), transport.Queue{Name: q}); !errors.Is(err, transport.ErrConnectionLost) {
-			return fmt.Errorf("declare: err = %v", err)
-		}
-		return nil
-	})
-	if _, err := tr.Consume(t.Context(), q, transport.ConsumeOptions{}); !errors.Is(err, transport.ErrConnectionLost) {
-		t.Errorf("consume: err = %v", err)
+	// New operations wait for the reconnection.
+	if err := tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("y")}, transport.PublishOptions{Confirm: true}); err != nil {
+		t.Fatalf("publish after the loss: %v", err)
+	}
+	if _, err := tr.DeclareQueue(t.Context(), transport.Queue{Name: q}); err != nil {
+		t.Fatalf("declare after the loss: %v", err)
+	}
+	ds, err = tr.Consume(t.Context(), q, transport.ConsumeOptions{})
+	if err != nil {
+		t.Fatalf("consume after the loss: %v", err)
+	}
+	d = receive(t, ds)
+	if string(d.Body) != "x" || !d.Redelivered {
+		t.Fatalf("got %q redelivered=%v, want x redelivered", d.Body, d.Redelivered)
+	}
+	if err := d.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	if d := receive(t, ds); string(d.Body) != "y" {
+		t.Fatalf("got %q, want y", d.Body)
+	}
+	if s := tr.Stats(); s.Losses != 1 || s.Reconnects != 1 || s.Attempts < 1 {
+		t.Errorf("stats %+v, want one loss and one reconnect", s)
 	}
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
@@ -545,6 +546,23 @@ func TestConnectionLost(t *testing.T) {
 	if err := tr.Publish(t.Context(), "", q, transport.Message{}, transport.PublishOptions{}); !errors.Is(err, transport.ErrClosed) {
 		t.Errorf("publish after Close: err = %v", err)
 	}
+}
+
+// closeConnection closes the connection named name from the broker side,
+// waiting for it to appear first.
+func closeConnection(t *testing.T, name string) {
+	t.Helper()
+	var pid string
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		for line := range strings.Lines(testenv.Rabbitmqctl(t, "list_connections", "-q", "--no-table-headers", "pid", "client_properties")) {
+			if strings.Contains(line, name) {
+				pid = strings.Fields(line)[0]
+				return nil
+			}
+		}
+		return fmt.Errorf("no connection named %s", name)
+	})
+	testenv.Rabbitmqctl(t, "close_connection", pid, "test: connection lost")
 }
 
 // TestLongNamesAreErrors checks that strings too long for AMQP are refused

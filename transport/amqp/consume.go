@@ -15,6 +15,7 @@ import (
 // to the channel returned by Consume.
 type consumer struct {
 	t     *Transport
+	l     *link
 	ch    *amqp091.Channel
 	queue string
 	tag   string
@@ -27,7 +28,9 @@ type consumer struct {
 // arrive on the returned channel until ctx ends, the transport is closed,
 // the connection is lost or the queue is deleted; then the consumer is
 // cancelled, its channel closed (the broker requeues what was not settled)
-// and the returned channel closed, in that order.
+// and the returned channel closed, in that order. A consumer does not
+// outlive a connection loss: consume again once the transport has
+// reconnected (Consume waits for that, honouring ctx).
 //
 // A missing queue is ErrNotFound; an exclusive consumer on a queue that
 // already has consumers, or any consumer on a queue consumed exclusively or
@@ -36,9 +39,6 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 	const op = "consume queue"
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, err)
-	}
-	if err := t.check(op, queue, t.cons); err != nil {
-		return nil, err
 	}
 	if opts.Prefetch < 0 || opts.Prefetch > 65535 {
 		return nil, fmt.Errorf("amqp: %s %q: prefetch %d out of range 0-65535", op, queue, opts.Prefetch)
@@ -54,6 +54,10 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 		}
 	}
 
+	l, err := t.link(ctx, op, queue)
+	if err != nil {
+		return nil, err
+	}
 	var (
 		ch         *amqp091.Channel
 		deliveries <-chan amqp091.Delivery
@@ -62,7 +66,7 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 	)
 	setup := func() error {
 		var err error
-		ch, err = t.cons.conn.Channel()
+		ch, err = l.cons.c.Channel()
 		if err != nil {
 			return err
 		}
@@ -79,7 +83,7 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 		}
 		return err
 	}
-	err := t.await(ctx, setup, func() {
+	err = t.await(ctx, setup, func() {
 		if ch != nil {
 			_ = ch.Close()
 		}
@@ -88,11 +92,12 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 		if ctx.Err() != nil && err == ctx.Err() {
 			return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, err)
 		}
-		return nil, t.mapErr(op, queue, err)
+		return nil, t.mapErr(l, op, queue, err)
 	}
 
 	c := &consumer{
 		t:     t,
+		l:     l,
 		ch:    ch,
 		queue: queue,
 		tag:   tag,
@@ -116,6 +121,7 @@ func (c *consumer) run(ctx context.Context, deliveries <-chan amqp091.Delivery, 
 	defer close(c.done)
 	log := t.log.With("queue", c.queue, "consumer", c.tag)
 	why := "context done"
+	var chErr error // the channel's close error, if that ended the consumer
 loop:
 	for {
 		select {
@@ -132,8 +138,12 @@ loop:
 			case <-t.closing:
 				why = "transport closed"
 				break loop
+			case <-c.l.lost:
+				why = "connection lost"
+				break loop
 			case e := <-closes:
 				why = fmt.Sprintf("channel closed: %v", e)
+				chErr = amqpErr(e)
 				break loop
 			}
 		case <-ctx.Done():
@@ -141,8 +151,12 @@ loop:
 		case <-t.closing:
 			why = "transport closed"
 			break loop
+		case <-c.l.lost:
+			why = "connection lost"
+			break loop
 		case e := <-closes:
 			why = fmt.Sprintf("channel closed: %v", e)
+			chErr = amqpErr(e)
 			break loop
 		case tag := <-cancels:
 			log.Debug("consumer cancelled by the broker", "tag", tag)
@@ -150,17 +164,30 @@ loop:
 			cancels = nil
 		}
 	}
-	if !c.ch.IsClosed() {
+	if !c.ch.IsClosed() && !c.l.isLost() {
 		// Stop deliveries, then close the channel: the broker requeues
-		// whatever was delivered and not settled.
+		// whatever was delivered and not settled. (A lost link's
+		// connections are closed by the supervisor, which may not get an
+		// answer from the broker.)
 		_ = c.ch.Cancel(c.tag, false)
 		_ = c.ch.Close()
+	}
+	if chErr != nil || why == "cancelled by the broker or channel closed" {
+		t.noticeLoss(c.l, chErr)
 	}
 	log.Debug("consumer stopped", "why", why)
 	t.mu.Lock()
 	delete(t.consumers, c)
 	t.mu.Unlock()
 	close(c.out)
+}
+
+// amqpErr returns e as an error, nil when e is nil.
+func amqpErr(e *amqp091.Error) error {
+	if e == nil {
+		return nil
+	}
+	return e
 }
 
 // delivery converts d, with a settle function that refuses a second call

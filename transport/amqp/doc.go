@@ -59,39 +59,67 @@
 //
 // As RabbitMQ: a delivery that is not settled when its consumer ends
 // (ctx done, Close, queue deleted, connection lost) is requeued by the
-// broker and redelivered with Redelivered set. Settling it afterwards
-// returns an error wrapping [transport.ErrConnectionLost]. A second Ack or
+// broker and redelivered with Redelivered set. Settling it after a
+// connection loss returns an error wrapping [transport.ErrConnectionLost]. A second Ack or
 // Nack returns [transport.ErrAlreadySettled] and sends nothing.
 //
 // A confirmed publish that returns nil has been taken by the broker (and
 // written to disk for a persistent message on a durable queue). One that
 // fails with [transport.ErrConnectionLost] may or may not have been routed.
 //
-// # Connection loss
+// # Connection loss and reconnection
 //
-// The transport does not reconnect yet. When either connection drops
-// (network failure, missed heartbeats, broker shutdown, an operator's
-// close_connection) the transport closes the other one too, so that it
-// never consumes work it cannot answer. Then publishes waiting for a
-// confirm fail with [transport.ErrConnectionLost], consumers end (their
-// delivery channels close and the broker requeues their unsettled
-// deliveries), and every later Publish, declaration or Consume returns
-// [transport.ErrConnectionLost]. Close the transport and dial a new one. A
-// supervisor type owns each connection and is where redialling will go.
+// The two connections live and die together: when either drops (network
+// failure, missed heartbeats, broker shutdown or restart, an operator's
+// close_connection or close_all_connections) the transport closes the
+// other one too, so that it never consumes work it cannot answer, and
+// redials both in the background, with exponential backoff from 100ms to
+// 10s and full jitter (internal/backoff), until it succeeds or Close is
+// called. The *Transport stays usable throughout:
+//
+//   - Work in flight fails fast with an error wrapping
+//     [transport.ErrConnectionLost]: publishes waiting for a confirm (they
+//     may or may not have been routed), declarations waiting for a reply,
+//     and Ack or Nack of a delivery from a consumer of the lost connection
+//     (the broker requeues that message and redelivers it with Redelivered
+//     set).
+//   - Consumers end: their delivery channels close. A consumer does not
+//     outlive a connection; the caller consumes again, which is how agents
+//     and mappers notice a loss and re-establish their session.
+//   - New operations (Publish, declarations, Consume) started while the
+//     transport reconnects wait for the new connections, honouring ctx: when
+//     ctx ends first they return an error wrapping both
+//     [transport.ErrConnectionLost] and ctx.Err(). Close makes them return
+//     [transport.ErrClosed].
+//   - Nothing is re-declared: exclusive queues went with the old consuming
+//     connection, and the caller declares what it needs again (agents and
+//     mappers do). amqp091's own topology recovery is not used, for that
+//     reason.
+//   - Flow control works on every new connection: connection.blocked
+//     notifications are watched per connection, and a publish blocked on a
+//     connection that is then lost waits for the next one.
+//
+// Losses are logged at Warn with their cause, each reconnection attempt at
+// Warn, and the reconnection at Info with the downtime. [Transport.Stats]
+// counts losses, attempts and reconnections. Dial itself does not retry: a
+// broker that cannot be reached at start is an error.
 //
 // # Shutdown
 //
 // [Transport.Close] cancels every consumer and closes its channel (the
-// broker requeues unsettled deliveries), fails confirmed publishes still in
-// flight with [transport.ErrClosed], closes both connections (which deletes
-// the exclusive queues) and waits for all of the transport's goroutines.
+// broker requeues unsettled deliveries), stops reconnecting (operations
+// waiting for a reconnection return ErrClosed), fails confirmed publishes
+// still in flight with [transport.ErrClosed], closes both connections
+// (which deletes the exclusive queues) and waits for all of the
+// transport's goroutines.
 // It is idempotent. Afterwards every method returns [transport.ErrClosed].
 //
 // # Context
 //
 // Every method honours ctx while it waits: for a confirm, for room in the
 // confirm window, for the broker to unblock publishing, for a declaration's
-// reply. When ctx ends during a declaration the reply is awaited in the
-// background and the channel discarded. Writing a frame to the socket is
+// reply, for the transport to reconnect. When ctx ends during a
+// declaration the reply is awaited in the background and the channel
+// discarded. Writing a frame to the socket is
 // not interruptible; heartbeats bound it on a dead connection.
 package amqp

@@ -3,6 +3,7 @@ package amqp
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"syscall"
@@ -42,13 +43,22 @@ func brokerError(op, name string, err error, closed, lost bool) error {
 	switch {
 	case closed:
 		return fmt.Errorf("amqp: %s %q: %w", op, name, transport.ErrClosed)
-	case lost || errors.Is(err, amqp091.ErrClosed):
+	case lost || errors.Is(err, amqp091.ErrClosed) || brokenSocket(err):
 		return fmt.Errorf("amqp: %s %q: %w (%v)", op, name, transport.ErrConnectionLost, err)
 	}
 	if ae != nil {
 		return fmt.Errorf("amqp: %s %q: %s (code %d)", op, name, ae.Reason, ae.Code)
 	}
 	return fmt.Errorf("amqp: %s %q: %w", op, name, err)
+}
+
+// brokenSocket reports whether err is the connection's socket failing (a
+// write to a reset connection), which amqp091 returns before it has
+// noticed that the connection is gone.
+func brokenSocket(err error) bool {
+	var opErr *net.OpError
+	return errors.As(err, &opErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // DialError is returned by Dial when the broker cannot be reached or refuses

@@ -60,3 +60,24 @@ func ExampleTransport_Publish() {
 		transport.PublishOptions{Mandatory: true})
 	fmt.Println(err)
 }
+
+// A Transport reconnects by itself after a connection loss; Stats counts
+// what happened. Operations started during an outage wait for the
+// reconnection, within their ctx.
+func ExampleTransport_Stats() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tr, err := amqp.Dial(ctx, os.Getenv("WARREN_AMQP_URL"), amqp.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+
+	// ... rabbitmqctl close_all_connections "maintenance" ...
+
+	if err := tr.Publish(ctx, "amq.fanout", "", transport.Message{}, transport.PublishOptions{Confirm: true}); err != nil {
+		log.Fatal(err) // wraps transport.ErrConnectionLost and ctx.Err() if the broker stayed away
+	}
+	s := tr.Stats()
+	fmt.Printf("%d losses, %d reconnection attempts, %d reconnections\n", s.Losses, s.Attempts, s.Reconnects)
+}

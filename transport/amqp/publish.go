@@ -37,6 +37,7 @@ type pubSlot struct {
 // pubChannel is one AMQP channel in confirm mode and its publishes awaiting
 // a confirm, by delivery tag.
 type pubChannel struct {
+	l  *link
 	ch *amqp091.Channel
 
 	mu      sync.Mutex
@@ -66,23 +67,35 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 			return ctx.Err()
 		case <-t.closing:
 			return transport.ErrClosed
-		case <-t.pub.lost:
-			return lostErr(t.pub)
 		}
 	}
-	// Publishes wait while the broker blocks the connection (resource
-	// alarm): sending would only fill socket buffers.
-	select {
-	case <-t.pub.whenUnblocked():
-	default:
+	var l *link
+	for l == nil {
+		// While the transport reconnects, wait for it.
+		var err error
+		if l, err = t.link(ctx, "publish to exchange", exchange); err != nil {
+			p.release(confirm)
+			return err
+		}
+		// Publishes wait while the broker blocks the connection (resource
+		// alarm): sending would only fill socket buffers.
 		select {
-		case <-t.pub.whenUnblocked():
-		case <-ctx.Done():
-			p.release(confirm)
-			return ctx.Err()
-		case <-t.closing:
-			p.release(confirm)
-			return transport.ErrClosed
+		case <-l.pub.whenUnblocked():
+		default:
+			select {
+			case <-l.pub.whenUnblocked():
+			case <-ctx.Done():
+				p.release(confirm)
+				return ctx.Err()
+			case <-t.closing:
+				p.release(confirm)
+				return transport.ErrClosed
+			}
+		}
+		if l.isLost() {
+			// Unblocked by the loss; nothing was sent: wait for the
+			// next connection.
+			l = nil
 		}
 	}
 	var pd *pending
@@ -90,7 +103,7 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 		pd = &pending{exchange: exchange, done: make(chan error, 1), p: p}
 	}
 	slot := &p.slots[p.next.Add(1)%publishChannels]
-	if err := p.send(slot, exchange, key, pub, mandatory, pd); err != nil {
+	if err := p.send(slot, l, exchange, key, pub, mandatory, pd); err != nil {
 		p.release(confirm)
 		return err
 	}
@@ -112,15 +125,11 @@ func (p *publisher) release(confirm bool) {
 	}
 }
 
-func lostErr(s *supervisor) error {
-	return fmt.Errorf("%w (%v)", transport.ErrConnectionLost, s.lostErr)
-}
-
 // send writes one publish on the slot's channel, replacing the channel when
 // it has been closed (a channel error caused by an earlier publish). A
 // publish that amqp091 refuses because the channel is closed was never
 // written, so retrying it on a fresh channel cannot duplicate it.
-func (p *publisher) send(slot *pubSlot, exchange, key string, pub amqp091.Publishing, mandatory bool, pd *pending) error {
+func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp091.Publishing, mandatory bool, pd *pending) error {
 	t := p.t
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
@@ -128,8 +137,8 @@ func (p *publisher) send(slot *pubSlot, exchange, key string, pub amqp091.Publis
 		if t.closed.Load() {
 			return transport.ErrClosed
 		}
-		if slot.pc == nil || slot.pc.ch.IsClosed() {
-			pc, err := p.open()
+		if slot.pc == nil || slot.pc.l != l || slot.pc.ch.IsClosed() {
+			pc, err := p.open(l)
 			if err != nil {
 				return err
 			}
@@ -146,13 +155,13 @@ func (p *publisher) send(slot *pubSlot, exchange, key string, pub amqp091.Publis
 			h[returnTokenHeader] = int64(tag)
 			msg.Headers = h
 		}
-		retry := attempt < 3 && !t.pub.conn.IsClosed()
+		retry := attempt < 3 && !l.pub.c.IsClosed() && !l.isLost()
 		if pd != nil && !pc.add(tag, pd) {
 			// The channel died just now.
 			if retry {
 				continue
 			}
-			return p.failure(exchange, nil)
+			return p.failure(l, exchange, nil)
 		}
 		err := pc.ch.Publish(exchange, key, mandatory, false, msg)
 		if err == nil {
@@ -166,14 +175,15 @@ func (p *publisher) send(slot *pubSlot, exchange, key string, pub amqp091.Publis
 		if errors.Is(err, amqp091.ErrClosed) && retry {
 			continue
 		}
-		return brokerError("publish to exchange", exchange, err, t.closed.Load(), t.pub.conn.IsClosed())
+		t.noticeLoss(l, err)
+		return brokerError("publish to exchange", exchange, err, t.closed.Load(), l.pub.c.IsClosed() || l.isLost())
 	}
 }
 
-// open opens a channel in confirm mode and starts its dispatcher.
-func (p *publisher) open() (*pubChannel, error) {
+// open opens a channel of l in confirm mode and starts its dispatcher.
+func (p *publisher) open(l *link) (*pubChannel, error) {
 	t := p.t
-	ch, err := t.pub.conn.Channel()
+	ch, err := l.pub.c.Channel()
 	if err == nil {
 		err = ch.Confirm(false)
 		if err != nil {
@@ -184,12 +194,13 @@ func (p *publisher) open() (*pubChannel, error) {
 		if t.closed.Load() {
 			return nil, transport.ErrClosed
 		}
-		if t.pub.conn.IsClosed() {
+		t.noticeLoss(l, err)
+		if l.pub.c.IsClosed() || l.isLost() {
 			return nil, fmt.Errorf("%w (%v)", transport.ErrConnectionLost, err)
 		}
 		return nil, fmt.Errorf("amqp: open publish channel: %w", err)
 	}
-	pc := &pubChannel{ch: ch, pending: make(map[uint64]*pending)}
+	pc := &pubChannel{l: l, ch: ch, pending: make(map[uint64]*pending)}
 	// Buffers are generous so that the connection's reader goroutine never
 	// waits for the dispatcher; amqp091 drops a notification after 5s.
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
@@ -255,8 +266,27 @@ func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmatio
 		}
 		pc.mu.Unlock()
 	}
+	// failRest fails what is still pending; later publishes on pc fail in
+	// send.
+	failRest := func() {
+		pc.mu.Lock()
+		pc.dead = true
+		rest := pc.pending
+		pc.pending = nil
+		pc.mu.Unlock()
+		for _, pd := range rest {
+			pd.resolve(p.failure(pc.l, pd.exchange, closeErr))
+		}
+	}
+	lost := pc.l.lost
 	for confirms != nil || returns != nil || closes != nil {
 		select {
+		case <-lost:
+			// The other connection is gone, or this one is and amqp091
+			// has not noticed yet: fail fast, keep draining until the
+			// supervisor has closed the connection.
+			lost = nil
+			failRest()
 		case c, ok := <-confirms:
 			if !ok {
 				confirms = nil
@@ -300,30 +330,25 @@ func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmatio
 			closeErr = e
 		}
 	}
-	pc.mu.Lock()
-	pc.dead = true
-	rest := pc.pending
-	pc.pending = nil
-	pc.mu.Unlock()
-	if closeErr != nil && !p.t.pub.conn.IsClosed() {
+	if closeErr != nil && !pc.l.pub.c.IsClosed() {
 		p.t.log.Debug("publish channel closed by broker", "err", closeErr)
 	}
-	for _, pd := range rest {
-		pd.resolve(p.failure(pd.exchange, closeErr))
-	}
+	failRest()
 }
 
 // missingExchange extracts the exchange from RabbitMQ's 404 reply text.
 var missingExchange = regexp.MustCompile(`no exchange '(.*)' in vhost`)
 
 // failure is the error of a publish whose channel closed before its confirm.
-func (p *publisher) failure(exchange string, closeErr *amqp091.Error) error {
+func (p *publisher) failure(l *link, exchange string, closeErr *amqp091.Error) error {
 	t := p.t
+	p.t.noticeLoss(l, amqpErr(closeErr))
+	gone := l.pub.c.IsClosed() || l.isLost()
 	switch {
-	case t.pub.conn.IsClosed() && t.closed.Load():
+	case gone && t.closed.Load():
 		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, transport.ErrClosed)
-	case t.pub.conn.IsClosed():
-		return fmt.Errorf("amqp: publish to exchange %q: %w (%v)", exchange, transport.ErrConnectionLost, closeErr)
+	case gone:
+		return fmt.Errorf("amqp: publish to exchange %q: %w (%v)", exchange, transport.ErrConnectionLost, l.cause(closeErr))
 	case closeErr != nil && closeErr.Code == codeNotFound:
 		if m := missingExchange.FindStringSubmatch(closeErr.Reason); m == nil || m[1] == exchange {
 			return fmt.Errorf("amqp: publish to exchange %q: %w (%s)", exchange, transport.ErrNotFound, closeErr.Reason)
@@ -336,12 +361,15 @@ func (p *publisher) failure(exchange string, closeErr *amqp091.Error) error {
 	return fmt.Errorf("amqp: publish to exchange %q: channel closed before the confirm (%v): %w", exchange, closeErr, transport.ErrConnectionLost)
 }
 
-// close closes the publish connection and waits for the dispatchers, which
-// fail what is still pending with ErrClosed. It closes the connection rather
-// than each channel: a broker that blocked the connection (resource alarm)
-// stops reading from it, and only the connection's close has a deadline.
-func (p *publisher) close() {
-	p.t.pub.close()
+// close closes the publish connection of l (the transport's last link, if
+// any) and waits for the dispatchers, which fail what is still pending with
+// ErrClosed. It closes the connection rather than each channel: a broker
+// that blocked the connection (resource alarm) stops reading from it, and
+// only the connection's close has a deadline.
+func (p *publisher) close(l *link) {
+	if l != nil {
+		l.pub.close(closeTimeout)
+	}
 	// After this no send can open a channel: they all see t.closed.
 	for i := range p.slots {
 		p.slots[i].mu.Lock()
@@ -364,8 +392,8 @@ func (t *Transport) Publish(ctx context.Context, exchange, key string, msg trans
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
 	}
-	if err := t.check("publish to exchange", exchange, t.pub); err != nil {
-		return err
+	if t.closed.Load() {
+		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, transport.ErrClosed)
 	}
 	pub, err := toPublishing(msg)
 	if err == nil {
