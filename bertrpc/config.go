@@ -63,6 +63,9 @@ type Config struct {
 	// IdleTimeout closes a kept-open client connection that sends nothing
 	// for this long. 0 → 5m; negative → never.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// CloseAfterReply closes each connection after its first reply, as
+	// Ernie does. By default the connection stays open for further requests.
+	CloseAfterReply bool `yaml:"close_after_reply"`
 	// AccessLog is the path of the access log ("" → none). The file is
 	// reopened when it is moved or deleted.
 	AccessLog string `yaml:"access_log"`

@@ -355,6 +355,9 @@ func (s *Server) serveConn(c net.Conn, accepted time.Time) {
 		term, err := bert.UnmarshalLimits(payload, s.limits)
 		if err != nil {
 			s.writeTerm(c, protocolErr(CodeUndesignated, "invalid BERT: %v", err).term())
+			if s.cfg.CloseAfterReply {
+				return
+			}
 			prio, start = high, time.Time{}
 			continue
 		}
@@ -391,6 +394,9 @@ func (s *Server) serveConn(c net.Conn, accepted time.Time) {
 			s.serveRequest(c, req)
 		default:
 			s.writeTerm(c, protocolErr(CodeUndesignated, "invalid request: %s", truncate(bert.Format(term), 200)).term())
+		}
+		if s.cfg.CloseAfterReply {
+			return
 		}
 		prio, start = high, time.Time{}
 	}

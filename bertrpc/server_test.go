@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -108,6 +109,19 @@ func TestKeptOpenConnection(t *testing.T) {
 	r.send(callTerm("nat", "add", 2, 2))
 	wantTerm(t, r.recv(), bert.Tuple{bert.Atom("reply"), 2})
 	wantTerm(t, r.recv(), bert.Tuple{bert.Atom("reply"), 4})
+}
+
+func TestCloseAfterReply(t *testing.T) {
+	cfg := natConfig()
+	cfg.CloseAfterReply = true
+	s := startServer(t, cfg, bertrpc.WithNative(natRegistry(t)))
+	r := dialRaw(t, s)
+	r.send(bert.Tuple{bert.Atom("info"), bert.Atom("priority"), bert.List{bert.Atom("low")}})
+	r.send(callTerm("nat", "add", 1, 2))
+	wantTerm(t, r.recv(), bert.Tuple{bert.Atom("reply"), 3})
+	if _, err := r.br.ReadByte(); err != io.EOF {
+		t.Fatalf("connection not closed after the reply: %v", err)
+	}
 }
 
 func TestCast(t *testing.T) {

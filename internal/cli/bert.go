@@ -54,13 +54,14 @@ Examples:
 
 // bertServeCmd starts the server; its flags are Ernie's.
 type bertServeCmd struct {
-	Config    string        `short:"c" placeholder:"CONFIG" required:"" help:"Config file: Ernie's Erlang terms ([{module, ext}, {type, external}, ...].), or YAML when it ends in .yaml/.yml."`
-	Level     *int          `short:"l" name:"level" placeholder:"0-4" help:"Ernie's log level: 0 fatal, 1 error, 2 warn, 3 info, 4 debug (overrides --log-level)."`
-	AccessLog string        `short:"a" name:"access-log" placeholder:"LOGFILE" help:"Access log file (Ernie's ACC/ERR lines; reopened when moved or deleted)."`
-	Detached  bool          `short:"d" help:"Run as a daemon (in the background, detached from the terminal)."`
-	Pidfile   string        `short:"P" placeholder:"PIDFILE" help:"Write the server's pid to this file."`
-	Timeout   time.Duration `placeholder:"DURATION" help:"Per-call timeout (default 30s; negative: none, as in Ernie)."`
-	Broker    string        `placeholder:"URL" help:"AMQP URL of the Warren broker, for fabric modules."`
+	Config          string        `short:"c" placeholder:"CONFIG" required:"" help:"Config file: Ernie's Erlang terms ([{module, ext}, {type, external}, ...].), or YAML when it ends in .yaml/.yml."`
+	Level           *int          `short:"l" name:"level" placeholder:"0-4" help:"Ernie's log level: 0 fatal, 1 error, 2 warn, 3 info, 4 debug (overrides --log-level)."`
+	AccessLog       string        `short:"a" name:"access-log" placeholder:"LOGFILE" help:"Access log file (Ernie's ACC/ERR lines; reopened when moved or deleted)."`
+	Detached        bool          `short:"d" help:"Run as a daemon (in the background, detached from the terminal)."`
+	Pidfile         string        `short:"P" placeholder:"PIDFILE" help:"Write the server's pid to this file."`
+	Timeout         time.Duration `placeholder:"DURATION" help:"Per-call timeout (default 30s; negative: none, as in Ernie)."`
+	Broker          string        `placeholder:"URL" help:"AMQP URL of the Warren broker, for fabric modules."`
+	CloseAfterReply bool          `name:"close-after-reply" help:"Close each connection after its reply, as Ernie does (default: keep it open for more requests)."`
 
 	Name   string `placeholder:"NAME" help:"Erlang node name (accepted for Ernie compatibility; ignored)."`
 	Sname  string `placeholder:"SNAME" help:"Erlang short node name (accepted; ignored)."`
@@ -98,6 +99,9 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 	}
 	if c.Timeout != 0 {
 		cfg.CallTimeout = c.Timeout
+	}
+	if c.CloseAfterReply {
+		cfg.CloseAfterReply = true
 	}
 
 	if c.Detached && os.Getenv(detachedEnv) == "" {
