@@ -317,7 +317,7 @@ type request struct {
 	args     bert.List
 	payload  []byte // the request BERT as received
 	prio     priority
-	read     time.Time // when its first packet (an info or the call) was read
+	read     time.Time // when the call or cast was read; its timeout counts from here
 	deadline time.Time
 	entry    *accessEntry // nil without an access log
 }
@@ -348,8 +348,9 @@ func (s *Server) serveConn(c net.Conn, accepted time.Time) {
 			}
 			return
 		}
+		readAt := time.Now()
 		if start.IsZero() {
-			start = time.Now()
+			start = readAt
 			hq, lq = s.queueLens()
 		}
 		term, err := bert.UnmarshalLimits(payload, s.limits)
@@ -387,7 +388,7 @@ func (s *Server) serveConn(c net.Conn, accepted time.Time) {
 				s.admin(c, req.function)
 				break
 			}
-			req.prio, req.read = prio, start
+			req.prio, req.read = prio, readAt
 			if s.acc != nil {
 				req.entry = &accessEntry{accept: start, hq: hq, lq: lq, prio: prio, action: bert.Format(term), kind: "unk"}
 			}
