@@ -595,3 +595,15 @@ func TestClientContext(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestExternalBadCommand(t *testing.T) {
+	cfg := bertrpc.Config{CallTimeout: 10 * time.Second, Modules: []bertrpc.ModuleConfig{
+		{Module: "bad", Type: bertrpc.TypeExternal, Command: "/nonexistent/worker"},
+	}}
+	s := startServer(t, cfg)
+	_, err := call(t, s, "bad", "x")
+	e := wantError(t, err, bertrpc.ServerError, 0, "WorkerError")
+	if !strings.Contains(e.Detail, "127") {
+		t.Fatalf("detail %q", e.Detail)
+	}
+}
