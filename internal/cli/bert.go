@@ -114,10 +114,11 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 	}
 	opts := []bertrpc.Option{bertrpc.WithLogger(log), bertrpc.WithNative(reg), bertrpc.WithWorkerOutput(os.Stderr)}
 	if cfg.HasFabric() {
-		fab, err := newBertFabric(g.Context(), c.Broker)
+		fab, stop, err := newBertFabric(g.Context(), g, c.Broker)
 		if err != nil {
 			return err
 		}
+		defer stop()
 		opts = append(opts, bertrpc.WithFabric(fab))
 	}
 	srv, err := bertrpc.New(cfg, opts...)
@@ -143,17 +144,22 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 	return <-done
 }
 
-// newBertFabric builds the bridge to Warren services for fabric modules.
-//
-// >>> MAPPER WIRING SPOT: construct the mapper on the broker at url here
-// and return an adapter implementing bertrpc.Fabric (Call(ctx, path,
-// payloadJSON, selector) → JSON result; remote handler errors should carry
-// RemoteCode()). Until then fabric configs cannot be served. <<<
-func newBertFabric(_ context.Context, url string) (bertrpc.Fabric, error) {
+// newBertFabric connects to the broker at url and runs a mapper that
+// serves fabric modules. stop stops the mapper and closes the connection.
+func newBertFabric(ctx context.Context, g *Globals, url string) (bertrpc.Fabric, func(), error) {
 	if url == "" {
-		return nil, usageError{errors.New("fabric modules need --broker")}
+		return nil, nil, usageError{errors.New("fabric modules need --broker")}
 	}
-	return nil, errors.New("fabric modules: the mapper bridge is not wired into warren bert yet")
+	tr, err := brokerFlags{Broker: url}.dial(ctx, g, "bert")
+	if err != nil {
+		return nil, nil, err
+	}
+	fab, stop, err := startFabric(ctx, g, tr)
+	if err != nil {
+		tr.Close()
+		return nil, nil, err
+	}
+	return fab, func() { stop(); tr.Close() }, nil
 }
 
 // ernieLevel maps Ernie's 0-4 log levels to slog level names.
