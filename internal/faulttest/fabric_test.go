@@ -1,0 +1,134 @@
+package faulttest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
+	"github.com/warrenrpc/warren/transport/amqp"
+	"github.com/warrenrpc/warren/wire"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// connect dials RabbitMQ with a connection name that says which part of
+// the test it belongs to; the transport is closed at the end of the test.
+func connect(t *testing.T, url, role string) *amqp.Transport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tr, err := amqp.Dial(ctx, url, amqp.Config{ConnectionName: "warren-faulttest " + role}, amqp.WithLogger(testenv.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+// startAgent runs an agent on tr with the handlers reg sets up, until the
+// end of the test, and waits for it to be ready.
+func startAgent(t *testing.T, tr *amqp.Transport, cfg agent.Config, reg func(a *agent.Agent) error) *agent.Agent {
+	t.Helper()
+	a, err := agent.New(tr, cfg, agent.WithLogger(testenv.Logger(t).With("test_part", cfg.Identity)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg(a); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent %s: Run: %v", cfg.Identity, err)
+		}
+	})
+	select {
+	case <-a.Ready():
+	case err := <-done:
+		t.Fatalf("agent %s: %v", cfg.Identity, err)
+	}
+	return a
+}
+
+// startMapper runs a mapper on tr until the end of the test and waits for
+// it to be ready.
+func startMapper(t *testing.T, tr *amqp.Transport, cfg mapper.Config) *mapper.Mapper {
+	t.Helper()
+	m, err := mapper.New(tr, cfg, mapper.WithLogger(testenv.Logger(t).With("test_part", "mapper")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("mapper Run: %v", err)
+		}
+	})
+	select {
+	case <-m.Ready():
+	case err := <-done:
+		t.Fatalf("mapper: %v", err)
+	}
+	return m
+}
+
+// lists returns nil when m's registry lists every agent in ids.
+func lists(m *mapper.Mapper, ids ...string) error {
+	var live []string
+	for _, a := range m.Agents() {
+		live = append(live, a.Identity)
+	}
+	for _, id := range ids {
+		if !slices.Contains(live, id) {
+			return fmt.Errorf("mapper %s lists %v, not %s", m.Identity(), live, id)
+		}
+	}
+	return nil
+}
+
+// deleteDurable deletes, at the end of the test (after the agents using
+// them have stopped, when registered before them), the durable queues of an
+// agent and of a service path.
+func deleteDurable(t *testing.T, url, identity, path string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		tr, err := amqp.Dial(ctx, url, amqp.Config{ConnectionName: "warren-faulttest cleanup"})
+		if err != nil {
+			t.Errorf("cleanup: %v", err)
+			return
+		}
+		defer tr.Close()
+		for _, q := range []string{wire.AgentQueue(identity), wire.ServiceQueue(path)} {
+			if err := tr.DeleteQueue(ctx, q); err != nil {
+				t.Errorf("cleanup: delete %s: %v", q, err)
+			}
+		}
+	})
+}
+
+// pause waits d or until ctx ends; it paces a load generator, it does not
+// synchronise anything.
+func pause(ctx context.Context, d time.Duration) {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+	case <-ctx.Done():
+	}
+}
