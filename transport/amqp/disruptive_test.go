@@ -3,6 +3,7 @@ package amqp_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -90,4 +91,61 @@ func TestDisruptiveBlockedPublishWaits(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("publish still blocked 20s after the alarm cleared")
 	}
+}
+
+// TestDisruptiveBlockedAcrossReconnect: flow control keeps working on the
+// connections a transport dials after a loss. During a memory alarm the
+// broker closes the (blocked) publishing connection; the transport
+// reconnects, the new connection is blocked in turn, publishes wait, and go
+// through once the alarm clears.
+func TestDisruptiveBlockedAcrossReconnect(t *testing.T) {
+	testenv.RequireDisruptive(t)
+	connName := name(t, "conn")
+	tr := dial(t, amqp.Config{ConnectionName: connName})
+	q := tempQueue(t, dial(t, amqp.Config{}), transport.Queue{})
+
+	testenv.Rabbitmqctl(t, "set_vm_memory_high_watermark", "absolute", "1")
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			testenv.Rabbitmqctl(t, "set_vm_memory_high_watermark", "0.4")
+		}
+	}
+	t.Cleanup(restore)
+	waitBlocked := func() {
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+			defer cancel()
+			err := tr.Publish(ctx, "", q, transport.Message{Body: []byte("probe")}, transport.PublishOptions{Confirm: true})
+			if errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, transport.ErrConnectionLost) {
+				return nil
+			}
+			return fmt.Errorf("publish not blocked yet: %v", err)
+		})
+	}
+	waitBlocked()
+	closeConnection(t, connName+" (publish)")
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		if tr.Reconnects() < 1 {
+			return fmt.Errorf("stats %+v", tr.Stats())
+		}
+		return nil
+	})
+	waitBlocked()
+
+	done := make(chan error, 1)
+	go func() {
+		done <- tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("after")}, transport.PublishOptions{Confirm: true})
+	}()
+	restore()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("publish still blocked 20s after the alarm cleared")
+	}
+	t.Logf("stats %+v", tr.Stats())
 }
