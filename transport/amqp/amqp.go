@@ -216,6 +216,14 @@ func (t *Transport) topology(ctx context.Context, op, name string, names []strin
 	for attempt := 0; ; attempt++ {
 		ch, err := l.topoChannel()
 		if err != nil {
+			t.noticeLoss(l, err)
+			if l.isLost() && !t.closed.Load() {
+				// Nothing was sent: wait for the next connection.
+				if l, err = t.link(ctx, op, name); err != nil {
+					return err
+				}
+				continue
+			}
 			return t.mapErr(l, op, name, err)
 		}
 		err = t.runOn(ctx, l, ch, fn)

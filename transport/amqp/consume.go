@@ -65,11 +65,11 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 		cancels    chan string
 	)
 	setup := func() error {
-		var err error
-		ch, err = l.cons.c.Channel()
+		c, err := l.cons.c.Channel()
 		if err != nil {
 			return err
 		}
+		ch = c
 		// Registered before basic.consume so that nothing is missed. One
 		// consumer per channel: one close and at most one cancel, so a
 		// buffer of one means amqp091 never waits on us.
@@ -83,11 +83,26 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 		}
 		return err
 	}
-	err = t.await(ctx, setup, func() {
-		if ch != nil {
-			_ = ch.Close()
+	for {
+		ch = nil
+		err = t.await(ctx, setup, func() {
+			if ch != nil {
+				_ = ch.Close()
+			}
+		})
+		if (ctx.Err() != nil && err == ctx.Err()) || err == nil || ch != nil {
+			break
 		}
-	})
+		// No channel could be opened: nothing was sent. When the link is
+		// gone, wait for the next one.
+		t.noticeLoss(l, err)
+		if !l.isLost() || t.closed.Load() {
+			break
+		}
+		if l, err = t.link(ctx, op, queue); err != nil {
+			return nil, err
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil && err == ctx.Err() {
 			return nil, fmt.Errorf("amqp: %s %q: %w", op, queue, err)

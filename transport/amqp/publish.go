@@ -69,11 +69,11 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 			return transport.ErrClosed
 		}
 	}
-	var l *link
-	for l == nil {
+	var pd *pending
+	for {
 		// While the transport reconnects, wait for it.
-		var err error
-		if l, err = t.link(ctx, "publish to exchange", exchange); err != nil {
+		l, err := t.link(ctx, "publish to exchange", exchange)
+		if err != nil {
 			p.release(confirm)
 			return err
 		}
@@ -93,19 +93,21 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 			}
 		}
 		if l.isLost() {
-			// Unblocked by the loss; nothing was sent: wait for the
-			// next connection.
-			l = nil
+			continue // unblocked by the loss; nothing was sent
 		}
-	}
-	var pd *pending
-	if confirm {
-		pd = &pending{exchange: exchange, done: make(chan error, 1), p: p}
-	}
-	slot := &p.slots[p.next.Add(1)%publishChannels]
-	if err := p.send(slot, l, exchange, key, pub, mandatory, pd); err != nil {
-		p.release(confirm)
-		return err
+		if confirm {
+			pd = &pending{exchange: exchange, done: make(chan error, 1), p: p}
+		}
+		slot := &p.slots[p.next.Add(1)%publishChannels]
+		err = p.send(slot, l, exchange, key, pub, mandatory, pd)
+		if errors.Is(err, errNotSent) {
+			continue // the link went before anything was written
+		}
+		if err != nil {
+			p.release(confirm)
+			return err
+		}
+		break
 	}
 	if !confirm {
 		return nil
@@ -125,6 +127,11 @@ func (p *publisher) release(confirm bool) {
 	}
 }
 
+// errNotSent is returned by send when l was lost before anything was
+// written: the publish can wait for the next link without any risk of
+// duplicating it.
+var errNotSent = errors.New("amqp: link lost before the publish was written")
+
 // send writes one publish on the slot's channel, replacing the channel when
 // it has been closed (a channel error caused by an earlier publish). A
 // publish that amqp091 refuses because the channel is closed was never
@@ -140,6 +147,9 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 		if slot.pc == nil || slot.pc.l != l || slot.pc.ch.IsClosed() {
 			pc, err := p.open(l)
 			if err != nil {
+				if l.isLost() && !t.closed.Load() {
+					return errNotSent
+				}
 				return err
 			}
 			slot.pc = pc
@@ -161,6 +171,9 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 			if retry {
 				continue
 			}
+			if l.isLost() && !t.closed.Load() {
+				return errNotSent
+			}
 			return p.failure(l, exchange, nil)
 		}
 		err := pc.ch.Publish(exchange, key, mandatory, false, msg)
@@ -176,6 +189,10 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 			continue
 		}
 		t.noticeLoss(l, err)
+		if errors.Is(err, amqp091.ErrClosed) && l.isLost() && !t.closed.Load() {
+			// amqp091 refuses a closed channel before writing.
+			return errNotSent
+		}
 		return brokerError("publish to exchange", exchange, err, t.closed.Load(), l.pub.c.IsClosed() || l.isLost())
 	}
 }

@@ -248,13 +248,20 @@ func TestReconnectAfterSilentBreak(t *testing.T) {
 	q := tempQueue(t, direct, transport.Queue{})
 	p, u := startProxy(t, testenv.AMQPURL(t))
 	tr := dialVia(t, u, amqp.Config{Heartbeat: time.Second})
-	if err := tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("before")}, transport.PublishOptions{Confirm: true}); err != nil {
-		t.Fatal(err)
+	// Open every publish channel first, so that the next publish is
+	// written at once (a publish that cannot open its channel on a dead
+	// connection waits for the next one instead).
+	for range 8 {
+		if err := tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("before")}, transport.PublishOptions{Confirm: true}); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	p.setFrozen(true)
 	start := time.Now()
-	err := tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("in flight")}, transport.PublishOptions{Confirm: true})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err := tr.Publish(ctx, "", q, transport.Message{Body: []byte("in flight")}, transport.PublishOptions{Confirm: true})
 	if !errors.Is(err, transport.ErrConnectionLost) {
 		t.Fatalf("publish in flight: err = %v, want ErrConnectionLost", err)
 	}
