@@ -433,7 +433,7 @@ func (t *Transport) supervise(l *link) {
 			close(t.up)
 			t.mu.Unlock()
 			t.stats.reconnects.Add(1)
-			t.log.Info("reconnected to the broker", "attempt", attempt, "downtime", time.Since(down).Round(time.Millisecond))
+			t.log.Info("reconnected to the broker", "attempt", attempt, "downtime", time.Since(down).Round(time.Millisecond), "generation", nl.gen)
 			next = nl
 		}
 		bo.Reset()
