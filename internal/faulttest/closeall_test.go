@@ -15,6 +15,7 @@ import (
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/amqp"
+	"github.com/warrenrpc/warren/wire"
 )
 
 // callResult is the outcome of one Request in flight during the fault.
@@ -38,10 +39,13 @@ func TestDisruptiveCloseAllConnections(t *testing.T) {
 	const nAgents, inflight = 3, 6
 	var started atomic.Int64
 	var ids []string
-	var trs []*amqp.Transport
 	for i := range nAgents {
-		id := fmt.Sprintf("%s-%c", actor, 'a'+i)
-		ids = append(ids, id)
+		ids = append(ids, fmt.Sprintf("%s-%c", actor, 'a'+i))
+	}
+	deleteQueues(t, url, wire.ServiceQueue(echo), wire.ServiceQueue(slow),
+		wire.AgentQueue(ids[0]), wire.AgentQueue(ids[1]), wire.AgentQueue(ids[2]))
+	var trs []*amqp.Transport
+	for _, id := range ids {
 		tr := connect(t, url, "agent "+id)
 		trs = append(trs, tr)
 		startAgent(t, tr, agent.Config{Identity: id, PingInterval: 200 * time.Millisecond}, func(a *agent.Agent) error {

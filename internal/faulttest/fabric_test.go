@@ -13,7 +13,6 @@ import (
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport/amqp"
-	"github.com/warrenrpc/warren/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -101,10 +100,11 @@ func lists(m *mapper.Mapper, ids ...string) error {
 	return nil
 }
 
-// deleteDurable deletes, at the end of the test (after the agents using
-// them have stopped, when registered before them), the durable queues of an
-// agent and of a service path.
-func deleteDurable(t *testing.T, url, identity, path string) {
+// deleteQueues deletes queues at the end of the test: registered before the
+// agents that use them start, it runs after they have stopped. Agents
+// declare durable queues (their shared service queues; their own queue in
+// durable mode) that would otherwise outlive the test.
+func deleteQueues(t *testing.T, url string, queues ...string) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -114,7 +114,7 @@ func deleteDurable(t *testing.T, url, identity, path string) {
 			return
 		}
 		defer tr.Close()
-		for _, q := range []string{wire.AgentQueue(identity), wire.ServiceQueue(path)} {
+		for _, q := range queues {
 			if err := tr.DeleteQueue(ctx, q); err != nil {
 				t.Errorf("cleanup: delete %s: %v", q, err)
 			}

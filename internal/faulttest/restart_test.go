@@ -14,6 +14,7 @@ import (
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
 )
 
 // pushLog is what the pusher of TestDisruptiveRestartDurablePushes saw.
@@ -69,7 +70,7 @@ func TestDisruptiveRestartDurablePushes(t *testing.T) {
 	actor := fabrictest.Actor()
 	path := "/" + actor + "/work"
 	id := actor + "-durable"
-	deleteDurable(t, url, id, path) // runs after the agent has stopped
+	deleteQueues(t, url, wire.AgentQueue(id), wire.ServiceQueue(path))
 
 	var (
 		execMu   sync.Mutex
