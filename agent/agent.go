@@ -294,11 +294,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	// bg outlives ctx, for the drain's acks and the unregister.
 	bg := context.WithoutCancel(ctx)
 
-	var runErr error
 	bo := backoff.New()
 	first := true
 	for {
-		s, err := a.startSession(bg, handlerCtx)
+		s, err := a.startSession(ctx, bg, handlerCtx)
+		if err != nil && ctx.Err() != nil {
+			// Stopped while (re)connecting: nothing of this session runs.
+			if !first {
+				a.drain(cancelHandlers)
+			}
+			break
+		}
 		if err != nil {
 			if first || !retryable(err) {
 				if !first {
@@ -341,7 +347,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.log.Info("agent stopped", "handled", a.handled.Load())
-	return runErr
+	return nil
 }
 
 // drain waits for the requests in hand, cancelling their contexts after the
@@ -373,7 +379,7 @@ func (a *Agent) serveSession(ctx, bg context.Context, s *session) bool {
 			return true
 		case <-ticker.C:
 			s.syncActive(bg)
-			if err := a.beat(bg, wire.TypePing); err != nil {
+			if err := a.beatWithin(ctx, wire.TypePing); err != nil {
 				a.log.Warn("ping failed", "err", err)
 				if retryable(err) {
 					return true
@@ -384,7 +390,7 @@ func (a *Agent) serveSession(ctx, bg context.Context, s *session) bool {
 				return true
 			}
 			if d.Type == wire.TypeAnnounce {
-				if err := a.beat(bg, wire.TypePing); err != nil {
+				if err := a.beatWithin(ctx, wire.TypePing); err != nil {
 					a.log.Warn("announce reply failed", "err", err)
 				}
 			}
@@ -414,15 +420,22 @@ type session struct {
 }
 
 // startSession declares the agent's queues, starts its consumers and
-// registers.
-func (a *Agent) startSession(bg, handlers context.Context) (*session, error) {
+// registers. The session lives on bg (its consumers must outlive runCtx
+// for the drain), but its setup gives up when runCtx ends, so an agent
+// stopped during a broker outage does not wait for the broker.
+func (a *Agent) startSession(runCtx, bg, handlers context.Context) (*session, error) {
 	ctx, cancel := context.WithCancel(bg)
 	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), shared: map[string]context.CancelFunc{}}
-	if err := s.declare(); err != nil {
-		s.stop()
-		return nil, err
+	interrupt := context.AfterFunc(runCtx, cancel)
+	err := s.declare()
+	if err == nil {
+		err = a.beat(ctx, wire.TypeRegister)
 	}
-	if err := a.beat(ctx, wire.TypeRegister); err != nil {
+	if !interrupt() {
+		s.stop()
+		return nil, runCtx.Err()
+	}
+	if err != nil {
 		s.stop()
 		return nil, err
 	}
@@ -584,6 +597,14 @@ func (a *Agent) inactive() []string {
 		}
 	}
 	return out
+}
+
+// beatWithin sends a heartbeat, giving up after a ping interval or when ctx
+// ends, so that a broker outage does not hold up the serve loop.
+func (a *Agent) beatWithin(ctx context.Context, typ string) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.PingInterval)
+	defer cancel()
+	return a.beat(ctx, typ)
 }
 
 func (a *Agent) beat(ctx context.Context, typ string) error {

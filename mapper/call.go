@@ -355,13 +355,20 @@ func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte,
 // await publishes a request and waits for its reply.
 func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, single bool, exchange, key string) (*Reply, error) {
 	msg.CorrelationID = msg.MessageID
+	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, single: single}
+	// Reading the reply queue and registering happen under one lock, so a
+	// connection loss either fails this waiter (failPending) or is seen
+	// here as no reply queue.
 	m.mu.Lock()
 	msg.ReplyTo = m.replyQ
+	w.msg = msg
+	if msg.ReplyTo != "" {
+		m.pending[msg.CorrelationID] = w
+	}
 	m.mu.Unlock()
-	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, msg: msg, single: single}
-	m.mu.Lock()
-	m.pending[msg.CorrelationID] = w
-	m.mu.Unlock()
+	if msg.ReplyTo == "" {
+		return nil, fmt.Errorf("mapper: request %s to %s: %w", path, target, transport.ErrConnectionLost)
+	}
 	forget := func() {
 		m.mu.Lock()
 		delete(m.pending, msg.CorrelationID)

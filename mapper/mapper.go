@@ -232,6 +232,7 @@ func (m *Mapper) Run(ctx context.Context) error {
 		}
 		m.mu.Lock()
 		m.up = make(chan struct{})
+		m.replyQ = ""
 		m.mu.Unlock()
 		m.log.Warn("connection lost: failing calls in flight and re-establishing the session")
 		m.failPending(transport.ErrConnectionLost)
