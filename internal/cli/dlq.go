@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -36,13 +37,19 @@ func (f dlqFilter) match() (func(dlq.Letter) bool, error) {
 	}, nil
 }
 
-func withBroker(g *Globals, b brokerFlags, fn func(tr transport.Transport) error) error {
-	tr, err := b.dial(g.Context(), g, "dlq")
+// dlqTimeout bounds a dlq command, so that a broker lost mid-command (the
+// transport waits for it to come back) does not hang it.
+const dlqTimeout = 2 * time.Minute
+
+func withBroker(g *Globals, b brokerFlags, fn func(ctx context.Context, tr transport.Transport) error) error {
+	ctx, cancel := context.WithTimeout(g.Context(), dlqTimeout)
+	defer cancel()
+	tr, err := b.dial(ctx, g, "dlq")
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
-	return fn(tr)
+	return fn(ctx, tr)
 }
 
 type dlqListCmd struct {
@@ -80,8 +87,8 @@ func (c *dlqListCmd) Run(g *Globals) error {
 	if c.Max < 1 || c.Max > 1000 {
 		return usageError{errors.New("--max must be 1 to 1000")}
 	}
-	return withBroker(g, c.brokerFlags, func(tr transport.Transport) error {
-		ls, err := dlq.List(g.Context(), tr, c.Max)
+	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
+		ls, err := dlq.List(ctx, tr, c.Max)
 		if err != nil {
 			return err
 		}
@@ -111,8 +118,8 @@ type dlqShowCmd struct {
 }
 
 func (c *dlqShowCmd) Run(g *Globals) error {
-	return withBroker(g, c.brokerFlags, func(tr transport.Transport) error {
-		l, err := dlq.Show(g.Context(), tr, c.ID)
+	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
+		l, err := dlq.Show(ctx, tr, c.ID)
 		if err != nil {
 			return err
 		}
@@ -130,8 +137,8 @@ func (c *dlqReplayCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	return withBroker(g, c.brokerFlags, func(tr transport.Transport) error {
-		n, err := dlq.Replay(g.Context(), tr, match)
+	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
+		n, err := dlq.Replay(ctx, tr, match)
 		fmt.Fprintf(g.Out(), "replayed %d dead letter(s)\n", n)
 		return err
 	})
@@ -147,8 +154,8 @@ func (c *dlqPurgeCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	return withBroker(g, c.brokerFlags, func(tr transport.Transport) error {
-		n, err := dlq.Purge(g.Context(), tr, match)
+	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
+		n, err := dlq.Purge(ctx, tr, match)
 		fmt.Fprintf(g.Out(), "purged %d dead letter(s)\n", n)
 		return err
 	})

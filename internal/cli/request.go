@@ -154,7 +154,8 @@ type agentsCmd struct {
 }
 
 func (c *agentsCmd) Run(g *Globals) error {
-	ctx := g.Context()
+	ctx, cancel := context.WithTimeout(g.Context(), 30*time.Second)
+	defer cancel()
 	return withMapper(ctx, g, c.brokerFlags, "agents", func(m *mapper.Mapper) error {
 		// Agents answer the mapper's announce within AnnounceWait.
 		t := time.NewTimer(time.Second)
