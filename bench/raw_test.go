@@ -38,41 +38,40 @@ func startRawServer(url string, prefetch int) (*rawServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raw server: dial: %w", err)
 	}
-	ds, queue, err := func() (<-chan amqp091.Delivery, string, error) {
+	ch, ds, queue, err := func() (*amqp091.Channel, <-chan amqp091.Delivery, string, error) {
 		ch, err := conn.Channel()
 		if err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
 		if err := ch.Qos(prefetch, 0, false); err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
 		q, err := ch.QueueDeclare("", false, true, true, false, nil) // auto-delete, exclusive
 		if err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
 		ds, err := ch.Consume(q.Name, "", false, true, false, false, nil) // manual ack, exclusive
 		if err != nil {
-			return nil, "", err
+			return nil, nil, "", err
 		}
-		return ds, q.Name, nil
+		return ch, ds, q.Name, nil
 	}()
 	if err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("raw server: %w", err)
 	}
 	s := &rawServer{conn: conn, queue: queue, done: make(chan struct{})}
-	go s.serve(ds)
+	go s.serve(ch, ds)
 	return s, nil
 }
 
 // serve replies on the consuming channel, then acks, one delivery at a
 // time: with an echo there is nothing to gain from a goroutine per request,
 // and the prefetch keeps requests queued in the client library meanwhile.
-func (s *rawServer) serve(ds <-chan amqp091.Delivery) {
+func (s *rawServer) serve(ch *amqp091.Channel, ds <-chan amqp091.Delivery) {
 	defer close(s.done)
-	ch := func(d *amqp091.Delivery) *amqp091.Channel { return d.Acknowledger.(*amqp091.Channel) }
 	for d := range ds {
-		err := ch(&d).PublishWithContext(context.Background(), "", d.ReplyTo, false, false, amqp091.Publishing{
+		err := ch.PublishWithContext(context.Background(), "", d.ReplyTo, false, false, amqp091.Publishing{
 			ContentType:   "application/json",
 			CorrelationId: d.CorrelationId,
 			Body:          d.Body,
