@@ -113,6 +113,8 @@ type Agent struct {
 	handlers map[string]*service
 	running  bool
 
+	addressed bool // set warren-to on replies (wire.WantsRecipient)
+
 	ready    chan struct{}
 	inflight sync.WaitGroup
 	handled  atomic.Int64
@@ -147,12 +149,13 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Agent, error) {
 		}
 	}
 	return &Agent{
-		tr:       tr,
-		cfg:      cfg,
-		log:      o.log.With("component", "agent", "agent", cfg.Identity),
-		status:   o.status,
-		handlers: map[string]*service{},
-		ready:    make(chan struct{}),
+		tr:        tr,
+		cfg:       cfg,
+		log:       o.log.With("component", "agent", "agent", cfg.Identity),
+		status:    o.status,
+		handlers:  map[string]*service{},
+		addressed: wire.WantsRecipient(tr),
+		ready:     make(chan struct{}),
 	}, nil
 }
 
@@ -807,10 +810,10 @@ func (a *Agent) reply(ctx context.Context, d *transport.Delivery, msg transport.
 	msg.AppID = "warren"
 	msg.Timestamp = time.Now()
 	msg.Headers[wire.HeaderAgent] = a.cfg.Identity
-	if p := wire.String(d.Headers, wire.HeaderPath); p != "" {
+	if p := wire.String(d.Headers, wire.HeaderPath); p != "" && msg.Headers[wire.HeaderStatus] == wire.StatusError {
 		msg.Headers[wire.HeaderPath] = p
 	}
-	if from := wire.String(d.Headers, wire.HeaderFrom); from != "" {
+	if from := wire.String(d.Headers, wire.HeaderFrom); from != "" && a.addressed {
 		msg.Headers[wire.HeaderTo] = from
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

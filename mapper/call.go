@@ -217,7 +217,7 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 		msg := m.message(ctx, wire.TypePush, path, body)
 		msg.Persistent = c.persistent
 		c.withTTL(&msg)
-		msg.Headers[wire.HeaderTo] = t.Identity
+		m.address(&msg, t.Identity)
 		if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
 			return fmt.Errorf("mapper: push %s to %s: %w", path, t.Identity, err)
 		}
@@ -347,7 +347,7 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 // expires before answering (see redispatch).
 func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, single, persistent bool) (*Reply, error) {
 	msg := m.message(ctx, wire.TypeRequest, path, body)
-	msg.Headers[wire.HeaderTo] = t.Identity
+	m.address(&msg, t.Identity)
 	msg.Persistent = persistent
 	return m.await(ctx, path, t.Identity, msg, single, wire.RequestExchange, t.Identity)
 }
@@ -446,7 +446,7 @@ func (m *Mapper) redispatch(gone string) {
 			m.mu.Unlock()
 			msg := w.msg
 			msg.Headers = maps.Clone(msg.Headers)
-			msg.Headers[wire.HeaderTo] = next.Identity
+			m.address(&msg, next.Identity)
 			if dl, ok := wire.Deadline(msg.Headers); ok {
 				msg.Expiration = max(time.Until(dl), time.Millisecond)
 			}
@@ -505,4 +505,12 @@ func (m *Mapper) ensureServiceQueue(ctx context.Context, path string) error {
 		return fmt.Errorf("mapper: park %s: bind %s: %w", path, q, err)
 	}
 	return nil
+}
+
+// address names the recipient in the warren-to header when the transport
+// wants it (secure mode encrypts to it).
+func (m *Mapper) address(msg *transport.Message, identity string) {
+	if m.addressed {
+		msg.Headers[wire.HeaderTo] = identity
+	}
 }

@@ -87,7 +87,9 @@ type Mapper struct {
 
 	lastJoin atomic.Int64 // UnixNano of the latest AgentJoined
 	late     atomic.Int64
-	dropped  atomic.Int64
+	// addressed: set warren-to on requests and pushes (wire.WantsRecipient).
+	addressed bool
+	dropped   atomic.Int64
 }
 
 // New returns a mapper on tr. It does not touch the broker until Run.
@@ -116,14 +118,15 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 		o.log = slog.New(slog.DiscardHandler)
 	}
 	m := &Mapper{
-		tr:      tr,
-		cfg:     cfg,
-		log:     o.log.With("component", "mapper", "mapper", cfg.Identity),
-		ready:   make(chan struct{}),
-		pending: map[string]*waiter{},
-		joined:  make(chan struct{}),
-		up:      make(chan struct{}),
-		onEvent: o.events,
+		tr:        tr,
+		cfg:       cfg,
+		log:       o.log.With("component", "mapper", "mapper", cfg.Identity),
+		ready:     make(chan struct{}),
+		pending:   map[string]*waiter{},
+		joined:    make(chan struct{}),
+		up:        make(chan struct{}),
+		onEvent:   o.events,
+		addressed: wire.WantsRecipient(tr),
 	}
 	m.reg = newRegistry(func(a AgentInfo) time.Duration {
 		if cfg.PingTimeout > 0 {
@@ -312,20 +315,20 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 			m.log.Debug("late or unknown reply discarded", "correlation_id", d.CorrelationID)
 			continue
 		}
-		w.ch <- replyFrom(d)
+		w.ch <- replyFrom(d, w.path)
 	}
 	if ctx.Err() == nil {
 		s.markLost()
 	}
 }
 
-func replyFrom(d *transport.Delivery) *Reply {
+func replyFrom(d *transport.Delivery, path string) *Reply {
 	r := &Reply{Agent: wire.String(d.Headers, wire.HeaderAgent), Body: json.RawMessage(d.Body)}
 	if wire.String(d.Headers, wire.HeaderStatus) == wire.StatusError {
 		r.Body = nil
 		r.Err = &wire.RemoteError{
 			Agent:   r.Agent,
-			Path:    wire.String(d.Headers, wire.HeaderPath),
+			Path:    path,
 			Code:    wire.String(d.Headers, wire.HeaderCode),
 			Message: wire.String(d.Headers, wire.HeaderError),
 		}

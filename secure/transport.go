@@ -177,6 +177,11 @@ func Wrap(inner transport.Transport, cfg Config, opts ...Option) (*Transport, er
 // Identity returns the identity messages are signed as.
 func (t *Transport) Identity() string { return t.self }
 
+// WantsRecipient tells agents and mappers (wire.WantsRecipient) to name the
+// recipient of each message in its warren-to header, which Publish
+// encrypts to. It is false with SignOnly: nothing is encrypted then.
+func (t *Transport) WantsRecipient() bool { return !t.cfg.SignOnly }
+
 // DeclareExchange implements transport.Transport.
 func (t *Transport) DeclareExchange(ctx context.Context, ex transport.Exchange) error {
 	return t.inner.DeclareExchange(ctx, ex)

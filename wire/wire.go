@@ -222,3 +222,12 @@ func Deadline(h map[string]any) (time.Time, bool) {
 	}
 	return time.UnixMilli(ms), true
 }
+
+// WantsRecipient reports whether tr asks for the warren-to header on every
+// message addressed to one identity (a secure transport encrypts to it).
+// Agents and mappers leave the header out otherwise: every header costs
+// the broker time on every message.
+func WantsRecipient(tr any) bool {
+	w, ok := tr.(interface{ WantsRecipient() bool })
+	return ok && w.WantsRecipient()
+}

@@ -21,6 +21,7 @@ import (
 type publisher struct {
 	t      *Transport
 	slots  [publishChannels]pubSlot
+	plain  [publishChannels]pubSlot // channels not in confirm mode, for unconfirmed publishes
 	next   atomic.Uint32
 	window chan struct{} // one token per confirmed publish awaiting its confirm
 
@@ -37,17 +38,20 @@ type pubSlot struct {
 // pubChannel is one AMQP channel in confirm mode and its publishes awaiting
 // a confirm, by delivery tag.
 type pubChannel struct {
-	l  *link
-	ch *amqp091.Channel
+	l       *link
+	ch      *amqp091.Channel
+	confirm bool // in confirm mode, with a dispatcher
 
 	mu      sync.Mutex
 	pending map[uint64]*pending
-	dead    bool // the dispatcher has finished: nothing will be confirmed
+	byID    map[string]uint64 // message id → tag, to match returns without a token header
+	dead    bool              // the dispatcher has finished: nothing will be confirmed
 }
 
 // pending is one publish awaiting its confirm.
 type pending struct {
 	exchange string
+	msgID    string     // set when returns are matched by message id
 	returned bool       // a basic.return arrived for it
 	done     chan error // buffered; receives the outcome once
 	p        *publisher // to release the window token
@@ -98,7 +102,13 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 		if confirm {
 			pd = &pending{exchange: exchange, done: make(chan error, 1), p: p}
 		}
-		slot := &p.slots[p.next.Add(1)%publishChannels]
+		slots := &p.slots
+		if !confirm {
+			// RabbitMQ confirms every publish on a channel in confirm
+			// mode, wanted or not: keep the others off those channels.
+			slots = &p.plain
+		}
+		slot := &slots[p.next.Add(1)%publishChannels]
 		err = p.send(slot, l, exchange, key, pub, mandatory, pd)
 		if errors.Is(err, errNotSent) {
 			continue // the link went before anything was written
@@ -145,7 +155,7 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 			return transport.ErrClosed
 		}
 		if slot.pc == nil || slot.pc.l != l || slot.pc.ch.IsClosed() {
-			pc, err := p.open(l)
+			pc, err := p.open(l, pd != nil)
 			if err != nil {
 				if l.isLost() && !t.closed.Load() {
 					return errNotSent
@@ -157,7 +167,9 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 		pc := slot.pc
 		tag := pc.ch.GetNextPublishSeqNo()
 		msg := pub
-		if mandatory {
+		if mandatory && !(pd != nil && pc.matchByID(pub.MessageId, tag, pd)) {
+			// No unique message id to match a return with: carry the
+			// delivery tag in a header.
 			h := make(amqp091.Table, len(pub.Headers)+1)
 			for k, v := range pub.Headers {
 				h[k] = v
@@ -197,11 +209,12 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 	}
 }
 
-// open opens a channel of l in confirm mode and starts its dispatcher.
-func (p *publisher) open(l *link) (*pubChannel, error) {
+// open opens a channel of l, in confirm mode with its dispatcher when
+// confirm is set.
+func (p *publisher) open(l *link, confirm bool) (*pubChannel, error) {
 	t := p.t
 	ch, err := l.pub.c.Channel()
-	if err == nil {
+	if err == nil && confirm {
 		err = ch.Confirm(false)
 		if err != nil {
 			_ = ch.Close()
@@ -217,7 +230,12 @@ func (p *publisher) open(l *link) (*pubChannel, error) {
 		}
 		return nil, fmt.Errorf("amqp: open publish channel: %w", err)
 	}
-	pc := &pubChannel{l: l, ch: ch, pending: make(map[uint64]*pending)}
+	pc := &pubChannel{l: l, ch: ch, confirm: confirm, pending: make(map[uint64]*pending), byID: make(map[string]uint64)}
+	if !confirm {
+		// A channel error (a missing exchange) closes it; send sees that
+		// and opens another.
+		return pc, nil
+	}
 	// Buffers are generous so that the connection's reader goroutine never
 	// waits for the dispatcher; amqp091 drops a notification after 5s.
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
@@ -227,6 +245,30 @@ func (p *publisher) open(l *link) (*pubChannel, error) {
 	go p.dispatch(pc, confirms, returns, closes)
 	t.log.Debug("opened publish channel")
 	return pc, nil
+}
+
+// matchByID arranges for a return of this publish to be matched by its
+// message id, when it has one that no other publish in flight on pc has.
+// It reports whether it did; the caller then needs no token header.
+func (pc *pubChannel) matchByID(id string, tag uint64, pd *pending) bool {
+	if id == "" {
+		return false
+	}
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if _, dup := pc.byID[id]; dup || pc.dead {
+		return false
+	}
+	pc.byID[id] = tag
+	pd.msgID = id
+	return true
+}
+
+// forgetID drops pd's message id; pc.mu is held.
+func (pc *pubChannel) forgetID(pd *pending) {
+	if pd != nil && pd.msgID != "" {
+		delete(pc.byID, pd.msgID)
+	}
 }
 
 func (pc *pubChannel) add(tag uint64, pd *pending) bool {
@@ -244,7 +286,8 @@ func (pc *pubChannel) add(tag uint64, pd *pending) bool {
 func (pc *pubChannel) remove(tag uint64) bool {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	_, ok := pc.pending[tag]
+	pd, ok := pc.pending[tag]
+	pc.forgetID(pd)
 	delete(pc.pending, tag)
 	return ok
 }
@@ -253,6 +296,7 @@ func (pc *pubChannel) take(tag uint64) *pending {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	pd := pc.pending[tag]
+	pc.forgetID(pd)
 	delete(pc.pending, tag)
 	return pd
 }
@@ -273,15 +317,19 @@ func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmatio
 	defer p.wg.Done()
 	var closeErr *amqp091.Error
 	onReturn := func(r amqp091.Return) {
+		pc.mu.Lock()
+		defer pc.mu.Unlock()
 		tag, ok := r.Headers[returnTokenHeader].(int64)
 		if !ok {
-			return
+			byID, found := pc.byID[r.MessageId]
+			if r.MessageId == "" || !found {
+				return
+			}
+			tag = int64(byID)
 		}
-		pc.mu.Lock()
 		if pd := pc.pending[uint64(tag)]; pd != nil {
 			pd.returned = true
 		}
-		pc.mu.Unlock()
 	}
 	// failRest fails what is still pending; later publishes on pc fail in
 	// send.
@@ -290,6 +338,7 @@ func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmatio
 		pc.dead = true
 		rest := pc.pending
 		pc.pending = nil
+		pc.byID = map[string]uint64{}
 		pc.mu.Unlock()
 		for _, pd := range rest {
 			pd.resolve(p.failure(pc.l, pd.exchange, closeErr))
@@ -388,9 +437,11 @@ func (p *publisher) close(l *link) {
 		l.pub.close(closeTimeout)
 	}
 	// After this no send can open a channel: they all see t.closed.
-	for i := range p.slots {
-		p.slots[i].mu.Lock()
-		p.slots[i].mu.Unlock()
+	for _, slots := range []*[publishChannels]pubSlot{&p.slots, &p.plain} {
+		for i := range slots {
+			slots[i].mu.Lock()
+			slots[i].mu.Unlock()
+		}
 	}
 	p.wg.Wait()
 }
