@@ -632,14 +632,20 @@ func (a *Agent) beat(ctx context.Context, typ string) error {
 // serve handles one delivery from start to settlement.
 func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 	defer a.handled.Add(1)
-	log := a.log.With("message_id", d.MessageID, "correlation_id", d.CorrelationID)
+	// Logger.With allocates even when nothing is logged: only when it is.
+	log := a.log
+	if log.Enabled(ctx, slog.LevelError) {
+		log = log.With("message_id", d.MessageID, "correlation_id", d.CorrelationID)
+	}
 	req, code, err := a.parse(d)
 	if err != nil {
 		log.Warn("bad message", "err", err, "code", code, "routing_key", d.RoutingKey)
 		a.fail(ctx, d, req, code, err.Error())
 		return
 	}
-	log = log.With("service", req.Path)
+	if log != a.log {
+		log = log.With("service", req.Path)
+	}
 	if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
 		log.Warn("deadline passed before start: not executed")
 		a.fail(ctx, d, req, wire.CodeExpired, "deadline passed before the agent started the request")
