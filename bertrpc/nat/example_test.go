@@ -27,6 +27,7 @@ func ExampleRegister() {
 	done := make(chan error)
 	go func() { done <- srv.Run(ctx) }()
 	<-srv.Ready()
+	defer func() { stop(); <-done }()
 
 	c, err := bertrpc.Dial(ctx, srv.Addr().String())
 	if err != nil {
@@ -39,9 +40,6 @@ func ExampleRegister() {
 	fmt.Println(sum, fib)
 	fmt.Println(err)
 	c.Close()
-
-	stop()
-	<-done
 	// Output:
 	// 3 2880067194370816120
 	// bertrpc: user error 0 (RuntimeError): no luck
