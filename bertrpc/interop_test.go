@@ -120,8 +120,11 @@ func TestInteropRubyWorker(t *testing.T) {
 	if v := mustCall(t, s, "ext", "chatty", []byte("quiet")); string(v.([]byte)) != "quiet" {
 		t.Fatalf("chatty = %s", bert.Format(v))
 	}
+	// The padding fills the command line up to 150 characters: a worker
+	// started from a long path gets "--procline" alone, as from Ernie.
 	argv := mustCall(t, s, "ext", "argv").(bert.List)
-	if len(argv) != 2 || string(argv[0].([]byte)) != "--procline" || strings.Trim(string(argv[1].([]byte)), "x") != "" {
+	if len(argv) < 1 || len(argv) > 2 || string(argv[0].([]byte)) != "--procline" ||
+		(len(argv) == 2 && strings.Trim(string(argv[1].([]byte)), "x") != "") {
 		t.Fatalf("argv = %s", bert.Format(argv))
 	}
 	_, err := call(t, s, "ext", "raise_error", []byte("no"))
