@@ -99,7 +99,7 @@ func BenchmarkServer(b *testing.B) {
 				b.Skip("ruby with the bert gem unavailable")
 			}
 			return bertrpc.Config{Modules: []bertrpc.ModuleConfig{
-				{Module: "ext", Type: bertrpc.TypeExternal, Command: rubyWorkerCommand(b, b.TempDir()), Count: 2},
+				{Module: "ext", Type: bertrpc.TypeExternal, Command: rubyWorkerCommand(b, shortTempDir(b)), Count: 2},
 			}}, nil
 		}},
 	}
