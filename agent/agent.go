@@ -46,6 +46,12 @@ type Config struct {
 	// queues' delivery limit) or declined and passed on, before it is
 	// dead-lettered with reason delivery_limit. 0 means 5.
 	MaxDeliveries int `yaml:"max_deliveries"`
+	// MaxMessageSize refuses bodies larger than this many bytes (code
+	// bad_request); 0 means 16 MiB.
+	MaxMessageSize int `yaml:"max_message_size"`
+	// MaxDepth refuses JSON bodies nested deeper than this (code
+	// bad_request) before any handler decodes them; 0 means 64.
+	MaxDepth int `yaml:"max_depth"`
 	// NoSharedQueues stops the agent from consuming the shared queue of
 	// each of its services, so it serves only requests addressed to it.
 	NoSharedQueues bool `yaml:"no_shared_queues"`
@@ -69,6 +75,12 @@ func (c *Config) setDefaults() {
 	if c.MaxDeliveries <= 0 {
 		c.MaxDeliveries = 5
 	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = wire.DefaultMaxMessageSize
+	}
+	if c.MaxDepth <= 0 {
+		c.MaxDepth = wire.DefaultMaxDepth
+	}
 }
 
 // Validate reports the first invalid field.
@@ -78,8 +90,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("agent: identity %q: no spaces, control characters or slashes", c.Identity)
 		}
 	}
-	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 {
-		return errors.New("agent: ping_interval, prefetch, drain_timeout and max_deliveries must not be negative")
+	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 || c.MaxMessageSize < 0 || c.MaxDepth < 0 {
+		return errors.New("agent: ping_interval, prefetch, drain_timeout, max_deliveries, max_message_size and max_depth must not be negative")
 	}
 	return nil
 }
@@ -757,6 +769,12 @@ func (a *Agent) parse(d *transport.Delivery) (*Request, string, error) {
 	}
 	if d.ContentType != "" && d.ContentType != wire.ContentJSON {
 		return req, wire.CodeBadRequest, fmt.Errorf("content type %q: want %s", d.ContentType, wire.ContentJSON)
+	}
+	if len(d.Body) > a.cfg.MaxMessageSize {
+		return req, wire.CodeBadRequest, fmt.Errorf("body of %d bytes is over the limit of %d", len(d.Body), a.cfg.MaxMessageSize)
+	}
+	if err := wire.CheckDepth(d.Body, a.cfg.MaxDepth); err != nil {
+		return req, wire.CodeBadRequest, fmt.Errorf("body: %w", err)
 	}
 	if len(d.Body) > 0 && !json.Valid(d.Body) {
 		return req, wire.CodeBadRequest, errors.New("body is not valid JSON")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestBadInput(t *testing.T) {
 		actor := fabrictest.Actor()
 		id := actor + "-a"
 		tr := connect(t)
-		a, err := agent.New(tr, agent.Config{Identity: id, PingInterval: time.Second}, agent.WithLogger(testenv.Logger(t)))
+		a, err := agent.New(tr, agent.Config{Identity: id, PingInterval: time.Second, MaxMessageSize: 1024, MaxDepth: 8}, agent.WithLogger(testenv.Logger(t)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,6 +106,13 @@ func TestBadInput(t *testing.T) {
 		expectReply("r6", wire.CodePanic)
 		send("r7", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, ContentType: "application/xml", Headers: path("/" + actor + "/add"), Body: []byte(`<a/>`)})
 		expectReply("r7", wire.CodeBadRequest)
+
+		big := `"` + strings.Repeat("x", 2000) + `"`
+		send("r8", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, Headers: path("/" + actor + "/add"), Body: []byte(big)})
+		expectReply("r8", wire.CodeBadRequest)
+		deep := strings.Repeat("[", 9) + strings.Repeat("]", 9)
+		send("r9", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, Headers: path("/" + actor + "/add"), Body: []byte(deep)})
+		expectReply("r9", wire.CodeBadRequest)
 
 		send("p1", transport.Message{Type: wire.TypePush, Headers: path("/" + actor + "/add"), Body: []byte(`{"A":`)})
 		expectDead("p1", wire.CodeBadRequest)

@@ -201,9 +201,9 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 	c := m.options(LeastLoaded(), opts)
 	targets, body, err := m.prepare(ctx, path, payload, c, nil)
 	if errors.Is(err, ErrNoAgent) && c.park {
-		body, err := encode(payload)
+		body, err := m.encode(path, payload)
 		if err != nil {
-			return fmt.Errorf("mapper: %s: payload: %w", path, err)
+			return err
 		}
 		msg := m.message(ctx, wire.TypePush, path, body)
 		msg.Persistent = true
@@ -247,9 +247,9 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 	case <-ctx.Done():
 		return nil, nil, fmt.Errorf("mapper: %s: waiting for the broker: %w: %w", path, transport.ErrConnectionLost, ctx.Err())
 	}
-	body, err := encode(payload)
+	body, err := m.encode(path, payload)
 	if err != nil {
-		return nil, nil, fmt.Errorf("mapper: %s: payload: %w", path, err)
+		return nil, nil, err
 	}
 	cands, err := m.candidates(ctx, path)
 	if err != nil {
@@ -262,6 +262,9 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 	targets := c.sel.Select(path, cands)
 	if len(targets) == 0 {
 		return nil, nil, fmt.Errorf("%w %s: none of %d live agents fits the selector", ErrNoAgent, path, len(cands))
+	}
+	if len(targets) > m.cfg.MaxFanOut {
+		return nil, nil, fmt.Errorf("%w %s: %d agents, limit %d", ErrFanOutLimit, path, len(targets), m.cfg.MaxFanOut)
 	}
 	return targets, body, nil
 }
@@ -308,6 +311,21 @@ func (m *Mapper) candidates(ctx context.Context, path string) ([]AgentInfo, erro
 		}
 		t.Stop()
 	}
+}
+
+// encode marshals payload and checks it against the limits.
+func (m *Mapper) encode(path string, payload any) ([]byte, error) {
+	body, err := encode(payload)
+	if err != nil {
+		return nil, fmt.Errorf("mapper: %s: payload: %w", path, err)
+	}
+	if len(body) > m.cfg.MaxMessageSize {
+		return nil, fmt.Errorf("%w: %s: %d bytes, limit %d", ErrTooLarge, path, len(body), m.cfg.MaxMessageSize)
+	}
+	if err := wire.CheckDepth(body, m.cfg.MaxDepth); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrTooLarge, path, err)
+	}
+	return body, nil
 }
 
 func encode(payload any) ([]byte, error) {
@@ -461,9 +479,9 @@ func (m *Mapper) redispatch(gone string) {
 // parkRequest parks a request in the service's shared queue and waits for
 // the reply of whichever agent takes it.
 func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c call) (*Reply, error) {
-	body, err := encode(payload)
+	body, err := m.encode(path, payload)
 	if err != nil {
-		return nil, fmt.Errorf("mapper: %s: payload: %w", path, err)
+		return nil, err
 	}
 	msg := m.message(ctx, wire.TypeRequest, path, body)
 	msg.Persistent = true

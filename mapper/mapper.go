@@ -27,6 +27,12 @@ var (
 	ErrTimeout = errors.New("mapper: no reply in time")
 	// ErrNotRunning: the mapper's Run has not started or has returned.
 	ErrNotRunning = errors.New("mapper: not running")
+	// ErrTooLarge: the payload is over Config.MaxMessageSize or nests
+	// deeper than Config.MaxDepth; nothing was sent.
+	ErrTooLarge = errors.New("mapper: payload over the limit")
+	// ErrFanOutLimit: the selector picked more agents than
+	// Config.MaxFanOut; nothing was sent.
+	ErrFanOutLimit = errors.New("mapper: more targets than the fan-out limit")
 )
 
 // Config configures a mapper. The zero value of each field means its
@@ -41,6 +47,14 @@ type Config struct {
 	// agents to answer its announce request before it says that no agent
 	// serves a path; 0 means 1s.
 	AnnounceWait time.Duration `yaml:"announce_wait"`
+	// MaxMessageSize refuses payloads larger than this many bytes once
+	// encoded; 0 means 16 MiB (what agents accept by default).
+	MaxMessageSize int `yaml:"max_message_size"`
+	// MaxDepth refuses payloads nested deeper than this; 0 means 64.
+	MaxDepth int `yaml:"max_depth"`
+	// MaxFanOut bounds how many agents one FanOut or Push reaches; 0
+	// means 1000.
+	MaxFanOut int `yaml:"max_fan_out"`
 }
 
 // Option sets what only Go can pass.
@@ -97,8 +111,17 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 	if tr == nil {
 		return nil, errors.New("mapper: nil transport")
 	}
-	if cfg.PingTimeout < 0 || cfg.AnnounceWait < 0 {
-		return nil, errors.New("mapper: ping_timeout and announce_wait must not be negative")
+	if cfg.PingTimeout < 0 || cfg.AnnounceWait < 0 || cfg.MaxMessageSize < 0 || cfg.MaxDepth < 0 || cfg.MaxFanOut < 0 {
+		return nil, errors.New("mapper: ping_timeout, announce_wait, max_message_size, max_depth and max_fan_out must not be negative")
+	}
+	if cfg.MaxMessageSize == 0 {
+		cfg.MaxMessageSize = wire.DefaultMaxMessageSize
+	}
+	if cfg.MaxDepth == 0 {
+		cfg.MaxDepth = wire.DefaultMaxDepth
+	}
+	if cfg.MaxFanOut == 0 {
+		cfg.MaxFanOut = wire.DefaultMaxFanOut
 	}
 	if cfg.Identity == "" {
 		var b [8]byte

@@ -259,3 +259,44 @@ func TestPushTTL(t *testing.T) {
 		}
 	})
 }
+
+// TestLimits: a payload over the size or depth limit and a fan-out over its
+// limit are refused before anything is sent.
+func TestLimits(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/echo"
+		var ran atomic.Int64
+		for _, id := range []string{"a", "b", "c"} {
+			runAgent(t, connect, agent.Config{Identity: actor + "-" + id}, func(a *agent.Agent) {
+				must(t, a.Handle(path, agent.HandlerFunc(func(_ context.Context, r *agent.Request) (any, error) {
+					ran.Add(1)
+					return r.Payload, nil
+				})))
+			})
+		}
+		m := startMapper(t, connect, mapper.Config{MaxMessageSize: 100, MaxDepth: 4, MaxFanOut: 2})
+		waitLive(t, m, actor, actor+"-a", actor+"-b", actor+"-c")
+		if _, err := m.Request(ctxT(t, 5*time.Second), path, make([]int, 100)); !errors.Is(err, mapper.ErrTooLarge) {
+			t.Fatalf("large payload: %v", err)
+		}
+		if _, err := m.Request(ctxT(t, 5*time.Second), path, [][][][][]int{{{{{1}}}}}); !errors.Is(err, mapper.ErrTooLarge) || !errors.Is(err, wire.ErrTooDeep) {
+			t.Fatalf("deep payload: %v", err)
+		}
+		if _, err := m.FanOut(ctxT(t, 5*time.Second), path, 1); !errors.Is(err, mapper.ErrFanOutLimit) {
+			t.Fatalf("fan-out to 3 with limit 2: %v", err)
+		}
+		if err := m.Push(ctxT(t, 5*time.Second), path, 1, mapper.Select(mapper.All())); !errors.Is(err, mapper.ErrFanOutLimit) {
+			t.Fatalf("push to 3 with limit 2: %v", err)
+		}
+		if n := ran.Load(); n != 0 {
+			t.Fatalf("%d handlers ran", n)
+		}
+		if _, err := m.FanOut(ctxT(t, 5*time.Second), path, 1, mapper.WithTags("none")); !errors.Is(err, mapper.ErrNoAgent) {
+			t.Fatalf("tagged fan-out: %v", err)
+		}
+		if _, err := m.Request(ctxT(t, 5*time.Second), path, []int{1, 2}); err != nil {
+			t.Fatalf("small request: %v", err)
+		}
+	})
+}

@@ -231,3 +231,44 @@ func WantsRecipient(tr any) bool {
 	w, ok := tr.(interface{ WantsRecipient() bool })
 	return ok && w.WantsRecipient()
 }
+
+// Limits on what an agent accepts and a mapper sends, unless configured
+// otherwise.
+const (
+	DefaultMaxMessageSize = 16 << 20 // bytes of body
+	DefaultMaxDepth       = 64       // nesting of JSON arrays and objects
+	DefaultMaxFanOut      = 1000     // agents one fan-out or push reaches
+)
+
+// ErrTooDeep is returned by CheckDepth.
+var ErrTooDeep = errors.New("warren: JSON nested too deeply")
+
+// CheckDepth reports an error wrapping ErrTooDeep when the JSON text b nests
+// arrays and objects deeper than max. It does not validate b otherwise, and
+// reads it once without allocating.
+func CheckDepth(b []byte, max int) error {
+	depth, inString, escaped := 0, false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '[' || c == '{':
+			depth++
+			if depth > max {
+				return fmt.Errorf("%w: more than %d levels", ErrTooDeep, max)
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return nil
+}
