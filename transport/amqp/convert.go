@@ -94,6 +94,11 @@ func toTable(h map[string]any) (amqp091.Table, error) {
 	if h == nil {
 		return nil, nil
 	}
+	if wireReady(h) {
+		// The common case (strings and int64s): no copy. amqp091 only
+		// reads the table, during Publish.
+		return amqp091.Table(h), nil
+	}
 	t := make(amqp091.Table, len(h))
 	for k, v := range h {
 		if err := checkShort("header key", k); err != nil {
@@ -162,6 +167,11 @@ func toValue(v any) (any, error) {
 func fromTable(t amqp091.Table) map[string]any {
 	if t == nil {
 		return nil
+	}
+	if received(t) {
+		// Nothing to convert: hand the decoded table over as it is (it
+		// belongs to this delivery alone).
+		return map[string]any(t)
 	}
 	h := make(map[string]any, len(t))
 	for k, v := range t {
@@ -232,4 +242,33 @@ func checkMessage(m *transport.Message) error {
 		}
 	}
 	return nil
+}
+
+// wireReady reports whether h needs no conversion for the wire: short keys
+// and only scalar values of the types amqp091 writes as they are.
+func wireReady(h map[string]any) bool {
+	for k, v := range h {
+		if len(k) > 255 {
+			return false
+		}
+		switch v.(type) {
+		case nil, string, []byte, bool, int32, int64, float64:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// received reports whether a decoded table holds only values that
+// fromValue would return unchanged.
+func received(t amqp091.Table) bool {
+	for _, v := range t {
+		switch v.(type) {
+		case nil, string, []byte, bool, int32, int64, float64:
+		default:
+			return false
+		}
+	}
+	return true
 }
