@@ -47,7 +47,8 @@ func (e *accessEntry) format() string {
 		e.process.Sub(e.accept).Seconds(), e.done.Sub(e.process).Seconds(),
 		e.hq, e.lq, e.kind, e.prio)
 	if e.err != "" {
-		b.WriteString(e.err)
+		// The error can quote a client's atoms: one entry, one line.
+		b.WriteString(lineSafe.Replace(e.err))
 		b.WriteString(" : ")
 	}
 	b.WriteString(action)
@@ -134,3 +135,7 @@ func (l *accessLog) close() error {
 	l.f = nil
 	return err
 }
+
+// lineSafe escapes line breaks, so that no client can start a line of its
+// own in the access log.
+var lineSafe = strings.NewReplacer("\n", `\n`, "\r", `\r`)

@@ -2,6 +2,7 @@ package bertrpc
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -648,8 +648,8 @@ func callNative(ctx context.Context, req *request, fn Func) (r nativeResult) {
 		if p := recover(); p != nil {
 			r = nativeResult{err: &Error{
 				Type: UserError, Code: CodeUndesignated, Class: "RuntimeError",
-				Detail:    fmt.Sprintf("panic: %v", p),
-				Backtrace: strings.Split(strings.TrimSpace(string(debug.Stack())), "\n"),
+				// The stack stays on the server: it is nobody else's business.
+				Detail: fmt.Sprintf("panic: %v", p),
 			}}
 		}
 	}()
@@ -781,15 +781,21 @@ func readFrame(r io.Reader, max int) ([]byte, *frameError) {
 	if int64(size) > int64(max) {
 		return nil, &frameError{protocolErr(CodeNoData, "packet of %d bytes exceeds the maximum of %d", size, max)}
 	}
-	buf := make([]byte, size)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	// Memory follows the data that arrives, not the length announced: a
+	// lying header must not cost size bytes per connection.
+	var buf bytes.Buffer
+	buf.Grow(int(min(size, frameChunk)))
+	if _, err := io.CopyN(&buf, r, int64(size)); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return nil, &frameError{protocolErr(CodeNoData, "unable to read the %d bytes of data the header announced", size)}
 		}
 		return nil, &frameError{}
 	}
-	return buf, nil
+	return buf.Bytes(), nil
 }
+
+// frameChunk is what readFrame reserves before the data arrives.
+const frameChunk = 64 << 10
 
 const writeTimeout = 30 * time.Second
 

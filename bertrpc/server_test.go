@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -185,7 +186,8 @@ func TestErrors(t *testing.T) {
 	wantError(t, err, bertrpc.UserError, 0, "ArgumentError")
 	_, err = call(t, s, "nat", "boom")
 	e = wantError(t, err, bertrpc.UserError, 0, "RuntimeError")
-	if !strings.Contains(e.Detail, "kaboom") || len(e.Backtrace) == 0 {
+	// The stack stays on the server.
+	if !strings.Contains(e.Detail, "kaboom") || len(e.Backtrace) != 0 {
 		t.Errorf("panic error %+v", e)
 	}
 	_, err = call(t, s, "nat", "hang")
@@ -605,5 +607,35 @@ func TestExternalBadCommand(t *testing.T) {
 	e := wantError(t, err, bertrpc.ServerError, 0, "WorkerError")
 	if !strings.Contains(e.Detail, "127") {
 		t.Fatalf("detail %q", e.Detail)
+	}
+}
+
+// TestLyingLengthHeader: connections that announce 16 MiB and send nothing
+// more cost next to no memory.
+func TestLyingLengthHeader(t *testing.T) {
+	s := startServer(t, natConfig(), bertrpc.WithNative(natRegistry(t)))
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var conns []net.Conn
+	for range 20 {
+		c, err := net.Dial("tcp", addrOf(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{0x00, 0xff, 0xff, 0xff}); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// A call on another connection is answered, so the server has read
+	// the headers above by now (it serves connections concurrently).
+	if _, err := call(t, s, "nat", "add", 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 64<<20 {
+		t.Fatalf("20 lying headers grew the heap by %d MiB", grew>>20)
 	}
 }

@@ -178,9 +178,11 @@ func Wrap(inner transport.Transport, cfg Config, opts ...Option) (*Transport, er
 func (t *Transport) Identity() string { return t.self }
 
 // WantsRecipient tells agents and mappers (wire.WantsRecipient) to name the
-// recipient of each message in its warren-to header, which Publish
-// encrypts to. It is false with SignOnly: nothing is encrypted then.
-func (t *Transport) WantsRecipient() bool { return !t.cfg.SignOnly }
+// recipient of each message in its warren-to header: Publish encrypts to
+// it, and since it is signed, a receiver refuses a message meant for
+// another (also with SignOnly, where it is what stops a captured request
+// from being replayed into another agent's queue).
+func (t *Transport) WantsRecipient() bool { return true }
 
 // DeclareExchange implements transport.Transport.
 func (t *Transport) DeclareExchange(ctx context.Context, ex transport.Exchange) error {
@@ -456,9 +458,6 @@ func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck b
 		return msg, "", reject(ReasonBadSignature, "", "signature of %s does not verify: body or headers altered", env.Signer)
 	}
 	signer := env.Signer // authenticated from here on
-	if env.Cert != nil && t.cfg.Authority != nil && signer != t.self {
-		t.learned.put(signer, cert, now) // to encrypt replies to it
-	}
 
 	// No exception for dead letters here: a consumer reached through
 	// warren.dlx is not to be told that another identity sent a message.
@@ -506,6 +505,12 @@ func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck b
 		return msg, "", reject(ReasonReplayed, signer, "message id %q from %s seen before", msg.MessageID, signer)
 	case admitBelowFloor:
 		return msg, "", reject(ReasonReplayed, signer, "older than the oldest message the full replay cache remembers")
+	}
+	// Learn the certificate to encrypt replies to only from a message that
+	// passed every check: a replayed or stale one must not switch it back
+	// to a rotated key.
+	if env.Cert != nil && t.cfg.Authority != nil && signer != t.self {
+		t.learned.put(signer, cert, now)
 	}
 	msg.Body = body
 	msg.ContentType = env.CT

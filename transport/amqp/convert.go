@@ -11,9 +11,11 @@ import (
 	"github.com/warrenrpc/warren/transport"
 )
 
-// returnTokenHeader carries the delivery tag of a mandatory publish so that a
-// basic.return can be matched to the Publish that caused it. Consumers of
-// this package never see it: it is stripped from deliveries.
+// returnTokenHeader carries the delivery tag of a mandatory publish whose
+// message id cannot identify it (none, or one already in flight on its
+// channel), so that a basic.return can be matched to the Publish that
+// caused it. It is reserved: stripped from what callers publish and from
+// deliveries.
 const returnTokenHeader = "x-warren-return-token"
 
 // toPublishing converts a transport message to its AMQP form, checking header
@@ -101,6 +103,9 @@ func toTable(h map[string]any) (amqp091.Table, error) {
 	}
 	t := make(amqp091.Table, len(h))
 	for k, v := range h {
+		if k == returnTokenHeader {
+			continue // reserved for matching returns: never trust a caller's
+		}
 		if err := checkShort("header key", k); err != nil {
 			return nil, err
 		}
@@ -248,7 +253,7 @@ func checkMessage(m *transport.Message) error {
 // and only scalar values of the types amqp091 writes as they are.
 func wireReady(h map[string]any) bool {
 	for k, v := range h {
-		if len(k) > 255 {
+		if len(k) > 255 || k == returnTokenHeader {
 			return false
 		}
 		switch v.(type) {

@@ -17,15 +17,20 @@
 // the consuming connection, so an exclusive queue belongs to the connection
 // that consumes it (RabbitMQ refuses to let any other connection use it).
 //
-// Publishes are spread over a few channels in confirm mode. Each channel
+// Confirmed publishes are spread over a few channels in confirm mode. Each
 // has a dispatcher goroutine that receives publisher confirms and
 // basic.return notifications and resolves the matching publishes, so many
 // confirmed publishes are in flight at once; [Config.ConfirmWindow] bounds
-// how many. A mandatory publish carries its delivery tag in the header
-// x-warren-return-token so that a returned message is matched to its
-// publish (RabbitMQ sends basic.return before the basic.ack of the same
-// message); deliveries from this package never show that header.
-// Unconfirmed publishes wait for nothing but the write.
+// how many. A returned mandatory message is matched to its publish by its
+// message id (RabbitMQ sends basic.return before the basic.ack of the same
+// message) when that id is set and unique among the publishes in flight on
+// its channel; otherwise the publish carries its delivery tag in the
+// reserved header x-warren-return-token, which is stripped from what
+// callers publish and from deliveries. Unconfirmed publishes go over
+// channels not in confirm mode and wait for nothing but the write; one
+// sent just as its channel is closed by an earlier publish's error (a
+// missing exchange) can be lost without an error, as unconfirmed publishes
+// can be on any AMQP client.
 //
 // Each consumer has its own channel with basic.qos set to its prefetch, and
 // its own goroutine that forwards deliveries to the channel Consume

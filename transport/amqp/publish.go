@@ -14,10 +14,12 @@ import (
 	"github.com/warrenrpc/warren/transport"
 )
 
-// publisher spreads publishes over a few channels of the publish connection,
-// all in confirm mode. Each channel has a dispatcher goroutine that matches
-// publisher confirms and mandatory returns to the publishes waiting for
-// them, so any number of confirmed publishes are in flight at once.
+// publisher spreads publishes over a few channels of the publish
+// connection: confirmed ones over channels in confirm mode, each with a
+// dispatcher goroutine that matches publisher confirms and mandatory returns
+// to the publishes waiting for them (so any number are in flight at once),
+// unconfirmed ones over channels not in confirm mode, which RabbitMQ then
+// does not confirm for nobody.
 type publisher struct {
 	t      *Transport
 	slots  [publishChannels]pubSlot
@@ -166,6 +168,9 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 		}
 		pc := slot.pc
 		tag := pc.ch.GetNextPublishSeqNo()
+		if pd != nil {
+			pd.msgID = "" // matched by id on this attempt's channel only
+		}
 		msg := pub
 		if mandatory && !(pd != nil && pc.matchByID(pub.MessageId, tag, pd)) {
 			// No unique message id to match a return with: carry the
