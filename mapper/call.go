@@ -143,7 +143,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 			}
 			return nil, err
 		}
-		r, err := m.ask(ctx, path, targets[0], body, true, c.persistent)
+		r, err := m.ask(ctx, path, targets[0], body, c.sel, c.persistent)
 		if errors.Is(err, transport.ErrConnectionLost) && c.retry && ctx.Err() == nil {
 			continue
 		}
@@ -151,7 +151,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 			return nil, err
 		}
 		if errors.Is(r.Err, &wire.RemoteError{Code: wire.CodeDeclined}) {
-			declined[r.Agent] = true
+			declined[targets[0].Identity] = true
 			continue
 		}
 		if r.Err != nil {
@@ -179,7 +179,7 @@ func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...C
 	answers := make(chan answer, len(targets))
 	for _, t := range targets {
 		go func() {
-			r, err := m.ask(ctx, path, t, body, false, c.persistent)
+			r, err := m.ask(ctx, path, t, body, nil, c.persistent)
 			if err != nil {
 				r = &Reply{Agent: t.Identity, Err: err}
 			}
@@ -233,17 +233,22 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 	}
 	select {
 	case <-m.ready:
+	case <-m.stopped:
 	case <-ctx.Done():
 		return nil, nil, fmt.Errorf("mapper: %s: %w", path, ctx.Err())
 	}
-	if !m.running.Load() {
+	select {
+	case <-m.stopped:
 		return nil, nil, ErrNotRunning
+	default:
 	}
 	m.mu.Lock()
 	up := m.up
 	m.mu.Unlock()
 	select {
 	case <-up:
+	case <-m.stopped:
+		return nil, nil, ErrNotRunning
 	case <-ctx.Done():
 		return nil, nil, fmt.Errorf("mapper: %s: waiting for the broker: %w: %w", path, transport.ErrConnectionLost, ctx.Err())
 	}
@@ -361,19 +366,20 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 }
 
 // ask sends one request to one agent and waits for its reply.
-// When single, the request may be re-sent to another agent if t leaves or
-// expires before answering (see redispatch).
-func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, single, persistent bool) (*Reply, error) {
+// With a selector (a Request, not a leg of a fan-out), the request may be
+// re-sent to another agent that selector picks if t leaves or expires
+// before answering (see redispatch).
+func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, sel Selector, persistent bool) (*Reply, error) {
 	msg := m.message(ctx, wire.TypeRequest, path, body)
 	m.address(&msg, t.Identity)
 	msg.Persistent = persistent
-	return m.await(ctx, path, t.Identity, msg, single, wire.RequestExchange, t.Identity)
+	return m.await(ctx, path, t.Identity, msg, sel, wire.RequestExchange, t.Identity)
 }
 
 // await publishes a request and waits for its reply.
-func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, single bool, exchange, key string) (*Reply, error) {
+func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, sel Selector, exchange, key string) (*Reply, error) {
 	msg.CorrelationID = msg.MessageID
-	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, single: single}
+	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, sel: sel}
 	// Reading the reply queue and registering happen under one lock, so a
 	// connection loss either fails this waiter (failPending) or is seen
 	// here as no reply queue.
@@ -423,13 +429,13 @@ type waiter struct {
 	path   string
 	target string // the agent it was sent to last
 	msg    transport.Message
-	single bool // a Request, not one leg of a fan-out
+	sel    Selector // a Request's selector; nil for a fan-out leg or a parked request
 }
 
 // redispatch handles the requests pending on an agent that left or expired:
-// a Request goes to another live agent that serves its path (it may then
-// run twice; the caller gets the first result only), a fan-out leg fails at
-// once naming the agent.
+// a Request goes to another live agent that serves its path and that its
+// selector picks (it may then run twice; the caller gets the first result
+// only), a fan-out leg fails at once naming the agent.
 func (m *Mapper) redispatch(gone string) {
 	m.mu.Lock()
 	var moved []*waiter
@@ -437,7 +443,7 @@ func (m *Mapper) redispatch(gone string) {
 		if w.target != gone {
 			continue
 		}
-		if !w.single {
+		if w.sel == nil {
 			delete(m.pending, id)
 			w.ch <- &Reply{Agent: gone, Err: fmt.Errorf("request %s to %s: %w: the agent left", w.path, gone, ErrTimeout)}
 			continue
@@ -451,10 +457,14 @@ func (m *Mapper) redispatch(gone string) {
 	m.bg.Go(func() {
 		for _, w := range moved {
 			cands := slices.DeleteFunc(m.reg.live(w.path, time.Now()), func(a AgentInfo) bool { return a.Identity == gone })
-			if len(cands) == 0 {
+			var picked []AgentInfo
+			if len(cands) > 0 {
+				picked = w.sel.Select(w.path, cands) // the caller's choice still holds (To, tags, ...)
+			}
+			if len(picked) == 0 {
 				continue // it waits for the agent to return, or for its deadline
 			}
-			next := LeastLoaded().Select(w.path, cands)[0]
+			next := picked[0]
 			m.mu.Lock()
 			if m.pending[w.msg.CorrelationID] != w {
 				m.mu.Unlock()
@@ -488,7 +498,7 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 	if err := m.ensureServiceQueue(ctx, path); err != nil {
 		return nil, err
 	}
-	r, err := m.await(ctx, path, "", msg, false, wire.ServiceExchange, path)
+	r, err := m.await(ctx, path, "", msg, nil, wire.ServiceExchange, path)
 	if err != nil {
 		return nil, err
 	}

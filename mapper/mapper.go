@@ -25,7 +25,8 @@ var (
 	// ErrTimeout: the context ended before the agent replied. The error also
 	// wraps the context's own error.
 	ErrTimeout = errors.New("mapper: no reply in time")
-	// ErrNotRunning: the mapper's Run has not started or has returned.
+	// ErrNotRunning: the mapper's Run has returned (calls made before Run
+	// is ready wait for it, within their context).
 	ErrNotRunning = errors.New("mapper: not running")
 	// ErrTooLarge: the payload is over Config.MaxMessageSize or nests
 	// deeper than Config.MaxDepth; nothing was sent.
@@ -85,7 +86,8 @@ type Mapper struct {
 
 	ready   chan struct{}
 	readyAt time.Time
-	running atomic.Bool
+	started atomic.Bool   // Run was called; a Mapper runs once
+	stopped chan struct{} // closed when Run returns
 	replyQ  string
 
 	mu      sync.Mutex
@@ -148,6 +150,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 		pending:   map[string]*waiter{},
 		joined:    make(chan struct{}),
 		up:        make(chan struct{}),
+		stopped:   make(chan struct{}),
 		onEvent:   o.events,
 		addressed: wire.WantsRecipient(tr),
 	}
@@ -189,10 +192,10 @@ func (m *Mapper) LateReplies() int64 { return m.late.Load() }
 // its registry refills. Run returns an error when the broker refuses the
 // topology at start or the transport is closed under it.
 func (m *Mapper) Run(ctx context.Context) error {
-	if !m.running.CompareAndSwap(false, true) {
+	if !m.started.CompareAndSwap(false, true) {
 		return errors.New("mapper: Run called twice")
 	}
-	defer m.running.Store(false)
+	defer close(m.stopped)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.runCtx = ctx
@@ -205,6 +208,10 @@ func (m *Mapper) Run(ctx context.Context) error {
 		cancel()
 		wg.Wait()
 		m.bg.Wait()
+		// No call registers after this: await sees no reply queue.
+		m.mu.Lock()
+		m.replyQ = ""
+		m.mu.Unlock()
 		m.failPending(ErrNotRunning)
 	}()
 	sweep := time.NewTicker(250 * time.Millisecond)

@@ -124,7 +124,7 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 		Services:     slices.Sorted(slices.Values(hb.Services)),
 		Tags:         slices.Clone(hb.Tags),
 		Status:       hb.Status,
-		PingInterval: time.Duration(hb.PingInterval) * time.Millisecond,
+		PingInterval: pingInterval(hb.PingInterval),
 		LastSeen:     now,
 		Started:      hb.Started,
 		Inactive:     slices.Clone(hb.Inactive),
@@ -185,4 +185,10 @@ func (r *registry) identities() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Sorted(maps.Keys(r.agents))
+}
+
+// pingInterval reads an agent's advertised interval, clamped to 100ms..24h
+// so that a bogus value can neither overflow nor make the agent flap.
+func pingInterval(ms int64) time.Duration {
+	return time.Duration(min(max(ms, 100), 24*3600*1000)) * time.Millisecond
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/transport/mem"
 	"github.com/warrenrpc/warren/wire"
 )
 
@@ -297,6 +298,84 @@ func TestLimits(t *testing.T) {
 		}
 		if _, err := m.Request(ctxT(t, 5*time.Second), path, []int{1, 2}); err != nil {
 			t.Fatalf("small request: %v", err)
+		}
+	})
+}
+
+// TestRunOnceAndAfter: a Mapper runs once; after Run returned (or failed to
+// start) calls fail with ErrNotRunning at once instead of waiting.
+func TestRunOnceAndAfter(t *testing.T) {
+	b := mem.NewBroker()
+	defer b.Close()
+	m, err := mapper.New(b.Connect(), mapper.Config{})
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	<-m.Ready()
+	cancel()
+	must(t, <-done)
+	if err := m.Run(context.Background()); err == nil {
+		t.Fatal("second Run accepted")
+	}
+	if _, err := m.Request(ctxT(t, 5*time.Second), "/a/b", 1); !errors.Is(err, mapper.ErrNotRunning) {
+		t.Fatalf("request after Run: %v", err)
+	}
+
+	closed := mem.New()
+	closed.Close()
+	m2, err := mapper.New(closed, mapper.Config{})
+	must(t, err)
+	if err := m2.Run(context.Background()); err == nil {
+		t.Fatal("Run on a closed transport succeeded")
+	}
+	start := time.Now()
+	if _, err := m2.Request(ctxT(t, 5*time.Second), "/a/b", 1); !errors.Is(err, mapper.ErrNotRunning) || time.Since(start) > time.Second {
+		t.Fatalf("request after a failed Run: %v after %v", err, time.Since(start))
+	}
+}
+
+// TestRedispatchKeepsTheSelector: a request for one agent is not re-sent
+// to another when that agent leaves.
+func TestRedispatchKeepsTheSelector(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/who"
+		hold := make(chan struct{})
+		defer close(hold)
+		started := make(chan struct{}, 1)
+		fredCtx, stopFred := context.WithCancel(context.Background())
+		fred, err := agent.New(connect(t), agent.Config{Identity: actor + "-fred", PingInterval: 100 * time.Millisecond, DrainTimeout: 50 * time.Millisecond})
+		must(t, err)
+		must(t, fred.Handle(path, agent.HandlerFunc(func(ctx context.Context, _ *agent.Request) (any, error) {
+			started <- struct{}{}
+			select {
+			case <-hold:
+			case <-ctx.Done():
+			}
+			return "fred", ctx.Err()
+		})))
+		fdone := make(chan error, 1)
+		go func() { fdone <- fred.Run(fredCtx) }()
+		<-fred.Ready()
+		runAgent(t, connect, agent.Config{Identity: actor + "-bob"}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) { return "bob", nil })))
+		})
+		m := startMapper(t, connect, mapper.Config{})
+		waitLive(t, m, actor, actor+"-bob", actor+"-fred")
+		res := make(chan error, 1)
+		go func() {
+			r, err := m.Request(ctxT(t, 2*time.Second), path, nil, mapper.To(actor+"-fred"))
+			if err == nil {
+				err = fmt.Errorf("answered by %s", r.Agent)
+			}
+			res <- err
+		}()
+		<-started
+		stopFred() // drains (its handler is cancelled), unregisters
+		<-fdone
+		if err := <-res; !errors.Is(err, mapper.ErrTimeout) {
+			t.Fatalf("request To(fred) after fred left: %v", err)
 		}
 	})
 }
