@@ -40,7 +40,11 @@ func methodHandlers(v any) (map[string]Handler, error) {
 		if !ok {
 			continue
 		}
-		out[snake(m.Name)] = h
+		name := snake(m.Name)
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("agent: %s: two methods are both served as %q", t, name)
+		}
+		out[name] = h
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("agent: %s has no method of the form func(context.Context[, In]) ([Out, ]error)", t)

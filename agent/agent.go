@@ -377,9 +377,21 @@ func (a *Agent) drain(cancelHandlers context.CancelFunc) {
 	case <-t.C:
 		a.log.Warn("drain timeout: cancelling handlers; their requests are requeued")
 		cancelHandlers()
-		<-done
+		// A handler that ignores its context must not hold the agent
+		// forever: its request is requeued when the consumers stop.
+		grace := time.NewTimer(drainGrace)
+		defer grace.Stop()
+		select {
+		case <-done:
+		case <-grace.C:
+			a.log.Error("handlers ignore cancellation: stopping without them", "grace", drainGrace)
+		}
 	}
 }
+
+// drainGrace is how long a stopping agent waits, after the drain timeout,
+// for handlers to honour their cancelled context.
+const drainGrace = 5 * time.Second
 
 // serveSession pings and answers announces until ctx ends (false) or the
 // session's connection is lost (true).
@@ -431,7 +443,7 @@ type session struct {
 	loops    sync.WaitGroup
 
 	mu     sync.Mutex
-	shared map[string]context.CancelFunc // consumers of shared service queues, by path
+	shared map[string]*sharedConsumer // consumers of shared service queues, by path
 }
 
 // startSession declares the agent's queues, starts its consumers and
@@ -440,7 +452,7 @@ type session struct {
 // stopped during a broker outage does not wait for the broker.
 func (a *Agent) startSession(runCtx, bg, handlers context.Context) (*session, error) {
 	ctx, cancel := context.WithCancel(bg)
-	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), shared: map[string]context.CancelFunc{}}
+	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), shared: map[string]*sharedConsumer{}}
 	interrupt := context.AfterFunc(runCtx, cancel)
 	err := s.declare()
 	if err == nil {
@@ -504,7 +516,7 @@ func (s *session) declare() error {
 	if err != nil {
 		return fmt.Errorf("agent: consume %s: %w", own, err)
 	}
-	s.loops.Go(func() { s.consumeLoop(ctx, ch) })
+	s.loops.Go(func() { s.consumeLoop(ctx, ch, nil, nil) })
 	if a.cfg.NoSharedQueues {
 		return nil
 	}
@@ -536,7 +548,7 @@ func (s *session) syncActive(ctx context.Context) {
 		svc := s.a.service(p)
 		active := svc.isActive()
 		s.mu.Lock()
-		cancel, consuming := s.shared[p]
+		sc, consuming := s.shared[p]
 		s.mu.Unlock()
 		switch {
 		case active && !consuming:
@@ -550,16 +562,33 @@ func (s *session) syncActive(ctx context.Context) {
 				}
 				continue
 			}
+			sc := &sharedConsumer{cancel: cancel, stop: make(chan struct{}), loopDone: make(chan struct{})}
 			s.mu.Lock()
-			s.shared[p] = cancel
+			s.shared[p] = sc
 			s.mu.Unlock()
-			s.loops.Go(func() { s.consumeLoop(cctx, ch) })
+			s.loops.Go(func() {
+				defer close(sc.loopDone)
+				s.consumeLoop(cctx, ch, sc.stop, &sc.handlers)
+			})
 		case !active && consuming:
 			s.a.log.Info("service inactive: not consuming its shared queue", "service", p)
-			cancel()
 			s.mu.Lock()
 			delete(s.shared, p)
 			s.mu.Unlock()
+			// Stop taking, let the work in hand finish and be acked, and
+			// only then cancel the consumer: cancelling requeues what it
+			// holds unacknowledged, which another agent would run again.
+			close(sc.stop)
+			s.loops.Go(func() {
+				<-sc.loopDone // no handler starts after this
+				finished := make(chan struct{})
+				go func() { sc.handlers.Wait(); close(finished) }()
+				select {
+				case <-finished:
+				case <-s.ctx.Done(): // the session ends anyway
+				}
+				sc.cancel()
+			})
 		}
 	}
 }
@@ -568,10 +597,15 @@ func (s *session) syncActive(ctx context.Context) {
 // work, starting one goroutine per delivery; the prefetch bounds how many
 // run at once. A source that closes while its context is live means the
 // connection was lost.
-func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Delivery) {
+//
+// stop, when not nil, also stops it (a service turned inactive); handlers,
+// when not nil, counts the work it started.
+func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Delivery, stop <-chan struct{}, handlers *sync.WaitGroup) {
 	for {
 		select {
 		case <-s.taking:
+			return
+		case <-stop:
 			return
 		case d, ok := <-src:
 			if !ok {
@@ -581,12 +615,26 @@ func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Deliver
 				return
 			}
 			s.a.inflight.Add(1)
+			if handlers != nil {
+				handlers.Add(1)
+			}
 			go func() {
 				defer s.a.inflight.Done()
+				if handlers != nil {
+					defer handlers.Done()
+				}
 				s.a.serve(s.handlers, d)
 			}()
 		}
 	}
+}
+
+// sharedConsumer is the consumer of one service's shared queue.
+type sharedConsumer struct {
+	cancel   context.CancelFunc
+	stop     chan struct{}  // closed when the service turns inactive
+	loopDone chan struct{}  // closed when its consume loop has returned
+	handlers sync.WaitGroup // requests it started
 }
 
 // heartbeat returns this agent's heartbeat record.
