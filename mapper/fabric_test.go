@@ -76,25 +76,7 @@ func startAgent(t *testing.T, connect fabrictest.Connect, id, actor string, load
 
 func startMapper(t *testing.T, connect fabrictest.Connect, cfg mapper.Config, opts ...mapper.Option) *mapper.Mapper {
 	t.Helper()
-	m, err := mapper.New(connect(t), cfg, append(opts, mapper.WithLogger(testenv.Logger(t)))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("mapper Run: %v", err)
-		}
-	})
-	select {
-	case <-m.Ready():
-	case err := <-done:
-		t.Fatalf("mapper: %v", err)
-	}
-	return m
+	return fabrictest.RunMapper(t, connect(t), cfg, opts...)
 }
 
 func must(t *testing.T, err error) {

@@ -27,15 +27,7 @@ func runAgent(t *testing.T, connect fabrictest.Connect, cfg agent.Config, reg fu
 	a, err := agent.New(connect(t), cfg, agent.WithLogger(testenv.Logger(t)))
 	must(t, err)
 	reg(a)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-a.Ready():
-	case err := <-done:
-		t.Fatal(err)
-	}
+	fabrictest.RunAgent(t, a)
 	return a
 }
 

@@ -10,6 +10,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/setup"
@@ -160,40 +161,13 @@ func startAgent(t *testing.T, url, id string) *agent.Agent {
 	if err := a.Handle("/test/who", agent.Func(func(context.Context, any) (string, error) { return id, nil })); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "agent "+id, a.Run, a.Ready())
+	fabrictest.RunAgent(t, a)
 	return a
 }
 
 func startMapper(t *testing.T, url string) *mapper.Mapper {
 	t.Helper()
-	m, err := mapper.New(dial(t, url), mapper.Config{}, mapper.WithLogger(testenv.Logger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	run(t, "mapper", m.Run, m.Ready())
-	return m
-}
-
-// run runs fn until the end of the test and waits for ready.
-func run(t *testing.T, what string, fn func(context.Context) error, ready <-chan struct{}) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- fn(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("%s: %v", what, err)
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		done <- err
-		t.Fatalf("%s stopped: %v", what, err)
-	case <-time.After(15 * time.Second):
-		t.Fatalf("%s not ready after 15s", what)
-	}
+	return fabrictest.RunMapper(t, dial(t, url), mapper.Config{})
 }
 
 func dial(t *testing.T, url string) transport.Transport {

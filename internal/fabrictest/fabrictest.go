@@ -4,11 +4,15 @@
 package fabrictest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"testing"
+	"time"
 
+	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/amqp"
 	"github.com/warrenrpc/warren/transport/mem"
@@ -47,4 +51,44 @@ func Actor() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	return "t" + hex.EncodeToString(b[:])
+}
+
+// RunAgent runs a until the end of the test (then stops it and checks that
+// Run returned nil) and returns once a is ready.
+func RunAgent(t *testing.T, a *agent.Agent) {
+	t.Helper()
+	run(t, "agent "+a.Identity(), a.Run, a.Ready())
+}
+
+// RunMapper makes a mapper on tr, runs it until the end of the test (then
+// stops it and checks that Run returned nil) and returns it once ready.
+func RunMapper(t *testing.T, tr transport.Transport, cfg mapper.Config, opts ...mapper.Option) *mapper.Mapper {
+	t.Helper()
+	m, err := mapper.New(tr, cfg, append([]mapper.Option{mapper.WithLogger(testenv.Logger(t))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mapper", m.Run, m.Ready())
+	return m
+}
+
+func run(t *testing.T, what string, runFn func(context.Context) error, ready <-chan struct{}) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runFn(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: Run: %v", what, err)
+		}
+	})
+	select {
+	case <-ready:
+	case err := <-done:
+		done <- err // for the cleanup
+		t.Fatalf("%s: Run: %v", what, err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: not ready after 30s", what)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport/amqp"
@@ -44,20 +45,7 @@ func startAgent(t *testing.T, tr *amqp.Transport, cfg agent.Config, reg func(a *
 	if err := reg(a); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("agent %s: Run: %v", cfg.Identity, err)
-		}
-	})
-	select {
-	case <-a.Ready():
-	case err := <-done:
-		t.Fatalf("agent %s: %v", cfg.Identity, err)
-	}
+	fabrictest.RunAgent(t, a)
 	return a
 }
 
@@ -65,25 +53,7 @@ func startAgent(t *testing.T, tr *amqp.Transport, cfg agent.Config, reg func(a *
 // it to be ready.
 func startMapper(t *testing.T, tr *amqp.Transport, cfg mapper.Config) *mapper.Mapper {
 	t.Helper()
-	m, err := mapper.New(tr, cfg, mapper.WithLogger(testenv.Logger(t).With("test_part", "mapper")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("mapper Run: %v", err)
-		}
-	})
-	select {
-	case <-m.Ready():
-	case err := <-done:
-		t.Fatalf("mapper: %v", err)
-	}
-	return m
+	return fabrictest.RunMapper(t, tr, cfg)
 }
 
 // lists returns nil when m's registry lists every agent in ids.
