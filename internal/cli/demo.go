@@ -136,6 +136,21 @@ func (c *demoCmd) Run(g *Globals) error {
 	mdone := make(chan error, 1)
 	go func() { mdone <- m.Run(mctx) }()
 	defer func() { stopMapper(); <-mdone }()
+	// seen waits until the registry events named ("fred expired") have been
+	// reported: they reach the event callback a moment after the registry
+	// changed.
+	seen := func(want ...string) error {
+		return poll(ctx, "registry events", func() bool {
+			evMu.Lock()
+			defer evMu.Unlock()
+			for _, w := range want {
+				if !slices.ContainsFunc(evs, func(l string) bool { return strings.Contains(l, "agent "+w+" ") }) {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	flush := func() {
 		evMu.Lock()
 		for _, l := range evs {
@@ -146,6 +161,9 @@ func (c *demoCmd) Run(g *Globals) error {
 	}
 	fmt.Fprintln(out, "   A mapper starts and asks every agent to announce itself.")
 	if err := waitAgents(ctx, m, "fred", "bob"); err != nil {
+		return err
+	}
+	if err := seen("fred joined", "bob joined"); err != nil {
 		return err
 	}
 	flush()
@@ -216,6 +234,9 @@ func (c *demoCmd) Run(g *Globals) error {
 	if err := waitGone(ctx, m, "fred"); err != nil {
 		return err
 	}
+	if err := seen("fred expired"); err != nil {
+		return err
+	}
 	flush()
 	fmt.Fprintf(out, "   the registry dropped fred %v after the crash; live agents: %v\n", time.Since(crashed).Round(time.Millisecond), names(m.Agents()))
 	for range 3 {
@@ -236,6 +257,9 @@ func (c *demoCmd) Run(g *Globals) error {
 	if err := waitAgents(ctx, m, "fred", "bob"); err != nil {
 		return err
 	}
+	if err := seen("fred joined"); err != nil {
+		return err
+	}
 	flush()
 	who, err = echo(mapper.LeastLoaded())
 	if err != nil {
@@ -254,6 +278,9 @@ func (c *demoCmd) Run(g *Globals) error {
 		}
 	}
 	if err := waitGone(ctx, m, "fred", "bob"); err != nil {
+		return err
+	}
+	if err := seen("fred left", "bob left"); err != nil {
 		return err
 	}
 	flush()
