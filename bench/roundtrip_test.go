@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
@@ -172,25 +173,21 @@ func startWarren(tb testing.TB, connect func() (transport.Transport, error)) rou
 	if err != nil {
 		tb.Fatal(err)
 	}
-	runUntilCleanup(tb, "agent", a.Run, a.Ready())
 	tb.Cleanup(func() {
-		// Runs after the agent stopped: its queue would otherwise linger
-		// on RabbitMQ until it expires.
+		// Registered first, so it runs after the agent stopped: its queue
+		// would otherwise linger on RabbitMQ until it expires.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = atr.DeleteQueue(ctx, wire.AgentQueue(id))
 	})
+	fabrictest.RunAgent(tb, a)
 
 	mtr, err := connect()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = mtr.Close() })
-	m, err := mapper.New(mtr, mapper.Config{}, mapper.WithLogger(testenv.Logger(tb)))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	runUntilCleanup(tb, "mapper", m.Run, m.Ready())
+	m := fabrictest.RunMapper(tb, mtr, mapper.Config{})
 
 	rt := func(ctx context.Context) error {
 		r, err := m.Request(ctx, path, payload)
@@ -204,29 +201,6 @@ func startWarren(tb testing.TB, connect func() (transport.Transport, error)) rou
 	}
 	warmUp(tb, rt)
 	return rt
-}
-
-// runUntilCleanup runs run in a goroutine until tb ends, and waits for
-// ready.
-func runUntilCleanup(tb testing.TB, what string, run func(context.Context) error, ready <-chan struct{}) {
-	tb.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("%s Run: %v", what, err)
-		}
-	})
-	select {
-	case <-ready:
-	case err := <-done:
-		done <- err // for the cleanup
-		tb.Fatalf("%s Run: %v", what, err)
-	case <-time.After(30 * time.Second):
-		tb.Fatalf("%s not ready in 30s", what)
-	}
 }
 
 func rawRoundTrip(tb testing.TB, c *rawClient) roundTrip {

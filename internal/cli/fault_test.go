@@ -63,15 +63,9 @@ func faultRun(t *testing.T, n int, fault func(a *exec.Cmd)) (sent, delivered, fa
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tr.Close()
-	m, err := mapper.New(tr, mapper.Config{}, mapper.WithLogger(testenv.Logger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	mdone := make(chan error, 1)
-	go func() { mdone <- m.Run(ctx) }()
-	defer func() { cancel(); <-mdone }()
+	t.Cleanup(func() { tr.Close() }) // after the mapper's cleanup
+	m := fabrictest.RunMapper(t, tr, mapper.Config{})
+	ctx := t.Context()
 	testenv.WaitFor(t, 15*time.Second, func() error {
 		live := 0
 		for _, a := range m.Agents() {

@@ -55,24 +55,28 @@ func Actor() string {
 
 // RunAgent runs a until the end of the test (then stops it and checks that
 // Run returned nil) and returns once a is ready.
-func RunAgent(t *testing.T, a *agent.Agent) {
+func RunAgent(t testing.TB, a *agent.Agent) {
 	t.Helper()
-	run(t, "agent "+a.Identity(), a.Run, a.Ready())
+	RunUntilCleanup(t, "agent "+a.Identity(), a.Run, a.Ready())
 }
 
 // RunMapper makes a mapper on tr, runs it until the end of the test (then
 // stops it and checks that Run returned nil) and returns it once ready.
-func RunMapper(t *testing.T, tr transport.Transport, cfg mapper.Config, opts ...mapper.Option) *mapper.Mapper {
+func RunMapper(t testing.TB, tr transport.Transport, cfg mapper.Config, opts ...mapper.Option) *mapper.Mapper {
 	t.Helper()
 	m, err := mapper.New(tr, cfg, append([]mapper.Option{mapper.WithLogger(testenv.Logger(t))}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, "mapper", m.Run, m.Ready())
+	RunUntilCleanup(t, "mapper", m.Run, m.Ready())
 	return m
 }
 
-func run(t *testing.T, what string, runFn func(context.Context) error, ready <-chan struct{}) {
+// RunUntilCleanup runs runFn in a goroutine until the end of the test (then
+// cancels it and checks that it returned nil) and returns once ready is
+// closed. Resources it uses must be released by cleanups registered before
+// this call: cleanups run last-registered first.
+func RunUntilCleanup(t testing.TB, what string, runFn func(context.Context) error, ready <-chan struct{}) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -115,15 +115,8 @@ func TestInteropAgentServesWarrenMapper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tr.Close()
-	m, err := mapper.New(tr, mapper.Config{}, mapper.WithLogger(testenv.Logger(t)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mctx, mcancel := context.WithCancel(t.Context())
-	mdone := make(chan error, 1)
-	go func() { mdone <- m.Run(mctx) }()
-	defer func() { mcancel(); <-mdone }()
+	t.Cleanup(func() { tr.Close() }) // after the mapper's cleanup
+	m := fabrictest.RunMapper(t, tr, mapper.Config{})
 
 	rctx, rcancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer rcancel()
