@@ -25,8 +25,12 @@ const maxActionLen = 150
 
 // format renders the entry in Ernie's access log format:
 //
-//	ACC [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 0 nat high - {call,nat,add,[1,2]}
-//	ERR [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 0 ext high - Message : {call,ext,add,[1,2]}
+//	ACC [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 0 nat high - {call,nat,add,[1,2]}
+//	ERR [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 0 ext high - Message : {call,ext,add,[1,2]}
+//
+// The date and the time are separated by a space, as Ernie's
+// ernie_access_logger.erl writes them ("~4B-~2.10.0B-~2.10.0B ~2.10.0B:..."),
+// although its README shows a T.
 func (e *accessEntry) format() string {
 	action := e.action
 	if len(action) > maxActionLen {
@@ -42,7 +46,7 @@ func (e *accessEntry) format() string {
 	} else {
 		b.WriteString("ACC [")
 	}
-	b.WriteString(e.accept.Local().Format("2006-01-02T15:04:05.000000"))
+	b.WriteString(e.accept.Local().Format("2006-01-02 15:04:05.000000"))
 	fmt.Fprintf(&b, "] %.6f %.6f - %d %d %3.3s %s - ",
 		e.process.Sub(e.accept).Seconds(), e.done.Sub(e.process).Seconds(),
 		e.hq, e.lq, e.kind, e.prio)

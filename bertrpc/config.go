@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -60,6 +61,11 @@ type Config struct {
 	// killed and restarted. 0 → 30s; negative → no timeout (Ernie's
 	// behaviour). A module's own Timeout overrides it.
 	CallTimeout time.Duration `yaml:"call_timeout"`
+	// CastTimeout bounds each cast in the same way, from the moment it is
+	// read until its function returns (the client had its {noreply} at
+	// once). 0 or negative → no timeout, as in Ernie: CallTimeout and the
+	// modules' Timeout do not apply to casts.
+	CastTimeout time.Duration `yaml:"cast_timeout"`
 	// IdleTimeout closes a kept-open client connection that sends nothing
 	// for this long. 0 → 5m; negative → never.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
@@ -84,12 +90,17 @@ type ModuleConfig struct {
 	Count int `yaml:"count"`
 	// Selector is the fabric selector (for example "least_loaded").
 	Selector string `yaml:"selector"`
-	// Timeout overrides Config.CallTimeout for this module (Erlang form:
-	// {timeout, Milliseconds}).
+	// Timeout overrides Config.CallTimeout for this module's calls (Erlang
+	// form: {timeout, Milliseconds}; YAML: milliseconds or a duration such
+	// as "5s").
 	Timeout time.Duration `yaml:"timeout"`
 	// CodePaths is accepted for Ernie compatibility and ignored: native
 	// modules are compiled into the binary.
 	CodePaths []string `yaml:"codepaths"`
+	// Ignored lists the keys of an Erlang config entry that this server
+	// does not know. Ernie ignores such keys, so they are not errors:
+	// [New] logs a warning for each.
+	Ignored []string `yaml:"-"`
 }
 
 func (c Config) withDefaults() Config {
@@ -180,21 +191,92 @@ func LoadConfig(path string) (Config, error) {
 }
 
 // ParseYAMLConfig parses the YAML form of the config. Unknown fields are
-// errors.
+// errors (this form is Warren's own, unlike Ernie's Erlang terms).
+// Durations are either integers, in milliseconds as in Ernie's
+// {timeout, Ms}, or strings such as "5s" or "1m30s".
 func ParseYAMLConfig(data []byte) (Config, error) {
-	var cfg Config
+	var yc yamlConfig
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
+	if err := dec.Decode(&yc); err != nil {
 		if errors.Is(err, io.EOF) {
 			return Config{}, nil
 		}
 		return Config{}, fmt.Errorf("%w: %v", ErrInvalidConfig, err)
 	}
+	cfg := Config{
+		Listen:          yc.Listen,
+		MaxPacket:       yc.MaxPacket,
+		CallTimeout:     time.Duration(yc.CallTimeout),
+		CastTimeout:     time.Duration(yc.CastTimeout),
+		IdleTimeout:     time.Duration(yc.IdleTimeout),
+		CloseAfterReply: yc.CloseAfterReply,
+		AccessLog:       yc.AccessLog,
+	}
+	for _, m := range yc.Modules {
+		cfg.Modules = append(cfg.Modules, ModuleConfig{
+			Module:    m.Module,
+			Type:      m.Type,
+			Command:   m.Command,
+			Count:     m.Count,
+			Selector:  m.Selector,
+			Timeout:   time.Duration(m.Timeout),
+			CodePaths: m.CodePaths,
+		})
+	}
 	if err := cfg.Validate(); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// yamlConfig is the YAML form of Config: the same keys, with durations
+// that also accept milliseconds.
+type yamlConfig struct {
+	Listen          string       `yaml:"listen"`
+	Modules         []yamlModule `yaml:"modules"`
+	MaxPacket       int          `yaml:"max_packet"`
+	CallTimeout     yamlDuration `yaml:"call_timeout"`
+	CastTimeout     yamlDuration `yaml:"cast_timeout"`
+	IdleTimeout     yamlDuration `yaml:"idle_timeout"`
+	CloseAfterReply bool         `yaml:"close_after_reply"`
+	AccessLog       string       `yaml:"access_log"`
+}
+
+type yamlModule struct {
+	Module    string       `yaml:"module"`
+	Type      ModuleType   `yaml:"type"`
+	Command   string       `yaml:"command"`
+	Count     int          `yaml:"count"`
+	Selector  string       `yaml:"selector"`
+	Timeout   yamlDuration `yaml:"timeout"`
+	CodePaths []string     `yaml:"codepaths"`
+}
+
+// yamlDuration reads an integer as milliseconds and a string as a Go
+// duration.
+type yamlDuration time.Duration
+
+func (d *yamlDuration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!int" {
+		var ms int64
+		if err := n.Decode(&ms); err != nil {
+			return err
+		}
+		if ms > math.MaxInt64/int64(time.Millisecond) || ms < math.MinInt64/int64(time.Millisecond) {
+			return fmt.Errorf("line %d: %d milliseconds is out of range", n.Line, ms)
+		}
+		*d = yamlDuration(time.Duration(ms) * time.Millisecond)
+		return nil
+	}
+	var s string
+	if n.Kind == yaml.ScalarNode && n.Decode(&s) == nil {
+		if v, err := time.ParseDuration(s); err == nil {
+			*d = yamlDuration(v)
+			return nil
+		}
+	}
+	return fmt.Errorf("line %d: %q is not a duration: want milliseconds (5000) or a duration (5s)", n.Line, n.Value)
 }
 
 // ParseErlangConfig parses Ernie's config format: dot-terminated Erlang
@@ -257,7 +339,9 @@ func moduleFromTerm(t any) (ModuleConfig, error) {
 			m.Selector, err = termString(v)
 		case "timeout":
 			var ms int
-			ms, err = termInt(v)
+			if ms, err = termInt(v); err == nil && (ms > math.MaxInt64/int(time.Millisecond) || ms < -math.MaxInt64/int(time.Millisecond)) {
+				err = fmt.Errorf("%d milliseconds is out of range", ms)
+			}
 			m.Timeout = time.Duration(ms) * time.Millisecond
 		case "codepaths":
 			paths, ok := v.(bert.List)
@@ -272,7 +356,9 @@ func moduleFromTerm(t any) (ModuleConfig, error) {
 				m.CodePaths = append(m.CodePaths, s)
 			}
 		default:
-			return m, fmt.Errorf("unknown key %s", key)
+			// Ernie reads its entries with proplists, which ignore keys
+			// nobody asks for.
+			m.Ignored = append(m.Ignored, string(key))
 		}
 		if err != nil {
 			return m, fmt.Errorf("%s: %v", key, err)

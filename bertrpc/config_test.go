@@ -2,9 +2,11 @@ package bertrpc_test
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -43,7 +45,12 @@ func TestParseErlangConfig(t *testing.T) {
 			want: []bertrpc.ModuleConfig{{Module: "e", Type: bertrpc.TypeExternal, Command: "echo \"a\tb\" A"}}},
 		{name: "empty file", src: "% nothing\n", want: nil},
 		{name: "missing dot", src: `[{module, x}, {type, native}]`, wantErr: true},
-		{name: "unknown key", src: `[{module, x}, {type, native}, {colour, red}].`, wantErr: true},
+		{
+			// Ernie's proplists ignore unknown keys: kept, for New to warn.
+			name: "unknown keys ignored", src: `[{module, x}, {type, native}, {colour, red}, {pool, [1, {a, b}]}].`,
+			want: []bertrpc.ModuleConfig{{Module: "x", Type: bertrpc.TypeNative, Ignored: []string{"colour", "pool"}}},
+		},
+		{name: "timeout overflow", src: `[{module, x}, {type, native}, {timeout, 99999999999999999}].`, wantErr: true},
 		{name: "unknown type", src: `[{module, x}, {type, martian}].`, wantErr: true},
 		{name: "external without command", src: `[{module, x}, {type, external}].`, wantErr: true},
 		{name: "variable", src: `[{module, X}].`, wantErr: true},
@@ -75,14 +82,18 @@ func TestLoadConfigYAML(t *testing.T) {
 	path := filepath.Join(dir, "bert.yaml")
 	src := `listen: "127.0.0.1:9999"
 call_timeout: 5s
+cast_timeout: 90000
+idle_timeout: 1m30s
 access_log: /tmp/access.log
 modules:
   - module: nat
     type: native
+    timeout: 5000
   - module: ext
     type: external
     command: ruby ext.rb
     count: 2
+    timeout: 2.5s
   - module: simple
     type: fabric
     selector: least_loaded
@@ -95,10 +106,11 @@ modules:
 		t.Fatal(err)
 	}
 	want := bertrpc.Config{
-		Listen: "127.0.0.1:9999", CallTimeout: 5 * time.Second, AccessLog: "/tmp/access.log",
+		Listen: "127.0.0.1:9999", CallTimeout: 5 * time.Second, CastTimeout: 90 * time.Second,
+		IdleTimeout: 90 * time.Second, AccessLog: "/tmp/access.log",
 		Modules: []bertrpc.ModuleConfig{
-			{Module: "nat", Type: bertrpc.TypeNative},
-			{Module: "ext", Type: bertrpc.TypeExternal, Command: "ruby ext.rb", Count: 2},
+			{Module: "nat", Type: bertrpc.TypeNative, Timeout: 5 * time.Second}, // milliseconds, as in Ernie
+			{Module: "ext", Type: bertrpc.TypeExternal, Command: "ruby ext.rb", Count: 2, Timeout: 2500 * time.Millisecond},
 			{Module: "simple", Type: bertrpc.TypeFabric, Selector: "least_loaded"},
 		},
 	}
@@ -113,6 +125,32 @@ modules:
 	}
 	if _, err := bertrpc.LoadConfig(path); !errors.Is(err, bertrpc.ErrInvalidConfig) {
 		t.Fatalf("unknown field: %v", err)
+	}
+	for _, bad := range []string{"soon", "1.5", "[1]", "99999999999999999"} {
+		if err := os.WriteFile(path, []byte("modules:\n  - {module: x, type: native, timeout: "+bad+"}\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := bertrpc.LoadConfig(path)
+		if !errors.Is(err, bertrpc.ErrInvalidConfig) || !strings.Contains(err.Error(), "line 2") {
+			t.Errorf("timeout %s: %v", bad, err)
+		}
+	}
+}
+
+// TestIgnoredConfigKeysWarn: unknown keys of an Erlang config are not
+// fatal (as in Ernie), but the server says it ignores them.
+func TestIgnoredConfigKeysWarn(t *testing.T) {
+	cfg, err := bertrpc.ParseErlangConfig([]byte(`[{module, nat}, {type, native}, {colour, red}].`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	if _, err := bertrpc.New(cfg, bertrpc.WithNative(natRegistry(t)), bertrpc.WithLogger(log)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "config key ignored") || !strings.Contains(logs.String(), "key=colour") {
+		t.Fatalf("no warning: %q", logs.String())
 	}
 }
 

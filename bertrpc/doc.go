@@ -20,7 +20,11 @@
 //     /bin/sh -c; requests and replies are BERPs on file descriptors 3 (to
 //     the worker) and 4 (from the worker); stdin and stdout stay free; each
 //     worker has one request at a time. Handlers written for Ernie's Ruby
-//     library (Ernie.expose(:ext, Ext)) run as they are.
+//     library (Ernie.expose(:ext, Ext)) run as they are. The worker gets the
+//     request re-encoded with the specification's tags only (what modern
+//     Erlang clients write, NEW_FLOAT_EXT and UTF-8 atoms, the Ruby bert
+//     gem cannot read); a reply that is not BERT is not forwarded: the
+//     client gets a WorkerError and the worker is restarted.
 //   - fabric: calls forwarded to Warren services through a [Fabric]:
 //     {call, simple, echo, [X]} becomes a request to /simple/echo with X as
 //     JSON ([ArgsToJSON], [JSONToTerm]).
@@ -61,7 +65,8 @@
 // the handler fails, the worker crashes (it is restarted), the call's
 // timeout expires ([Config.CallTimeout]; Ernie had none) or the server is
 // halting. A cast is acknowledged before it runs; if it fails nobody is
-// told.
+// told. Casts have no timeout, as in Ernie, unless [Config.CastTimeout]
+// sets one.
 //
 // # Shutdown
 //

@@ -2,6 +2,8 @@ package bertrpc
 
 import (
 	"bytes"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,12 +57,12 @@ func TestAccessEntryFormat(t *testing.T) {
 		accept: accept, process: accept.Add(53 * time.Microsecond), done: accept.Add(290 * time.Microsecond),
 		hq: 0, lq: 2, kind: "nat", prio: high, action: "{call,nat,add,[1,2]}",
 	}
-	want := "ACC [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 2 nat high - {call,nat,add,[1,2]}\n"
+	want := "ACC [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 2 nat high - {call,nat,add,[1,2]}\n"
 	if got := e.format(); got != want {
 		t.Fatalf("got  %q\nwant %q", got, want)
 	}
 	e.err, e.kind, e.prio = "External process error boom", "ext", low
-	want = "ERR [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 2 ext low - External process error boom : {call,nat,add,[1,2]}\n"
+	want = "ERR [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 2 ext low - External process error boom : {call,nat,add,[1,2]}\n"
 	if got := e.format(); got != want {
 		t.Fatalf("got  %q\nwant %q", got, want)
 	}
@@ -97,4 +99,76 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("frame of %d bytes over the limit", len(p))
 		}
 	})
+}
+
+// TestAccessActionBounded: the access log renders only the part of a
+// request it keeps, whatever the request's size, and keeps what Ernie
+// keeps.
+func TestAccessActionBounded(t *testing.T) {
+	big := bytes.Repeat([]byte{0xff}, 16<<20) // 4 bytes of text each, rendered in full
+	term := bert.Tuple{bert.Atom("call"), bert.Atom("ext"), bert.Atom("echo"), bert.List{big}}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	action := accessAction(term)
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 64<<10 {
+		t.Fatalf("rendering a 16 MiB request for the access log allocated %d bytes", n)
+	}
+	e := accessEntry{action: action}
+	line := e.format()
+	if want := " - " + ("{call,ext,echo,[<<" + strings.Repeat("255,", 40))[:maxActionLen] + "...\n"; !strings.HasSuffix(line, want) {
+		t.Fatalf("line %q\nwant suffix %q", line, want)
+	}
+
+	// Cut or not, the logged text is what rendering everything and cutting
+	// at 150 characters (Ernie's way) gives.
+	for _, term := range []any{
+		bert.Tuple{bert.Atom("call"), bert.Atom("nat"), bert.Atom("add"), bert.List{1, 2}},
+		bert.Tuple{bert.Atom("call"), bert.Atom("ext"), bert.Atom("echo"), bert.List{bytes.Repeat([]byte("y\n"), 200)}},
+		bert.Tuple{bert.Atom("call"), bert.Atom("ext"), bert.Atom("echo"), bert.List{bytes.Repeat([]byte{1}, 100)}},
+		bert.Tuple{bert.Atom("cast"), bert.Atom("ext"), bert.Atom("x"), bert.List{bert.List{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50}}},
+	} {
+		limited := (&accessEntry{action: accessAction(term)}).format()
+		full := (&accessEntry{action: bert.Format(term)}).format()
+		if limited != full {
+			t.Errorf("limited %q\nfull    %q", limited, full)
+		}
+	}
+}
+
+func BenchmarkAccessAction(b *testing.B) {
+	for _, size := range []int{16, 1 << 20, 16 << 20} {
+		term := bert.Tuple{bert.Atom("call"), bert.Atom("ext"), bert.Atom("echo"), bert.List{bytes.Repeat([]byte{0xff}, size)}}
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = accessAction(term)
+			}
+		})
+	}
+}
+
+// BenchmarkWorkerRequest is what re-encoding a request for an external
+// worker costs (runExternal), against forwarding the client's bytes, which
+// costs nothing: small calls and 1 MiB / 16 MiB binaries.
+func BenchmarkWorkerRequest(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		args bert.List
+	}{
+		{"add", bert.List{1.5, 2}},
+		{"1MiB", bert.List{make([]byte, 1<<20)}},
+		{"16MiB", bert.List{make([]byte, 16<<20-64)}},
+	} {
+		term := bert.Tuple{bert.Atom("call"), bert.Atom("ext"), bert.Atom("f"), tc.args}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := bert.Marshal(term); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -187,6 +187,14 @@ func TestInteropErlangClient(t *testing.T) {
 		{"external", "ext", "add", "[1,2]", "", "{reply,3}"},
 		{"external kept open", "ext", "add", "[1,2]", "keep", "{reply,3}\n{reply,3}"},
 		{"external binary", "ext", "echo", `[<<"hi">>]`, "low", `{reply,<<"hi">>}`},
+		// term_to_binary writes floats as NEW_FLOAT_EXT, which the Ruby
+		// worker's bert gem cannot read: the server re-encodes.
+		{"external float", "ext", "add", "[1.5,2]", "", "{reply,3.5}"},
+		// OTP 26's default encoding: every atom SMALL_ATOM_UTF8_EXT.
+		{"external utf8 atoms", "ext", "echo", "[[2.25,abc]]", "utf8", "{reply,[2.25,abc]}"},
+		// An atom from a hand-written ATOM_UTF8_EXT (118) term, with the
+		// request itself in OTP 26's encoding.
+		{"external utf8 atom ext", "ext", "echo", "[binary_to_term(<<131,118,0,2,104,105>>)]", "utf8", "{reply,hi}"},
 		{"no module", "nope", "x", "[]", "", `{error,{server,1,<<"ServerError">>,<<"No such module 'nope'">>,[]}}`},
 	}
 	for _, tc := range tests {

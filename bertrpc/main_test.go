@@ -96,6 +96,20 @@ func testWorker() int {
 		case "garbage": // a reply that is not a BERP the server accepts
 			out.Write([]byte{0xff, 0xff, 0xff, 0xff})
 			return 0
+		case "notbert": // a well-framed reply that is not BERT
+			bert.WritePacket(out, []byte{131, 200, 1, 2})
+			continue
+		case "request": // the request bytes as the worker received them
+			res = payload
+		case "sleep_record": // sleep args[0] ms, then record args[1]
+			time.Sleep(time.Duration(args[0].(int)) * time.Millisecond)
+			f, err := os.OpenFile(filepath.Join(dir, "order"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+			if err != nil {
+				return 1
+			}
+			fmt.Fprintln(f, string(args[1].([]byte)))
+			f.Close()
+			res = args[1]
 		default:
 			reply, _ := bert.Marshal(bert.Tuple{bert.Atom("error"), bert.Tuple{bert.Atom("server"), 0, []byte("Ernie::ServerError"), []byte("No such function 'ext:" + fun + "'"), bert.List{}}})
 			bert.WritePacket(out, reply)

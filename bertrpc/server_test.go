@@ -186,9 +186,16 @@ func TestErrors(t *testing.T) {
 	wantError(t, err, bertrpc.UserError, 0, "ArgumentError")
 	_, err = call(t, s, "nat", "boom")
 	e = wantError(t, err, bertrpc.UserError, 0, "RuntimeError")
-	// The stack stays on the server.
-	if !strings.Contains(e.Detail, "kaboom") || len(e.Backtrace) != 0 {
+	// With a backtrace, from the panicking handler up, as Ernie's native
+	// handlers send Erlang's stacktrace.
+	if !strings.Contains(e.Detail, "kaboom") || len(e.Backtrace) == 0 ||
+		!strings.Contains(e.Backtrace[0], "TestErrors") || !strings.Contains(e.Backtrace[0], "server_test.go:") {
 		t.Errorf("panic error %+v", e)
+	}
+	for _, f := range e.Backtrace {
+		if strings.HasPrefix(f, "runtime.") {
+			t.Errorf("runtime frame in the backtrace: %q", f)
+		}
 	}
 	_, err = call(t, s, "nat", "hang")
 	wantError(t, err, bertrpc.ServerError, 0, "TimeoutError")
@@ -326,7 +333,7 @@ func TestAccessLog(t *testing.T) {
 	mustCall(t, s, "nat", "add", 1, 2)
 	_, _ = call(t, s, "nope", "x", []byte("y"))
 
-	acc := regexp.MustCompile(`^ACC \[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\] \d+\.\d{6} \d+\.\d{6} - 0 0 nat high - \{call,nat,add,\[1,2\]\}$`)
+	acc := regexp.MustCompile(`^ACC \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\] \d+\.\d{6} \d+\.\d{6} - 0 0 nat high - \{call,nat,add,\[1,2\]\}$`)
 	errLine := regexp.MustCompile(`^ERR \[[^]]+\] \d+\.\d{6} \d+\.\d{6} - 0 0 unk high - No such module 'nope' : \{call,nope,x,\[<<"y">>\]\}$`)
 	var lines []string
 	testenv.WaitFor(t, 5*time.Second, func() error {
@@ -464,6 +471,77 @@ func TestExternalWorkers(t *testing.T) {
 		_, err := call(t, s, "ext", "garbage")
 		wantError(t, err, bertrpc.ServerError, 0, "")
 		mustCall(t, s, "ext", "add", 2, 2)
+	})
+	t.Run("reply not BERT", func(t *testing.T) {
+		// Well framed but not BERT: the client gets a WorkerError (not the
+		// bytes), and the worker is replaced.
+		before := mustCall(t, s, "one", "pid")
+		_, err := call(t, s, "one", "notbert")
+		e := wantError(t, err, bertrpc.ServerError, 0, "WorkerError")
+		if !strings.Contains(e.Detail, "not BERT") {
+			t.Fatalf("detail %q", e.Detail)
+		}
+		if after := mustCall(t, s, "one", "pid"); after == before {
+			t.Fatal("the worker that sent garbage still serves")
+		}
+	})
+	t.Run("request re-encoded", func(t *testing.T) {
+		// What OTP 26 writes: NEW_FLOAT_EXT (70) and SMALL_ATOM_UTF8_EXT
+		// (119). The worker must get the specification's FLOAT_EXT and
+		// ATOM_EXT, which Ernie's Ruby library reads.
+		otp26 := []byte{131, 104, 4,
+			119, 4, 'c', 'a', 'l', 'l', 119, 3, 'e', 'x', 't', 119, 7, 'r', 'e', 'q', 'u', 'e', 's', 't',
+			108, 0, 0, 0, 2,
+			70, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0, // 1.5
+			119, 3, 0xc3, 0xa9, 't', // 'ét'
+			106}
+		r := dialRaw(t, s)
+		r.sendBytes(otp26)
+		reply, ok := r.recv().(bert.Tuple)
+		if !ok || len(reply) != 2 || reply[0] != bert.Atom("reply") {
+			t.Fatalf("reply %s", bert.Format(reply))
+		}
+		got := reply[1].([]byte)
+		want, err := bert.Marshal(callTerm("ext", "request", 1.5, bert.Atom("\xc3\xa9t")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Fatalf("worker got % x\nwant        % x", got, want)
+		}
+	})
+	t.Run("request that is not BERT", func(t *testing.T) {
+		// A map (modern Erlang) cannot be given to an Ernie worker: the
+		// client is told so, and the worker is not disturbed.
+		before := mustCall(t, s, "one", "pid")
+		r := dialRaw(t, s)
+		r.sendBytes([]byte{131, 104, 4, 100, 0, 4, 'c', 'a', 'l', 'l', 100, 0, 3, 'o', 'n', 'e', 100, 0, 4, 'e', 'c', 'h', 'o',
+			108, 0, 0, 0, 1, 116, 0, 0, 0, 1, 97, 1, 97, 2, 106})
+		wantErrorTerm(t, r.recv(), "protocol", 0)
+		if after := mustCall(t, s, "one", "pid"); after != before {
+			t.Fatal("worker replaced")
+		}
+	})
+	t.Run("casts have no timeout", func(t *testing.T) {
+		// slow's calls time out after 300ms; a cast runs to the end.
+		if err := os.Remove(filepath.Join(dir, "order")); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		c, err := bertrpc.Dial(t.Context(), addrOf(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Cast(t.Context(), "slow", "sleep_record", 900, []byte("slowcast")); err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, 10*time.Second, func() error {
+			b, _ := os.ReadFile(filepath.Join(dir, "order"))
+			if !strings.Contains(string(b), "slowcast") {
+				return errors.New("cast not run to its end")
+			}
+			return nil
+		})
 	})
 	t.Run("timeout", func(t *testing.T) {
 		testenv.WaitFor(t, 10*time.Second, func() error { // worker up (its start counts against the timeout)

@@ -37,7 +37,7 @@ func proclineCommand(command string) string {
 
 // job is one request for an external worker.
 type job struct {
-	payload  []byte    // the request BERT as the client sent it
+	payload  []byte    // the request BERT, as bert.Marshal wrote it
 	deadline time.Time // zero: none
 	prio     priority
 	cast     bool
@@ -57,7 +57,7 @@ const (
 func (j *job) cancel() bool { return j.state.CompareAndSwap(jobQueued, jobCanceled) }
 
 type jobResult struct {
-	reply  []byte // the worker's reply, forwarded as is
+	reply  []byte // the worker's reply (valid BERT), forwarded as is
 	err    *Error // or a server error (crash, timeout)
 	errLog string // for an ERR access log line
 }
@@ -269,6 +269,15 @@ func (p *pool) serve(ctx context.Context, log *slog.Logger, w *workerProc, j *jo
 	reply, err := w.roundTrip(ctx, j.payload, j.deadline, p.maxPacket)
 	if err != nil {
 		return p.fail(log, w, j, err)
+	}
+	// A well-framed reply may still be garbage: it must not reach the
+	// client, and a worker that wrote it is not to be trusted with the
+	// next request.
+	if _, err := bert.UnmarshalLimits(reply, bert.Limits{MaxSize: p.maxPacket}); err != nil {
+		e := serverErr(CodeUndesignated, "WorkerError", "%s: worker reply is not BERT (%v); worker restarted", p.module, err)
+		log.Warn("worker reply is not BERT; restarting", "pid", w.cmd.Process.Pid, "err", err)
+		j.finish(jobResult{err: e, errLog: "External process error " + e.Detail})
+		return false
 	}
 	j.finish(jobResult{reply: reply})
 	return true

@@ -60,6 +60,7 @@ type bertServeCmd struct {
 	Detached        bool          `short:"d" help:"Run as a daemon (in the background, detached from the terminal)."`
 	Pidfile         string        `short:"P" placeholder:"PIDFILE" help:"Write the server's pid to this file."`
 	Timeout         time.Duration `placeholder:"DURATION" help:"Per-call timeout (default 30s; negative: none, as in Ernie)."`
+	CastTimeout     time.Duration `name:"cast-timeout" placeholder:"DURATION" help:"Per-cast timeout (default: none, as in Ernie)."`
 	Broker          string        `placeholder:"URL" help:"AMQP URL of the Warren broker, for fabric modules."`
 	CloseAfterReply bool          `name:"close-after-reply" help:"Close each connection after its reply, as Ernie does (default: keep it open for more requests)."`
 
@@ -99,6 +100,9 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 	}
 	if c.Timeout != 0 {
 		cfg.CallTimeout = c.Timeout
+	}
+	if c.CastTimeout != 0 {
+		cfg.CastTimeout = c.CastTimeout
 	}
 	if c.CloseAfterReply {
 		cfg.CloseAfterReply = true
