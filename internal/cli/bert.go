@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,9 +65,50 @@ type bertServeCmd struct {
 	Broker          string        `placeholder:"URL" help:"AMQP URL of the Warren broker, for fabric modules."`
 	CloseAfterReply bool          `name:"close-after-reply" help:"Close each connection after its reply, as Ernie does (default: keep it open for more requests)."`
 
-	Name   string `placeholder:"NAME" help:"Erlang node name (accepted for Ernie compatibility; ignored)."`
-	Sname  string `placeholder:"SNAME" help:"Erlang short node name (accepted; ignored)."`
-	Erlang string `short:"E" placeholder:"ERLANG_OPTIONS" help:"Options for the Erlang VM (accepted; ignored)."`
+	Name   string     `placeholder:"NAME" help:"Erlang node name (accepted for Ernie compatibility; ignored)."`
+	Sname  string     `placeholder:"SNAME" help:"Erlang short node name (accepted; ignored)."`
+	Erlang erlangOpts `short:"E" placeholder:"ERLANG_OPTIONS" help:"Options for the Erlang VM, such as '-run mymodule' (accepted; ignored)."`
+}
+
+// erlangOpts is the value of -E: options Ernie passes to the Erlang VM,
+// which usually start with '-' ("-run mymodule"). kong's string flags
+// refuse such values as flags of their own; Ernie takes the next argument
+// whatever it is, and so does this.
+type erlangOpts string
+
+// Decode implements kong.MapperValue.
+func (e *erlangOpts) Decode(ctx *kong.DecodeContext) error {
+	t := ctx.Scan.Pop()
+	if t.IsEOL() {
+		return errors.New("-E needs a value (options for the Erlang VM)")
+	}
+	*e = erlangOpts(t.String())
+	return nil
+}
+
+// BeforeApply maps Ernie's numeric log levels given with --log-level
+// (Ernie's long name for -l, "--log-level 3") to Warren's names, before
+// the global flag's enum (debug, info, warn, error) is checked.
+func (c *bertServeCmd) BeforeApply(kctx *kong.Context) error {
+	for _, p := range kctx.Path {
+		if p.Flag == nil || p.Flag.Name != "log-level" {
+			continue
+		}
+		v := kctx.Value(p)
+		if v.Kind() != reflect.String {
+			continue
+		}
+		n, err := strconv.Atoi(v.String())
+		if err != nil {
+			continue // a name: the enum check decides
+		}
+		lvl, err := ernieLevel(n)
+		if err != nil {
+			return usageError{fmt.Errorf("--log-level %d: Ernie's levels are 0-4 (or use debug, info, warn, error)", n)}
+		}
+		v.SetString(lvl)
+	}
+	return nil
 }
 
 // detachedEnv marks the re-executed daemon process.
