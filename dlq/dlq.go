@@ -9,10 +9,23 @@
 // returns it to its place; replay republishes a message where it was first
 // published and only then acknowledges it, so a crash in between duplicates
 // a dead letter but never loses one.
+//
+// Each operation visits the letters that were in the queue when it began,
+// each at most once: it appends a marker message (type warren.dlq-end) to
+// the queue and stops when the marker comes back, so a replayed letter that
+// dies again, or a new dead letter, waits for the next operation. An
+// operation holds the letters it reads, or leaves in place, unacknowledged
+// (Hold bounds how many, 1000 by default); letters it replays or purges are
+// settled as it goes. One that would need to hold more stops and returns an
+// error wrapping ErrIncomplete that says how far it got, never a silently
+// partial result. The tool's user needs, besides read on the queue, write on
+// amq.default for the marker.
 package dlq
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -86,71 +99,224 @@ func letterOf(d *transport.Delivery) Letter {
 	return l
 }
 
-// visit consumes up to max letters (0: all) from the dead-letter queue and
-// calls f for each; f settles it. It stops when the queue has had nothing
-// more for idle.
-func visit(ctx context.Context, tr transport.Transport, max int, f func(d *transport.Delivery, l Letter) error) error {
-	const idle = 300 * time.Millisecond
-	prefetch := max
-	if prefetch <= 0 || prefetch > 1000 {
-		prefetch = 1000
+// DefaultHold is how many dead letters one operation holds at most, unless
+// Hold says otherwise.
+const DefaultHold = 1000
+
+// ErrIncomplete is wrapped by the error of an operation that stopped before
+// it had seen every dead letter that was in the queue when it began: it
+// held as many letters as Hold allows, or another consumer of the queue
+// kept the end from coming back. What it did until then stands (the error
+// says how far it got); the letters it did not reach are untouched.
+var ErrIncomplete = errors.New("dlq: stopped before the end of the queue")
+
+// Option tunes List, Show, Replay and Purge.
+type Option func(*config)
+
+type config struct {
+	queue string
+	hold  int
+}
+
+// Hold bounds how many dead letters one operation holds unacknowledged at
+// once: the ones List and Show read, and those Replay and Purge leave in
+// place because they do not match (letters they replay or purge are settled
+// as they go and do not count). It is the consumer's prefetch, so 1 to
+// 65534; the default is DefaultHold. An operation that needs more stops
+// with ErrIncomplete.
+func Hold(n int) Option { return func(c *config) { c.hold = n } }
+
+// Queue makes the operation work on the dead-letter queue name instead of
+// warren.dead.
+func Queue(name string) Option { return func(c *config) { c.queue = name } }
+
+func configure(opts []Option) (config, error) {
+	c := config{queue: wire.DeadLetterQueue, hold: DefaultHold}
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
 	}
+	if c.hold < 1 || c.hold > 65534 {
+		return c, fmt.Errorf("dlq: hold %d: want 1 to 65534", c.hold)
+	}
+	if c.queue == "" {
+		return c, errors.New("dlq: no queue named")
+	}
+	return c, nil
+}
+
+// markerType is the type of the message an operation appends to the queue
+// to know where the letters that were there when it began end.
+const markerType = "warren.dlq-end"
+
+// markerTTL bounds how long a marker can outlive the operation that sent it
+// (one that crashed): the queue drops it when it expires.
+func markerTTL(ctx context.Context) time.Duration {
+	ttl := time.Hour
+	if dl, ok := ctx.Deadline(); ok {
+		ttl = min(ttl, time.Until(dl)+time.Minute)
+	}
+	return max(ttl, time.Second)
+}
+
+// quiet is how long visit waits for the next delivery before it concludes
+// that its end marker is not coming back (another consumer holds or took it).
+const quiet = 3 * time.Second
+
+// action is what visit's callback did with a delivery.
+type action int
+
+const (
+	settled action = iota // acknowledged: it left the queue
+	held                  // left unsettled; visit gives it back at the end
+	done                  // held, and nothing more is wanted: visit stops
+)
+
+// visit calls f, in queue order, for each dead letter that was in the queue
+// when it began. It bounds the walk with a marker message published to the
+// queue after it started consuming: everything ahead of the marker was
+// there before, everything behind it (a letter replayed and dead-lettered
+// again, a new dead letter) arrived later and is not visited. Letters f
+// holds are given back, to their places in the queue, when visit returns.
+// It returns how many letters f saw.
+//
+// Only settling callbacks (Replay's, Purge's) are given a letter once Hold
+// letters are held, since theirs may leave the queue; for the others visit
+// stops there.
+func visit(ctx context.Context, tr transport.Transport, c config, settling bool, f func(d *transport.Delivery, l Letter) (action, error)) (seen int, err error) {
 	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ch, err := tr.Consume(cctx, wire.DeadLetterQueue, transport.ConsumeOptions{Prefetch: prefetch})
+	// Prefetch one more than may be held, so that the marker can still come
+	// when exactly Hold letters are held.
+	ch, err := tr.Consume(cctx, c.queue, transport.ConsumeOptions{Prefetch: c.hold + 1})
 	if err != nil {
-		return fmt.Errorf("dlq: consume %s: %w", wire.DeadLetterQueue, err)
+		cancel()
+		return 0, fmt.Errorf("dlq: consume %s: %w", c.queue, err)
 	}
-	seen := 0
-	t := time.NewTimer(idle)
+	var hold []*transport.Delivery
+	defer func() {
+		// Ending the consumer gives back what it holds, each to its place;
+		// nacking first would deliver them to it again. Its channel is
+		// closed once that is done.
+		cancel()
+		for range ch {
+		}
+	}()
+	ttl := markerTTL(ctx)
+	marker := transport.Message{Type: markerType, MessageID: "warren-dlq-end-" + newID(), Timestamp: time.Now(), Expiration: ttl,
+		Headers: map[string]any{wire.HeaderDeadline: time.Now().Add(ttl).UnixMilli()}}
+	if err := tr.Publish(ctx, transport.DefaultExchange, c.queue, marker, transport.PublishOptions{Mandatory: true}); err != nil {
+		return 0, fmt.Errorf("dlq: mark the end of %s: %w", c.queue, err)
+	}
+	t := time.NewTimer(quiet)
 	defer t.Stop()
-	for max <= 0 || seen < max {
+	for {
 		select {
 		case d, ok := <-ch:
 			if !ok {
-				return ctx.Err()
+				if ctx.Err() != nil {
+					return seen, fmt.Errorf("dlq: %s after %d dead letter(s): %w", c.queue, seen, ctx.Err())
+				}
+				return seen, fmt.Errorf("%w: %s: the consumer ended after %d dead letter(s) (connection lost?)", ErrIncomplete, c.queue, seen)
+			}
+			t.Reset(quiet)
+			if d.Type == markerType {
+				if d.MessageID == marker.MessageID {
+					_ = d.Ack()
+					return seen, nil
+				}
+				// Another operation's, still running or not (it stopped early,
+				// or crashed). Move it behind ours, so that it holds no place
+				// in our prefetch (its operation, if running, visits a few
+				// more letters); or drop it once its time is up.
+				if dl, ok := wire.Deadline(d.Headers); ok && dl.After(time.Now()) {
+					m := d.Message
+					m.Expiration = max(time.Until(dl), time.Millisecond)
+					if err := tr.Publish(ctx, transport.DefaultExchange, c.queue, m, transport.PublishOptions{Confirm: true}); err != nil {
+						hold = append(hold, d)
+						continue
+					}
+				}
+				_ = d.Ack()
+				continue
+			}
+			if len(hold) >= c.hold && !settling {
+				hold = append(hold, d)
+				return seen, fmt.Errorf("%w: %s: stopped after %d dead letter(s), as many as it may hold", ErrIncomplete, c.queue, seen)
 			}
 			seen++
-			if err := f(d, letterOf(d)); err != nil {
-				return err
+			a, err := f(d, letterOf(d))
+			if a != settled {
+				hold = append(hold, d)
 			}
-			t.Reset(idle)
+			if err != nil || a == done {
+				return seen, err
+			}
+			if len(hold) > c.hold {
+				return seen, fmt.Errorf("%w: %s: stopped after %d dead letter(s): it may leave at most %d in place", ErrIncomplete, c.queue, seen, c.hold)
+			}
 		case <-t.C:
-			return nil
+			return seen, fmt.Errorf("%w: %s: nothing more came for %v after %d dead letter(s), and not the end marker: another consumer holds or took letters", ErrIncomplete, c.queue, quiet, seen)
 		case <-ctx.Done():
-			return ctx.Err()
+			return seen, fmt.Errorf("dlq: %s after %d dead letter(s): %w", c.queue, seen, ctx.Err())
 		}
 	}
-	return nil
 }
 
-// List returns up to max dead letters (0: all), oldest first, leaving them
-// in the queue.
-func List(ctx context.Context, tr transport.Transport, max int) ([]Letter, error) {
-	var out []Letter
-	var held []*transport.Delivery
-	err := visit(ctx, tr, max, func(d *transport.Delivery, l Letter) error {
-		out = append(out, l)
-		held = append(held, d)
-		return nil
-	})
-	// Give them back only after all were read, so none is read twice.
-	for _, d := range held {
-		_ = d.Nack(true)
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// List returns, oldest first, up to max (0: all) of the dead letters that
+// match (all when match is nil), leaving every letter in the queue. It
+// reads at most Hold letters; when the queue holds more and fewer than max
+// matched among them, it returns those with an error wrapping
+// ErrIncomplete.
+func List(ctx context.Context, tr transport.Transport, max int, match func(Letter) bool, opts ...Option) ([]Letter, error) {
+	c, err := configure(opts)
+	if err != nil {
+		return nil, err
 	}
+	var out []Letter
+	_, err = visit(ctx, tr, c, false, func(d *transport.Delivery, l Letter) (action, error) {
+		if match != nil && !match(l) {
+			return held, nil
+		}
+		out = append(out, l)
+		if max > 0 && len(out) >= max {
+			return done, nil
+		}
+		return held, nil
+	})
 	return out, err
 }
 
-// Show returns the dead letter with this message id.
-func Show(ctx context.Context, tr transport.Transport, messageID string) (Letter, error) {
-	ls, err := List(ctx, tr, 0)
+// Show returns the first dead letter with this message id, leaving it in
+// the queue. It is ErrNotFound when no letter has it, and wraps
+// ErrIncomplete when none of the first Hold letters has it but the queue
+// holds more.
+func Show(ctx context.Context, tr transport.Transport, messageID string, opts ...Option) (Letter, error) {
+	c, err := configure(opts)
 	if err != nil {
 		return Letter{}, err
 	}
-	for _, l := range ls {
+	var found *Letter
+	seen, err := visit(ctx, tr, c, false, func(d *transport.Delivery, l Letter) (action, error) {
 		if l.MessageID == messageID {
-			return l, nil
+			found = &l
+			return done, nil
 		}
+		return held, nil
+	})
+	switch {
+	case found != nil:
+		return *found, nil
+	case errors.Is(err, ErrIncomplete):
+		return Letter{}, fmt.Errorf("dlq: no dead letter %q among the %d examined: %w", messageID, seen, err)
+	case err != nil:
+		return Letter{}, err
 	}
 	return Letter{}, fmt.Errorf("%w %q", ErrNotFound, messageID)
 }
@@ -160,14 +326,22 @@ func Show(ctx context.Context, tr transport.Transport, messageID string) (Letter
 // the dead-letter headers, and removes them from the queue. It returns how
 // many it replayed. A letter whose destination is unknown or unroutable is
 // left in place and reported in the error.
-func Replay(ctx context.Context, tr transport.Transport, match func(Letter) bool) (int, error) {
+//
+// Replay visits the letters that were in the queue when it began, each
+// once: a replayed letter that is dead-lettered again goes behind them and
+// waits for the next replay. Within one replay a message id is replayed at
+// most once; another letter with the same id (a duplicate) stays in place.
+func Replay(ctx context.Context, tr transport.Transport, match func(Letter) bool, opts ...Option) (int, error) {
+	c, err := configure(opts)
+	if err != nil {
+		return 0, err
+	}
 	n := 0
 	var errs []error
-	var keep []*transport.Delivery
-	err := visit(ctx, tr, 0, func(d *transport.Delivery, l Letter) error {
-		if match != nil && !match(l) {
-			keep = append(keep, d)
-			return nil
+	replayed := map[string]bool{}
+	_, err = visit(ctx, tr, c, true, func(d *transport.Delivery, l Letter) (action, error) {
+		if match != nil && !match(l) || l.MessageID != "" && replayed[l.MessageID] {
+			return held, nil
 		}
 		msg := l.msg
 		msg.Headers = maps.Clone(msg.Headers)
@@ -182,20 +356,19 @@ func Replay(ctx context.Context, tr transport.Transport, match func(Letter) bool
 		}
 		if l.Exchange == "" && l.Key == "" {
 			errs = append(errs, fmt.Errorf("dlq: %s: destination unknown", l.MessageID))
-			keep = append(keep, d)
-			return nil
+			return held, nil
 		}
 		if err := tr.Publish(ctx, l.Exchange, l.Key, msg, transport.PublishOptions{Mandatory: true}); err != nil {
 			errs = append(errs, fmt.Errorf("dlq: replay %s to %q/%q: %w", l.MessageID, l.Exchange, l.Key, err))
-			keep = append(keep, d)
-			return nil
+			return held, nil
 		}
 		n++
-		return d.Ack()
+		replayed[l.MessageID] = true
+		if err := d.Ack(); err != nil {
+			return held, fmt.Errorf("dlq: %s replayed, but not removed (it will be replayed again): %w", l.MessageID, err)
+		}
+		return settled, nil
 	})
-	for _, d := range keep {
-		_ = d.Nack(true)
-	}
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -203,20 +376,23 @@ func Replay(ctx context.Context, tr transport.Transport, match func(Letter) bool
 }
 
 // Purge removes the dead letters that match (all when match is nil) and
-// returns how many.
-func Purge(ctx context.Context, tr transport.Transport, match func(Letter) bool) (int, error) {
+// returns how many. Like Replay, it visits the letters that were in the
+// queue when it began, each once.
+func Purge(ctx context.Context, tr transport.Transport, match func(Letter) bool, opts ...Option) (int, error) {
+	c, err := configure(opts)
+	if err != nil {
+		return 0, err
+	}
 	n := 0
-	var keep []*transport.Delivery
-	err := visit(ctx, tr, 0, func(d *transport.Delivery, l Letter) error {
+	_, err = visit(ctx, tr, c, true, func(d *transport.Delivery, l Letter) (action, error) {
 		if match != nil && !match(l) {
-			keep = append(keep, d)
-			return nil
+			return held, nil
+		}
+		if err := d.Ack(); err != nil {
+			return held, fmt.Errorf("dlq: purge %s: %w", l.MessageID, err)
 		}
 		n++
-		return d.Ack()
+		return settled, nil
 	})
-	for _, d := range keep {
-		_ = d.Nack(true)
-	}
 	return n, err
 }

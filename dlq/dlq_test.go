@@ -46,7 +46,7 @@ func TestListShowReplayPurge(t *testing.T) {
 
 		var mine []dlq.Letter
 		testenv.WaitFor(t, 10*time.Second, func() error {
-			ls, err := dlq.List(ctx, tr, 1000)
+			ls, err := dlq.List(ctx, tr, 1000, nil)
 			if err != nil {
 				return err
 			}
@@ -93,7 +93,7 @@ func TestListShowReplayPurge(t *testing.T) {
 		if n != 1 {
 			t.Fatalf("purged %d", n)
 		}
-		ls, err := dlq.List(ctx, tr, 1000)
+		ls, err := dlq.List(ctx, tr, 1000, nil)
 		must(t, err)
 		for _, l := range ls {
 			if l.Path == path {

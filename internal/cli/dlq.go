@@ -19,8 +19,29 @@ type dlqCmd struct {
 	Purge  dlqPurgeCmd  `cmd:"" help:"Remove dead letters."`
 }
 
+// dlqHold bounds how many dead letters a command holds at once.
+type dlqHold struct {
+	Hold int `name:"hold" default:"1000" help:"Hold at most this many dead letters at once (1 to 65534): those read, and those left in place because they do not match. A command that needs more stops and says how far it got."`
+}
+
+func (h dlqHold) options() ([]dlq.Option, error) {
+	if h.Hold < 1 || h.Hold > 65534 {
+		return nil, usageError{errors.New("--hold must be 1 to 65534")}
+	}
+	return []dlq.Option{dlq.Hold(h.Hold)}, nil
+}
+
+// incomplete adds what to do about a command stopped by --hold.
+func incomplete(err error) error {
+	if errors.Is(err, dlq.ErrIncomplete) {
+		return fmt.Errorf("%w (--hold is the limit)", err)
+	}
+	return err
+}
+
 // dlqFilter selects dead letters.
 type dlqFilter struct {
+	dlqHold
 	IDs    []string `arg:"" optional:"" name:"message-id" help:"Message ids to act on."`
 	All    bool     `name:"all" help:"Act on every dead letter that matches --path and --reason."`
 	Path   string   `name:"path" help:"Only dead letters for this service path."`
@@ -54,7 +75,8 @@ func withBroker(g *Globals, b brokerFlags, fn func(ctx context.Context, tr trans
 
 type dlqListCmd struct {
 	brokerFlags
-	Max    int    `name:"max" default:"100" help:"List at most this many (at most 1000)."`
+	dlqHold
+	Max    int    `name:"max" default:"100" help:"List at most this many of the dead letters that match."`
 	Path   string `name:"path" help:"Only dead letters for this service path."`
 	Reason string `name:"reason" help:"Only dead letters with this reason."`
 	JSON   bool   `name:"json" help:"Print JSON."`
@@ -84,23 +106,31 @@ func toJSON(l dlq.Letter, body bool) letterJSON {
 }
 
 func (c *dlqListCmd) Run(g *Globals) error {
-	if c.Max < 1 || c.Max > 1000 {
-		return usageError{errors.New("--max must be 1 to 1000")}
+	if c.Max < 1 {
+		return usageError{errors.New("--max must be at least 1")}
+	}
+	opts, err := c.options()
+	if err != nil {
+		return err
 	}
 	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
-		ls, err := dlq.List(ctx, tr, c.Max)
-		if err != nil {
+		// Filter, then cap: --max counts the letters that match.
+		ls, err := dlq.List(ctx, tr, c.Max, func(l dlq.Letter) bool {
+			return (c.Path == "" || l.Path == c.Path) && (c.Reason == "" || l.Reason == c.Reason)
+		}, opts...)
+		if err != nil && !errors.Is(err, dlq.ErrIncomplete) {
 			return err
 		}
-		ls = slices.DeleteFunc(ls, func(l dlq.Letter) bool {
-			return (c.Path != "" && l.Path != c.Path) || (c.Reason != "" && l.Reason != c.Reason)
-		})
+		// Stopped short: print what was found, then say so.
 		if c.JSON {
 			out := []letterJSON{}
 			for _, l := range ls {
 				out = append(out, toJSON(l, false))
 			}
-			return printJSON(g.Out(), out)
+			if perr := printJSON(g.Out(), out); perr != nil {
+				return perr
+			}
+			return incomplete(err)
 		}
 		fmt.Fprintf(g.Out(), "%-34s %-18s %-24s %-20s %s\n", "MESSAGE ID", "REASON", "PATH", "FROM", "ERROR")
 		for _, l := range ls {
@@ -108,20 +138,25 @@ func (c *dlqListCmd) Run(g *Globals) error {
 			fmt.Fprintf(g.Out(), "%-34s %-18s %-24s %-20s %s\n", l.MessageID, l.Reason, l.Path, l.From, errLine)
 		}
 		fmt.Fprintf(g.Out(), "%d dead letter(s)\n", len(ls))
-		return nil
+		return incomplete(err)
 	})
 }
 
 type dlqShowCmd struct {
 	brokerFlags
+	dlqHold
 	ID string `arg:"" name:"message-id" help:"The dead letter's message id."`
 }
 
 func (c *dlqShowCmd) Run(g *Globals) error {
+	opts, err := c.options()
+	if err != nil {
+		return err
+	}
 	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
-		l, err := dlq.Show(ctx, tr, c.ID)
+		l, err := dlq.Show(ctx, tr, c.ID, opts...)
 		if err != nil {
-			return err
+			return incomplete(err)
 		}
 		return printJSON(g.Out(), toJSON(l, true))
 	})
@@ -137,10 +172,14 @@ func (c *dlqReplayCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
-		n, err := dlq.Replay(ctx, tr, match)
-		fmt.Fprintf(g.Out(), "replayed %d dead letter(s)\n", n)
+	opts, err := c.options()
+	if err != nil {
 		return err
+	}
+	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
+		n, err := dlq.Replay(ctx, tr, match, opts...)
+		fmt.Fprintf(g.Out(), "replayed %d dead letter(s)\n", n)
+		return incomplete(err)
 	})
 }
 
@@ -154,9 +193,13 @@ func (c *dlqPurgeCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
-		n, err := dlq.Purge(ctx, tr, match)
-		fmt.Fprintf(g.Out(), "purged %d dead letter(s)\n", n)
+	opts, err := c.options()
+	if err != nil {
 		return err
+	}
+	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
+		n, err := dlq.Purge(ctx, tr, match, opts...)
+		fmt.Fprintf(g.Out(), "purged %d dead letter(s)\n", n)
+		return incomplete(err)
 	})
 }
