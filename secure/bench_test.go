@@ -38,12 +38,12 @@ func BenchmarkSealOpen(b *testing.B) {
 				b.SetBytes(int64(size))
 				b.ReportAllocs()
 				for b.Loop() {
-					sealed, err := tx.seal(b.Context(), "", m)
+					sealed, err := tx.seal(b.Context(), "", "q", m)
 					if err != nil {
 						b.Fatal(err)
 					}
-					d := transport.NewDelivery(sealed, nil)
-					if _, _, rej := rx.verify(b.Context(), d, true); rej != nil {
+					d := deliveryAt(sealed, "", "q")
+					if _, _, rej := rx.verify(b.Context(), "q", d, true); rej != nil {
 						b.Fatal(rej.err)
 					}
 				}

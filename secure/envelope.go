@@ -18,8 +18,9 @@ import (
 // content type travels inside the envelope.
 const ContentType = "application/vnd.warren.secure+json"
 
-// Version is the envelope format version, the "v" field.
-const Version = 1
+// Version is the envelope format version, the "v" field. Version 2 added
+// the destination (fields "ex" and "rk").
+const Version = 2
 
 // Suite names the HPKE ciphersuite in the "enc" field: RFC 9180 base mode,
 // DHKEM(P-256, HKDF-SHA256) (KEM 0x0010), HKDF-SHA256 (KDF 0x0001),
@@ -58,6 +59,8 @@ type envelope struct {
 	To     string `json:"to,omitempty"`
 	RFP    string `json:"rfp,omitempty"`
 	Enc    string `json:"enc,omitempty"`
+	Ex     string `json:"ex,omitempty"` // the exchange it was published to
+	RK     string `json:"rk,omitempty"` // with this routing key
 	Body   []byte `json:"body"`
 	Sig    []byte `json:"sig"`
 }
@@ -105,6 +108,8 @@ func (e *envelope) check() error {
 		return errors.New("certificate too long")
 	case e.TS <= 0:
 		return errors.New("no timestamp")
+	case len(e.Ex) > 255 || len(e.RK) > 255:
+		return errors.New("destination longer than an AMQP short string")
 	}
 	if err := checkIdentity(e.Signer); err != nil {
 		return fmt.Errorf("signer: %v", err)
@@ -128,8 +133,8 @@ func (e *envelope) check() error {
 }
 
 // jsonDepth returns the maximum nesting depth of data, failing as soon as
-// it exceeds limit. It looks only at brackets outside strings: the JSON
-// decoder checks the rest.
+// it exceeds limit, or when a bracket closes what was not opened. It looks
+// only at brackets outside strings: the JSON decoder checks the rest.
 func jsonDepth(data []byte, limit int) (int, error) {
 	depth, most := 0, 0
 	inString, escaped := false, false
@@ -156,6 +161,9 @@ func jsonDepth(data []byte, limit int) (int, error) {
 			most = max(most, depth)
 		case '}', ']':
 			depth--
+			if depth < 0 {
+				return 0, fmt.Errorf("%w: %q closes what was not opened", ErrMalformed, c)
+			}
 		}
 	}
 	return most, nil
@@ -193,6 +201,8 @@ func signedBytes(label string, e *envelope, msg *transport.Message, body []byte,
 	add(e.To)
 	add(e.RFP)
 	add(e.Enc)
+	add(e.Ex)
+	add(e.RK)
 	add(msg.Type)
 	add(msg.MessageID)
 	add(msg.CorrelationID)

@@ -22,13 +22,14 @@ func envelopeSeeds(t testing.TB) ([][]byte, transport.Message) {
 		[]byte(`{}`),
 		[]byte(`[]`),
 		[]byte(`null`),
-		[]byte(`{"v":1}`),
-		[]byte(`{"v":1,"alg":"ES256","signer":"fred","ts":1,"body":"","sig":"AA=="}`),
-		[]byte(`{"v":1,"alg":"EdDSA","signer":"fred","ts":1,"to":"bob","rfp":"` + strings.Repeat("0", 64) + `","enc":"` + Suite + `","body":"AAAA","sig":"AA=="}`),
-		[]byte(`{"v":1,"alg":"ES256","signer":"a b","ts":1,"body":"","sig":"AA=="}`),
-		[]byte(`{"v":1,"x":[[[[[[[[[[1]]]]]]]]]]}`),
-		[]byte(`{"v":1,"x":"\"{{{{{{{{{{"}`),
-		[]byte(`{"v":1,"body":"not base64!"}`),
+		[]byte(`{"v":2}`),
+		[]byte(`{"v":2,"alg":"ES256","signer":"fred","ts":1,"body":"","sig":"AA=="}`),
+		[]byte(`{"v":2,"alg":"EdDSA","signer":"fred","ts":1,"to":"bob","rfp":"` + strings.Repeat("0", 64) + `","enc":"` + Suite + `","ex":"warren.request","rk":"bob","body":"AAAA","sig":"AA=="}`),
+		[]byte(`{"v":2,"alg":"ES256","signer":"a b","ts":1,"body":"","sig":"AA=="}`),
+		[]byte(`{"v":2,"x":[[[[[[[[[[1]]]]]]]]]]}`),
+		[]byte(`{"v":2,"x":"\"{{{{{{{{{{"}`),
+		[]byte(`{"v":2,"body":"not base64!"}`),
+		[]byte(`]{"v":2}`),
 		[]byte("\xff\xfe{"),
 	}
 	p := testPKI(t)
@@ -41,7 +42,7 @@ func envelopeSeeds(t testing.TB) ([][]byte, transport.Message) {
 	defer tr.Close()
 	var req transport.Message
 	for i, m := range []transport.Message{request("fred", "/a/b"), {Type: wire.TypePing, Body: []byte(`{"identity":"mapper1"}`)}} {
-		sealed, err := tr.seal(t.Context(), "", m)
+		sealed, err := tr.seal(t.Context(), "", "qfred", m)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -111,9 +112,9 @@ func FuzzVerify(f *testing.F) {
 		m.Headers = maps.Clone(tmpl.Headers)
 		m.Headers[wire.HeaderTo] = to
 		m.Body = body
-		d := transport.NewDelivery(m, nil)
+		d := deliveryAt(m, "", "qfred")
 		d.Redelivered = redelivered
-		msg, _, rej := tr.verify(t.Context(), d, false)
+		msg, _, rej := tr.verify(t.Context(), "qfred", d, false)
 		if rej == nil {
 			// Only the genuine envelope can pass.
 			if !bytes.Equal(body, seeds[len(seeds)-2]) || to != "fred" || string(msg.Body) != `{"secret":"launch codes"}` {

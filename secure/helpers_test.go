@@ -214,3 +214,21 @@ func request(to, path string) transport.Message {
 }
 
 func ctx(t *testing.T) context.Context { return t.Context() }
+
+// deliveryAt is msg as delivered after being published to exchange with
+// key.
+func deliveryAt(msg transport.Message, exchange, key string) *transport.Delivery {
+	d := transport.NewDelivery(msg, nil)
+	d.Exchange, d.RoutingKey = exchange, key
+	return d
+}
+
+// expectNone checks that ch delivers nothing within a short while.
+func expectNone(t *testing.T, ch <-chan *transport.Delivery) {
+	t.Helper()
+	select {
+	case d := <-ch:
+		t.Fatalf("unexpected delivery: type %q id %q headers %v", d.Type, d.MessageID, d.Headers)
+	case <-time.After(300 * time.Millisecond):
+	}
+}

@@ -18,25 +18,41 @@ import (
 
 // IdentityScheme is the URI scheme of a subject alternative name that names
 // a Warren identity: a certificate carrying the URI SAN "warren:fred" is
-// fred's, whatever its Common Name. Without such a SAN the identity is the
-// subject's Common Name.
+// fred's, whatever its Common Name. A certificate trusted because the
+// Authority signed it must carry one; only a certificate pinned in the
+// Store may name its identity by its subject Common Name alone.
 const IdentityScheme = "warren"
 
 // IdentityOf returns the Warren identity a certificate names: its first URI
-// SAN with scheme "warren" (warren:ID), else its subject Common Name.
+// SAN with scheme "warren" (warren:ID), else its subject Common Name. The
+// Common Name counts only for a certificate pinned in a Store: one trusted
+// through an Authority needs the URI SAN (a CA may well sign certificates
+// for other purposes, whose Common Names are no Warren identities).
 func IdentityOf(cert *x509.Certificate) (string, error) {
+	return identityOf(cert, true)
+}
+
+// identityOf is IdentityOf, falling back to the Common Name only when
+// allowCN.
+func identityOf(cert *x509.Certificate, allowCN bool) (string, error) {
 	if cert == nil {
 		return "", errors.New("secure: nil certificate")
 	}
-	id := cert.Subject.CommonName
+	id, found := "", false
 	for _, u := range cert.URIs {
 		if u.Scheme == IdentityScheme {
-			id = u.Opaque
+			id, found = u.Opaque, true
 			if id == "" {
 				id = u.Host
 			}
 			break
 		}
+	}
+	if !found {
+		if !allowCN {
+			return "", fmt.Errorf("secure: certificate %s has no URI SAN %s:ID: a certificate trusted through the Authority must name its identity so (its Common Name %q counts only when the certificate is pinned in the Store)", Fingerprint(cert)[:16], IdentityScheme, cert.Subject.CommonName)
+		}
+		id = cert.Subject.CommonName
 	}
 	if err := checkIdentity(id); err != nil {
 		return "", fmt.Errorf("secure: certificate %s: %w", Fingerprint(cert), err)

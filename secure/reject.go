@@ -69,6 +69,12 @@ type Stats struct {
 	// DeadLetterFailures counts rejections whose dead-letter copy could not
 	// be published; the message was then rejected without requeue.
 	DeadLetterFailures int64
+	// ReplayFloor is zero until the replay cache overflowed; then messages
+	// signed at or before it are refused as security_replayed, even within
+	// MaxAge. ReplayFloorRefusals counts them: when it grows, raise
+	// Config.ReplayCache.
+	ReplayFloor         time.Time
+	ReplayFloorRefusals int64
 }
 
 // Stats returns the counters.
@@ -82,12 +88,18 @@ func (t *Transport) Stats() Stats {
 	for i, r := range Reasons {
 		s.Rejected[r] = t.stats.rejected[i].Load()
 	}
+	floor, n := t.replay.stats()
+	if floor > 0 {
+		s.ReplayFloor = time.UnixMilli(floor)
+	}
+	s.ReplayFloorRefusals = n
 	return s
 }
 
 // reject handles a delivery that failed verification: it is counted,
-// logged without its payload, dead-lettered with its reason and, when an
-// authenticated sender waits for a reply, answered with an error.
+// logged without its payload, dead-lettered with its reason and, when the
+// rejection is one to tell an authenticated sender about (see
+// rejection.answer) and it waits for a reply, answered with an error.
 func (t *Transport) reject(ctx context.Context, d *transport.Delivery, rej *rejection) {
 	t.stats.rejected[reasonIndex(rej.reason)].Add(1)
 	t.log.Warn("secure: message rejected",
@@ -98,7 +110,7 @@ func (t *Transport) reject(ctx context.Context, d *transport.Delivery, rej *reje
 		"size", len(d.Body))
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if rej.signer != "" && d.ReplyTo != "" && d.Type != wire.TypeReply {
+	if rej.answer && rej.signer != "" && d.ReplyTo != "" && d.Type != wire.TypeReply {
 		t.errorReply(pctx, d, rej)
 	}
 	msg := d.Message

@@ -267,6 +267,40 @@ func TestReplayWindow(t *testing.T) {
 	}
 }
 
+// TestReplayWindowLateMessage: when the cache is full it forgets the
+// message signed longest ago, not the one that arrived first, so a late
+// arrival does not raise the floor over messages it could still tell
+// apart.
+func TestReplayWindowLateMessage(t *testing.T) {
+	w := newReplayWindow(3)
+	for _, e := range []struct {
+		key string
+		ts  int64
+	}{{"x", 100}, {"late", 50}, {"y", 101}, {"z", 102}} {
+		if w.admit(e.key, e.ts, false, true, 0) != admitted {
+			t.Fatalf("%s refused", e.key)
+		}
+	}
+	// "late" was forgotten: the floor is 50, not 100.
+	if got := w.admit("w", 99, false, true, 0); got != admitted {
+		t.Fatalf("message signed after every forgotten one refused: %v", got)
+	}
+	// w, signed longest ago of the four, was forgotten at once: the floor
+	// is 99. Every replay is refused, by the floor or as seen before.
+	for _, e := range []struct {
+		key  string
+		ts   int64
+		want admission
+	}{{"late", 50, admitBelowFloor}, {"w", 99, admitBelowFloor}, {"x", 100, admitReplayed}, {"y", 101, admitReplayed}, {"z", 102, admitReplayed}} {
+		if got := w.admit(e.key, e.ts, false, true, 0); got != e.want {
+			t.Errorf("replay of %s: %v, want %v", e.key, got, e.want)
+		}
+	}
+	if floor, n := w.stats(); floor != 99 || n != 2 {
+		t.Fatalf("floor %d, %d refused below it", floor, n)
+	}
+}
+
 func TestJSONDepth(t *testing.T) {
 	for in, want := range map[string]int{`{}`: 1, `{"a":[{}]}`: 3, `{"a":"[[[["}`: 1, `{"a":"\"[[["}`: 1, `"x"`: 0} {
 		if got, err := jsonDepth([]byte(in), 10); err != nil || got != want {
@@ -275,6 +309,12 @@ func TestJSONDepth(t *testing.T) {
 	}
 	if _, err := jsonDepth([]byte(`[[[`), 2); !errors.Is(err, ErrTooDeep) {
 		t.Fatal(err)
+	}
+	// A stray closing bracket would let what follows nest deeper unseen.
+	for _, in := range []string{`]`, `}{}`, `]]][[[[1]]]]`, `{"a":1}}[[[[1]]]]`} {
+		if _, err := jsonDepth([]byte(in), 2); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v", in, err)
+		}
 	}
 }
 
@@ -301,7 +341,9 @@ func TestOpenSSLCertificates(t *testing.T) {
 	mc.Store, _ = LoadStore(filepath.Join(dir, "fred.crt"))
 	tx := f.wrap(mc)
 	rx := f.wrap(cfg("fred"))
-	ed := f.wrap(cfg("bob-ed"))
+	edc := cfg("bob-ed")
+	edc.SignOnly = true // Ed25519: sign only
+	ed := f.wrap(edc)
 	q := f.queue("q")
 	in := f.consume(rx, q, false)
 	if err := tx.Publish(ctx(t), "", q, request("fred", "/a/b"), transport.PublishOptions{}); err != nil {

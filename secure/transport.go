@@ -28,6 +28,11 @@ var (
 	// ErrUntrustedRecipient: the recipient's certificate is expired,
 	// revoked or not signed by the Authority.
 	ErrUntrustedRecipient = errors.New("secure: recipient certificate not trusted")
+	// ErrDeadLetterQueue, from Consume: the dead-letter queue holds
+	// rejected messages as they were received, with dead-letter headers
+	// their signatures do not cover. Read it with a plain transport (as
+	// package dlq does); a replayed letter is verified where it goes.
+	ErrDeadLetterQueue = errors.New("secure: " + wire.DeadLetterQueue + " is read with a plain transport, not a secure one")
 )
 
 // Config configures secure mode. Identity is required, and at least one
@@ -48,6 +53,8 @@ type Config struct {
 	Deny *DenyList
 	// SignOnly signs messages without encrypting them. By default messages
 	// addressed to one identity (header warren-to) are also encrypted to it.
+	// An Ed25519 Identity requires SignOnly: nothing can be encrypted to
+	// it, so it could not receive encrypted requests or replies.
 	SignOnly bool
 	// MaxAge is the replay window: a message signed longer ago is refused,
 	// as is one seen before within it. It must exceed the longest time a
@@ -58,8 +65,10 @@ type Config struct {
 	// the future is refused. 0 means 1 minute.
 	MaxSkew time.Duration
 	// ReplayCache bounds how many message ids are remembered; 0 means
-	// 100000. When it is full the oldest are forgotten and every message
-	// older than them is refused.
+	// 100000. When it is full the ones signed longest ago are forgotten and
+	// every message signed as long ago or longer is refused, so a replay
+	// never gets through: size it above the most messages this participant
+	// accepts within MaxAge, or late messages are refused before MaxAge.
 	ReplayCache int
 	// MaxMessageSize bounds an envelope; 0 means DefaultMaxMessageSize.
 	MaxMessageSize int
@@ -156,7 +165,13 @@ func Wrap(inner transport.Transport, cfg Config, opts ...Option) (*Transport, er
 	if o.now == nil {
 		o.now = time.Now
 	}
-	if cerr := checkCert(cfg.Identity.cert, cfg.Identity.name, o.now(), cfg.Authority, cfg.Deny, true); cerr != nil {
+	if cfg.Identity.kem == nil && !cfg.SignOnly {
+		return nil, fmt.Errorf("%w: %s has an Ed25519 key, so it could receive neither encrypted requests nor encrypted replies: set SignOnly, or issue it an ECDSA P-256 certificate", ErrCannotEncrypt, cfg.Identity.name)
+	}
+	// With an Authority, peers trust this certificate as one the Authority
+	// signed (it travels in every envelope), not as a pinned one: it must
+	// pass the checks they apply.
+	if cerr := checkCert(cfg.Identity.cert, cfg.Identity.name, o.now(), cfg.Authority, cfg.Deny, cfg.Authority == nil); cerr != nil {
 		return nil, fmt.Errorf("secure: own certificate: %w", cerr)
 	}
 	return &Transport{
@@ -216,21 +231,24 @@ func (t *Transport) Close() error {
 }
 
 // Publish signs msg and, unless SignOnly, encrypts it to the identity in
-// its warren-to header, then publishes the envelope. It sets warren-from to
+// its warren-to header, then publishes the envelope. The signature covers
+// exchange and key: a receiver refuses the message from anywhere else. It
+// sets warren-from to
 // this identity when missing (a different one is ErrSenderMismatch, except
 // on the dead-letter exchange, where a copy keeps its original sender), a
 // message id and a timestamp when missing. A recipient whose certificate
 // is unknown is ErrUnknownIdentity.
 func (t *Transport) Publish(ctx context.Context, exchange, key string, msg transport.Message, opts transport.PublishOptions) error {
-	sealed, err := t.seal(ctx, exchange, msg)
+	sealed, err := t.seal(ctx, exchange, key, msg)
 	if err != nil {
 		return err
 	}
 	return t.inner.Publish(ctx, exchange, key, sealed, opts)
 }
 
-// seal turns msg into a secure message.
-func (t *Transport) seal(ctx context.Context, exchange string, msg transport.Message) (transport.Message, error) {
+// seal turns msg, to be published to exchange with key, into a secure
+// message.
+func (t *Transport) seal(ctx context.Context, exchange, key string, msg transport.Message) (transport.Message, error) {
 	now := t.now()
 	msg.Headers = maps.Clone(msg.Headers)
 	if msg.Headers == nil {
@@ -259,6 +277,8 @@ func (t *Transport) seal(ctx context.Context, exchange string, msg transport.Mes
 		TS:     now.UnixMilli(),
 		CT:     msg.ContentType,
 		CE:     msg.ContentEncoding,
+		Ex:     exchange,
+		RK:     key,
 	}
 	body := msg.Body
 	to := wire.String(msg.Headers, wire.HeaderTo)
@@ -360,6 +380,11 @@ func (t *Transport) check(c *x509.Certificate, identity string, now time.Time, p
 // verify: each one's body and content type are the original ones. The
 // others are rejected (see the package documentation).
 func (t *Transport) Consume(ctx context.Context, queue string, opts transport.ConsumeOptions) (<-chan *transport.Delivery, error) {
+	if queue == wire.DeadLetterQueue {
+		// Its letters would fail verification and be dead-lettered into
+		// it again, for ever.
+		return nil, ErrDeadLetterQueue
+	}
 	in, err := t.inner.Consume(ctx, queue, opts)
 	if err != nil {
 		return nil, err
@@ -368,7 +393,7 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 	t.wg.Go(func() {
 		defer close(out)
 		for d := range in {
-			od := t.open(ctx, d, opts.AutoAck)
+			od := t.open(ctx, queue, d, opts.AutoAck)
 			if od == nil {
 				continue
 			}
@@ -391,10 +416,10 @@ func (t *Transport) giveBack(d, od *transport.Delivery) {
 	}
 }
 
-// open verifies and decrypts one delivery. It returns the delivery to hand
-// on, or nil when it rejected it.
-func (t *Transport) open(ctx context.Context, d *transport.Delivery, autoAck bool) *transport.Delivery {
-	msg, key, rej := t.verify(ctx, d, autoAck)
+// open verifies and decrypts one delivery from queue. It returns the
+// delivery to hand on, or nil when it rejected it.
+func (t *Transport) open(ctx context.Context, queue string, d *transport.Delivery, autoAck bool) *transport.Delivery {
+	msg, key, rej := t.verify(ctx, queue, d, autoAck)
 	if rej != nil {
 		t.reject(ctx, d, rej)
 		return nil
@@ -421,20 +446,39 @@ type rejection struct {
 	reason Reason
 	err    error
 	// signer is the authenticated sender, "" when the signature was not
-	// verified: only an authenticated sender gets an error reply.
+	// verified.
 	signer string
+	// answer: the message itself is refused, wherever and however often
+	// it is delivered, so its authenticated sender is told (an error
+	// reply). Not for what an attacker provokes by copying a genuine
+	// message (a replay, a message moved to another queue): an error reply
+	// could then beat the genuine reply to the caller.
+	answer bool
 }
 
 func reject(reason Reason, signer string, format string, args ...any) *rejection {
 	return &rejection{reason: reason, err: fmt.Errorf(format, args...), signer: signer}
 }
 
-// verify checks d and returns the plain message and its replay key.
-func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck bool) (transport.Message, string, *rejection) {
+// answered marks a rejection of an authenticated message that its sender
+// is to be told about.
+func (r *rejection) answered() *rejection {
+	r.answer = r.signer != ""
+	return r
+}
+
+// verify checks d, consumed from queue, and returns the plain message and
+// its replay key.
+func (t *Transport) verify(ctx context.Context, queue string, d *transport.Delivery, autoAck bool) (transport.Message, string, *rejection) {
 	now := t.now()
 	msg := d.Message
 	if d.ContentType != ContentType {
 		return msg, "", reject(ReasonUnsigned, "", "content type %q is not %s: message not signed", d.ContentType, ContentType)
+	}
+	if msg.MessageID == "" {
+		// The replay cache's key. (The signature is no substitute: ECDSA
+		// signatures are malleable.)
+		return msg, "", reject(ReasonMalformed, "", "no message_id: a secure message must have one")
 	}
 	env, err := decodeEnvelope(d.Body, t.cfg.MaxMessageSize, t.cfg.MaxDepth)
 	if err != nil {
@@ -471,7 +515,11 @@ func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck b
 		return msg, "", reject(ReasonReplayed, signer, "signed %s ago, more than the replay window %s", now.Sub(time.UnixMilli(env.TS)).Round(time.Millisecond), t.cfg.MaxAge)
 	}
 	if env.TS > now.Add(t.cfg.MaxSkew).UnixMilli() {
-		return msg, "", reject(ReasonReplayed, signer, "signed %s in the future, more than the allowed skew %s", time.UnixMilli(env.TS).Sub(now).Round(time.Millisecond), t.cfg.MaxSkew)
+		// Refused wherever it goes: its sender's clock runs ahead.
+		return msg, "", reject(ReasonReplayed, signer, "signed %s in the future, more than the allowed skew %s", time.UnixMilli(env.TS).Sub(now).Round(time.Millisecond), t.cfg.MaxSkew).answered()
+	}
+	if err := checkDestination(env, d, queue); err != nil {
+		return msg, "", reject(ReasonNotForMe, signer, "%v", err)
 	}
 	if to := wire.String(msg.Headers, wire.HeaderTo); to != "" && to != t.self {
 		return msg, "", reject(ReasonNotForMe, signer, "addressed to %q, this is %q", to, t.self)
@@ -482,14 +530,17 @@ func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck b
 			return msg, "", reject(ReasonNotForMe, signer, "encrypted to %q, this is %q", env.To, t.self)
 		}
 		if env.RFP != t.selfFP {
-			return msg, "", reject(ReasonNotForMe, signer, "encrypted to certificate %s…, this one is %s… (rotated?)", env.RFP[:16], t.selfFP[:16])
+			// Where it was sent, to whom it was sent, but to the
+			// recipient's previous certificate: its sender is to retry.
+			return msg, "", reject(ReasonNotForMe, signer, "encrypted to certificate %s…, this one is %s… (rotated?)", env.RFP[:16], t.selfFP[:16]).answered()
 		}
 		if t.cfg.Identity.kem == nil {
-			return msg, "", reject(ReasonNotForMe, signer, "encrypted to an Ed25519 identity, which cannot decrypt")
+			return msg, "", reject(ReasonNotForMe, signer, "encrypted to an Ed25519 identity, which cannot decrypt").answered()
 		}
 		pt, err := t.decrypt(env, &msg)
 		if err != nil {
-			return msg, "", reject(ReasonBadSignature, signer, "decryption failed: %v", err)
+			// The signed ciphertext itself is bad: every copy fails.
+			return msg, "", reject(ReasonBadSignature, signer, "decryption failed: %v", err).answered()
 		}
 		body = pt
 	}
@@ -497,9 +548,6 @@ func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck b
 		return msg, "", reject(ReasonBadSignature, "", "%v", err)
 	}
 	key := signer + "\x00" + msg.MessageID
-	if msg.MessageID == "" {
-		key = signer + "\x00sig:" + hex.EncodeToString(env.Sig)
-	}
 	switch t.replay.admit(key, env.TS, d.Redelivered, autoAck, windowStart(now, t.cfg.MaxAge)) {
 	case admitReplayed:
 		return msg, "", reject(ReasonReplayed, signer, "message id %q from %s seen before", msg.MessageID, signer)
@@ -516,6 +564,39 @@ func (t *Transport) verify(ctx context.Context, d *transport.Delivery, autoAck b
 	msg.ContentType = env.CT
 	msg.ContentEncoding = env.CE
 	return msg, key, nil
+}
+
+// checkDestination refuses a message delivered from elsewhere than its
+// signer published it to: another exchange or routing key, or a queue that
+// Warren's topology does not route that exchange and key to (a copy bound
+// or published into another agent's queue). Fan-out exchanges reach a
+// queue per receiver, which each receiver's replay cache covers.
+func checkDestination(env *envelope, d *transport.Delivery, queue string) error {
+	if d.Exchange != env.Ex || d.RoutingKey != env.RK {
+		return fmt.Errorf("published to %s, signed for %s", destination(d.Exchange, d.RoutingKey), destination(env.Ex, env.RK))
+	}
+	var want string
+	switch env.Ex {
+	case transport.DefaultExchange:
+		want = env.RK
+	case wire.RequestExchange:
+		want = wire.AgentQueue(env.RK)
+	case wire.ServiceExchange:
+		want = wire.ServiceQueue(env.RK)
+	default:
+		return nil
+	}
+	if queue != want {
+		return fmt.Errorf("signed for %s, which is queue %q's, consumed from queue %q", destination(env.Ex, env.RK), want, queue)
+	}
+	return nil
+}
+
+func destination(exchange, key string) string {
+	if exchange == transport.DefaultExchange {
+		return fmt.Sprintf("the default exchange with key %q", key)
+	}
+	return fmt.Sprintf("exchange %q with key %q", exchange, key)
 }
 
 // signerCert finds and checks the certificate that speaks for env.Signer.

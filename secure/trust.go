@@ -131,9 +131,12 @@ func untrusted(format string, args ...any) *certError {
 // identity, has a supported key allowed to sign, is within its validity
 // period, is not denied, and (with an authority) chains to a root. pinned
 // says the certificate came from the Store, which trusts it by itself when
-// there is no authority.
+// there is no authority. One that is not pinned (it is trusted because
+// the authority signed it) must name its identity in a warren: URI SAN
+// and have a key usage extension that allows digital signatures: the CA
+// vouches for a Warren identity only through a certificate made for one.
 func checkCert(cert *x509.Certificate, identity string, now time.Time, auth *Authority, deny *DenyList, pinned bool) *certError {
-	name, err := IdentityOf(cert)
+	name, err := identityOf(cert, pinned)
 	if err != nil {
 		return untrusted("%v", err)
 	}
@@ -143,7 +146,10 @@ func checkCert(cert *x509.Certificate, identity string, now time.Time, auth *Aut
 	if _, err := keyAlg(cert); err != nil {
 		return untrusted("certificate of %s: %v", identity, err)
 	}
-	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+	switch {
+	case cert.KeyUsage == 0 && !pinned:
+		return untrusted("certificate of %s has no key usage extension: one trusted through the Authority must allow digital signatures", identity)
+	case cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageDigitalSignature == 0:
 		return untrusted("certificate of %s: key usage does not allow digital signatures", identity)
 	}
 	if deny.Denied(cert) {
