@@ -46,13 +46,24 @@ func rubyDir(t testing.TB) string {
 	return dir
 }
 
-// rubyWorkerCommand runs the Ernie-style handler ext.rb with our ernie.rb.
+// rubyWorkerCommand runs the Ernie-style handler ext.rb with our ernie.rb,
+// or with Ernie's own lib/ernie.rb when BERTRPC_ERNIE_LIB names the
+// directory holding it (a checkout of github.com/mojombo/ernie's lib, or
+// the lib directory of its gem): every Ruby worker test then runs against
+// Ernie's real library.
 //
 // The command is kept short (see shortTempDir) (paths relative to the package directory, which
 // workers inherit as theirs) so that Ernie's procline padding is not used up.
 func rubyWorkerCommand(t testing.TB, stateDir string) string {
 	dir := filepath.Join("testdata", "ruby")
-	return "EXT_STATE_DIR=" + stateDir + " ruby -I " + dir + " " + filepath.Join(dir, "ext.rb")
+	lib := ""
+	if ernie := os.Getenv("BERTRPC_ERNIE_LIB"); ernie != "" {
+		if _, err := os.Stat(filepath.Join(ernie, "ernie.rb")); err != nil {
+			t.Fatalf("BERTRPC_ERNIE_LIB: %v", err)
+		}
+		lib = "-I " + ernie + " "
+	}
+	return "EXT_STATE_DIR=" + stateDir + " ruby " + lib + "-I " + dir + " " + filepath.Join(dir, "ext.rb")
 }
 
 func run(t *testing.T, name string, args ...string) string {
