@@ -240,12 +240,20 @@ const (
 	DefaultMaxFanOut      = 1000     // agents one fan-out or push reaches
 )
 
-// ErrTooDeep is returned by CheckDepth.
-var ErrTooDeep = errors.New("warren: JSON nested too deeply")
+// Errors returned by CheckDepth.
+var (
+	ErrTooDeep = errors.New("warren: JSON nested too deeply")
+	// ErrUnbalanced: a bracket closes an array or object that was not
+	// opened. Counting on past it would let what follows nest deeper than
+	// the limit unseen.
+	ErrUnbalanced = errors.New("warren: malformed JSON: unbalanced brackets")
+)
 
 // CheckDepth reports an error wrapping ErrTooDeep when the JSON text b nests
-// arrays and objects deeper than max. It does not validate b otherwise, and
-// reads it once without allocating.
+// arrays and objects deeper than max, or wrapping ErrUnbalanced when a
+// closing bracket has no opening one. It does not validate b otherwise (an
+// unclosed bracket is left to the JSON decoder), and reads it once
+// without allocating.
 func CheckDepth(b []byte, max int) error {
 	depth, inString, escaped := 0, false, false
 	for _, c := range b {
@@ -268,6 +276,9 @@ func CheckDepth(b []byte, max int) error {
 			}
 		case c == ']' || c == '}':
 			depth--
+			if depth < 0 {
+				return fmt.Errorf("%w: %q closes nothing", ErrUnbalanced, c)
+			}
 		}
 	}
 	return nil

@@ -27,6 +27,12 @@ func TestCheckDepth(t *testing.T) {
 			t.Errorf("CheckDepth(%s, %d) = %v, want deep %v", tc.in, tc.max, err, tc.deep)
 		}
 	}
+	// A stray closing bracket would let what follows nest deeper unseen.
+	for _, in := range []string{`]`, `}`, `]]][[[[1]]]]`, `{"a":1}}[[[[1]]]]`, `"x"]`} {
+		if err := CheckDepth([]byte(in), 2); !errors.Is(err, ErrUnbalanced) {
+			t.Errorf("CheckDepth(%s) = %v, want ErrUnbalanced", in, err)
+		}
+	}
 }
 
 func TestCheckPath(t *testing.T) {
