@@ -717,3 +717,40 @@ func TestLyingLengthHeader(t *testing.T) {
 		t.Fatalf("20 lying headers grew the heap by %d MiB", grew>>20)
 	}
 }
+
+// TestCastTimeout: with CastTimeout set, a cast that runs past it has its
+// worker killed and replaced, as a call's would be.
+func TestCastTimeout(t *testing.T) {
+	dir := t.TempDir()
+	cfg := bertrpc.Config{CastTimeout: 200 * time.Millisecond, Modules: []bertrpc.ModuleConfig{
+		{Module: "ext", Type: bertrpc.TypeExternal, Command: goWorkerCommand(t, dir), Count: 1},
+	}}
+	s := startServer(t, cfg)
+	before := mustCall(t, s, "ext", "pid")
+	c, err := bertrpc.Dial(t.Context(), addrOf(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Cast(t.Context(), "ext", "sleep_record", 5000, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, func() error { // the worker has the cast
+		if n := statInt(t, s, "workers.idle.ext"); n != 0 {
+			return errors.New("worker idle")
+		}
+		return nil
+	})
+	// Served by a fresh worker once the cast's worker is killed, long
+	// before the cast would have ended.
+	start := time.Now()
+	if after := mustCall(t, s, "ext", "pid"); after == before {
+		t.Fatal("the cast's worker was not replaced")
+	}
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("call waited %v: the cast ran to its end", d)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "order")); strings.Contains(string(b), "late") {
+		t.Fatal("the cast ran past its timeout")
+	}
+}
