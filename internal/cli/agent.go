@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -15,15 +16,30 @@ type agentCmd struct {
 	Ping     time.Duration `name:"ping" default:"15s" help:"Ping (heartbeat) interval."`
 	Prefetch int           `name:"prefetch" default:"64" help:"Requests worked on at once, per queue."`
 	Drain    time.Duration `name:"drain-timeout" default:"30s" help:"On SIGTERM, how long to finish requests in hand before requeueing them."`
+	Durable  bool          `name:"durable" help:"Make the agent's own queue a durable quorum queue: requests addressed to it survive a broker restart (send them with --persistent), and one that keeps crashing the agent is dead-lettered after --max-deliveries."`
+	MaxDeliv int           `name:"max-deliveries" default:"5" help:"How often one message is delivered (with --durable) or declined and passed on, before it is dead-lettered with reason delivery_limit."`
 }
 
 func (c *agentCmd) Help() string {
 	return `Runs an agent serving the example actor: /simple/echo, /simple/load,
 /simple/sleep, /simple/whoami and /simple/fail. SIGINT or SIGTERM drains it:
-it stops taking work, finishes what is in hand, unregisters and exits 0.`
+it stops taking work, finishes what is in hand (up to --drain-timeout),
+unregisters and exits 0. With --durable its queue is a quorum queue whose
+requests survive a broker restart (send them with --persistent).`
 }
 
 func (c *agentCmd) Run(g *Globals) error {
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"--ping", c.Ping}, {"--drain-timeout", c.Drain}} {
+		if d.v <= 0 {
+			return usageError{fmt.Errorf("%s %v: want a positive duration", d.flag, d.v)}
+		}
+	}
+	if c.Prefetch < 1 || c.MaxDeliv < 1 {
+		return usageError{errors.New("--prefetch and --max-deliveries must be at least 1")}
+	}
 	ctx := g.Context()
 	tr, certID, err := c.dialAs(ctx, g, "agent")
 	if err != nil {
@@ -38,6 +54,7 @@ func (c *agentCmd) Run(g *Globals) error {
 	}
 	a, err := agent.New(tr, agent.Config{
 		Identity: c.Token, Tags: c.Tags, PingInterval: c.Ping, Prefetch: c.Prefetch, DrainTimeout: c.Drain,
+		Durable: c.Durable, MaxDeliveries: c.MaxDeliv,
 	}, agent.WithLogger(g.Logger()))
 	if err != nil {
 		return usageError{err}

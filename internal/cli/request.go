@@ -21,6 +21,9 @@ type callFlags struct {
 	Selector string        `name:"selector" short:"s" default:"least_loaded" help:"least_loaded, all, random, round_robin or agent:IDENTITY."`
 	Tags     []string      `name:"tag" help:"Only agents carrying this tag (repeatable)."`
 	Timeout  time.Duration `name:"timeout" default:"10s" help:"Give up after this long; travels with the request as its deadline."`
+
+	Park       bool `name:"park" help:"When no live agent serves the path, park the message durably in the service's shared queue until an agent for it appears, within its deadline, instead of failing with no agent (mapper.Park)."`
+	Persistent bool `name:"persistent" help:"Send a persistent message, confirmed by the broker, so that it survives a broker restart in a durable queue (agents run with --durable) (mapper.Persistent)."`
 }
 
 func (c *callFlags) options() ([]mapper.CallOption, json.RawMessage, error) {
@@ -34,7 +37,17 @@ func (c *callFlags) options() ([]mapper.CallOption, json.RawMessage, error) {
 	if err != nil {
 		return nil, nil, usageError{err}
 	}
-	return []mapper.CallOption{mapper.Select(sel), mapper.WithTags(c.Tags...)}, json.RawMessage(c.Payload), nil
+	if c.Timeout <= 0 {
+		return nil, nil, usageError{fmt.Errorf("--timeout %v: want a positive duration", c.Timeout)}
+	}
+	opts := []mapper.CallOption{mapper.Select(sel), mapper.WithTags(c.Tags...)}
+	if c.Park {
+		opts = append(opts, mapper.Park())
+	}
+	if c.Persistent {
+		opts = append(opts, mapper.Persistent())
+	}
+	return opts, json.RawMessage(c.Payload), nil
 }
 
 // withMapper dials, runs a mapper for the duration of fn, and stops it.
@@ -72,6 +85,7 @@ func runMapper(ctx context.Context, g *Globals, tr transport.Transport, id strin
 
 type requestCmd struct {
 	callFlags
+	Retry bool `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
 }
 
 func (c *requestCmd) Help() string {
@@ -79,13 +93,24 @@ func (c *requestCmd) Help() string {
 output is an object keyed by agent identity; agents that failed or did not
 answer in time appear with {"error": {"code": ..., "message": ...}}.
 
-  warren request /simple/echo '"hi"' --selector all --timeout 2s`
+  warren request /simple/echo '"hi"' --selector all --timeout 2s
+
+With --park a request that no live agent serves waits, durably, in the
+service's shared queue for the first agent that serves it, until --timeout.
+--persistent and --retry-on-connection-loss ride out broker failures; see
+docs/reliability.md.`
 }
 
 func (c *requestCmd) Run(g *Globals) error {
 	opts, payload, err := c.options()
 	if err != nil {
 		return err
+	}
+	if c.Selector == "all" && (c.Park || c.Retry) {
+		return usageError{errors.New("--park and --retry-on-connection-loss apply to a request to one agent, not to --selector all")}
+	}
+	if c.Retry {
+		opts = append(opts, mapper.RetryOnConnectionLoss())
 	}
 	ctx, cancel := context.WithTimeout(g.Context(), c.Timeout)
 	defer cancel()
@@ -134,6 +159,17 @@ func printJSON(w io.Writer, v any) error {
 
 type pushCmd struct {
 	callFlags
+	TTL time.Duration `name:"ttl" help:"The push's time to live, instead of --timeout, which then bounds only the sending: an agent does not start it later, and a queue dead-letters it (reason expired) when nobody took it in time (mapper.TTL)."`
+}
+
+func (c *pushCmd) Help() string {
+	return `Sends a push (no result) and exits once the broker has routed it. Its
+deadline is --timeout, or --ttl when given:
+
+  warren push /simple/sleep 1 --park --persistent --ttl 1h
+
+parks the push, persistent, in the service's shared queue when no agent
+serves it, where it waits up to an hour for one.`
 }
 
 func (c *pushCmd) Run(g *Globals) error {
@@ -141,11 +177,33 @@ func (c *pushCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(g.Context(), c.Timeout)
-	defer cancel()
-	return withMapper(ctx, g, c.brokerFlags, "push", func(m *mapper.Mapper) error {
+	if c.TTL < 0 {
+		return usageError{fmt.Errorf("--ttl %v: want a positive duration", c.TTL)}
+	}
+	var ctx context.Context
+	var cancel context.CancelCauseFunc
+	if c.TTL > 0 {
+		// A deadline on the context would travel with the push and cut its
+		// TTL short: a timer bounds the sending instead.
+		ctx, cancel = context.WithCancelCause(g.Context())
+		t := time.AfterFunc(c.Timeout, func() {
+			cancel(fmt.Errorf("--timeout %v passed: %w", c.Timeout, context.DeadlineExceeded))
+		})
+		defer t.Stop()
+		opts = append(opts, mapper.TTL(c.TTL))
+	} else {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeout(g.Context(), c.Timeout)
+		cancel = func(error) { stop() }
+	}
+	defer cancel(nil)
+	err = withMapper(ctx, g, c.brokerFlags, "push", func(m *mapper.Mapper) error {
 		return m.Push(ctx, c.Path, payload, opts...)
 	})
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, context.DeadlineExceeded) && !errors.Is(err, context.DeadlineExceeded) {
+		err = fmt.Errorf("%w (%w)", err, cause)
+	}
+	return err
 }
 
 type agentsCmd struct {
