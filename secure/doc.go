@@ -14,23 +14,26 @@
 // signer, its certificate, the original content type and the body:
 // plaintext, or an RFC 9180 HPKE ciphertext (DHKEM(P-256, HKDF-SHA256),
 // HKDF-SHA256, AES-128-GCM, from crypto/hpke). The signature (ECDSA P-256
-// with SHA-256, or Ed25519) covers the body and the security-relevant AMQP
+// with SHA-256, or Ed25519) covers the body, the exchange and routing key
+// the message was published with, and the security-relevant AMQP
 // properties and headers: type, message_id, correlation_id, reply_to,
 // expiration, timestamp and every warren- header. Headers stay where they
-// are, readable by the broker. docs/security.md specifies the format
+// are, readable by the broker. A receiver accepts a message only from the
+// queue its signed exchange and routing key route to. docs/security.md specifies the format
 // exactly, with the threat model and the setup.
 //
 // Messages carrying a warren-to header (requests and pushes to an agent,
 // replies) are encrypted to it unless Config.SignOnly; broadcasts
-// (heartbeats, announces) are signed only.
+// (heartbeats, announces) are signed only. An Ed25519 identity, which
+// nothing can be encrypted to, must be SignOnly.
 //
 // # Trust
 //
 // A sender's certificate is trusted when it is in the Store (pinned), or
 // when it chains to the Authority; either way it must name the sender
-// (Common Name or URI SAN warren:ID, equal to the warren-from header), be
-// within its validity period, allow digital signatures and not be on the
-// DenyList. Messages carry their sender's certificate, so with an
+// (equal to the warren-from header) in its URI SAN warren:ID (a pinned
+// certificate may use its Common Name instead), be within its validity
+// period, allow digital signatures and not be on the DenyList. Messages carry their sender's certificate, so with an
 // Authority a fabric needs no distribution of certificates: a mapper
 // learns each agent's certificate from its heartbeats, an agent each
 // mapper's from its requests.
@@ -45,8 +48,9 @@
 // values, and warren-error; publisher-confirmed, then the original is
 // acked; if that fails the original is rejected without requeue), counted
 // (Transport.Stats), logged without its payload, and, when its sender was
-// authenticated and gave a reply_to, answered with an error reply whose
-// warren-error-code is the reason.
+// authenticated, gave a reply_to and the message itself is at fault (not a
+// copy an attacker replayed or moved to another queue), answered with an
+// error reply whose warren-error-code is the reason.
 //
 // # Secrets
 //
