@@ -96,11 +96,20 @@ func WithTags(tags ...string) CallOption { return func(c *call) { c.tags = appen
 // with agent.Durable()).
 func Persistent() CallOption { return func(c *call) { c.persistent = true } }
 
-// Park is Nanite's offline failsafe: when no live agent serves the path, the
-// request or push is parked, durably, in the service's shared queue, and
-// delivered when an agent for it appears (within the context's deadline,
-// which travels as the message's expiration). Without Park the caller gets
-// ErrNoAgent at once.
+// Park is Nanite's offline failsafe: when no live agent serves the path at
+// all, the request or push is parked, durably, in the service's shared
+// queue, and delivered when an agent for it appears (within the context's
+// deadline, which travels as the message's expiration). Without Park the
+// caller gets ErrNoAgent at once.
+//
+// Parked work goes to whichever agent for the path takes it first, so Park
+// applies only to selectors that choose among the agents serving the path
+// (least_loaded, random, round_robin, all, your own). A call for one agent
+// (To, Identity) or for tagged agents (WithTags, Tagged) is never parked:
+// it gets ErrNoAgent while no live agent fits, as does any call when live
+// agents serve the path but the selector picks none of them. (A call for
+// one agent is not parked in that agent's own queue either: that queue
+// expires with its agent, losing what it holds.)
 func Park() CallOption { return func(c *call) { c.park = true } }
 
 // RetryOnConnectionLoss re-sends a Request whose connection to the broker
@@ -121,6 +130,21 @@ func (m *Mapper) options(def Selector, opts []CallOption) call {
 	return c
 }
 
+// parks reports whether the call is parked after err, from prepare: it asked
+// for Park, no live agent serves the path, and its selector does not name
+// its agents (see Park).
+func (c call) parks(err error) bool {
+	var none *noLiveAgent
+	return c.park && errors.As(err, &none) && !targeted(c.sel)
+}
+
+// noLiveAgent is the ErrNoAgent of a path that no live agent serves (as
+// opposed to one whose live agents the selector did not pick).
+type noLiveAgent struct{ err error }
+
+func (e *noLiveAgent) Error() string { return e.err.Error() }
+func (e *noLiveAgent) Unwrap() error { return e.err }
+
 // Request sends payload (marshalled as JSON; a json.RawMessage is sent as
 // is) to one agent serving path, picked by the selector (least_loaded by
 // default; when a selector returns several agents the first is used: use
@@ -134,7 +158,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 	declined := map[string]bool{}
 	for {
 		targets, body, err := m.prepare(ctx, path, payload, c, declined)
-		if errors.Is(err, ErrNoAgent) && c.park && len(declined) == 0 {
+		if c.parks(err) && len(declined) == 0 {
 			return m.parkRequest(ctx, path, payload, c)
 		}
 		if err != nil {
@@ -200,7 +224,7 @@ func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...C
 func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...CallOption) error {
 	c := m.options(LeastLoaded(), opts)
 	targets, body, err := m.prepare(ctx, path, payload, c, nil)
-	if errors.Is(err, ErrNoAgent) && c.park {
+	if c.parks(err) {
 		body, err := m.encode(path, payload)
 		if err != nil {
 			return err
@@ -258,11 +282,18 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 	}
 	cands, err := m.candidates(ctx, path)
 	if err != nil {
+		if ctx.Err() == nil {
+			err = &noLiveAgent{err}
+		}
 		return nil, nil, err
 	}
+	declined := len(cands)
 	cands = slices.DeleteFunc(cands, func(a AgentInfo) bool { return skip[a.Identity] })
 	if len(cands) == 0 {
-		return nil, nil, fmt.Errorf("%w %s", ErrNoAgent, path)
+		if declined > 0 {
+			return nil, nil, fmt.Errorf("%w %s", ErrNoAgent, path)
+		}
+		return nil, nil, &noLiveAgent{fmt.Errorf("%w %s", ErrNoAgent, path)}
 	}
 	targets := c.sel.Select(path, cands)
 	if len(targets) == 0 {
@@ -380,6 +411,9 @@ func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte,
 func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, sel Selector, exchange, key string) (*Reply, error) {
 	msg.CorrelationID = msg.MessageID
 	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, sel: sel}
+	if target != "" {
+		w.sentTo = []string{target}
+	}
 	// Reading the reply queue and registering happen under one lock, so a
 	// connection loss either fails this waiter (failPending) or is seen
 	// here as no reply queue.
@@ -427,16 +461,49 @@ func newID() string {
 type waiter struct {
 	ch     chan *Reply // buffered 1: the first reply wins
 	path   string
-	target string // the agent it was sent to last
-	msg    transport.Message
-	sel    Selector // a Request's selector; nil for a fan-out leg or a parked request
+	target string // the agent it was sent to last; "" for a shared queue
+	// sentTo lists every agent it was addressed to: only their replies
+	// are taken, unless it is (or may be) in a shared queue (nil).
+	sentTo []string
+	// foreign is the first reply from another agent (the first good one,
+	// if any), kept in case the request turns out to be in a shared queue:
+	// another mapper may have moved it there first (see rescue).
+	foreign *Reply
+	msg     transport.Message
+	sel     Selector // a Request's selector; nil for a fan-out leg or a parked request
+}
+
+// keep remembers a reply that w does not accept (yet).
+func (w *waiter) keep(r *Reply) {
+	if w.foreign == nil || (w.foreign.Err != nil && r.Err == nil) {
+		w.foreign = r
+	}
+}
+
+// anyAgent makes w take any agent's reply from now on, and answers it with
+// a reply it kept, if any. The caller holds m.mu.
+func (m *Mapper) anyAgent(w *waiter) {
+	w.sentTo = nil
+	if w.foreign != nil {
+		delete(m.pending, w.msg.CorrelationID)
+		w.ch <- w.foreign
+	}
+}
+
+// accepts reports whether a reply signed by agent may answer w: one of the
+// agents it was addressed to, or any when it went to a shared queue.
+func (w *waiter) accepts(agent string) bool {
+	return w.sentTo == nil || slices.Contains(w.sentTo, agent)
 }
 
 // redispatch handles the requests pending on an agent that left or expired:
 // a Request goes to another live agent that serves its path and that its
 // selector picks (it may then run twice; the caller gets the first result
-// only), a fan-out leg fails at once naming the agent.
+// only), a fan-out leg fails at once naming the agent. Then what is left in
+// the agent's queue is rescued (see rescue); a Request that no agent could
+// take meanwhile may be among it, so it takes any agent's reply from then on.
 func (m *Mapper) redispatch(gone string) {
+	stop := m.startRescue(gone)
 	m.mu.Lock()
 	var moved []*waiter
 	for id, w := range m.pending {
@@ -451,39 +518,62 @@ func (m *Mapper) redispatch(gone string) {
 		moved = append(moved, w)
 	}
 	m.mu.Unlock()
-	if len(moved) == 0 {
+	if len(moved) == 0 && stop == nil {
 		return
 	}
 	m.bg.Go(func() {
 		for _, w := range moved {
-			cands := slices.DeleteFunc(m.reg.live(w.path, time.Now()), func(a AgentInfo) bool { return a.Identity == gone })
-			var picked []AgentInfo
-			if len(cands) > 0 {
-				picked = w.sel.Select(w.path, cands) // the caller's choice still holds (To, tags, ...)
-			}
-			if len(picked) == 0 {
-				continue // it waits for the agent to return, or for its deadline
-			}
-			next := picked[0]
-			m.mu.Lock()
-			if m.pending[w.msg.CorrelationID] != w {
-				m.mu.Unlock()
-				continue // answered meanwhile
-			}
-			w.target = next.Identity
-			m.mu.Unlock()
-			msg := w.msg
-			msg.Headers = maps.Clone(msg.Headers)
-			m.address(&msg, next.Identity)
-			if dl, ok := wire.Deadline(msg.Headers); ok {
-				msg.Expiration = max(time.Until(dl), time.Millisecond)
-			}
-			m.log.Warn("agent gone: request sent to another agent", "service", w.path, "from_agent", gone, "agent", next.Identity, "correlation_id", msg.CorrelationID)
-			if err := m.tr.Publish(m.runCtx, wire.RequestExchange, next.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
-				m.log.Warn("redispatch failed", "err", err, "correlation_id", msg.CorrelationID)
-			}
+			m.resend(w, gone, stop != nil)
+		}
+		if stop != nil {
+			m.rescue(gone, stop)
 		}
 	})
+}
+
+// resend sends w, pending on the agent gone, to another agent its selector
+// picks. When there is none, it waits for gone to return or for its
+// deadline; with rescued, gone's queue is being moved to the shared queue,
+// so any agent's reply is taken.
+func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
+	cands := slices.DeleteFunc(m.reg.live(w.path, time.Now()), func(a AgentInfo) bool { return a.Identity == gone })
+	var picked []AgentInfo
+	if len(cands) > 0 {
+		picked = w.sel.Select(w.path, cands) // the caller's choice still holds (To, tags, ...)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.pending[w.msg.CorrelationID] != w || w.target != gone {
+		return // answered meanwhile
+	}
+	if len(picked) == 0 {
+		if rescued && !targeted(w.sel) {
+			m.anyAgent(w)
+		}
+		return
+	}
+	next := picked[0]
+	w.target = next.Identity
+	w.sentTo = append(w.sentTo, next.Identity)
+	msg := w.msg
+	msg.Headers = maps.Clone(msg.Headers)
+	m.address(&msg, next.Identity)
+	if dl, ok := wire.Deadline(msg.Headers); ok {
+		msg.Expiration = max(time.Until(dl), time.Millisecond)
+	}
+	m.mu.Unlock()
+	m.log.Warn("agent gone: request sent to another agent", "service", w.path, "from_agent", gone, "agent", next.Identity, "correlation_id", msg.CorrelationID)
+	err := m.tr.Publish(m.runCtx, wire.RequestExchange, next.Identity, msg, transport.PublishOptions{Mandatory: true})
+	m.mu.Lock()
+	if err != nil {
+		m.log.Warn("redispatch failed", "err", err, "correlation_id", msg.CorrelationID)
+		if m.pending[w.msg.CorrelationID] == w && w.target == next.Identity {
+			w.target = gone // the rescue moves its copy, if there is one
+			if rescued && !targeted(w.sel) {
+				m.anyAgent(w)
+			}
+		}
+	}
 }
 
 // parkRequest parks a request in the service's shared queue and waits for

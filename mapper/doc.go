@@ -31,7 +31,20 @@
 // before answering, the request is re-sent to another live agent serving
 // the path; it may then run twice, and the caller gets the first result.
 // Requests and pushes are published mandatory: an agent queue that no longer
-// exists is an error, not a silent loss.
+// exists is an error, not a silent loss. A reply is taken only from an agent
+// the request was addressed to (its warren-agent header; signed in secure
+// mode); others are discarded and counted (ForeignReplies).
+//
+// When the registry drops an agent, the mapper also drains what is left in
+// the agent's queue (which RabbitMQ would delete, messages and all, when it
+// expires) into the shared queue of each message's path, so that confirmed
+// pushes are not lost; a message whose path has no shared queue is
+// dead-lettered with reason DeadReasonAgentGone. Its own requests that it
+// re-sent, or that wait for that agent only (To, tags), stay out of it. Any
+// number of mappers drain at once, each message moved once; a drain stops
+// when the queue is idle for a second, after a minute, when the agent comes
+// back, or when the mapper stops. There is no drain in secure mode, where
+// messages are sealed to their agent.
 //
 // # Shutdown
 //

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,14 +96,16 @@ type Mapper struct {
 	joined  chan struct{} // closed and replaced when an agent joins
 	up      chan struct{} // closed while a session is established
 
-	bg     sync.WaitGroup // redispatches in progress
-	runCtx context.Context
+	bg      sync.WaitGroup // redispatches and rescues in progress
+	runCtx  context.Context
+	rescues map[string]chan struct{} // by agent: closed when it comes back
 
 	events  chan Event
 	onEvent func(Event)
 
 	lastJoin atomic.Int64 // UnixNano of the latest AgentJoined
 	late     atomic.Int64
+	foreign  atomic.Int64
 	// addressed: set warren-to on requests and pushes (wire.WantsRecipient).
 	addressed bool
 	dropped   atomic.Int64
@@ -148,6 +151,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 		log:       o.log.With("component", "mapper", "mapper", cfg.Identity),
 		ready:     make(chan struct{}),
 		pending:   map[string]*waiter{},
+		rescues:   map[string]chan struct{}{},
 		joined:    make(chan struct{}),
 		up:        make(chan struct{}),
 		stopped:   make(chan struct{}),
@@ -183,6 +187,13 @@ func (m *Mapper) Agents() []AgentInfo { return m.reg.live("", time.Now()) }
 // twice: they are discarded.
 func (m *Mapper) LateReplies() int64 { return m.late.Load() }
 
+// ForeignReplies counts replies discarded because their warren-agent header
+// names none of the agents the request was addressed to (in secure mode
+// that header is signed: such a reply comes from a request copied into
+// another agent's queue). The call still waits for its agent. Requests
+// parked in a shared queue take any agent's reply.
+func (m *Mapper) ForeignReplies() int64 { return m.foreign.Load() }
+
 // Run joins the fabric and serves until ctx ends; it returns nil then.
 //
 // When the connection to the broker is lost, calls in flight fail at once
@@ -198,7 +209,9 @@ func (m *Mapper) Run(ctx context.Context) error {
 	defer close(m.stopped)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	m.mu.Lock()
 	m.runCtx = ctx
+	m.mu.Unlock()
 
 	var wg sync.WaitGroup
 	if m.events != nil {
@@ -336,8 +349,17 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 
 func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
+		agent := wire.String(d.Headers, wire.HeaderAgent)
 		m.mu.Lock()
 		w := m.pending[d.CorrelationID]
+		if w != nil && !w.accepts(agent) {
+			sentTo := slices.Clone(w.sentTo)
+			w.keep(replyFrom(d, w.path))
+			m.mu.Unlock()
+			m.foreign.Add(1)
+			m.log.Debug("reply from an agent the request was not sent to discarded", "correlation_id", d.CorrelationID, "agent", agent, "sent_to", sentTo)
+			continue
+		}
 		delete(m.pending, d.CorrelationID)
 		m.mu.Unlock()
 		if w == nil {
@@ -391,6 +413,7 @@ func (m *Mapper) emit(evs []Event) {
 		m.log.Info("agent "+string(e.Kind), "agent", e.Agent.Identity)
 		switch e.Kind {
 		case AgentJoined:
+			m.stopRescue(e.Agent.Identity)
 			m.lastJoin.Store(time.Now().UnixNano())
 			m.mu.Lock()
 			close(m.joined)

@@ -75,15 +75,18 @@ func RoundRobin() Selector {
 }
 
 // Identity picks the agent with this identity, if it serves the path.
-func Identity(id string) Selector {
-	return SelectorFunc(func(_ string, c []AgentInfo) []AgentInfo {
-		for _, a := range c {
-			if a.Identity == id {
-				return []AgentInfo{a}
-			}
+func Identity(id string) Selector { return identity(id) }
+
+// identity is a named type, so that Park can tell a call for one agent.
+type identity string
+
+func (id identity) Select(_ string, c []AgentInfo) []AgentInfo {
+	for _, a := range c {
+		if a.Identity == string(id) {
+			return []AgentInfo{a}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // Tagged narrows candidates to those carrying every tag, then lets next
@@ -92,18 +95,36 @@ func Tagged(next Selector, tags ...string) Selector {
 	if next == nil {
 		next = LeastLoaded()
 	}
-	return SelectorFunc(func(path string, c []AgentInfo) []AgentInfo {
-		var keep []AgentInfo
-		for _, a := range c {
-			if a.HasTags(tags...) {
-				keep = append(keep, a)
-			}
+	return tagged{next: next, tags: tags}
+}
+
+// tagged is a named type, so that Park can tell a call for some agents.
+type tagged struct {
+	next Selector
+	tags []string
+}
+
+func (t tagged) Select(path string, c []AgentInfo) []AgentInfo {
+	var keep []AgentInfo
+	for _, a := range c {
+		if a.HasTags(t.tags...) {
+			keep = append(keep, a)
 		}
-		if len(keep) == 0 {
-			return nil
-		}
-		return next.Select(path, keep)
-	})
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return t.next.Select(path, keep)
+}
+
+// targeted reports whether s names its agents by identity or tags, rather
+// than choosing among whichever agents serve the path.
+func targeted(s Selector) bool {
+	switch s.(type) {
+	case identity, tagged:
+		return true
+	}
+	return false
 }
 
 // ParseSelector returns the selector a name stands for: least_loaded, all,
