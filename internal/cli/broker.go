@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -78,9 +79,41 @@ func (b brokerFlags) dialAs(ctx context.Context, g *Globals, name string) (trans
 	return str, id, nil
 }
 
+// checkBrokerURL validates a broker URL, warning first about a password
+// given with --broker. Its errors, like every line that shows a broker URL,
+// never show the password.
+func checkBrokerURL(g *Globals, raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// A *url.Error quotes the whole URL: keep only why.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, usageError{fmt.Errorf("--broker: not a URL: %v", err)}
+	}
+	warnPasswordFlag(g, u)
+	if !strings.HasPrefix(raw, "amqp://") && !strings.HasPrefix(raw, "amqps://") {
+		return nil, usageError{fmt.Errorf("--broker %q: want an amqp:// or amqps:// URL", u.Redacted())}
+	}
+	return u, nil
+}
+
+// warnPasswordFlag warns, once per process, when the broker URL with its
+// password came from the --broker flag: process listings show it to every
+// user of the machine, where WARREN_BROKER stays private.
+func warnPasswordFlag(g *Globals, u *url.URL) {
+	if _, ok := u.User.Password(); !ok || !g.brokerOnCommandLine {
+		return
+	}
+	g.brokerWarning.Do(func() {
+		g.Logger().Warn("the --broker URL holds a password, which process listings show to every user of this machine: pass the URL in WARREN_BROKER instead", "broker", u.Redacted())
+	})
+}
+
 func (b brokerFlags) dialPlain(ctx context.Context, g *Globals, name string) (transport.Transport, error) {
-	if !strings.HasPrefix(b.Broker, "amqp://") && !strings.HasPrefix(b.Broker, "amqps://") {
-		return nil, usageError{fmt.Errorf("--broker %q: want an amqp:// or amqps:// URL", b.Broker)}
+	if _, err := checkBrokerURL(g, b.Broker); err != nil {
+		return nil, err
 	}
 	tlsCfg, err := b.TLS.Config(b.Broker)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/alecthomas/kong"
 )
@@ -22,6 +23,11 @@ type Globals struct {
 	ctx    context.Context
 	out    io.Writer
 	errOut io.Writer
+	// brokerOnCommandLine: --broker was given as a flag, not through
+	// WARREN_BROKER or its default; brokerWarning warns about a password
+	// in it once.
+	brokerOnCommandLine bool
+	brokerWarning       sync.Once
 }
 
 // Context is the command's context: cancelled on SIGINT/SIGTERM.
@@ -83,6 +89,11 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(errOut, "warren: %v\n", err)
 		return 2
+	}
+	for _, p := range kctx.Path {
+		if p.Flag != nil && p.Flag.Name == "broker" {
+			r.brokerOnCommandLine = true
+		}
 	}
 	if err := kctx.Run(&r.Globals); err != nil {
 		msg := strings.TrimPrefix(err.Error(), "warren: ")
