@@ -110,6 +110,12 @@ func Persistent() CallOption { return func(c *call) { c.persistent = true } }
 // agents serve the path but the selector picks none of them. (A call for
 // one agent is not parked in that agent's own queue either: that queue
 // expires with its agent, losing what it holds.)
+//
+// Park with Persistent declares a shared queue that does not exist yet as a
+// quorum queue with the default delivery limit, as an agent serving the
+// path with agent.Durable() does; plain Park declares it as a classic
+// queue, as other agents do. A shared queue that exists is used whatever
+// its type.
 func Park() CallOption { return func(c *call) { c.park = true } }
 
 // RetryOnConnectionLoss re-sends a Request whose connection to the broker
@@ -232,7 +238,7 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 		msg := m.message(ctx, wire.TypePush, path, body)
 		msg.Persistent = true
 		c.withTTL(&msg)
-		return m.park(ctx, path, msg)
+		return m.park(ctx, path, msg, c.persistent)
 	}
 	if err != nil {
 		return err
@@ -585,7 +591,7 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 	}
 	msg := m.message(ctx, wire.TypeRequest, path, body)
 	msg.Persistent = true
-	if err := m.ensureServiceQueue(ctx, path); err != nil {
+	if err := m.ensureServiceQueue(ctx, path, c.persistent); err != nil {
 		return nil, err
 	}
 	r, err := m.await(ctx, path, "", msg, nil, wire.ServiceExchange, path)
@@ -600,8 +606,8 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 
 // park publishes msg to the service's shared queue, declaring it when no
 // agent ever did.
-func (m *Mapper) park(ctx context.Context, path string, msg transport.Message) error {
-	if err := m.ensureServiceQueue(ctx, path); err != nil {
+func (m *Mapper) park(ctx context.Context, path string, msg transport.Message, durable bool) error {
+	if err := m.ensureServiceQueue(ctx, path, durable); err != nil {
 		return err
 	}
 	if err := m.tr.Publish(ctx, wire.ServiceExchange, path, msg, transport.PublishOptions{Mandatory: true}); err != nil {
@@ -611,11 +617,23 @@ func (m *Mapper) park(ctx context.Context, path string, msg transport.Message) e
 	return nil
 }
 
-// ensureServiceQueue declares the shared queue of path as agents declare it
-// (a durable classic queue; an existing queue of another type is kept).
-func (m *Mapper) ensureServiceQueue(ctx context.Context, path string) error {
+// parkDeliveryLimit is the delivery limit of a shared queue a mapper
+// declares as a quorum queue: agents' default MaxDeliveries, so that an
+// agent with agent.Durable() declares it the same way.
+const parkDeliveryLimit = 5
+
+// ensureServiceQueue declares the shared queue of path as agents declare it:
+// with durable (Persistent), a quorum queue with the default delivery limit,
+// as for a handler with agent.Durable(); else a durable classic queue. A
+// queue that exists is used as it is, whatever its type (the declaration is
+// refused as inequivalent, and nothing else changes).
+func (m *Mapper) ensureServiceQueue(ctx context.Context, path string, durable bool) error {
 	q := wire.ServiceQueue(path)
-	_, err := m.tr.DeclareQueue(ctx, transport.Queue{Name: q, Durable: true, DeadLetterExchange: wire.DeadLetterExchange})
+	decl := transport.Queue{Name: q, Durable: true, DeadLetterExchange: wire.DeadLetterExchange}
+	if durable {
+		decl.Type, decl.DeliveryLimit = transport.Quorum, parkDeliveryLimit
+	}
+	_, err := m.tr.DeclareQueue(ctx, decl)
 	if err != nil && !errors.Is(err, transport.ErrPrecondition) {
 		return fmt.Errorf("mapper: park %s: declare %s: %w", path, q, err)
 	}

@@ -374,3 +374,50 @@ func TestParkKeepsTheSelector(t *testing.T) {
 		}
 	})
 }
+
+// TestParkAgreesWithDurableAgents: a mapper that parks with Persistent
+// declares the shared queue as an agent with agent.Durable() does (a quorum
+// queue), so that agent starts after it and serves the parked work; and a
+// mapper parking (with or without Persistent) into the quorum queue an
+// agent declared before uses it as it is.
+func TestParkAgreesWithDurableAgents(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		for _, agentFirst := range []bool{false, true} {
+			actor := fabrictest.Actor()
+			path := "/" + actor + "/keep"
+			deleteAtEnd(t, connect, wire.ServiceQueue(path))
+			var runs atomic.Int64
+			newAgent := func() *agent.Agent {
+				a, err := agent.New(connect(t), agent.Config{Identity: actor + "-d", PingInterval: 200 * time.Millisecond}, agent.WithLogger(testenv.Logger(t)))
+				must(t, err)
+				must(t, a.Handle(path, agent.Func(func(context.Context, string) (string, error) {
+					runs.Add(1)
+					return "kept", nil
+				}), agent.Durable()))
+				return a
+			}
+			m := startMapper(t, connect, mapper.Config{AnnounceWait: 50 * time.Millisecond})
+			want := int64(1)
+			if agentFirst {
+				a := newAgent()
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() { done <- a.Run(ctx) }()
+				<-a.Ready()
+				cancel() // unregisters; its quorum queue stays
+				must(t, <-done)
+				waitLive(t, m, actor)
+				must(t, m.Push(ctxT(t, 5*time.Second), path, "plain", mapper.Park()))
+				want = 2
+			}
+			must(t, m.Push(ctxT(t, 5*time.Second), path, "persistent", mapper.Park(), mapper.Persistent()))
+			fabrictest.RunAgent(t, newAgent()) // fails on an inequivalent queue
+			testenv.WaitFor(t, 10*time.Second, func() error {
+				if runs.Load() != want {
+					return fmt.Errorf("agent first %v: ran %d, want %d", agentFirst, runs.Load(), want)
+				}
+				return nil
+			})
+		}
+	})
+}
