@@ -130,6 +130,9 @@ type Agent struct {
 	ready    chan struct{}
 	inflight sync.WaitGroup
 	handled  atomic.Int64
+	// draining is set when Run's context ended: every service is then
+	// advertised as inactive and what reaches the agent is passed on.
+	draining atomic.Bool
 }
 
 // New returns an agent on tr. It does not touch the broker until Run.
@@ -296,11 +299,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Unlock()
 		return errors.New("agent: Run called twice")
 	}
-	a.running = true
-	a.mu.Unlock()
 	if len(a.handlers) == 0 {
+		a.mu.Unlock()
 		return errors.New("agent: no handlers: call Handle or Expose before Run")
 	}
+	a.running = true
+	a.mu.Unlock()
 	a.started = time.Now()
 
 	// handlerCtx is cancelled when the drain times out.
@@ -343,9 +347,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		bo.Reset()
 		lost := a.serveSession(ctx, bg, s)
 		if !lost {
-			// ctx ended: drain this session, then unregister.
+			// ctx ended: tell the mappers to stop selecting this agent,
+			// drain this session, then unregister. Unregistering only at
+			// the end keeps mappers from re-sending the work in hand
+			// elsewhere, which would run it twice.
+			a.draining.Store(true)
+			if err := a.beatWithin(bg, wire.TypePing); err != nil {
+				a.log.Warn("draining ping failed", "err", err)
+			}
 			s.stopTaking()
+			stopPings := a.pingWhileDraining(bg)
 			a.drain(cancelHandlers)
+			s.stopOwn()
+			stopPings()
 			s.stop()
 			uctx, cancel := context.WithTimeout(bg, 5*time.Second)
 			if err := a.beat(uctx, wire.TypeUnregister); err != nil {
@@ -392,6 +406,31 @@ func (a *Agent) drain(cancelHandlers context.CancelFunc) {
 // drainGrace is how long a stopping agent waits, after the drain timeout,
 // for handlers to honour their cancelled context.
 const drainGrace = 5 * time.Second
+
+// pingWhileDraining keeps pinging (every service inactive) during the
+// drain, so that mappers neither select the agent nor drop it as silent,
+// which would make them re-send its requests in hand to another agent. The
+// function returned stops the pings and waits for the last one.
+func (a *Agent) pingWhileDraining(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(a.cfg.PingInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := a.beatWithin(ctx, wire.TypePing); err != nil && ctx.Err() == nil {
+					a.log.Warn("draining ping failed", "err", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
 
 // serveSession pings and answers announces until ctx ends (false) or the
 // session's connection is lost (true).
@@ -440,7 +479,18 @@ type session struct {
 	lost     chan struct{}
 	lostOnce sync.Once
 	taking   chan struct{} // closed to stop taking new work
+	// loops are the consume loops of the shared queues: they return as
+	// soon as taking is closed. own is the loop of the agent's own queue,
+	// which ends when ownStop is closed or the session stops, and the
+	// deliveries it passes on while draining. retiring are the goroutines
+	// retiring the consumers of services turned inactive: they end with
+	// their handlers or when the session stops.
 	loops    sync.WaitGroup
+	own      sync.WaitGroup
+	ownStop  chan struct{}
+	ownIdle  chan struct{} // closed once the own loop no longer counts in inflight
+	ownOnce  sync.Once
+	retiring sync.WaitGroup
 
 	mu     sync.Mutex
 	shared map[string]*sharedConsumer // consumers of shared service queues, by path
@@ -452,7 +502,7 @@ type session struct {
 // stopped during a broker outage does not wait for the broker.
 func (a *Agent) startSession(runCtx, bg, handlers context.Context) (*session, error) {
 	ctx, cancel := context.WithCancel(bg)
-	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), shared: map[string]*sharedConsumer{}}
+	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), ownStop: make(chan struct{}), ownIdle: make(chan struct{}), shared: map[string]*sharedConsumer{}}
 	interrupt := context.AfterFunc(runCtx, cancel)
 	err := s.declare()
 	if err == nil {
@@ -471,18 +521,35 @@ func (a *Agent) startSession(runCtx, bg, handlers context.Context) (*session, er
 
 func (s *session) markLost() { s.lostOnce.Do(func() { close(s.lost) }) }
 
-// stopTaking stops the consume loops from taking new deliveries; what they
-// hold unacknowledged is requeued when the session stops.
+// stopTaking stops the consume loops of the shared queues from taking new
+// deliveries; what they hold unacknowledged is requeued when the session
+// stops, for other agents. The agent's own queue is still consumed: while
+// the agent drains, serve passes what reaches it on (see decline). It
+// returns at once: the consume loops wait for nothing else.
 func (s *session) stopTaking() {
 	close(s.taking)
 	s.loops.Wait()
+	<-s.ownIdle
+}
+
+// ownSwitched records that the own loop adds nothing more to the agent's
+// inflight, so that the drain may wait for it.
+func (s *session) ownSwitched() { s.ownOnce.Do(func() { close(s.ownIdle) }) }
+
+// stopOwn stops consuming the agent's own queue, once the drain is over,
+// and waits for what it was passing on.
+func (s *session) stopOwn() {
+	close(s.ownStop)
+	s.own.Wait()
 }
 
 // stop cancels the consumers (requeueing what was not taken) and waits for
-// the consume loops.
+// the consume loops and the retiring consumers.
 func (s *session) stop() {
 	s.cancel()
 	s.loops.Wait()
+	s.own.Wait()
+	s.retiring.Wait()
 }
 
 func (s *session) declare() error {
@@ -516,7 +583,7 @@ func (s *session) declare() error {
 	if err != nil {
 		return fmt.Errorf("agent: consume %s: %w", own, err)
 	}
-	s.loops.Go(func() { s.consumeLoop(ctx, ch, nil, nil) })
+	s.own.Go(func() { s.consumeLoop(ctx, ch, true, s.ownStop, nil) })
 	if a.cfg.NoSharedQueues {
 		return nil
 	}
@@ -568,7 +635,7 @@ func (s *session) syncActive(ctx context.Context) {
 			s.mu.Unlock()
 			s.loops.Go(func() {
 				defer close(sc.loopDone)
-				s.consumeLoop(cctx, ch, sc.stop, &sc.handlers)
+				s.consumeLoop(cctx, ch, false, sc.stop, &sc.handlers)
 			})
 		case !active && consuming:
 			s.a.log.Info("service inactive: not consuming its shared queue", "service", p)
@@ -579,7 +646,9 @@ func (s *session) syncActive(ctx context.Context) {
 			// only then cancel the consumer: cancelling requeues what it
 			// holds unacknowledged, which another agent would run again.
 			close(sc.stop)
-			s.loops.Go(func() {
+			// Not in s.loops: stopTaking must not wait for this, as
+			// these handlers end only with the drain.
+			s.retiring.Go(func() {
 				<-sc.loopDone // no handler starts after this
 				finished := make(chan struct{})
 				go func() { sc.handlers.Wait(); close(finished) }()
@@ -598,12 +667,26 @@ func (s *session) syncActive(ctx context.Context) {
 // run at once. A source that closes while its context is live means the
 // connection was lost.
 //
-// stop, when not nil, also stops it (a service turned inactive); handlers,
-// when not nil, counts the work it started.
-func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Delivery, stop <-chan struct{}, handlers *sync.WaitGroup) {
+// own (the agent's own queue) keeps it taking after the session stopped
+// taking work, until stop: what is addressed to a draining agent is passed
+// on (serve declines it) rather than left waiting in its queue. Those
+// deliveries are counted in s.own, not in the agent's inflight, which the
+// drain is waiting for. stop, when not nil, also stops it (a service
+// turned inactive, or the drain is over); handlers, when not nil, counts
+// the work it started.
+func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Delivery, own bool, stop <-chan struct{}, handlers *sync.WaitGroup) {
+	taking := s.taking
+	if own {
+		defer s.ownSwitched()
+	}
 	for {
 		select {
-		case <-s.taking:
+		case <-taking:
+			if own {
+				taking = nil // from now on serve passes it on
+				s.ownSwitched()
+				continue
+			}
 			return
 		case <-stop:
 			return
@@ -613,6 +696,10 @@ func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Deliver
 					s.markLost()
 				}
 				return
+			}
+			if own && taking == nil {
+				s.own.Go(func() { s.a.serve(s.handlers, d) })
+				continue
 			}
 			s.a.inflight.Add(1)
 			if handlers != nil {
@@ -651,8 +738,12 @@ func (a *Agent) heartbeat() wire.Heartbeat {
 	}
 }
 
-// inactive lists the services whose Active predicate is false.
+// inactive lists the services whose Active predicate is false: every
+// service while the agent drains.
 func (a *Agent) inactive() []string {
+	if a.draining.Load() {
+		return a.Services()
+	}
 	var out []string
 	for _, p := range a.Services() {
 		if !a.service(p).isActive() {
@@ -706,9 +797,8 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 	if log != a.log {
 		log = log.With("service", req.Path)
 	}
-	if !req.Deadline.IsZero() && !time.Now().Before(req.Deadline) {
-		log.Warn("deadline passed before start: not executed")
-		a.fail(ctx, d, req, wire.CodeExpired, "deadline passed before the agent started the request")
+	if expired(req) {
+		a.expire(ctx, log, d, req)
 		return
 	}
 	svc := a.service(req.Path)
@@ -717,18 +807,35 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.fail(ctx, d, req, wire.CodeNoSuchService, fmt.Sprintf("agent %s does not serve %s", a.cfg.Identity, req.Path))
 		return
 	}
-	if !svc.isActive() {
-		log.Info("service inactive: declining")
-		a.decline(ctx, d, req)
+	if a.passOn(ctx, log, svc, d, req) {
 		return
+	}
+	// Waiting for the semaphore can take long: give up at the deadline,
+	// and check the deadline and the service again once acquired.
+	var deadline <-chan time.Time
+	if !req.Deadline.IsZero() {
+		t := time.NewTimer(time.Until(req.Deadline))
+		defer t.Stop()
+		deadline = t.C
 	}
 	select {
 	case svc.sem <- struct{}{}:
 		defer func() { <-svc.sem }()
+	case <-deadline:
+		a.expire(ctx, log, d, req)
+		return
 	case <-ctx.Done():
 		a.settle(d, false, true)
 		return
 	}
+	if expired(req) {
+		a.expire(ctx, log, d, req)
+		return
+	}
+	if a.passOn(ctx, log, svc, d, req) {
+		return
+	}
+	log.Debug("handler started", "push", req.Push)
 	hctx := ctx
 	if !req.Deadline.IsZero() {
 		var cancel context.CancelFunc
@@ -736,6 +843,7 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		defer cancel()
 	}
 	result, herr := call(hctx, svc.h, req)
+	log.Debug("handler returned", "push", req.Push, "err", herr)
 	if errors.Is(herr, ErrDecline) {
 		log.Info("handler declined the request")
 		a.decline(ctx, d, req)
@@ -767,6 +875,32 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		return
 	}
 	a.reply(ctx, d, transport.Message{Body: body, Headers: map[string]any{wire.HeaderStatus: wire.StatusOK}})
+}
+
+// expired reports whether req's deadline has passed.
+func expired(req *Request) bool {
+	return !req.Deadline.IsZero() && !time.Now().Before(req.Deadline)
+}
+
+// expire fails a request whose deadline passed before its handler started.
+func (a *Agent) expire(ctx context.Context, log *slog.Logger, d *transport.Delivery, req *Request) {
+	log.Warn("deadline passed before start: not executed")
+	a.fail(ctx, d, req, wire.CodeExpired, "deadline passed before the agent started the request")
+}
+
+// passOn declines req, and reports true, when its service is inactive or
+// the agent is draining.
+func (a *Agent) passOn(ctx context.Context, log *slog.Logger, svc *service, d *transport.Delivery, req *Request) bool {
+	switch {
+	case a.draining.Load():
+		log.Info("agent draining: passing the request on")
+	case !svc.isActive():
+		log.Info("service inactive: declining")
+	default:
+		return false
+	}
+	a.decline(ctx, d, req)
+	return true
 }
 
 // panicError is a handler's panic; the stack is logged, not sent.
@@ -845,8 +979,9 @@ func (a *Agent) fail(ctx context.Context, d *transport.Delivery, req *Request, c
 }
 
 // deadLetter publishes a copy of d to the dead-letter exchange with the
-// reason, then acks d. If that publish fails, d is rejected, which
-// dead-letters it through the queue's own dead-letter exchange.
+// reason, then acks d. If that publish fails or no queue takes it, d is
+// rejected, which dead-letters it through the queue's own dead-letter
+// exchange.
 func (a *Agent) deadLetter(ctx context.Context, d *transport.Delivery, req *Request, code, message string) {
 	msg := d.Message
 	msg.Headers = maps.Clone(d.Headers)
@@ -861,7 +996,9 @@ func (a *Agent) deadLetter(ctx context.Context, d *transport.Delivery, req *Requ
 	msg.Expiration = 0
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := a.tr.Publish(pctx, wire.DeadLetterExchange, d.RoutingKey, msg, transport.PublishOptions{Confirm: true}); err != nil {
+	// Mandatory: with no queue bound to the dead-letter exchange the
+	// letter would be dropped while the original is acked.
+	if err := a.tr.Publish(pctx, wire.DeadLetterExchange, d.RoutingKey, msg, transport.PublishOptions{Confirm: true, Mandatory: true}); err != nil {
 		a.log.Error("dead-letter publish failed: rejecting instead", "err", err, "reason", code)
 		a.settle(d, false, false)
 		return
@@ -917,7 +1054,16 @@ func (a *Agent) settle(d *transport.Delivery, ack, requeue bool) {
 var ErrDecline = errors.New("agent: request declined")
 
 // HeaderAttempts counts how often a message was declined and passed on.
+// The agent reads it clamped to 0..MaxDeliveries, so a negative or huge
+// value from a sender cannot make a message bounce for ever.
 const HeaderAttempts = "warren-attempts"
+
+// attempts returns HeaderAttempts of h clamped to 0..limit; a missing or
+// non-integer header is 0.
+func attempts(h map[string]any, limit int) int64 {
+	n, _ := wire.Int(h, HeaderAttempts)
+	return min(max(n, 0), int64(limit))
+}
 
 // decline passes a request on. A request addressed to this agent by a
 // waiting mapper gets a declined reply, and the mapper re-sends it to
@@ -928,8 +1074,8 @@ func (a *Agent) decline(ctx context.Context, d *transport.Delivery, req *Request
 		a.fail(ctx, d, req, wire.CodeDeclined, fmt.Sprintf("agent %s declined %s", a.cfg.Identity, req.Path))
 		return
 	}
-	n, _ := wire.Int(d.Headers, HeaderAttempts)
-	if int(n)+1 >= a.cfg.MaxDeliveries {
+	n := attempts(d.Headers, a.cfg.MaxDeliveries)
+	if n+1 >= int64(a.cfg.MaxDeliveries) {
 		a.deadLetter(ctx, d, req, wire.CodeDeliveryLimit, fmt.Sprintf("declined %d times", n+1))
 		return
 	}

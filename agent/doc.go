@@ -21,7 +21,8 @@
 // was handed to the broker; an agent that dies before that leaves the
 // request to be redelivered. A handler may therefore run twice for one
 // request; the caller receives one result. A request whose deadline passed
-// is not started. Bad input (unknown message type, missing path, a body
+// is not started, even when it passed while the request waited for its
+// service's concurrency limit. Bad input (unknown message type, missing path, a body
 // that is not JSON or does not decode, an unknown path, a panicking
 // handler) gets an error reply when the sender waits for one, and is
 // otherwise dead-lettered to warren.dlx with the reason in the
@@ -29,7 +30,11 @@
 //
 // # Shutdown
 //
-// When Run's context ends the agent stops taking work, lets the requests in
-// hand finish (up to DrainTimeout; then their contexts are cancelled and
-// they are requeued, not lost), unregisters and returns nil.
+// When Run's context ends the agent pings with every service inactive, so
+// that mappers stop selecting it (it stays registered, so they do not
+// re-send its work in hand elsewhere), and stops taking work from the
+// shared queues. What still reaches its own queue is passed on, as a
+// declined request or push. It lets the requests in hand finish (up to
+// DrainTimeout; then their contexts are cancelled and they are requeued,
+// not lost), pinging meanwhile, acks them, unregisters and returns nil.
 package agent
