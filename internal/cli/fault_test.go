@@ -3,10 +3,12 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,33 +34,133 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// faultRun starts agents a and b as processes, sends n requests with 16 in
-// flight from a mapper in this process, and calls fault(a) after the first
-// n/4 results. It returns the figures.
-func faultRun(t *testing.T, n int, fault func(a *exec.Cmd)) (sent, delivered, failed int64) {
+// agentProc is one `warren agent` process of a fault test. It logs at
+// debug level, in JSON, so that the test can count the handler executions
+// of every message from the "handler started" and "handler returned"
+// records (with message_id and push) that the agent package logs.
+type agentProc struct {
+	name   string
+	cmd    *exec.Cmd
+	log    *logBuffer
+	exited chan struct{} // closed when the process exited and its log is complete
+	err    error         // cmd.Wait's, once exited is closed
+}
+
+func startAgent(t *testing.T, bin, url, tag, name string) *agentProc {
+	t.Helper()
+	p := &agentProc{name: name, log: &logBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(bin, "--log-level", "debug", "--log-format", "json", "agent", "--broker", url,
+		"--token", tag+"-"+name, "--tag", tag, "--ping", "200ms", "--prefetch", "8", "--drain-timeout", "10s")
+	p.cmd.Stderr = p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("agent %s log (last 4 KiB):\n%s", name, tail(p.log.String(), 4096))
+		}
+	})
+	return p
+}
+
+// logBuffer is a bytes.Buffer safe for a writer and concurrent readers.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *logBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *logBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func tail(s string, n int) string { return s[max(0, len(s)-n):] }
+
+// execution counts the handler runs of one message.
+type execution struct {
+	started, returned int
+	push              bool
+}
+
+// executions adds the handler runs an agent logged to into.
+func executions(log string, into map[string]*execution) {
+	for line := range strings.Lines(log) {
+		var rec struct {
+			Msg       string `json:"msg"`
+			MessageID string `json:"message_id"`
+			Push      bool   `json:"push"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil || rec.MessageID == "" {
+			continue
+		}
+		if rec.Msg != "handler started" && rec.Msg != "handler returned" {
+			continue
+		}
+		e := into[rec.MessageID]
+		if e == nil {
+			e = &execution{push: rec.Push}
+			into[rec.MessageID] = e
+		}
+		if rec.Msg == "handler started" {
+			e.started++
+		} else {
+			e.returned++
+		}
+	}
+}
+
+// inHand returns how many handlers an agent has started and not returned.
+func inHand(log string) int {
+	ex := map[string]*execution{}
+	executions(log, ex)
+	n := 0
+	for _, e := range ex {
+		n += e.started - e.returned
+	}
+	return n
+}
+
+// faultFigures are what one fault run measured.
+type faultFigures struct {
+	sent, delivered, lost, duplicatedResults int // requests, and their results as the callers saw them
+	pushes, confirmed, pushesDone            int // pushes sent, confirmed, and executed to the end
+	executed, duplicated                     int // handler starts across agents; starts beyond a message's first
+	inHandAtFault                            int // handlers running on the faulted agent when the fault fired
+	lateReplies                              int64
+}
+
+func (f faultFigures) String() string {
+	return fmt.Sprintf("requests sent %d, results delivered %d, lost %d, duplicated results %d; pushes sent %d, confirmed %d, executed %d; "+
+		"handler executions %d, duplicated executions %d (late replies discarded by the mapper %d); in hand on the faulted agent at the fault %d",
+		f.sent, f.delivered, f.lost, f.duplicatedResults, f.pushes, f.confirmed, f.pushesDone,
+		f.executed, f.duplicated, f.lateReplies, f.inHandAtFault)
+}
+
+// faultRun starts agents a and b as processes and sends n requests to
+// /simple/sleep (30ms each) with 16 in flight from a mapper in this
+// process, with a push of the same before every other request. Once n/4
+// results came back, and while a has handlers running, it calls fault(a).
+// It waits for the requests, then for every confirmed push to be executed,
+// and returns the figures; a is the caller's to wait for.
+func faultRun(t *testing.T, n int, fault func(a *agentProc)) faultFigures {
 	url := testenv.AMQPURL(t)
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)
 	}
 	tag := fabrictest.Actor()
-	var procs []*exec.Cmd
-	for _, name := range []string{"a", "b"} {
-		cmd := exec.Command(bin, "agent", "--broker", url, "--token", tag+"-"+name, "--tag", tag, "--ping", "200ms", "--prefetch", "8", "--drain-timeout", "10s")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		procs = append(procs, cmd)
-		t.Cleanup(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-			if t.Failed() {
-				t.Logf("agent %s stderr:\n%s", name, stderr.String())
-			}
-		})
-	}
+	a := startAgent(t, bin, url, tag, "a")
+	b := startAgent(t, bin, url, tag, "b")
 	tr, err := amqp.Dial(t.Context(), url, amqp.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -79,77 +181,173 @@ func faultRun(t *testing.T, n int, fault func(a *exec.Cmd)) (sent, delivered, fa
 		return nil
 	})
 
+	var f faultFigures
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 16)
+	var answered atomic.Int64
+	var pushes, confirmed atomic.Int64
+	faulted := make(chan struct{})
 	var faultOnce sync.Once
+	fire := func() {
+		faultOnce.Do(func() {
+			go func() {
+				defer close(faulted)
+				// Fire while a is working: wait (briefly) until it has
+				// a handler running.
+				for range 200 {
+					if inHand(a.log.String()) > 0 {
+						break
+					}
+					time.Sleep(time.Millisecond)
+				}
+				f.inHandAtFault = inHand(a.log.String())
+				fault(a)
+			}()
+		})
+	}
 	results := make([]atomic.Int64, n)
+	opts := []mapper.CallOption{mapper.WithTags(tag), mapper.Select(mapper.RoundRobin())}
 	for i := range n {
 		sem <- struct{}{}
-		sent++
+		f.sent++
 		wg.Go(func() {
 			defer func() { <-sem }()
 			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
 			defer rcancel()
-			// Each request sleeps 20ms so that some are in hand when the
-			// fault strikes; it echoes its number back.
-			r, err := m.Request(rctx, "/simple/echo", i, mapper.WithTags(tag), mapper.Select(mapper.RoundRobin()))
+			if i%2 == 0 {
+				pushes.Add(1)
+				if err := m.Push(rctx, "/simple/sleep", 0.03, opts...); err != nil {
+					t.Logf("push %d not confirmed: %v", i, err)
+				} else {
+					confirmed.Add(1)
+				}
+			}
+			r, err := m.Request(rctx, "/simple/sleep", 0.03, opts...)
 			if err != nil {
 				t.Errorf("request %d: %v", i, err)
 				return
 			}
-			var got int
-			if err := r.Decode(&got); err != nil || got != i {
-				t.Errorf("request %d: got %d (%v)", i, got, err)
+			var got string
+			if err := r.Decode(&got); err != nil || got != "slept 30ms" {
+				t.Errorf("request %d: got %q (%v)", i, got, err)
 				return
 			}
 			results[i].Add(1)
+			if answered.Add(1) == int64(n/4) {
+				fire()
+			}
 		})
-		if i == n/4 {
-			faultOnce.Do(func() { fault(procs[0]) })
-		}
 	}
 	wg.Wait()
+	fire() // in case too few requests were answered to fire it
+	<-faulted
 	for i := range results {
-		switch results[i].Load() {
+		switch k := results[i].Load(); k {
 		case 1:
-			delivered++
+			f.delivered++
 		case 0:
-			failed++
+			f.lost++
 		default:
-			t.Errorf("request %d answered %d times", i, results[i].Load())
+			f.delivered++
+			f.duplicatedResults += int(k - 1)
 		}
 	}
-	return sent, delivered, failed
+	f.pushes, f.confirmed = int(pushes.Load()), int(confirmed.Load())
+
+	// Every confirmed push runs to the end somewhere (a push the faulted
+	// agent held goes to another agent, through its queue's rescue).
+	count := func() map[string]*execution {
+		ex := map[string]*execution{}
+		executions(a.log.String(), ex)
+		executions(b.log.String(), ex)
+		return ex
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		f.pushesDone = 0
+		for _, e := range count() {
+			if e.push && e.returned > 0 {
+				f.pushesDone++
+			}
+		}
+		if f.pushesDone >= f.confirmed || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, e := range count() {
+		f.executed += e.started
+		f.duplicated += max(e.started-1, 0)
+	}
+	f.lateReplies = m.LateReplies()
+	return f
+}
+
+// check asserts what every fault run must show: each request answered
+// exactly once, every confirmed push executed, the fault hit work in hand.
+func (f faultFigures) check(t *testing.T) {
+	t.Helper()
+	if f.lost != 0 || f.delivered != f.sent {
+		t.Errorf("%d of %d requests unanswered", f.lost, f.sent)
+	}
+	if f.duplicatedResults != 0 {
+		t.Errorf("%d duplicated results", f.duplicatedResults)
+	}
+	if f.confirmed != f.pushes {
+		t.Errorf("%d of %d pushes not confirmed (an agent was live for each)", f.pushes-f.confirmed, f.pushes)
+	}
+	if f.pushesDone < f.confirmed || f.pushesDone > f.pushes {
+		t.Errorf("%d distinct pushes executed, want every one of the %d confirmed (and at most the %d sent)", f.pushesDone, f.confirmed, f.pushes)
+	}
+	if f.executed < f.sent+f.pushesDone {
+		t.Errorf("%d handler executions for %d requests and %d pushes", f.executed, f.sent, f.pushesDone)
+	}
+	if f.inHandAtFault == 0 {
+		t.Error("the fault fired with no handler running on the faulted agent")
+	}
 }
 
 func TestFaultAgentSIGKILLUnderLoad(t *testing.T) {
 	start := time.Now()
-	sent, delivered, failed := faultRun(t, 400, func(a *exec.Cmd) { a.Process.Signal(syscall.SIGKILL) })
-	t.Logf("SIGKILL mid-load: sent %d, results delivered %d, lost %d, duplicated results 0, in %v", sent, delivered, failed, time.Since(start).Round(time.Millisecond))
-	if delivered != sent {
-		t.Fatalf("%d of %d requests unanswered", failed, sent)
+	var a *agentProc
+	f := faultRun(t, 300, func(p *agentProc) {
+		a = p
+		a.cmd.Process.Signal(syscall.SIGKILL)
+	})
+	<-a.exited
+	killed := inHand(a.log.String()) // started on a and never returned: cut short by the kill
+	t.Logf("SIGKILL mid-load: %v; handlers cut short by the kill %d; in %v", f, killed, time.Since(start).Round(time.Millisecond))
+	f.check(t)
+	if killed == 0 {
+		t.Error("the kill cut no handler short: it did not strike mid-request")
 	}
 }
 
 func TestFaultAgentSIGTERMUnderLoad(t *testing.T) {
 	start := time.Now()
-	var exit error
-	var exited = make(chan struct{})
-	sent, delivered, failed := faultRun(t, 400, func(a *exec.Cmd) {
-		a.Process.Signal(syscall.SIGTERM)
-		go func() { exit = a.Wait(); close(exited) }()
+	var a *agentProc
+	f := faultRun(t, 300, func(p *agentProc) {
+		a = p
+		a.cmd.Process.Signal(syscall.SIGTERM)
 	})
 	select {
-	case <-exited:
-	case <-time.After(20 * time.Second):
-		t.Fatal("agent did not exit after SIGTERM")
+	case <-a.exited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent did not exit within 15s of SIGTERM")
 	}
-	t.Logf("SIGTERM mid-load: sent %d, results delivered %d, lost %d, duplicated results 0, exit %v, in %v", sent, delivered, failed, exit, time.Since(start).Round(time.Millisecond))
-	if exit != nil {
-		t.Errorf("agent exit after SIGTERM: %v", exit)
+	unfinished := inHand(a.log.String())
+	passedOn := strings.Count(a.log.String(), `"msg":"agent draining: passing the request on"`)
+	t.Logf("SIGTERM mid-load: %v; exit %v; handlers a left unfinished %d, requests and pushes it passed on while draining %d; in %v",
+		f, a.err, unfinished, passedOn, time.Since(start).Round(time.Millisecond))
+	f.check(t)
+	if a.err != nil {
+		t.Errorf("agent exit after SIGTERM: %v", a.err)
 	}
-	if delivered != sent {
-		t.Fatalf("%d of %d requests unanswered", failed, sent)
+	if unfinished != 0 {
+		t.Errorf("the draining agent left %d handlers unfinished", unfinished)
+	}
+	if f.duplicated != 0 {
+		t.Errorf("%d duplicated executions after a graceful stop", f.duplicated)
 	}
 }
 
