@@ -357,7 +357,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			s.stopTaking()
 			stopPings := a.pingWhileDraining(bg)
-			a.drain(cancelHandlers)
+			// At the drain timeout the own queue is no longer read
+			// before the handlers are cancelled: the requests they
+			// requeue wait there for the mappers (which re-send what
+			// they wait for when the agent unregisters), instead of
+			// coming straight back to be passed on.
+			a.drain(func() { s.stopOwn(); cancelHandlers() })
 			s.stopOwn()
 			stopPings()
 			s.stop()
@@ -381,7 +386,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // drain waits for the requests in hand, cancelling their contexts after the
 // drain timeout.
-func (a *Agent) drain(cancelHandlers context.CancelFunc) {
+func (a *Agent) drain(cancelHandlers func()) {
 	done := make(chan struct{})
 	go func() { a.inflight.Wait(); close(done) }()
 	t := time.NewTimer(a.cfg.DrainTimeout)
@@ -485,12 +490,13 @@ type session struct {
 	// deliveries it passes on while draining. retiring are the goroutines
 	// retiring the consumers of services turned inactive: they end with
 	// their handlers or when the session stops.
-	loops    sync.WaitGroup
-	own      sync.WaitGroup
-	ownStop  chan struct{}
-	ownIdle  chan struct{} // closed once the own loop no longer counts in inflight
-	ownOnce  sync.Once
-	retiring sync.WaitGroup
+	loops       sync.WaitGroup
+	own         sync.WaitGroup
+	ownStop     chan struct{}
+	ownStopOnce sync.Once
+	ownIdle     chan struct{} // closed once the own loop no longer counts in inflight
+	ownOnce     sync.Once
+	retiring    sync.WaitGroup
 
 	mu     sync.Mutex
 	shared map[string]*sharedConsumer // consumers of shared service queues, by path
@@ -536,10 +542,11 @@ func (s *session) stopTaking() {
 // inflight, so that the drain may wait for it.
 func (s *session) ownSwitched() { s.ownOnce.Do(func() { close(s.ownIdle) }) }
 
-// stopOwn stops consuming the agent's own queue, once the drain is over,
-// and waits for what it was passing on.
+// stopOwn stops consuming the agent's own queue, once the drain is over
+// or timed out, and waits for what it was passing on. It may be called
+// more than once.
 func (s *session) stopOwn() {
-	close(s.ownStop)
+	s.ownStopOnce.Do(func() { close(s.ownStop) })
 	s.own.Wait()
 }
 
