@@ -508,8 +508,37 @@ func (w *waiter) accepts(agent string) bool {
 // only), a fan-out leg fails at once naming the agent. Then what is left in
 // the agent's queue is rescued (see rescue); a Request that no agent could
 // take meanwhile may be among it, so it takes any agent's reply from then on.
-func (m *Mapper) redispatch(gone string) {
+//
+// grace delays all of that for an agent that left gracefully: it answered
+// everything it took before it unregistered, but its last replies travel
+// on another queue than its unregister and may arrive after it. Re-sending
+// at once would run those requests a second time.
+func (m *Mapper) redispatch(gone string, grace time.Duration) {
 	stop := m.startRescue(gone)
+	if grace <= 0 {
+		m.redispatchNow(gone, stop)
+		return
+	}
+	m.bg.Go(func() {
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-m.runCtx.Done():
+		}
+		if slices.ContainsFunc(m.reg.live("", time.Now()), func(a AgentInfo) bool { return a.Identity == gone }) {
+			m.stopRescue(gone) // it came back: its queue and its requests are its own again
+			return
+		}
+		m.redispatchNow(gone, stop)
+	})
+}
+
+// leftGrace is how long a mapper waits for the last replies of an agent
+// that unregistered before it re-sends what is still pending on it.
+const leftGrace = time.Second
+
+func (m *Mapper) redispatchNow(gone string, stop chan struct{}) {
 	m.mu.Lock()
 	var moved []*waiter
 	for id, w := range m.pending {

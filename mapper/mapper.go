@@ -419,8 +419,10 @@ func (m *Mapper) emit(evs []Event) {
 			close(m.joined)
 			m.joined = make(chan struct{})
 			m.mu.Unlock()
-		case AgentLeft, AgentExpired:
-			m.redispatch(e.Agent.Identity)
+		case AgentLeft:
+			m.redispatch(e.Agent.Identity, leftGrace)
+		case AgentExpired:
+			m.redispatch(e.Agent.Identity, 0)
 		}
 		if m.events == nil {
 			continue

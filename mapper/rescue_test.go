@@ -421,3 +421,59 @@ func TestParkAgreesWithDurableAgents(t *testing.T) {
 		}
 	})
 }
+
+// TestLastReplyAfterUnregister: an agent that stops gracefully answers what
+// it took before it unregisters, but its reply and its unregister travel on
+// different queues, so the unregister may arrive first. The mapper waits a
+// moment for such replies before it re-sends: the request runs once, and
+// the caller gets the reply of the agent that ran it.
+func TestLastReplyAfterUnregister(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/echo"
+		leaving, other := actor+"-leaving", actor+"-other"
+		f := startFakeAgent(t, connect, leaving, 0, path)
+		ch, err := f.tr.Consume(t.Context(), wire.AgentQueue(leaving), transport.ConsumeOptions{})
+		must(t, err)
+		go func() {
+			for d := range ch {
+				f.silence()
+				f.beat(t, wire.TypeUnregister)
+				time.Sleep(200 * time.Millisecond) // the reply comes after the unregister
+				_ = f.tr.Publish(context.Background(), "", d.ReplyTo, transport.Message{
+					Type: wire.TypeReply, CorrelationID: d.CorrelationID, Body: []byte(`"done"`),
+					Headers: map[string]any{wire.HeaderAgent: leaving, wire.HeaderStatus: wire.StatusOK},
+				}, transport.PublishOptions{})
+				_ = d.Ack()
+			}
+		}()
+		var ranElsewhere atomic.Int64
+		runAgent(t, connect, agent.Config{Identity: other, PingInterval: fakePing, NoSharedQueues: true}, func(a *agent.Agent) {
+			must(t, a.Handle(path, agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) {
+				ranElsewhere.Add(1)
+				return "again", nil
+			})))
+		})
+		m := startMapper(t, connect, mapper.Config{})
+		waitLive(t, m, actor, leaving, other)
+		// leaving while it is there, any other agent after: a re-send would
+		// go to other.
+		prefer := mapper.SelectorFunc(func(_ string, c []mapper.AgentInfo) []mapper.AgentInfo {
+			for _, a := range c {
+				if a.Identity == leaving {
+					return []mapper.AgentInfo{a}
+				}
+			}
+			return c[:1]
+		})
+		r, err := m.Request(ctxT(t, 5*time.Second), path, nil, mapper.Select(prefer))
+		must(t, err)
+		if r.Agent != leaving || string(r.Body) != `"done"` {
+			t.Fatalf("reply %s from %s, want \"done\" from %s", r.Body, r.Agent, leaving)
+		}
+		time.Sleep(300 * time.Millisecond) // a re-send, had there been one, would have run by now
+		if n := ranElsewhere.Load(); n != 0 {
+			t.Fatalf("the request ran %d more times on %s", n, other)
+		}
+	})
+}
