@@ -818,31 +818,43 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		return
 	}
 	// Waiting for the semaphore can take long: give up at the deadline,
-	// and check the deadline and the service again once acquired.
-	var deadline <-chan time.Time
-	if !req.Deadline.IsZero() {
-		t := time.NewTimer(time.Until(req.Deadline))
-		defer t.Stop()
-		deadline = t.C
-	}
+	// and check the deadline and the service again once acquired. (A free
+	// slot is taken without the timer: that is the common case.)
 	select {
 	case svc.sem <- struct{}{}:
-		defer func() { <-svc.sem }()
-	case <-deadline:
-		a.expire(ctx, log, d, req)
-		return
-	case <-ctx.Done():
-		a.settle(d, false, true)
-		return
+	default:
+		var deadline <-chan time.Time
+		if !req.Deadline.IsZero() {
+			t := time.NewTimer(time.Until(req.Deadline))
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case svc.sem <- struct{}{}:
+		case <-deadline:
+			a.expire(ctx, log, d, req)
+			return
+		case <-ctx.Done():
+			a.settle(d, false, true)
+			return
+		}
+		if expired(req) {
+			<-svc.sem
+			a.expire(ctx, log, d, req)
+			return
+		}
+		if a.passOn(ctx, log, svc, d, req) {
+			<-svc.sem
+			return
+		}
 	}
-	if expired(req) {
-		a.expire(ctx, log, d, req)
-		return
+	defer func() { <-svc.sem }()
+	// The variadic arguments of a log call are allocated even when the
+	// level is off: this is the hot path.
+	debug := log.Enabled(ctx, slog.LevelDebug)
+	if debug {
+		log.Debug("handler started", "push", req.Push)
 	}
-	if a.passOn(ctx, log, svc, d, req) {
-		return
-	}
-	log.Debug("handler started", "push", req.Push)
 	hctx := ctx
 	if !req.Deadline.IsZero() {
 		var cancel context.CancelFunc
@@ -850,7 +862,9 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		defer cancel()
 	}
 	result, herr := call(hctx, svc.h, req)
-	log.Debug("handler returned", "push", req.Push, "err", herr)
+	if debug {
+		log.Debug("handler returned", "push", req.Push, "err", herr)
+	}
 	if errors.Is(herr, ErrDecline) {
 		log.Info("handler declined the request")
 		a.decline(ctx, d, req)
