@@ -7,7 +7,6 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -514,7 +513,7 @@ func TestConsumerGoneRequeues(t *testing.T) {
 // payload.
 func TestRejectionLogged(t *testing.T) {
 	f := newFixture(t)
-	var buf syncBuffer
+	var buf testenv.Buffer
 	rx := f.wrap(f.p.caConfig("fred"), WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
 	q := f.queue("qfred")
 	f.consume(rx, q, false)
@@ -525,21 +524,4 @@ func TestRejectionLogged(t *testing.T) {
 	if !strings.Contains(out, "reason=security_unsigned") || strings.Contains(out, "launch codes") {
 		t.Fatalf("log:\n%s", out)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

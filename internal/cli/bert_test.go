@@ -1,38 +1,18 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/warrenrpc/warren/bertrpc"
 	"github.com/warrenrpc/warren/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // runBertServer runs `warren bert -c CFG -p PORT --host 127.0.0.1 ARGS...`
 // until nat:add answers, stops it, and returns its stderr.
@@ -50,7 +30,7 @@ func runBertServer(t *testing.T, args ...string) string {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
-	var out, errOut syncBuffer
+	var out, errOut testenv.Buffer
 	go func() {
 		done <- Main(ctx, append([]string{"bert", "-c", cfg, "-p", port, "--host", "127.0.0.1"}, args...), &out, &errOut)
 	}()

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -41,14 +40,14 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 type agentProc struct {
 	name   string
 	cmd    *exec.Cmd
-	log    *logBuffer
+	log    *testenv.Buffer
 	exited chan struct{} // closed when the process exited and its log is complete
 	err    error         // cmd.Wait's, once exited is closed
 }
 
 func startAgent(t *testing.T, bin, url, tag, name string) *agentProc {
 	t.Helper()
-	p := &agentProc{name: name, log: &logBuffer{}, exited: make(chan struct{})}
+	p := &agentProc{name: name, log: &testenv.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, "--log-level", "debug", "--log-format", "json", "agent", "--broker", url,
 		"--token", tag+"-"+name, "--tag", tag, "--ping", "200ms", "--prefetch", "8", "--drain-timeout", "10s")
 	p.cmd.Stderr = p.log
@@ -64,24 +63,6 @@ func startAgent(t *testing.T, bin, url, tag, name string) *agentProc {
 		}
 	})
 	return p
-}
-
-// logBuffer is a bytes.Buffer safe for a writer and concurrent readers.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *logBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *logBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func tail(s string, n int) string { return s[max(0, len(s)-n):] }

@@ -9,6 +9,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -164,4 +165,24 @@ func RestartRabbitMQ(t testing.TB) {
 	Rabbitmqctl(t, "stop_app")
 	Rabbitmqctl(t, "start_app")
 	Rabbitmqctl(t, "await_startup", "--timeout", "120")
+}
+
+// Buffer is a bytes.Buffer that one goroutine (a logger, a server, a
+// child's output) may write while the test reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what has been written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
