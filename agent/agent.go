@@ -813,9 +813,9 @@ func (a *Agent) beat(ctx context.Context, typ string) error {
 		Body:        body,
 		ContentType: wire.ContentJSON,
 		Type:        typ,
-		AppID:       "warren",
+		AppID:       a.cfg.Identity,
 		Timestamp:   time.Now(),
-		Headers:     map[string]any{wire.HeaderFrom: a.cfg.Identity, wire.HeaderVersion: int64(wire.Version)},
+		Headers:     map[string]any{wire.HeaderVersion: int64(wire.Version)},
 	}
 	if err := a.tr.Publish(ctx, wire.HeartbeatExchange, "", msg, transport.PublishOptions{}); err != nil {
 		return fmt.Errorf("agent: %s: %w", typ, err)
@@ -931,7 +931,7 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.fail(ctx, d, req, wire.CodeHandler, "result does not encode as JSON: "+err.Error())
 		return
 	}
-	a.reply(ctx, d, transport.Message{Body: body, Headers: map[string]any{wire.HeaderStatus: wire.StatusOK}})
+	a.reply(ctx, d, transport.Message{Body: body}) // no headers: a success
 }
 
 // expired reports whether req's deadline has passed.
@@ -986,7 +986,7 @@ func (a *Agent) parse(d *transport.Delivery) (*Request, string, error) {
 		Path:        wire.String(d.Headers, wire.HeaderPath),
 		Payload:     d.Body,
 		ContentType: d.ContentType,
-		From:        wire.String(d.Headers, wire.HeaderFrom),
+		From:        d.AppID,
 		MessageID:   d.MessageID,
 		Redelivered: d.Redelivered,
 		Headers:     d.Headers,
@@ -1073,14 +1073,16 @@ func (a *Agent) reply(ctx context.Context, d *transport.Delivery, msg transport.
 		msg.CorrelationID = d.MessageID
 	}
 	msg.ContentType = wire.ContentJSON
-	msg.AppID = "warren"
+	msg.AppID = a.cfg.Identity
 	msg.Timestamp = time.Now()
-	msg.Headers[wire.HeaderAgent] = a.cfg.Identity
 	if p := wire.String(d.Headers, wire.HeaderPath); p != "" && msg.Headers[wire.HeaderStatus] == wire.StatusError {
 		msg.Headers[wire.HeaderPath] = p
 	}
-	if from := wire.String(d.Headers, wire.HeaderFrom); from != "" && a.addressed {
-		msg.Headers[wire.HeaderTo] = from
+	if d.AppID != "" && a.addressed {
+		if msg.Headers == nil {
+			msg.Headers = map[string]any{}
+		}
+		msg.Headers[wire.HeaderTo] = d.AppID
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()

@@ -260,7 +260,7 @@ func TestDrainTellsMappersFirst(t *testing.T) {
 	})
 	free()
 	r = receive(t, replies, "reply to the request in hand", byID("inhand"))
-	if string(r.Body) != `"done"` || wire.String(r.Headers, wire.HeaderStatus) != wire.StatusOK {
+	if string(r.Body) != `"done"` || r.Headers[wire.HeaderStatus] != nil {
 		t.Errorf("in hand: reply %s %v", r.Body, r.Headers)
 	}
 	receive(t, beats, "unregister", func(d *transport.Delivery) bool { return d.Type == wire.TypeUnregister })

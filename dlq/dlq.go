@@ -63,7 +63,7 @@ func letterOf(d *transport.Delivery) Letter {
 		Reason:    wire.String(h, wire.HeaderReason),
 		Error:     wire.String(h, wire.HeaderError),
 		Path:      wire.String(h, wire.HeaderPath),
-		From:      wire.String(h, wire.HeaderFrom),
+		From:      d.AppID,
 		Agent:     wire.String(h, wire.HeaderAgent),
 		Type:      d.Type,
 		Exchange:  wire.String(h, "warren-original-exchange"),

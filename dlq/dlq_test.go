@@ -33,8 +33,8 @@ func TestListShowReplayPurge(t *testing.T) {
 		// An agent that does not serve path yet: it dead-letters the push.
 		var ran atomic.Int64
 		stop := runAgent(t, connect, actor+"-a", "/"+actor+"/other", &ran)
-		push := transport.Message{Type: wire.TypePush, MessageID: actor + "-push", Body: []byte(`"x"`),
-			Headers: map[string]any{wire.HeaderPath: path, wire.HeaderFrom: "tester"}}
+		push := transport.Message{Type: wire.TypePush, MessageID: actor + "-push", Body: []byte(`"x"`), AppID: "tester",
+			Headers: map[string]any{wire.HeaderPath: path}}
 		must(t, tr.Publish(ctx, wire.RequestExchange, actor+"-a", push, transport.PublishOptions{Mandatory: true}))
 		// A queue with a short TTL and no consumer: its message expires.
 		q := actor + ".ttl"

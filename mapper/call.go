@@ -391,9 +391,9 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 		ContentType: wire.ContentJSON,
 		Type:        typ,
 		MessageID:   id,
-		AppID:       "warren",
+		AppID:       m.cfg.Identity,
 		Timestamp:   time.Now(),
-		Headers:     map[string]any{wire.HeaderPath: path, wire.HeaderFrom: m.cfg.Identity},
+		Headers:     map[string]any{wire.HeaderPath: path},
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		msg.Headers[wire.HeaderDeadline] = dl.UnixMilli()

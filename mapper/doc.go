@@ -32,7 +32,7 @@
 // the path; it may then run twice, and the caller gets the first result.
 // Requests and pushes are published mandatory: an agent queue that no longer
 // exists is an error, not a silent loss. A reply is taken only from an agent
-// the request was addressed to (its warren-agent header; signed in secure
+// the request was addressed to (its app_id; signed in secure
 // mode); others are discarded and counted (ForeignReplies).
 //
 // When the registry drops an agent, the mapper also drains what is left in

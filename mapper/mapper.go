@@ -187,9 +187,9 @@ func (m *Mapper) Agents() []AgentInfo { return m.reg.live("", time.Now()) }
 // twice: they are discarded.
 func (m *Mapper) LateReplies() int64 { return m.late.Load() }
 
-// ForeignReplies counts replies discarded because their warren-agent header
-// names none of the agents the request was addressed to (in secure mode
-// that header is signed: such a reply comes from a request copied into
+// ForeignReplies counts replies discarded because their app_id names none
+// of the agents the request was addressed to (in secure mode app_id is
+// signed: such a reply comes from a request copied into
 // another agent's queue). The call still waits for its agent. Requests
 // parked in a shared queue take any agent's reply.
 func (m *Mapper) ForeignReplies() int64 { return m.foreign.Load() }
@@ -337,9 +337,8 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 	}
 	s.wg.Go(func() { m.readBeats(ctx, beats, s) })
 	announce := transport.Message{
-		Type: wire.TypeAnnounce, AppID: "warren", Timestamp: time.Now(), ContentType: wire.ContentJSON,
-		Body:    fmt.Appendf(nil, `{"mapper":%q}`, m.cfg.Identity),
-		Headers: map[string]any{wire.HeaderFrom: m.cfg.Identity},
+		Type: wire.TypeAnnounce, AppID: m.cfg.Identity, Timestamp: time.Now(), ContentType: wire.ContentJSON,
+		Body: fmt.Appendf(nil, `{"mapper":%q}`, m.cfg.Identity),
 	}
 	if err := m.tr.Publish(ctx, wire.ControlExchange, "", announce, transport.PublishOptions{}); err != nil {
 		return fail(fmt.Errorf("mapper: announce: %w", err))
@@ -349,7 +348,7 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 
 func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
-		agent := wire.String(d.Headers, wire.HeaderAgent)
+		agent := d.AppID
 		m.mu.Lock()
 		w := m.pending[d.CorrelationID]
 		if w != nil && !w.accepts(agent) {
@@ -375,7 +374,7 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 }
 
 func replyFrom(d *transport.Delivery, path string) *Reply {
-	r := &Reply{Agent: wire.String(d.Headers, wire.HeaderAgent), Body: json.RawMessage(d.Body)}
+	r := &Reply{Agent: d.AppID, Body: json.RawMessage(d.Body)}
 	if wire.String(d.Headers, wire.HeaderStatus) == wire.StatusError {
 		r.Body = nil
 		r.Err = &wire.RemoteError{

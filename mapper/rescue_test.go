@@ -67,8 +67,7 @@ func startFakeAgent(t *testing.T, connect fabrictest.Connect, id string, status 
 func (f *fakeAgent) beat(t *testing.T, typ string) {
 	body, _ := json.Marshal(f.hb)
 	err := f.tr.Publish(context.Background(), wire.HeartbeatExchange, "", transport.Message{
-		Body: body, Type: typ, ContentType: wire.ContentJSON, AppID: "warren", Timestamp: time.Now(),
-		Headers: map[string]any{wire.HeaderFrom: f.hb.Identity},
+		Body: body, Type: typ, ContentType: wire.ContentJSON, AppID: f.hb.Identity, Timestamp: time.Now(),
 	}, transport.PublishOptions{})
 	if err != nil {
 		t.Errorf("fake agent %s: %s: %v", f.hb.Identity, typ, err)
@@ -269,7 +268,7 @@ func TestRescueStopsWhenTheAgentReturns(t *testing.T) {
 	})
 }
 
-// TestForeignReplyIsDiscarded: a reply whose warren-agent is not the agent
+// TestForeignReplyIsDiscarded: a reply whose app_id is not the agent
 // the request was sent to (a request copied into another agent's queue)
 // does not answer the call, for Request and for each FanOut leg.
 func TestForeignReplyIsDiscarded(t *testing.T) {
@@ -285,12 +284,12 @@ func TestForeignReplyIsDiscarded(t *testing.T) {
 			go func() {
 				for d := range ch {
 					reply := func(agent, status string, body []byte) {
-						h := map[string]any{wire.HeaderAgent: agent, wire.HeaderStatus: status}
+						var h map[string]any
 						if status == wire.StatusError {
-							h[wire.HeaderCode], h[wire.HeaderError] = wire.CodeHandler, "forged"
+							h = map[string]any{wire.HeaderStatus: status, wire.HeaderCode: wire.CodeHandler, wire.HeaderError: "forged"}
 						}
 						_ = f.tr.Publish(context.Background(), "", d.ReplyTo, transport.Message{
-							Type: wire.TypeReply, CorrelationID: d.CorrelationID, Body: body, Headers: h,
+							Type: wire.TypeReply, CorrelationID: d.CorrelationID, AppID: agent, Body: body, Headers: h,
 						}, transport.PublishOptions{})
 					}
 					reply("mallory", wire.StatusError, nil)
@@ -441,8 +440,7 @@ func TestLastReplyAfterUnregister(t *testing.T) {
 				f.beat(t, wire.TypeUnregister)
 				time.Sleep(200 * time.Millisecond) // the reply comes after the unregister
 				_ = f.tr.Publish(context.Background(), "", d.ReplyTo, transport.Message{
-					Type: wire.TypeReply, CorrelationID: d.CorrelationID, Body: []byte(`"done"`),
-					Headers: map[string]any{wire.HeaderAgent: leaving, wire.HeaderStatus: wire.StatusOK},
+					Type: wire.TypeReply, CorrelationID: d.CorrelationID, Body: []byte(`"done"`), AppID: leaving,
 				}, transport.PublishOptions{})
 				_ = d.Ack()
 			}

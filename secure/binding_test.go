@@ -279,7 +279,7 @@ func TestIdentityFromURISAN(t *testing.T) {
 			expectNothing(t, in)
 			continue
 		}
-		if d := receive(t, in); wire.String(d.Headers, wire.HeaderFrom) != c.id.Name() {
+		if d := receive(t, in); d.AppID != c.id.Name() {
 			t.Fatalf("pinned %s: %v", c.id.Name(), d.Headers)
 		}
 	}
@@ -391,7 +391,7 @@ func TestDeadLetterReplay(t *testing.T) {
 	}
 	l.Ack()
 	d := receive(t, in)
-	if string(d.Body) != `{"secret":"launch codes"}` || wire.String(d.Headers, wire.HeaderFrom) != "mapper1" {
+	if string(d.Body) != `{"secret":"launch codes"}` || d.AppID != "mapper1" {
 		t.Fatalf("replayed letter %+v", d.Message)
 	}
 	d.Ack()

@@ -31,7 +31,7 @@
 //
 // A sender's certificate is trusted when it is in the Store (pinned), or
 // when it chains to the Authority; either way it must name the sender
-// (equal to the warren-from header) in its URI SAN warren:ID (a pinned
+// (equal to the message's app_id) in its URI SAN warren:ID (a pinned
 // certificate may use its Common Name instead), be within its validity
 // period, allow digital signatures and not be on the DenyList. Messages carry their sender's certificate, so with an
 // Authority a fabric needs no distribution of certificates: a mapper

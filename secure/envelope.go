@@ -207,6 +207,7 @@ func signedBytes(label string, e *envelope, msg *transport.Message, body []byte,
 	add(msg.MessageID)
 	add(msg.CorrelationID)
 	add(msg.ReplyTo)
+	add(msg.AppID) // the sender's identity
 	add(expirationString(msg.Expiration))
 	add(timestampString(msg.Timestamp))
 	names := make([]string, 0, 8)

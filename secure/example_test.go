@@ -51,7 +51,7 @@ func Example() {
 		panic(err)
 	}
 	d := <-in
-	fmt.Println(string(d.Body), "from", wire.String(d.Headers, wire.HeaderFrom))
+	fmt.Println(string(d.Body), "from", d.AppID)
 	_ = d.Ack()
 	fmt.Println("opened:", fred.Stats().Opened)
 	// Output:

@@ -243,7 +243,7 @@ func TestFabricRejections(t *testing.T) {
 
 	t.Run("unsigned request", func(t *testing.T) {
 		publish("fred", transport.Message{Type: wire.TypeRequest, ContentType: wire.ContentJSON, Body: []byte(`"x"`), ReplyTo: replyQ,
-			CorrelationID: "evil", Headers: map[string]any{wire.HeaderPath: echo, wire.HeaderFrom: "mapper1", wire.HeaderTo: "fred"}})
+			CorrelationID: "evil", AppID: "mapper1", Headers: map[string]any{wire.HeaderPath: echo, wire.HeaderTo: "fred"}})
 		b.awaitDead(ReasonUnsigned)
 		expectNothing(t, replies)
 	})
@@ -291,7 +291,7 @@ func TestFabricRejections(t *testing.T) {
 	t.Run("fake agent heartbeat", func(t *testing.T) {
 		hb, _ := json.Marshal(wire.Heartbeat{Identity: "fake", Queue: wire.AgentQueue("fake"), Services: []string{echo}, PingInterval: 100})
 		if err := b.raw.Publish(t.Context(), wire.HeartbeatExchange, "", transport.Message{Type: wire.TypeRegister, ContentType: wire.ContentJSON, Body: hb,
-			Headers: map[string]any{wire.HeaderFrom: "fake"}}, transport.PublishOptions{}); err != nil {
+			AppID: "fake"}, transport.PublishOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		b.awaitDead(ReasonUnsigned)

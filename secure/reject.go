@@ -106,7 +106,7 @@ func (t *Transport) reject(ctx context.Context, d *transport.Delivery, rej *reje
 		"reason", string(rej.reason), "err", rej.err,
 		"type", d.Type, "message_id", d.MessageID, "correlation_id", d.CorrelationID,
 		"exchange", d.Exchange, "routing_key", d.RoutingKey,
-		"claimed_from", wire.String(d.Headers, wire.HeaderFrom), "authenticated", rej.signer != "",
+		"claimed_from", d.AppID, "authenticated", rej.signer != "",
 		"size", len(d.Body))
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -148,7 +148,6 @@ func (t *Transport) errorReply(ctx context.Context, d *transport.Delivery, rej *
 		wire.HeaderStatus: wire.StatusError,
 		wire.HeaderCode:   string(rej.reason),
 		wire.HeaderError:  rej.err.Error(),
-		wire.HeaderAgent:  t.self,
 		wire.HeaderTo:     rej.signer,
 	}
 	if p := wire.String(d.Headers, wire.HeaderPath); p != "" {
@@ -158,7 +157,7 @@ func (t *Transport) errorReply(ctx context.Context, d *transport.Delivery, rej *
 		Type:          wire.TypeReply,
 		CorrelationID: corr,
 		ContentType:   wire.ContentJSON,
-		AppID:         "warren",
+		AppID:         t.self,
 		Headers:       h,
 	}
 	if err := t.Publish(ctx, transport.DefaultExchange, d.ReplyTo, reply, transport.PublishOptions{}); err != nil {

@@ -22,9 +22,9 @@ var (
 	// ErrCannotEncrypt: the recipient's certificate has a key that messages
 	// cannot be encrypted to (Ed25519), or no usable key.
 	ErrCannotEncrypt = errors.New("secure: cannot encrypt to this certificate")
-	// ErrSenderMismatch: the message's warren-from names another identity
+	// ErrSenderMismatch: the message's app_id names another identity
 	// than the certificate's.
-	ErrSenderMismatch = errors.New("secure: warren-from is not this transport's identity")
+	ErrSenderMismatch = errors.New("secure: app_id is not this transport's identity")
 	// ErrUntrustedRecipient: the recipient's certificate is expired,
 	// revoked or not signed by the Authority.
 	ErrUntrustedRecipient = errors.New("secure: recipient certificate not trusted")
@@ -233,8 +233,7 @@ func (t *Transport) Close() error {
 // Publish signs msg and, unless SignOnly, encrypts it to the identity in
 // its warren-to header, then publishes the envelope. The signature covers
 // exchange and key: a receiver refuses the message from anywhere else. It
-// sets warren-from to
-// this identity when missing (a different one is ErrSenderMismatch, except
+// sets app_id (Message.AppID) to this identity when empty (a different one is ErrSenderMismatch, except
 // on the dead-letter exchange, where a copy keeps its original sender), a
 // message id and a timestamp when missing. A recipient whose certificate
 // is unknown is ErrUnknownIdentity.
@@ -254,9 +253,9 @@ func (t *Transport) seal(ctx context.Context, exchange, key string, msg transpor
 	if msg.Headers == nil {
 		msg.Headers = map[string]any{}
 	}
-	switch from := wire.String(msg.Headers, wire.HeaderFrom); {
+	switch from := msg.AppID; {
 	case from == "":
-		msg.Headers[wire.HeaderFrom] = t.self
+		msg.AppID = t.self
 	case from != t.self && exchange != wire.DeadLetterExchange:
 		return msg, fmt.Errorf("%w: %q, certificate names %q", ErrSenderMismatch, from, t.self)
 	}
@@ -505,11 +504,8 @@ func (t *Transport) verify(ctx context.Context, queue string, d *transport.Deliv
 
 	// No exception for dead letters here: a consumer reached through
 	// warren.dlx is not to be told that another identity sent a message.
-	if from := wire.String(msg.Headers, wire.HeaderFrom); from != signer {
-		return msg, "", reject(ReasonBadSignature, "", "warren-from %q is not the signer %q", from, signer)
-	}
-	if ag := wire.String(msg.Headers, wire.HeaderAgent); ag != "" && ag != signer {
-		return msg, "", reject(ReasonBadSignature, "", "warren-agent %q is not the signer %q", ag, signer)
+	if from := msg.AppID; from != signer {
+		return msg, "", reject(ReasonBadSignature, "", "app_id %q is not the signer %q", from, signer)
 	}
 	if env.TS < windowStart(now, t.cfg.MaxAge) {
 		return msg, "", reject(ReasonReplayed, signer, "signed %s ago, more than the replay window %s", now.Sub(time.UnixMilli(env.TS)).Round(time.Millisecond), t.cfg.MaxAge)

@@ -37,7 +37,7 @@ func TestRoundTrip(t *testing.T) {
 	msg := request("fred", "/secret/launch")
 	msg.ReplyTo = replies
 	msg.CorrelationID = "c1"
-	msg.Headers[wire.HeaderFrom] = "mapper1"
+	msg.AppID = "mapper1"
 	if err := tx.Publish(ctx(t), wire.RequestExchange, "fred", msg, transport.PublishOptions{Mandatory: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestRoundTrip(t *testing.T) {
 
 	d := receive(t, in)
 	if string(d.Body) != `{"secret":"launch codes"}` || d.ContentType != wire.ContentJSON || d.ReplyTo != replies ||
-		wire.String(d.Headers, wire.HeaderFrom) != "mapper1" || d.MessageID == "" {
+		d.AppID != "mapper1" || d.MessageID == "" {
 		t.Fatalf("delivered %+v", d.Message)
 	}
 	if dl, ok := wire.Deadline(d.Headers); !ok || time.Until(dl) < 50*time.Second {
@@ -63,7 +63,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 	// The reply: to mapper1, whose certificate fred learned from the request.
 	reply := transport.Message{Type: wire.TypeReply, CorrelationID: d.CorrelationID, ContentType: wire.ContentJSON,
-		Body: []byte(`"ok"`), Headers: map[string]any{wire.HeaderTo: "mapper1", wire.HeaderAgent: "fred", wire.HeaderStatus: wire.StatusOK}}
+		Body: []byte(`"ok"`), AppID: "fred", Headers: map[string]any{wire.HeaderTo: "mapper1"}}
 	if err := rx.Publish(ctx(t), "", d.ReplyTo, reply, transport.PublishOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := receive(t, back)
-	if string(r.Body) != `"ok"` || r.CorrelationID != "c1" || wire.String(r.Headers, wire.HeaderFrom) != "fred" {
+	if string(r.Body) != `"ok"` || r.CorrelationID != "c1" || r.AppID != "fred" {
 		t.Fatalf("reply %+v", r.Message)
 	}
 
@@ -156,7 +156,7 @@ func TestRejections(t *testing.T) {
 	past := func() time.Time { return time.Now().Add(-30 * time.Minute) }
 	req := func() transport.Message {
 		m := request("fred", "/secret/launch")
-		m.Headers[wire.HeaderFrom] = "mapper1"
+		m.AppID = "mapper1"
 		return m
 	}
 
@@ -180,7 +180,7 @@ func TestRejections(t *testing.T) {
 			func(f *fixture) transport.Message { return f.sealAs("mapper1", "", "qfred", req()) }},
 		{"untrusted CA", ReasonUntrusted, nil, func(f *fixture) transport.Message {
 			m := req()
-			m.Headers[wire.HeaderFrom] = "mallory"
+			m.AppID = "mallory"
 			return f.sealAs("mallory", "", "qfred", m)
 		}},
 		{"impostor certificate from another CA", ReasonUntrusted, nil, func(f *fixture) transport.Message {
@@ -276,13 +276,13 @@ func TestRejections(t *testing.T) {
 			// eve takes mapper1's ciphertext and claims it: the ciphertext
 			// is bound to its signer, so it does not decrypt.
 			m := f.sealAs("mapper1", "", "qfred", req())
-			m.Headers[wire.HeaderFrom] = "eve"
+			m.AppID = "eve"
 			return editEnvelope(t, m, func(e *envelope) {
 				e.Signer, e.Cert, e.Alg = "eve", p.ids["eve"].Certificate().Raw, algES256
 				resign(t, m, e, p.ids["eve"])
 			})
 		}},
-		{"signer is not warren-from", ReasonBadSignature, nil, func(f *fixture) transport.Message {
+		{"signer is not app_id", ReasonBadSignature, nil, func(f *fixture) transport.Message {
 			// eve signs a message claiming to come from mapper1.
 			return f.sealAs("eve", wire.DeadLetterExchange, "qfred", req())
 		}},
@@ -384,7 +384,7 @@ func TestNoReplyToUntrusted(t *testing.T) {
 	f.consume(rx, q, false)
 	m := request("fred", "/secret/launch")
 	m.ReplyTo = replies
-	m.Headers[wire.HeaderFrom] = "mallory"
+	m.AppID = "mallory"
 	f.publishRaw(q, f.sealAs("mallory", "", "qfred", m))
 	f.expectDead(ReasonUntrusted)
 	spy := f.consume(f.raw, replies, true)
@@ -427,7 +427,7 @@ func TestPublishErrors(t *testing.T) {
 		t.Fatalf("unknown recipient: %v", err)
 	}
 	m := request("fred", "/a/b")
-	m.Headers[wire.HeaderFrom] = "fred"
+	m.AppID = "fred"
 	if err := tx.Publish(ctx(t), "", "q", m, transport.PublishOptions{}); !errors.Is(err, ErrSenderMismatch) {
 		t.Fatalf("sender mismatch: %v", err)
 	}

@@ -53,7 +53,7 @@ func Call(ctx context.Context, url, exchange, key, path string, body []byte) (*R
 	}
 	returns := ch.NotifyReturn(make(chan amqp.Return, 1))
 	corr := id()
-	headers := amqp.Table{"warren-path": path, "warren-from": "interop-client"}
+	headers := amqp.Table{"warren-path": path}
 	var exp string
 	if dl, ok := ctx.Deadline(); ok {
 		headers["warren-deadline"] = dl.UnixMilli()
@@ -61,7 +61,7 @@ func Call(ctx context.Context, url, exchange, key, path string, body []byte) (*R
 	}
 	err = ch.PublishWithContext(ctx, exchange, key, true, false, amqp.Publishing{
 		ContentType: "application/json", Type: "warren.request", MessageId: corr, CorrelationId: corr,
-		ReplyTo: "amq.rabbitmq.reply-to", Headers: headers, Body: body, Timestamp: time.Now(), AppId: "interop", Expiration: exp,
+		ReplyTo: "amq.rabbitmq.reply-to", Headers: headers, Body: body, Timestamp: time.Now(), AppId: "interop-client", Expiration: exp,
 	})
 	if err != nil {
 		return nil, err
@@ -77,9 +77,13 @@ func Call(ctx context.Context, url, exchange, key, path string, body []byte) (*R
 			if d.CorrelationId != corr {
 				continue
 			}
+			status := str(d.Headers, "warren-status")
+			if status == "" {
+				status = "ok" // a success carries no headers
+			}
 			return &Reply{
-				Status: str(d.Headers, "warren-status"), Code: str(d.Headers, "warren-error-code"),
-				Message: str(d.Headers, "warren-error"), Agent: str(d.Headers, "warren-agent"), Body: d.Body,
+				Status: status, Code: str(d.Headers, "warren-error-code"),
+				Message: str(d.Headers, "warren-error"), Agent: d.AppId, Body: d.Body,
 			}, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -147,8 +151,8 @@ func RunAgent(ctx context.Context, url, identity string, interval time.Duration,
 			"ping_interval_ms": interval.Milliseconds(), "tags": []string{"raw"},
 		})
 		return ch.PublishWithContext(context.WithoutCancel(ctx), "warren.heartbeat", "", false, false, amqp.Publishing{
-			ContentType: "application/json", Type: typ, Body: body, AppId: "interop",
-			Headers: amqp.Table{"warren-from": identity, "warren-version": int32(1)},
+			ContentType: "application/json", Type: typ, Body: body, AppId: identity,
+			Headers: amqp.Table{"warren-version": int32(1)},
 		})
 	}
 	if err := beat("warren.register"); err != nil {
@@ -176,12 +180,12 @@ func RunAgent(ctx context.Context, url, identity string, interval time.Duration,
 				return errors.New("work queue closed")
 			}
 			path := str(d.Headers, "warren-path")
-			headers := amqp.Table{"warren-agent": identity, "warren-path": path, "warren-status": "ok"}
+			var headers amqp.Table // none on a success
 			var out []byte
 			if h, ok := handlers[path]; !ok {
-				headers["warren-status"], headers["warren-error-code"], headers["warren-error"] = "error", "no_such_service", "raw agent does not serve "+path
+				headers = amqp.Table{"warren-status": "error", "warren-error-code": "no_such_service", "warren-error": "raw agent does not serve " + path, "warren-path": path}
 			} else if res, err := h(d.Body); err != nil {
-				headers["warren-status"], headers["warren-error-code"], headers["warren-error"] = "error", "handler_error", err.Error()
+				headers = amqp.Table{"warren-status": "error", "warren-error-code": "handler_error", "warren-error": err.Error(), "warren-path": path}
 			} else {
 				out = res
 			}
@@ -191,7 +195,7 @@ func RunAgent(ctx context.Context, url, identity string, interval time.Duration,
 					corr = d.MessageId
 				}
 				if err := ch.PublishWithContext(ctx, "", d.ReplyTo, false, false, amqp.Publishing{
-					ContentType: "application/json", Type: "warren.reply", CorrelationId: corr, Headers: headers, Body: out, AppId: "interop",
+					ContentType: "application/json", Type: "warren.reply", CorrelationId: corr, Headers: headers, Body: out, AppId: identity,
 				}); err != nil {
 					return err
 				}
