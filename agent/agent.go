@@ -498,9 +498,6 @@ type session struct {
 	ownOnce     sync.Once
 	retiring    sync.WaitGroup
 
-	// jobs hands a delivery to an idle worker (see run).
-	jobs chan job
-
 	mu     sync.Mutex
 	shared map[string]*sharedConsumer // consumers of shared service queues, by path
 }
@@ -511,7 +508,7 @@ type session struct {
 // stopped during a broker outage does not wait for the broker.
 func (a *Agent) startSession(runCtx, bg, handlers context.Context) (*session, error) {
 	ctx, cancel := context.WithCancel(bg)
-	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), ownStop: make(chan struct{}), ownIdle: make(chan struct{}), jobs: make(chan job), shared: map[string]*sharedConsumer{}}
+	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), ownStop: make(chan struct{}), ownIdle: make(chan struct{}), shared: map[string]*sharedConsumer{}}
 	interrupt := context.AfterFunc(runCtx, cancel)
 	err := s.declare()
 	if err == nil {
@@ -560,45 +557,6 @@ func (s *session) stop() {
 	s.loops.Wait()
 	s.own.Wait()
 	s.retiring.Wait()
-}
-
-// job is one delivery to serve and the wait group of the consumer that
-// took it (nil for the agent's own queue).
-type job struct {
-	d        *transport.Delivery
-	handlers *sync.WaitGroup
-}
-
-// run serves j on an idle worker, or on a new one when all are busy. Workers
-// are kept for the session rather than started per delivery: a goroutine
-// per request grew a fresh stack for every request (about 4% of the
-// agent's CPU in the round-trip benchmark). There are never more workers
-// than deliveries served at once, which the consumers' prefetch bounds.
-// A worker ends once the session has stopped and its request is done; the
-// session does not wait for it (a handler that ignores its context must
-// not hold up a reconnection or the end of Run), as it did not wait for a
-// goroutine per request.
-func (s *session) run(j job) {
-	select {
-	case s.jobs <- j:
-	default:
-		go s.work(j)
-	}
-}
-
-func (s *session) work(j job) {
-	for {
-		s.a.serve(s.handlers, j.d)
-		if j.handlers != nil {
-			j.handlers.Done()
-		}
-		s.a.inflight.Done()
-		select {
-		case j = <-s.jobs:
-		case <-s.ctx.Done():
-			return
-		}
-	}
 }
 
 func (s *session) declare() error {
@@ -754,7 +712,13 @@ func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Deliver
 			if handlers != nil {
 				handlers.Add(1)
 			}
-			s.run(job{d, handlers})
+			go func() {
+				defer s.a.inflight.Done()
+				if handlers != nil {
+					defer handlers.Done()
+				}
+				s.a.serve(s.handlers, d)
+			}()
 		}
 	}
 }
