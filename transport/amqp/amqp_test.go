@@ -192,8 +192,26 @@ func TestMandatory(t *testing.T) {
 
 // TestMandatoryConcurrent interleaves routable and unroutable mandatory
 // publishes: each must get its own outcome.
-func TestMandatoryConcurrent(t *testing.T) {
-	tr := dial(t, amqp.Config{})
+// eachPublishChannels runs f with the default publish channel count and
+// with several channels, whose slots publishes are spread over.
+func eachPublishChannels(t *testing.T, f func(t *testing.T, cfg amqp.Config)) {
+	for _, n := range []int{0, 4} {
+		t.Run(fmt.Sprintf("PublishChannels=%d", n), func(t *testing.T) { f(t, amqp.Config{PublishChannels: n}) })
+	}
+}
+
+func TestPublishChannelsOutOfRange(t *testing.T) {
+	for _, n := range []int{-1, 65} {
+		if _, err := amqp.Dial(t.Context(), "amqp://guest:guest@127.0.0.1:1/", amqp.Config{PublishChannels: n}); err == nil || !strings.Contains(err.Error(), "PublishChannels") {
+			t.Errorf("PublishChannels %d: err = %v", n, err)
+		}
+	}
+}
+
+func TestMandatoryConcurrent(t *testing.T) { eachPublishChannels(t, testMandatoryConcurrent) }
+
+func testMandatoryConcurrent(t *testing.T, cfg amqp.Config) {
+	tr := dial(t, cfg)
 	q := tempQueue(t, tr, transport.Queue{})
 	none := name(t, "none")
 	var wg sync.WaitGroup
@@ -219,7 +237,11 @@ func TestMandatoryConcurrent(t *testing.T) {
 }
 
 func TestConcurrentConfirmedPublishes(t *testing.T) {
-	tr := dial(t, amqp.Config{})
+	eachPublishChannels(t, testConcurrentConfirmedPublishes)
+}
+
+func testConcurrentConfirmedPublishes(t *testing.T, cfg amqp.Config) {
+	tr := dial(t, cfg)
 	q := tempQueue(t, tr, transport.Queue{})
 	const n = 64
 	var wg sync.WaitGroup
@@ -244,8 +266,10 @@ func TestConcurrentConfirmedPublishes(t *testing.T) {
 	}
 }
 
-func TestPublishMissingExchange(t *testing.T) {
-	tr := dial(t, amqp.Config{})
+func TestPublishMissingExchange(t *testing.T) { eachPublishChannels(t, testPublishMissingExchange) }
+
+func testPublishMissingExchange(t *testing.T, cfg amqp.Config) {
+	tr := dial(t, cfg)
 	ex := name(t, "ex")
 	err := tr.Publish(t.Context(), ex, "k", transport.Message{}, transport.PublishOptions{Confirm: true})
 	if !errors.Is(err, transport.ErrNotFound) || !strings.Contains(err.Error(), ex) {

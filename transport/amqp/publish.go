@@ -22,8 +22,8 @@ import (
 // does not confirm for nobody.
 type publisher struct {
 	t      *Transport
-	slots  [publishChannels]pubSlot
-	plain  [publishChannels]pubSlot // channels not in confirm mode, for unconfirmed publishes
+	slots  []pubSlot
+	plain  []pubSlot // channels not in confirm mode, for unconfirmed publishes
 	next   atomic.Uint32
 	window chan struct{} // one token per confirmed publish awaiting its confirm
 
@@ -60,7 +60,8 @@ type pending struct {
 }
 
 func newPublisher(t *Transport) *publisher {
-	return &publisher{t: t, window: make(chan struct{}, t.cfg.confirmWindow())}
+	n := t.cfg.publishChannels()
+	return &publisher{t: t, window: make(chan struct{}, t.cfg.confirmWindow()), slots: make([]pubSlot, n), plain: make([]pubSlot, n)}
 }
 
 // publish sends msg and, when confirm is set, waits for the broker's confirm.
@@ -104,13 +105,13 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 		if confirm {
 			pd = &pending{exchange: exchange, done: make(chan error, 1), p: p}
 		}
-		slots := &p.slots
+		slots := p.slots
 		if !confirm {
 			// RabbitMQ confirms every publish on a channel in confirm
 			// mode, wanted or not: keep the others off those channels.
-			slots = &p.plain
+			slots = p.plain
 		}
-		slot := &slots[p.next.Add(1)%publishChannels]
+		slot := &slots[int(p.next.Add(1)%uint32(len(slots)))]
 		err = p.send(slot, l, exchange, key, pub, mandatory, pd)
 		if errors.Is(err, errNotSent) {
 			continue // the link went before anything was written
@@ -442,7 +443,7 @@ func (p *publisher) close(l *link) {
 		l.pub.close(closeTimeout)
 	}
 	// After this no send can open a channel: they all see t.closed.
-	for _, slots := range []*[publishChannels]pubSlot{&p.slots, &p.plain} {
+	for _, slots := range [][]pubSlot{p.slots, p.plain} {
 		for i := range slots {
 			slots[i].mu.Lock()
 			slots[i].mu.Unlock()
