@@ -7,6 +7,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,15 +37,71 @@ func Each(t *testing.T, f func(t *testing.T, connect Connect)) {
 	})
 	t.Run("rabbitmq", func(t *testing.T) {
 		url := testenv.AMQPURL(t)
+		declared := &queues{}
+		// Registered first, so it runs last: after every agent, mapper and
+		// connection of the test has stopped.
+		t.Cleanup(func() { declared.deleteAll(t, url) })
 		f(t, func(t *testing.T) transport.Transport {
 			tr, err := amqp.Dial(t.Context(), url, amqp.Config{}, amqp.WithLogger(testenv.Logger(t)))
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { tr.Close() })
-			return tr
+			return recording{tr, declared}
 		})
 	})
+}
+
+// queues records the agent and service queues a test's agents and mappers
+// declare on the shared RabbitMQ. Their names hold the test's unique actor
+// or agent identity; left behind (service queues are durable, agent queues
+// expire only after minutes), they would pile up on a developer's broker,
+// run after run (a few hundred a run), and slow its restarts.
+type queues struct {
+	mu    sync.Mutex
+	names []string
+}
+
+// recording is a transport that notes the agent and service queues it
+// declares.
+type recording struct {
+	transport.Transport
+	q *queues
+}
+
+func (r recording) DeclareQueue(ctx context.Context, q transport.Queue) (string, error) {
+	name, err := r.Transport.DeclareQueue(ctx, q)
+	if err == nil && !q.Exclusive &&
+		(strings.HasPrefix(name, "warren.service.") || strings.HasPrefix(name, "warren.agent.")) {
+		r.q.mu.Lock()
+		if !slices.Contains(r.q.names, name) {
+			r.q.names = append(r.q.names, name)
+		}
+		r.q.mu.Unlock()
+	}
+	return name, err
+}
+
+func (q *queues) deleteAll(t *testing.T, url string) {
+	q.mu.Lock()
+	names := q.names
+	q.mu.Unlock()
+	if len(names) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tr, err := amqp.Dial(ctx, url, amqp.Config{})
+	if err != nil {
+		t.Logf("fabrictest: cannot delete the test's queues: %v", err)
+		return
+	}
+	defer tr.Close()
+	for _, n := range names {
+		if err := tr.DeleteQueue(ctx, n); err != nil {
+			t.Logf("fabrictest: delete %s: %v", n, err)
+		}
+	}
 }
 
 // Actor returns a unique actor name, so that tests sharing a RabbitMQ do not
