@@ -564,7 +564,7 @@ func (s *session) declare() error {
 	if err := wire.Topology(ctx, tr); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	expires := max(10*a.cfg.PingInterval, time.Minute)
+	expires := wire.AgentQueueExpiry
 	own := wire.AgentQueue(a.cfg.Identity)
 	q := transport.Queue{Name: own, Expires: expires, DeadLetterExchange: wire.DeadLetterExchange}
 	if a.cfg.Durable {

@@ -19,7 +19,7 @@ const (
 	rescueIdle = time.Second
 	// rescueMax ends a rescue that is still busy; what is left stays in
 	// the queue, which is unused from then on and expires only after its
-	// x-expires (at least a minute).
+	// x-expires (wire.AgentQueueExpiry).
 	rescueMax = time.Minute
 	// rescuePrefetch bounds what a rescuing mapper holds unacknowledged.
 	rescuePrefetch = 16

@@ -47,6 +47,13 @@ const (
 // AgentQueue is the name of an agent's own queue.
 func AgentQueue(identity string) string { return "warren.agent." + identity }
 
+// AgentQueueExpiry is the x-expires of every agent's own queue: how long
+// it outlives its agent. It is one value for every agent, not derived from
+// the ping interval: RabbitMQ refuses to declare a queue again with other
+// arguments, so an agent restarted with another ping interval could not
+// have started until its old queue expired.
+const AgentQueueExpiry = 10 * time.Minute
+
 // ServiceQueue is the name of the shared queue of a service path.
 func ServiceQueue(path string) string { return "warren.service." + path }
 

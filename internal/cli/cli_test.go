@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/transport/mem"
 )
 
 func run(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
@@ -179,4 +182,29 @@ func (e *exitErr) Error() string {
 		return "unexpected output: " + e.stderr
 	}
 	return e.err.Error() + ": " + e.stderr
+}
+
+// TestDemoRefusesABusyBroker: on a broker where agents already serve
+// /simple/echo, or are named fred or bob, the demo stops with a clear
+// error instead of mixing its agents with them.
+func TestDemoRefusesABusyBroker(t *testing.T) {
+	b := mem.NewBroker()
+	connect := func(string) (transport.Transport, error) { return b.Connect(), nil }
+	if err := checkNoSimpleAgents(t.Context(), connect); err != nil {
+		t.Fatalf("empty broker: %v", err)
+	}
+	tr := b.Connect()
+	t.Cleanup(func() { tr.Close() })
+	a, err := agent.New(tr, agent.Config{Identity: "worker-7", NoSharedQueues: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Handle("/simple/echo", agent.HandlerFunc(func(_ context.Context, r *agent.Request) (any, error) { return r.Payload, nil })); err != nil {
+		t.Fatal(err)
+	}
+	fabrictest.RunAgent(t, a)
+	err = checkNoSimpleAgents(t.Context(), connect)
+	if err == nil || !strings.Contains(err.Error(), "worker-7") || !strings.Contains(err.Error(), "vhost") {
+		t.Fatalf("busy broker: err = %v", err)
+	}
 }

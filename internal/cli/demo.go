@@ -100,6 +100,12 @@ func (c *demoCmd) Run(g *Globals) error {
 		return d, nil
 	}
 
+	if c.Broker != "" {
+		if err := checkNoSimpleAgents(ctx, connect); err != nil {
+			return err
+		}
+	}
+
 	fmt.Fprintf(out, "\n1. Agents fred and bob start, each serving /simple/echo; they ping every %v.\n", c.Ping)
 	fred, err := startAgent("fred", 0.20)
 	if err != nil {
@@ -408,4 +414,54 @@ func redact(u string) string {
 		userinfo = userinfo[:i]
 	}
 	return u[:scheme+3] + userinfo + "@" + u[at+1:]
+}
+
+// checkNoSimpleAgents refuses to run the demo on a broker where agents
+// already serve /simple/echo (warren agent's built-in actors) or are named
+// fred or bob: the demo's selections would pick them, and agents sharing
+// an identity share its queue and its registry record.
+func checkNoSimpleAgents(ctx context.Context, connect func(string) (transport.Transport, error)) error {
+	tr, err := connect("probe")
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+	m, err := mapper.New(tr, mapper.Config{})
+	if err != nil {
+		return err
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(mctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-m.Ready():
+	case err := <-done:
+		done <- err
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Agents answer the mapper's announce within a round trip.
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	var clash []string
+	for _, a := range m.Agents() {
+		if a.Identity == "fred" || a.Identity == "bob" || slices.Contains(a.Services, "/simple/echo") {
+			clash = append(clash, a.Identity)
+		}
+	}
+	if len(clash) > 0 {
+		slices.Sort(clash)
+		return fmt.Errorf("this broker already runs agents serving /simple/echo or named fred or bob (%s): "+
+			"the demo's own fred and bob would mix with them. Stop them, or give the demo a vhost of its own "+
+			"(rabbitmqctl add_vhost demo; rabbitmqctl set_permissions -p demo guest '.*' '.*' '.*'; --broker amqp://guest:guest@127.0.0.1:5672/demo)",
+			strings.Join(clash, ", "))
+	}
+	return nil
 }

@@ -213,11 +213,11 @@ func TestAgentDurableFlags(t *testing.T) {
 		return nil
 	})
 	// The declaration the agent made is accepted again only as is.
-	same := transport.Queue{Name: own, Type: transport.Quorum, Durable: true, DeliveryLimit: 3, Expires: time.Minute, DeadLetterExchange: wire.DeadLetterExchange}
+	same := transport.Queue{Name: own, Type: transport.Quorum, Durable: true, DeliveryLimit: 3, Expires: wire.AgentQueueExpiry, DeadLetterExchange: wire.DeadLetterExchange}
 	if _, err := tr.DeclareQueue(t.Context(), same); err != nil {
 		t.Fatalf("agent queue is not a quorum queue with delivery limit 3: %v", err)
 	}
-	plain := transport.Queue{Name: own, Expires: time.Minute, DeadLetterExchange: wire.DeadLetterExchange}
+	plain := transport.Queue{Name: own, Expires: wire.AgentQueueExpiry, DeadLetterExchange: wire.DeadLetterExchange}
 	if _, err := tr.DeclareQueue(t.Context(), plain); !errors.Is(err, transport.ErrPrecondition) {
 		t.Fatalf("agent queue redeclared as a classic queue: %v", err)
 	}

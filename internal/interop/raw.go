@@ -116,7 +116,7 @@ func RunAgent(ctx context.Context, url, identity string, interval time.Duration,
 	}
 	q := "warren.agent." + identity
 	if _, err := ch.QueueDeclare(q, false, false, false, false, amqp.Table{
-		"x-expires": int32(60000), "x-dead-letter-exchange": "warren.dlx",
+		"x-expires": int32(600000), "x-dead-letter-exchange": "warren.dlx",
 	}); err != nil {
 		return err
 	}
