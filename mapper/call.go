@@ -173,7 +173,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 			}
 			return nil, err
 		}
-		r, err := m.ask(ctx, path, targets[0], body, c.sel, c.persistent)
+		r, err := m.ask(ctx, path, targets[0], body, c.sel, c.persistent, targeted(c.sel))
 		if errors.Is(err, transport.ErrConnectionLost) && c.retry && ctx.Err() == nil {
 			continue
 		}
@@ -209,7 +209,7 @@ func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...C
 	answers := make(chan answer, len(targets))
 	for _, t := range targets {
 		go func() {
-			r, err := m.ask(ctx, path, t, body, nil, c.persistent)
+			r, err := m.ask(ctx, path, t, body, nil, c.persistent, true)
 			if err != nil {
 				r = &Reply{Agent: t.Identity, Err: err}
 			}
@@ -243,8 +243,12 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 	if err != nil {
 		return err
 	}
+	pinned := targeted(c.sel) || len(targets) > 1 // one copy per agent: not for the shared queue
 	for _, t := range targets {
 		msg := m.message(ctx, wire.TypePush, path, body)
+		if pinned {
+			msg.Headers[wire.HeaderPinned] = true
+		}
 		msg.Persistent = c.persistent
 		c.withTTL(&msg)
 		m.address(&msg, t.Identity)
@@ -406,8 +410,11 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 // With a selector (a Request, not a leg of a fan-out), the request may be
 // re-sent to another agent that selector picks if t leaves or expires
 // before answering (see redispatch).
-func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, sel Selector, persistent bool) (*Reply, error) {
+func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, sel Selector, persistent, pinned bool) (*Reply, error) {
 	msg := m.message(ctx, wire.TypeRequest, path, body)
+	if pinned {
+		msg.Headers[wire.HeaderPinned] = true
+	}
 	m.address(&msg, t.Identity)
 	msg.Persistent = persistent
 	return m.await(ctx, path, t.Identity, msg, sel, wire.RequestExchange, t.Identity)
@@ -599,9 +606,11 @@ func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 	m.mu.Unlock()
 	m.log.Warn("agent gone: request sent to another agent", "service", w.path, "from_agent", gone, "agent", next.Identity, "correlation_id", msg.CorrelationID)
 	err := m.tr.Publish(m.runCtx, wire.RequestExchange, next.Identity, msg, transport.PublishOptions{Mandatory: true})
-	m.mu.Lock()
 	if err != nil {
 		m.log.Warn("redispatch failed", "err", err, "correlation_id", msg.CorrelationID)
+	}
+	m.mu.Lock() // resend's deferred Unlock
+	if err != nil {
 		if m.pending[w.msg.CorrelationID] == w && w.target == next.Identity {
 			w.target = gone // the rescue moves its copy, if there is one
 			if rescued && !targeted(w.sel) {

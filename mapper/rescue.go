@@ -35,7 +35,7 @@ const DeadReasonAgentGone = "agent_gone"
 
 // rescueStats counts what one rescue did.
 type rescueStats struct {
-	moved, skipped, dead int
+	moved, skipped, dead, pinned int
 }
 
 // startRescue registers the rescue of the queue of gone, which the caller
@@ -117,16 +117,12 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 		if st.moved+st.dead > 0 {
 			lvl = log.Info
 		}
-		lvl("agent gone: rescue of its queue ended", "why", why, "moved", st.moved, "dead_lettered", st.dead, "skipped", st.skipped)
+		lvl("agent gone: rescue of its queue ended", "why", why, "moved", st.moved, "dead_lettered", st.dead, "skipped", st.skipped, "left_pinned", st.pinned)
 	}()
-	var held []*transport.Delivery
-	defer func() {
-		for _, d := range held {
-			if err := d.Nack(true); err != nil {
-				log.Debug("rescue: requeue of a held request failed; the broker requeues it", "err", err)
-			}
-		}
-	}()
+	// Pinned work goes back to the end of the queue (holding it unacked
+	// would fill the prefetch window and stall the rescue); meeting one of
+	// those again means everything else has been seen.
+	cycled := map[string]bool{}
 	idle := time.NewTimer(rescueIdle)
 	defer idle.Stop()
 	limit := time.NewTimer(rescueMax)
@@ -149,9 +145,24 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 				why = "queue or connection gone"
 				return
 			}
-			if m.ownCall(gone, d) == ownWaits {
-				held = append(held, d) // requeued when the rescue ends
-				st.skipped++
+			if d.MessageID != "" && cycled[d.MessageID] {
+				if err := d.Nack(true); err != nil {
+					log.Debug("rescue: requeue failed; the broker requeues it", "err", err)
+				}
+				why = "only work pinned to the agent is left"
+				return
+			}
+			if isPinned(d) || m.ownCall(gone, d) == ownWaits {
+				if !m.cycle(gone, d, log) {
+					why = "publish failed; the message is back in the queue"
+					return
+				}
+				st.pinned++
+				if d.MessageID == "" {
+					why = "pinned work without a message id left in the queue"
+					return
+				}
+				cycled[d.MessageID] = true
 				idle.Reset(rescueIdle)
 				continue
 			}
@@ -270,5 +281,45 @@ func (m *Mapper) rescueDeadLetter(gone string, d *transport.Delivery, reason, te
 	st.dead++
 	log.Warn("rescue: dead-lettered", "reason", reason, "error", text, "message_id", d.MessageID)
 	settle(true, false)
+	return true
+}
+
+// isPinned reports whether d is for its agent only (wire.HeaderPinned).
+func isPinned(d *transport.Delivery) bool {
+	pinned, _ := d.Headers[wire.HeaderPinned].(bool)
+	return pinned
+}
+
+// pinnedTTL bounds how long work pinned to a dropped agent waits in its
+// queue: expiring there, it is dead-lettered (reason expired: visible to
+// warren dlq, and replayable), where the queue's own expiry, later, would
+// delete it without a trace.
+const pinnedTTL = wire.AgentQueueExpiry / 2
+
+// cycle puts d, work pinned to the dropped agent gone, back at the end of
+// gone's queue (confirmed), then acks it; on failure it requeues d and
+// returns false.
+func (m *Mapper) cycle(gone string, d *transport.Delivery, log *slog.Logger) bool {
+	msg := d.Message
+	msg.Headers = maps.Clone(d.Headers)
+	delete(msg.Headers, "x-delivery-count")
+	if dl, ok := wire.Deadline(msg.Headers); ok {
+		msg.Expiration = max(time.Until(dl), time.Millisecond)
+	}
+	if msg.Expiration <= 0 || msg.Expiration > pinnedTTL {
+		msg.Expiration = pinnedTTL
+	}
+	ctx, cancel := context.WithTimeout(m.runCtx, rescuePublishTimeout)
+	defer cancel()
+	if err := m.tr.Publish(ctx, wire.RequestExchange, gone, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+		log.Warn("rescue: re-queueing pinned work failed: requeued", "err", err, "message_id", d.MessageID)
+		if err := d.Nack(true); err != nil {
+			log.Debug("rescue: requeue failed; the broker requeues it", "err", err)
+		}
+		return false
+	}
+	if err := d.Ack(); err != nil {
+		log.Warn("rescue: ack failed; the broker redelivers it", "err", err, "message_id", d.MessageID)
+	}
 	return true
 }

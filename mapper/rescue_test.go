@@ -130,18 +130,22 @@ func TestRescueWorkOfAGoneAgent(t *testing.T) {
 				m1, m2 := startMapper(t, connect, cfg), startMapper(t, connect, cfg)
 				waitLive(t, m1, actor, actor+"-x", actor+"-y")
 				waitLive(t, m2, actor, actor+"-x", actor+"-y")
+				// A selector of its own that only x fits: no other agent
+				// takes the work when x goes, but any may from the shared
+				// queue (To, tags and fan-out pin work to their agents).
+				onlyX := mapper.SelectorFunc(func(_ string, c []mapper.AgentInfo) []mapper.AgentInfo {
+					return slices.DeleteFunc(c, func(a mapper.AgentInfo) bool { return a.Identity != actor+"-x" })
+				})
 				const n = 40
 				for i := range n {
-					must(t, m1.Push(ctxT(t, 5*time.Second), path, fmt.Sprint("push ", i), mapper.To(actor+"-x")))
+					must(t, m1.Push(ctxT(t, 5*time.Second), path, fmt.Sprint("push ", i), mapper.Select(onlyX)))
+					if i == n/2 {
+						// Pinned to x: it must stay in x's queue.
+						must(t, m1.Push(ctxT(t, 5*time.Second), path, "pinned push", mapper.To(actor+"-x")))
+					}
 				}
 				res := make(chan error, 1)
 				go func() {
-					// A selector of its own that only x fits: no other
-					// agent takes it when x goes, but any may from the
-					// shared queue (only To and tags keep their agents).
-					onlyX := mapper.SelectorFunc(func(_ string, c []mapper.AgentInfo) []mapper.AgentInfo {
-						return slices.DeleteFunc(c, func(a mapper.AgentInfo) bool { return a.Identity != actor+"-x" })
-					})
 					r, err := m2.Request(ctxT(t, 20*time.Second), path, "request", mapper.Select(onlyX))
 					if err == nil && (r.Agent != actor+"-y" || string(r.Body) != `"y did request"`) {
 						err = fmt.Errorf("reply %s from %s", r.Body, r.Agent)
@@ -166,11 +170,24 @@ func TestRescueWorkOfAGoneAgent(t *testing.T) {
 				})
 				time.Sleep(300 * time.Millisecond) // a duplicate would show now
 				mu.Lock()
-				defer mu.Unlock()
 				for s, c := range ran {
 					if c != 1 {
 						t.Errorf("%q ran %d times", s, c)
 					}
+				}
+				mu.Unlock()
+				// The pinned push waits in x's queue, with an expiration
+				// that dead-letters it before the queue expires.
+				left, err := x.tr.Consume(t.Context(), wire.AgentQueue(actor+"-x"), transport.ConsumeOptions{})
+				must(t, err)
+				select {
+				case d := <-left:
+					if string(d.Body) != `"pinned push"` || d.Expiration <= 0 || d.Expiration > wire.AgentQueueExpiry/2 {
+						t.Errorf("left in x's queue: %s, expiration %v", d.Body, d.Expiration)
+					}
+					must(t, d.Ack())
+				case <-time.After(5 * time.Second):
+					t.Error("the pinned push is not in x's queue")
 				}
 			})
 		})

@@ -19,8 +19,10 @@ import (
 )
 
 // Version is the protocol version sent in the warren-version header of
-// heartbeats.
-const Version = 1
+// heartbeats. Version 2 carries the sender's identity in app_id (version 1
+// had warren-from and, on replies, warren-agent headers): a version 2 mapper
+// discards replies of version 1 agents.
+const Version = 2
 
 // Exchanges.
 const (
@@ -81,6 +83,11 @@ const (
 	HeaderTo       = "warren-to"       // identity of the recipient, when there is one
 	HeaderDeadline = "warren-deadline" // int64 Unix milliseconds
 	HeaderAgent    = "warren-agent"    // on dead letters: the agent that dead-lettered it
+	// HeaderPinned (true) marks a request or push for its agent only: the
+	// caller chose the agent by identity or tags, or it is one copy of a
+	// fan-out. A mapper draining the queue of a dropped agent leaves it
+	// there, for the agent's return or its deadline.
+	HeaderPinned = "warren-pinned"
 	// HeaderStatus is "error" on error replies; a reply without it is a
 	// success ("ok" is accepted too).
 	HeaderStatus  = "warren-status"

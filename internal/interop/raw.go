@@ -152,7 +152,7 @@ func RunAgent(ctx context.Context, url, identity string, interval time.Duration,
 		})
 		return ch.PublishWithContext(context.WithoutCancel(ctx), "warren.heartbeat", "", false, false, amqp.Publishing{
 			ContentType: "application/json", Type: typ, Body: body, AppId: identity,
-			Headers: amqp.Table{"warren-version": int32(1)},
+			Headers: amqp.Table{"warren-version": int32(2)},
 		})
 	}
 	if err := beat("warren.register"); err != nil {
