@@ -83,18 +83,15 @@ func (b brokerFlags) dialAs(ctx context.Context, g *Globals, name string) (trans
 // given with --broker. Its errors, like every line that shows a broker URL,
 // never show the password.
 func checkBrokerURL(g *Globals, raw string) (*url.URL, error) {
+	warnPasswordFlag(g, raw)
 	u, err := url.Parse(raw)
 	if err != nil {
-		// A *url.Error quotes the whole URL: keep only why.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, usageError{fmt.Errorf("--broker: not a URL: %v", err)}
+		// The parser's errors quote the URL, or the part of a password
+		// it misread: say only that it is not one.
+		return nil, usageError{fmt.Errorf("--broker %q: not a URL (percent-encode any ':', '/', '?', '#' or '@' in the user name or password)", amqp.RedactURL(raw))}
 	}
-	warnPasswordFlag(g, u)
 	if !strings.HasPrefix(raw, "amqp://") && !strings.HasPrefix(raw, "amqps://") {
-		return nil, usageError{fmt.Errorf("--broker %q: want an amqp:// or amqps:// URL", u.Redacted())}
+		return nil, usageError{fmt.Errorf("--broker %q: want an amqp:// or amqps:// URL", amqp.RedactURL(raw))}
 	}
 	return u, nil
 }
@@ -102,12 +99,13 @@ func checkBrokerURL(g *Globals, raw string) (*url.URL, error) {
 // warnPasswordFlag warns, once per process, when the broker URL with its
 // password came from the --broker flag: process listings show it to every
 // user of the machine, where WARREN_BROKER stays private.
-func warnPasswordFlag(g *Globals, u *url.URL) {
-	if _, ok := u.User.Password(); !ok || !g.brokerOnCommandLine {
+func warnPasswordFlag(g *Globals, raw string) {
+	redacted := amqp.RedactURL(raw)
+	if redacted == raw || !g.brokerOnCommandLine {
 		return
 	}
 	g.brokerWarning.Do(func() {
-		g.Logger().Warn("the --broker URL holds a password, which process listings show to every user of this machine: pass the URL in WARREN_BROKER instead", "broker", u.Redacted())
+		g.Logger().Warn("the --broker URL holds a password, which process listings show to every user of this machine: pass the URL in WARREN_BROKER instead", "broker", redacted)
 	})
 }
 

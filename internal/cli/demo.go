@@ -17,6 +17,7 @@ import (
 	"github.com/warrenrpc/warren/internal/simple"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/transport/amqp"
 	"github.com/warrenrpc/warren/transport/mem"
 )
 
@@ -64,7 +65,7 @@ func (c *demoCmd) Run(g *Globals) error {
 	} else {
 		bf := brokerFlags{Broker: c.Broker}
 		connect = func(name string) (transport.Transport, error) { return bf.dial(ctx, g, "demo "+name) }
-		fmt.Fprintf(out, "Warren demo on %s.\n", redact(c.Broker))
+		fmt.Fprintf(out, "Warren demo on %s.\n", amqp.RedactURL(c.Broker))
 	}
 	var closers []transport.Transport
 	defer func() {
@@ -400,20 +401,6 @@ func waitStatus(ctx context.Context, m *mapper.Mapper, want map[string]float64) 
 		}
 		return n == len(want)
 	})
-}
-
-// redact removes the password from a URL for printing.
-func redact(u string) string {
-	at := strings.LastIndex(u, "@")
-	scheme := strings.Index(u, "://")
-	if at < 0 || scheme < 0 {
-		return u
-	}
-	userinfo := u[scheme+3 : at]
-	if i := strings.Index(userinfo, ":"); i >= 0 {
-		userinfo = userinfo[:i]
-	}
-	return u[:scheme+3] + userinfo + "@" + u[at+1:]
 }
 
 // checkNoSimpleAgents refuses to run the demo on a broker where agents

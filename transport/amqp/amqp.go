@@ -139,7 +139,8 @@ func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transpo
 		return nil, fmt.Errorf("amqp: PublishChannels %d out of range 0-%d", cfg.PublishChannels, maxPublishChannels)
 	}
 	if _, err := amqp091.ParseURI(url); err != nil {
-		return nil, &DialError{URL: redactURL(url), Err: err}
+		// The parser's message may quote part of a misread password.
+		return nil, &DialError{URL: RedactURL(url), Err: errBadURL}
 	}
 	log := o.logger.With("component", "transport/amqp")
 	t := &Transport{
@@ -155,7 +156,7 @@ func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transpo
 	l, err := dialLink(ctx, url, cfg, log, 1, t.linkLost)
 	if err != nil {
 		t.endLife()
-		return nil, &DialError{URL: redactURL(url), Err: err}
+		return nil, &DialError{URL: RedactURL(url), Err: err}
 	}
 	t.publisher = newPublisher(t)
 	t.mu.Lock()

@@ -93,7 +93,7 @@ func TestDialErrorNamesURLWithoutPassword(t *testing.T) {
 	if err == nil {
 		t.Fatal("Dial succeeded")
 	}
-	want := "amqp: cannot connect to amqp://guest@127.0.0.1:1/: connection refused"
+	want := "amqp: cannot connect to amqp://guest:xxxxx@127.0.0.1:1/: connection refused"
 	if err.Error() != want {
 		t.Fatalf("err = %q, want %q", err, want)
 	}
@@ -117,7 +117,7 @@ func TestDialBadCredentials(t *testing.T) {
 		t.Skip("WARREN_AMQP_URL does not use guest:guest")
 	}
 	_, err := amqp.Dial(t.Context(), bad, amqp.Config{})
-	if err == nil || strings.Contains(err.Error(), "wrong") || !strings.HasPrefix(err.Error(), "amqp: cannot connect to amqp://guest@") {
+	if err == nil || strings.Contains(err.Error(), "wrong") || !strings.HasPrefix(err.Error(), "amqp: cannot connect to amqp://guest:xxxxx@") {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -123,12 +123,17 @@ func TestPublishingRoundTrip(t *testing.T) {
 
 func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
-		"amqp://guest:guest@127.0.0.1:5672/": "amqp://guest@127.0.0.1:5672/",
+		"amqp://guest:guest@127.0.0.1:5672/": "amqp://guest:xxxxx@127.0.0.1:5672/",
 		"amqps://u@h/v":                      "amqps://u@h/v",
 		"amqp://h":                           "amqp://h",
+		// Passwords that URL parsers misread: a '/', '#', '?' or '@'.
+		"amqp://guest:9999/topsecret@127.0.0.1:5672/": "amqp://guest:xxxxx@127.0.0.1:5672/",
+		"amqp://guest:se#cret@h/":                     "amqp://guest:xxxxx@h/",
+		"amqp://guest:a?b@c@h:5672/v":                 "amqp://guest:xxxxx@h:5672/v",
+		"guest:pw@h":                                  "guest:xxxxx@h",
 	} {
-		if got := redactURL(in); got != want {
-			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

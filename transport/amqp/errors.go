@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
+	"strings"
 	"syscall"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -96,15 +96,28 @@ func shortReason(err error) string {
 	return err.Error()
 }
 
-// redactURL returns raw with the password removed, or a placeholder when it
-// does not parse.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparsable URL)"
+// errBadURL replaces the URL parser's error, which may quote the password.
+var errBadURL = errors.New("not a valid amqp:// or amqps:// URL (percent-encode any ':', '/', '?', '#' or '@' in the user name or password)")
+
+// RedactURL returns raw with its password, if any, replaced by "xxxxx". It
+// works on the text alone, without parsing: a password holding an
+// unescaped '#', '/', '?' or '@' makes URL parsers misread where it ends
+// (amqp://guest:9999/secret@host parses as host "guest", port 9999), and
+// what they misread must not show either. Everything between "://" and the
+// last '@' is taken for the user information.
+func RedactURL(raw string) string {
+	start := 0
+	if i := strings.Index(raw, "://"); i >= 0 {
+		start = i + 3
 	}
-	if u.User != nil {
-		u.User = url.User(u.User.Username())
+	at := strings.LastIndex(raw[start:], "@")
+	if at < 0 {
+		return raw
 	}
-	return u.String()
+	user := raw[start : start+at]
+	c := strings.Index(user, ":")
+	if c < 0 {
+		return raw
+	}
+	return raw[:start] + user[:c] + ":xxxxx" + raw[start+at:]
 }

@@ -406,7 +406,7 @@ func (t *Transport) supervise(l *link) {
 				return
 			}
 			t.stats.attempts.Add(1)
-			t.log.Warn("reconnecting to the broker", "attempt", attempt, "url", redactURL(t.url))
+			t.log.Warn("reconnecting to the broker", "attempt", attempt, "url", RedactURL(t.url))
 			dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
 			nl, err := dialLink(dctx, t.url, t.cfg, t.log, l.gen+1, t.linkLost)
 			dcancel()
