@@ -208,7 +208,9 @@ func signedBytes(label string, e *envelope, msg *transport.Message, body []byte,
 	add(msg.CorrelationID)
 	add(msg.ReplyTo)
 	add(msg.AppID) // the sender's identity
-	add(expirationString(msg.Expiration))
+	// Not the expiration: RabbitMQ removes it from a message it
+	// dead-letters, so a signed one would make every dead letter that had
+	// one unreplayable. Agents act on warren-deadline, which is signed.
 	add(timestampString(msg.Timestamp))
 	names := make([]string, 0, 8)
 	for k := range msg.Headers {
@@ -246,13 +248,6 @@ func roundExpiration(d time.Duration) time.Duration {
 	}
 	ms := (d + time.Millisecond - 1) / time.Millisecond
 	return ms * time.Millisecond
-}
-
-func expirationString(d time.Duration) string {
-	if d <= 0 {
-		return ""
-	}
-	return strconv.FormatInt(int64(roundExpiration(d)/time.Millisecond), 10)
 }
 
 func timestampString(t time.Time) string {
