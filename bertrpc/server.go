@@ -102,6 +102,7 @@ type Server struct {
 	conns    map[net.Conn]struct{}
 	inflight sync.WaitGroup // accepted requests not yet answered (casts: not yet run)
 	wg       sync.WaitGroup // connection and helper goroutines
+	natives  sync.WaitGroup // native handlers running (see runNative)
 
 	workCtx context.Context // handlers and workers; cancelled after the drain
 
@@ -268,6 +269,17 @@ func (s *Server) Run(ctx context.Context) error {
 	s.wg.Wait()
 
 	cancelWork()
+	// Native handlers that ignore their context are not waited for
+	// without end: a stop must not hang on one.
+	nativesDone := make(chan struct{})
+	go func() { s.natives.Wait(); close(nativesDone) }()
+	grace := time.NewTimer(nativeGrace)
+	select {
+	case <-nativesDone:
+		grace.Stop()
+	case <-grace.C:
+		s.log.Warn("native handlers still running after the drain, ignoring their context: not waiting for them", "waited", nativeGrace)
+	}
 	for _, p := range s.pools {
 		if p != nil {
 			p.wait()
@@ -625,17 +637,20 @@ type nativeResult struct {
 
 // runNative runs fn; with a deadline it runs in its own goroutine so that a
 // handler ignoring ctx cannot hold the reply past the timeout.
+// nativeGrace is how long a stopping server waits, after the drain and the
+// cancellation of its work, for native handlers that ignore their context.
+const nativeGrace = 2 * time.Second
+
 func (s *Server) runNative(req *request, fn Func) (any, *Error) {
 	ctx, cancel := s.callContext(req)
 	defer cancel()
-	if req.deadline.IsZero() {
-		r := s.callNative(ctx, req, fn)
-		return r.v, r.err
-	}
+	// In a goroutine of its own even without a deadline (a cast): the
+	// drain timeout cancels ctx, and the request must end then even when
+	// the handler ignores ctx.
 	ch := make(chan nativeResult, 1)
-	s.wg.Add(1)
+	s.natives.Add(1)
 	go func() {
-		defer s.wg.Done()
+		defer s.natives.Done()
 		ch <- s.callNative(ctx, req, fn)
 	}()
 	select {

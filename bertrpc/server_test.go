@@ -754,3 +754,45 @@ func TestCastTimeout(t *testing.T) {
 		t.Fatal("the cast ran past its timeout")
 	}
 }
+
+// TestHaltDoesNotHangOnAStuckCast: a native cast handler that ignores its
+// context (casts have no timeout) does not keep a halting server from
+// returning: the drain timeout ends its request, and Run waits only a
+// grace period for the handler itself.
+func TestHaltDoesNotHangOnAStuckCast(t *testing.T) {
+	reg := bertrpc.NewRegistry()
+	release, started := make(chan struct{}), make(chan struct{})
+	defer close(release) // the handler ends before goleak looks
+	if err := reg.Register("stuck", "wait", 0, func(context.Context, bert.List) (any, error) {
+		close(started)
+		<-release
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := bertrpc.Config{Listen: "127.0.0.1:0", Modules: []bertrpc.ModuleConfig{{Module: "stuck", Type: bertrpc.TypeNative}}}
+	s, err := bertrpc.New(cfg, bertrpc.WithNative(reg), bertrpc.WithLogger(testenv.Logger(t)), bertrpc.WithDrainTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background()) }()
+	<-s.Ready()
+	r := dialRaw(t, s)
+	r.send(bert.Tuple{bert.Atom("cast"), bert.Atom("stuck"), bert.Atom("wait"), bert.List{}})
+	if v := r.recv(); !bert.Equal(v, bert.Tuple{bert.Atom("noreply")}) {
+		t.Fatalf("cast answered %s", bert.Format(v))
+	}
+	<-started
+	halted := time.Now()
+	mustCall(t, s, "__admin__", "halt")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+		t.Logf("Run returned %v after halt", time.Since(halted).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still blocked 10s after halt by a cast that ignores its context")
+	}
+}
