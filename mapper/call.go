@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/warrenrpc/warren/transport"
@@ -173,7 +174,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 			}
 			return nil, err
 		}
-		r, err := m.ask(ctx, path, targets[0], body, c.sel, c.persistent, targeted(c.sel))
+		r, err := m.ask(ctx, path, targets[0], body, c.sel, c.persistent, false)
 		if errors.Is(err, transport.ErrConnectionLost) && c.retry && ctx.Err() == nil {
 			continue
 		}
@@ -243,12 +244,9 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 	if err != nil {
 		return err
 	}
-	pinned := targeted(c.sel) || len(targets) > 1 // one copy per agent: not for the shared queue
 	for _, t := range targets {
 		msg := m.message(ctx, wire.TypePush, path, body)
-		if pinned {
-			msg.Headers[wire.HeaderPinned] = true
-		}
+		pin(&msg, c.sel, len(targets) > 1) // several: one copy per agent
 		msg.Persistent = c.persistent
 		c.withTTL(&msg)
 		m.address(&msg, t.Identity)
@@ -410,11 +408,9 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 // With a selector (a Request, not a leg of a fan-out), the request may be
 // re-sent to another agent that selector picks if t leaves or expires
 // before answering (see redispatch).
-func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, sel Selector, persistent, pinned bool) (*Reply, error) {
+func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, sel Selector, persistent, fanOut bool) (*Reply, error) {
 	msg := m.message(ctx, wire.TypeRequest, path, body)
-	if pinned {
-		msg.Headers[wire.HeaderPinned] = true
-	}
+	pin(&msg, sel, fanOut)
 	m.address(&msg, t.Identity)
 	msg.Persistent = persistent
 	return m.await(ctx, path, t.Identity, msg, sel, wire.RequestExchange, t.Identity)
@@ -686,5 +682,25 @@ func (m *Mapper) ensureServiceQueue(ctx context.Context, path string, durable bo
 func (m *Mapper) address(msg *transport.Message, identity string) {
 	if m.addressed {
 		msg.Headers[wire.HeaderTo] = identity
+	}
+}
+
+// pin marks msg for what a mapper draining the queue of its agent, should
+// that agent be dropped, may do with it: nothing for work sent to one agent
+// by identity or as one copy of a fan-out (warren-pinned), another agent
+// with the same tags for work selected by tags (warren-tags), anything
+// else goes to the service's shared queue.
+func pin(msg *transport.Message, sel Selector, fanOut bool) {
+	byID, tags := pinning(sel)
+	switch {
+	case fanOut || byID:
+		msg.Headers[wire.HeaderPinned] = true
+	case len(tags) > 0:
+		joined := strings.Join(tags, ",")
+		if slices.ContainsFunc(tags, func(t string) bool { return t == "" || strings.Contains(t, ",") }) {
+			msg.Headers[wire.HeaderPinned] = true // not expressible as a list
+		} else {
+			msg.Headers[wire.HeaderTags] = joined
+		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/warrenrpc/warren/transport"
@@ -152,7 +154,21 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 				why = "only work pinned to the agent is left"
 				return
 			}
-			if isPinned(d) || m.ownCall(gone, d) == ownWaits {
+			own := m.ownCall(gone, d)
+			if own != ownResent && own != ownDone && wire.String(d.Headers, wire.HeaderTags) != "" && !isPinned(d) {
+				// For agents with these tags: to a live one, when there
+				// is one; else it waits for the gone agent like pinned work.
+				switch ok, sent := m.forward(gone, d, log); {
+				case !ok:
+					why = "publish failed; the message is back in the queue"
+					return
+				case sent:
+					st.moved++
+					idle.Reset(rescueIdle)
+					continue
+				}
+			}
+			if own != ownResent && own != ownDone && (isPinned(d) || own == ownWaits || wire.String(d.Headers, wire.HeaderTags) != "") {
 				if !m.cycle(gone, d, log) {
 					why = "publish failed; the message is back in the queue"
 					return
@@ -322,4 +338,40 @@ func (m *Mapper) cycle(gone string, d *transport.Delivery, log *slog.Logger) boo
 		log.Warn("rescue: ack failed; the broker redelivers it", "err", err, "message_id", d.MessageID)
 	}
 	return true
+}
+
+// forward sends d, work for agents with the tags of its warren-tags header
+// taken from the queue of the dropped agent gone, to the least loaded live
+// agent that has them and serves its path, then acks it. sent is false when
+// there is none (d is untouched); ok is false when the publish failed (d is
+// requeued).
+func (m *Mapper) forward(gone string, d *transport.Delivery, log *slog.Logger) (ok, sent bool) {
+	path := wire.String(d.Headers, wire.HeaderPath)
+	tags := strings.Split(wire.String(d.Headers, wire.HeaderTags), ",")
+	cands := slices.DeleteFunc(m.reg.live(path, time.Now()), func(a AgentInfo) bool { return a.Identity == gone })
+	picked := Tagged(LeastLoaded(), tags...).Select(path, cands)
+	if wire.CheckPath(path) != nil || len(picked) == 0 {
+		return true, false
+	}
+	to := picked[0].Identity
+	msg := d.Message
+	msg.Headers = maps.Clone(d.Headers)
+	delete(msg.Headers, "x-delivery-count")
+	if dl, ok := wire.Deadline(msg.Headers); ok {
+		msg.Expiration = max(time.Until(dl), time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(m.runCtx, rescuePublishTimeout)
+	defer cancel()
+	if err := m.tr.Publish(ctx, wire.RequestExchange, to, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+		log.Warn("rescue: forwarding tagged work failed: requeued", "err", err, "message_id", d.MessageID, "to", to)
+		if err := d.Nack(true); err != nil {
+			log.Debug("rescue: requeue failed; the broker requeues it", "err", err)
+		}
+		return false, false
+	}
+	log.Info("rescue: tagged work sent to another agent with its tags", "service", path, "to", to, "message_id", d.MessageID)
+	if err := d.Ack(); err != nil {
+		log.Warn("rescue: ack failed; the broker redelivers it", "err", err, "message_id", d.MessageID)
+	}
+	return true, true
 }

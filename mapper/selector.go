@@ -117,6 +117,22 @@ func (t tagged) Select(path string, c []AgentInfo) []AgentInfo {
 	return t.next.Select(path, keep)
 }
 
+// pinning reports whether s names its agent by identity, or else the tags
+// it requires.
+func pinning(s Selector) (byID bool, tags []string) {
+	switch s := s.(type) {
+	case identity:
+		return true, nil
+	case tagged:
+		byID, more := pinning(s.next)
+		if byID {
+			return true, nil
+		}
+		return false, append(slices.Clone(s.tags), more...)
+	}
+	return false, nil
+}
+
 // targeted reports whether s names its agents by identity or tags, rather
 // than choosing among whichever agents serve the path.
 func targeted(s Selector) bool {

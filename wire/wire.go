@@ -88,6 +88,10 @@ const (
 	// fan-out. A mapper draining the queue of a dropped agent leaves it
 	// there, for the agent's return or its deadline.
 	HeaderPinned = "warren-pinned"
+	// HeaderTags (comma-separated) marks work for agents with these tags:
+	// a mapper draining the queue of a dropped agent sends it to another
+	// live agent that has them, or leaves it there like pinned work.
+	HeaderTags = "warren-tags"
 	// HeaderStatus is "error" on error replies; a reply without it is a
 	// success ("ok" is accepted too).
 	HeaderStatus  = "warren-status"

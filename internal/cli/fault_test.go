@@ -173,15 +173,17 @@ func faultRun(t *testing.T, n int, fault func(a *agentProc)) faultFigures {
 		faultOnce.Do(func() {
 			go func() {
 				defer close(faulted)
-				// Fire while a is working: wait (briefly) until it has
-				// a handler running.
-				for range 200 {
-					if inHand(a.log.String()) > 0 {
+				// Fire while a is working: wait until it has a handler
+				// running (its log reaches us through a pipe, later
+				// on a loaded machine).
+				// Several, so that one is still running when the fault
+				// lands (what the log shows may be a moment old).
+				for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+					if f.inHandAtFault = inHand(a.log.String()); f.inHandAtFault >= 3 {
 						break
 					}
 					time.Sleep(time.Millisecond)
 				}
-				f.inHandAtFault = inHand(a.log.String())
 				fault(a)
 			}()
 		})
