@@ -360,6 +360,16 @@ func (m *Mapper) forward(gone string, d *transport.Delivery, log *slog.Logger) (
 	if dl, ok := wire.Deadline(msg.Headers); ok {
 		msg.Expiration = max(time.Until(dl), time.Millisecond)
 	}
+	if d.ReplyTo != "" {
+		// One of this mapper's own requests: take the new agent's reply
+		// (told before the publish, which the reply may overtake).
+		m.mu.Lock()
+		if w := m.pending[d.CorrelationID]; w != nil && d.ReplyTo == m.replyQ && w.target == gone {
+			w.target = to
+			w.sentTo = append(w.sentTo, to)
+		}
+		m.mu.Unlock()
+	}
 	ctx, cancel := context.WithTimeout(m.runCtx, rescuePublishTimeout)
 	defer cancel()
 	if err := m.tr.Publish(ctx, wire.RequestExchange, to, msg, transport.PublishOptions{Mandatory: true}); err != nil {
