@@ -217,14 +217,8 @@ func (m *Mapper) rescueOne(gone string, d *transport.Delivery, st *rescueStats, 
 	if err := wire.CheckPath(path); err != nil {
 		return m.rescueDeadLetter(gone, d, wire.CodeBadRequest, fmt.Sprintf("taken from the queue of dropped agent %s: header %s: %v", gone, wire.HeaderPath, err), st, log, settle)
 	}
-	msg := d.Message
-	msg.Headers = maps.Clone(d.Headers)
-	delete(msg.Headers, "x-delivery-count") // a quorum queue's count, not the message's
+	msg := resendable(d) // already expired: the shared queue dead-letters it
 	delete(msg.Headers, wire.HeaderTo)
-	if dl, ok := wire.Deadline(msg.Headers); ok {
-		// Already expired: the shared queue dead-letters it (expired).
-		msg.Expiration = max(time.Until(dl), time.Millisecond)
-	}
 	ctx, cancel := context.WithTimeout(m.runCtx, rescuePublishTimeout)
 	defer cancel()
 	err := m.tr.Publish(ctx, wire.ServiceExchange, path, msg, transport.PublishOptions{Mandatory: true})
@@ -316,12 +310,7 @@ const pinnedTTL = wire.AgentQueueExpiry / 2
 // gone's queue (confirmed), then acks it; on failure it requeues d and
 // returns false.
 func (m *Mapper) cycle(gone string, d *transport.Delivery, log *slog.Logger) bool {
-	msg := d.Message
-	msg.Headers = maps.Clone(d.Headers)
-	delete(msg.Headers, "x-delivery-count")
-	if dl, ok := wire.Deadline(msg.Headers); ok {
-		msg.Expiration = max(time.Until(dl), time.Millisecond)
-	}
+	msg := resendable(d)
 	if msg.Expiration <= 0 || msg.Expiration > pinnedTTL {
 		msg.Expiration = pinnedTTL
 	}
@@ -354,12 +343,7 @@ func (m *Mapper) forward(gone string, d *transport.Delivery, log *slog.Logger) (
 		return true, false
 	}
 	to := picked[0].Identity
-	msg := d.Message
-	msg.Headers = maps.Clone(d.Headers)
-	delete(msg.Headers, "x-delivery-count")
-	if dl, ok := wire.Deadline(msg.Headers); ok {
-		msg.Expiration = max(time.Until(dl), time.Millisecond)
-	}
+	msg := resendable(d)
 	if d.ReplyTo != "" {
 		// One of this mapper's own requests: take the new agent's reply
 		// (told before the publish, which the reply may overtake).
@@ -384,4 +368,17 @@ func (m *Mapper) forward(gone string, d *transport.Delivery, log *slog.Logger) (
 		log.Warn("rescue: ack failed; the broker redelivers it", "err", err, "message_id", d.MessageID)
 	}
 	return true, true
+}
+
+// resendable is d as a message to publish again: its own copy of the
+// headers without a quorum queue's delivery count (the queue's, not the
+// message's), and an expiration of what is left to its deadline.
+func resendable(d *transport.Delivery) transport.Message {
+	msg := d.Message
+	msg.Headers = maps.Clone(d.Headers)
+	delete(msg.Headers, "x-delivery-count")
+	if dl, ok := wire.Deadline(msg.Headers); ok {
+		msg.Expiration = max(time.Until(dl), time.Millisecond)
+	}
+	return msg
 }
