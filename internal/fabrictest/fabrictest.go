@@ -86,20 +86,31 @@ func (q *queues) deleteAll(t *testing.T, url string) {
 	q.mu.Lock()
 	names := q.names
 	q.mu.Unlock()
-	if len(names) == 0 {
+	deleteNow(t, url, names)
+}
+
+// DeleteQueues deletes queues on the RabbitMQ at url when the test ends.
+// Registered before the agents that declare them start, it runs after they
+// have stopped: durable queues would otherwise outlive the test.
+func DeleteQueues(t testing.TB, url string, queues ...string) {
+	t.Cleanup(func() { deleteNow(t, url, queues) })
+}
+
+func deleteNow(t testing.TB, url string, queues []string) {
+	if len(queues) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tr, err := amqp.Dial(ctx, url, amqp.Config{})
+	tr, err := amqp.Dial(ctx, url, amqp.Config{ConnectionName: "warren-test cleanup"})
 	if err != nil {
-		t.Logf("fabrictest: cannot delete the test's queues: %v", err)
+		t.Errorf("fabrictest: cannot delete the test's queues: %v", err)
 		return
 	}
 	defer tr.Close()
-	for _, n := range names {
+	for _, n := range queues {
 		if err := tr.DeleteQueue(ctx, n); err != nil {
-			t.Logf("fabrictest: delete %s: %v", n, err)
+			t.Errorf("fabrictest: delete %s: %v", n, err)
 		}
 	}
 }

@@ -42,7 +42,7 @@ func TestDisruptiveCloseAllConnections(t *testing.T) {
 	for i := range nAgents {
 		ids = append(ids, fmt.Sprintf("%s-%c", actor, 'a'+i))
 	}
-	deleteQueues(t, url, wire.ServiceQueue(echo), wire.ServiceQueue(slow),
+	fabrictest.DeleteQueues(t, url, wire.ServiceQueue(echo), wire.ServiceQueue(slow),
 		wire.AgentQueue(ids[0]), wire.AgentQueue(ids[1]), wire.AgentQueue(ids[2]))
 	var trs []*amqp.Transport
 	for _, id := range ids {

@@ -70,28 +70,6 @@ func lists(m *mapper.Mapper, ids ...string) error {
 	return nil
 }
 
-// deleteQueues deletes queues at the end of the test: registered before the
-// agents that use them start, it runs after they have stopped. Agents
-// declare durable queues (their shared service queues; their own queue in
-// durable mode) that would otherwise outlive the test.
-func deleteQueues(t *testing.T, url string, queues ...string) {
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		tr, err := amqp.Dial(ctx, url, amqp.Config{ConnectionName: "warren-faulttest cleanup"})
-		if err != nil {
-			t.Errorf("cleanup: %v", err)
-			return
-		}
-		defer tr.Close()
-		for _, q := range queues {
-			if err := tr.DeleteQueue(ctx, q); err != nil {
-				t.Errorf("cleanup: delete %s: %v", q, err)
-			}
-		}
-	})
-}
-
 // pause waits d or until ctx ends; it paces a load generator, it does not
 // synchronise anything.
 func pause(ctx context.Context, d time.Duration) {

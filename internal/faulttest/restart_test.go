@@ -70,7 +70,7 @@ func TestDisruptiveRestartDurablePushes(t *testing.T) {
 	actor := fabrictest.Actor()
 	path := "/" + actor + "/work"
 	id := actor + "-durable"
-	deleteQueues(t, url, wire.AgentQueue(id), wire.ServiceQueue(path))
+	fabrictest.DeleteQueues(t, url, wire.AgentQueue(id), wire.ServiceQueue(path))
 
 	var (
 		execMu   sync.Mutex
