@@ -20,17 +20,23 @@ type accessEntry struct {
 	err     string // non-empty for an ERR line
 }
 
+// accessTimeLayout is the accept time of a line: local time, ISO 8601 with
+// a T, microseconds, no zone (as Ernie writes it).
+const accessTimeLayout = "2006-01-02T15:04:05.000000"
+
 // maxActionLen is where Ernie cuts the logged request (then adds "...").
 const maxActionLen = 150
 
 // format renders the entry in Ernie's access log format:
 //
-//	ACC [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 0 nat high - {call,nat,add,[1,2]}
-//	ERR [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 0 ext high - Message : {call,ext,add,[1,2]}
+//	ACC [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 0 nat high - {call,nat,add,[1,2]}
+//	ERR [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 0 ext high - Message : {call,ext,add,[1,2]}
 //
-// The date and the time are separated by a space, as Ernie's
-// ernie_access_logger.erl writes them ("~4B-~2.10.0B-~2.10.0B ~2.10.0B:..."),
-// although its README shows a T.
+// The date and the time are joined by a T, as the final revision of Ernie's
+// elib/ernie_access_logger.erl writes them ("~4B-~2.10.0B-~2.10.0BT~2.10.0B:...",
+// Ernie's commit "make log time a legit ISO8601 single entity by adding T").
+// The microseconds are zero-padded on the left: Ernie's "~-6.10.0B" pads
+// on the right (53 µs printed as 530000), which no parser can undo.
 func (e *accessEntry) format() string {
 	action := e.action
 	if len(action) > maxActionLen {
@@ -46,7 +52,7 @@ func (e *accessEntry) format() string {
 	} else {
 		b.WriteString("ACC [")
 	}
-	b.WriteString(e.accept.Local().Format("2006-01-02 15:04:05.000000"))
+	b.WriteString(e.accept.Local().Format(accessTimeLayout))
 	fmt.Fprintf(&b, "] %.6f %.6f - %d %d %3.3s %s - ",
 		e.process.Sub(e.accept).Seconds(), e.done.Sub(e.process).Seconds(),
 		e.hq, e.lq, e.kind, e.prio)

@@ -2,7 +2,9 @@ package bertrpc
 
 import (
 	"bytes"
+	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,12 +59,12 @@ func TestAccessEntryFormat(t *testing.T) {
 		accept: accept, process: accept.Add(53 * time.Microsecond), done: accept.Add(290 * time.Microsecond),
 		hq: 0, lq: 2, kind: "nat", prio: high, action: "{call,nat,add,[1,2]}",
 	}
-	want := "ACC [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 2 nat high - {call,nat,add,[1,2]}\n"
+	want := "ACC [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 2 nat high - {call,nat,add,[1,2]}\n"
 	if got := e.format(); got != want {
 		t.Fatalf("got  %q\nwant %q", got, want)
 	}
 	e.err, e.kind, e.prio = "External process error boom", "ext", low
-	want = "ERR [2010-02-20 11:42:25.259750] 0.000053 0.000237 - 0 2 ext low - External process error boom : {call,nat,add,[1,2]}\n"
+	want = "ERR [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 2 ext low - External process error boom : {call,nat,add,[1,2]}\n"
 	if got := e.format(); got != want {
 		t.Fatalf("got  %q\nwant %q", got, want)
 	}
@@ -71,6 +73,47 @@ func TestAccessEntryFormat(t *testing.T) {
 	got := e.format()
 	if !strings.HasSuffix(got, "...\n") || len(got) > 120+150 {
 		t.Fatalf("long action not cut: %q", got)
+	}
+}
+
+// ernieLine parses an access log line as the final revision of Ernie's
+// elib/ernie_access_logger.erl writes it:
+//
+//	"ACC ~s - ~s~n" and "ERR ~s - ~s : ~s~n", the stats being
+//	"[~s] ~f ~f - ~B ~B ~3s ~p" and the time
+//	"~4B-~2.10.0B-~2.10.0BT~2.10.0B:~2.10.0B:~2.10.0B.~-6.10.0B".
+var ernieLine = regexp.MustCompile(`^(ACC|ERR) \[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6})\] (-?\d+\.\d{6}) (-?\d+\.\d{6}) - (\d+) (\d+) ([ a-z]{3}) (high|low) - (.*)$`)
+
+// TestAccessLogParsesAsErnie: a line of Warren's parses as a line of
+// Ernie's does, field for field, and its time is one ISO 8601 entity.
+func TestAccessLogParsesAsErnie(t *testing.T) {
+	// Lines as Ernie 2.5.2 writes them (its README's example, and an ERR
+	// line of its format).
+	ernie := []string{
+		"ACC [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 0 nat high - {call,nat,add,[1,2]}",
+		"ERR [2010-02-20T11:42:25.259750] 0.000053 0.000237 - 0 2 ext low - No such function 'ext:nope' : {call,ext,nope,[]}",
+	}
+	for _, l := range ernie {
+		if ernieLine.FindStringSubmatch(l) == nil {
+			t.Fatalf("the parser does not read Ernie's own line %q", l)
+		}
+	}
+	accept := time.Date(2010, 2, 20, 11, 42, 25, 259750000, time.Local)
+	e := accessEntry{
+		accept: accept, process: accept.Add(53 * time.Microsecond), done: accept.Add(290 * time.Microsecond),
+		lq: 2, kind: "ext", prio: low, action: "{call,ext,nope,[]}", err: "No such function 'ext:nope'",
+	}
+	ours := strings.TrimSuffix(e.format(), "\n")
+	got := ernieLine.FindStringSubmatch(ours)
+	if got == nil {
+		t.Fatalf("Warren's line %q does not parse as Ernie's", ours)
+	}
+	want := ernieLine.FindStringSubmatch(ernie[1])
+	if !slices.Equal(got, want) {
+		t.Fatalf("fields differ:\nwarren %q\nernie  %q", got[1:], want[1:])
+	}
+	if ts, err := time.ParseInLocation("2006-01-02T15:04:05.000000", got[2], time.Local); err != nil || !ts.Equal(accept) {
+		t.Fatalf("time %q is not ISO 8601 for %v: %v", got[2], accept, err)
 	}
 }
 

@@ -333,7 +333,7 @@ func TestAccessLog(t *testing.T) {
 	mustCall(t, s, "nat", "add", 1, 2)
 	_, _ = call(t, s, "nope", "x", []byte("y"))
 
-	acc := regexp.MustCompile(`^ACC \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}\] \d+\.\d{6} \d+\.\d{6} - 0 0 nat high - \{call,nat,add,\[1,2\]\}$`)
+	acc := regexp.MustCompile(`^ACC \[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\] \d+\.\d{6} \d+\.\d{6} - 0 0 nat high - \{call,nat,add,\[1,2\]\}$`)
 	errLine := regexp.MustCompile(`^ERR \[[^]]+\] \d+\.\d{6} \d+\.\d{6} - 0 0 unk high - No such module 'nope' : \{call,nope,x,\[<<"y">>\]\}$`)
 	var lines []string
 	testenv.WaitFor(t, 5*time.Second, func() error {
