@@ -1,0 +1,350 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"runtime/debug"
+	"time"
+
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
+)
+
+// serve handles one delivery from start to settlement.
+func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
+	defer a.handled.Add(1)
+	// Logger.With allocates even when nothing is logged: only when it is.
+	log := a.log
+	if log.Enabled(ctx, slog.LevelError) {
+		log = log.With("message_id", d.MessageID, "correlation_id", d.CorrelationID)
+	}
+	req, code, err := a.parse(d)
+	if err != nil {
+		log.Warn("bad message", "err", err, "code", code, "routing_key", d.RoutingKey)
+		a.fail(ctx, d, req, code, err.Error())
+		return
+	}
+	if log != a.log {
+		log = log.With("service", req.Path)
+	}
+	if expired(req) {
+		a.expire(ctx, log, d, req)
+		return
+	}
+	svc := a.service(req.Path)
+	if svc == nil {
+		log.Warn("no such service")
+		a.fail(ctx, d, req, wire.CodeNoSuchService, fmt.Sprintf("agent %s does not serve %s", a.cfg.Identity, req.Path))
+		return
+	}
+	if a.passOn(ctx, log, svc, d, req) {
+		return
+	}
+	// Waiting for the semaphore can take long: give up at the deadline,
+	// and check the deadline and the service again once acquired. (A free
+	// slot is taken without the timer: that is the common case.)
+	select {
+	case svc.sem <- struct{}{}:
+	default:
+		var deadline <-chan time.Time
+		if !req.Deadline.IsZero() {
+			t := time.NewTimer(time.Until(req.Deadline))
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case svc.sem <- struct{}{}:
+		case <-deadline:
+			a.expire(ctx, log, d, req)
+			return
+		case <-ctx.Done():
+			a.settle(d, false, true)
+			return
+		}
+		if expired(req) {
+			<-svc.sem
+			a.expire(ctx, log, d, req)
+			return
+		}
+		if a.passOn(ctx, log, svc, d, req) {
+			<-svc.sem
+			return
+		}
+	}
+	defer func() { <-svc.sem }()
+	// The variadic arguments of a log call are allocated even when the
+	// level is off: this is the hot path.
+	debug := log.Enabled(ctx, slog.LevelDebug)
+	if debug {
+		log.Debug("handler started", "push", req.Push)
+	}
+	hctx := ctx
+	if !req.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithDeadline(ctx, req.Deadline)
+		defer cancel()
+	}
+	result, herr := call(hctx, svc.h, req)
+	if debug {
+		log.Debug("handler returned", "push", req.Push, "err", herr)
+	}
+	if errors.Is(herr, ErrDecline) {
+		log.Info("handler declined the request")
+		a.decline(ctx, d, req)
+		return
+	}
+	if ctx.Err() != nil && herr != nil {
+		// The drain timed out under the handler: give the work back.
+		log.Warn("handler cancelled by shutdown: requeued", "err", herr)
+		a.settle(d, false, true)
+		return
+	}
+	var pe *panicError
+	if errors.As(herr, &pe) {
+		log.Error("handler panicked", "panic", pe.err.Message, "stack", string(pe.stack))
+	}
+	if herr != nil {
+		code := codeOf(herr)
+		log.Info("handler failed", "code", code, "err", herr)
+		a.fail(ctx, d, req, code, messageOf(herr))
+		return
+	}
+	if d.ReplyTo == "" {
+		a.settle(d, true, false)
+		return
+	}
+	body, err := json.Marshal(result)
+	if err != nil {
+		a.fail(ctx, d, req, wire.CodeHandler, "result does not encode as JSON: "+err.Error())
+		return
+	}
+	a.reply(ctx, d, transport.Message{Body: body}) // no headers: a success
+}
+
+// expired reports whether req's deadline has passed.
+func expired(req *Request) bool {
+	return !req.Deadline.IsZero() && !time.Now().Before(req.Deadline)
+}
+
+// expire fails a request whose deadline passed before its handler started.
+func (a *Agent) expire(ctx context.Context, log *slog.Logger, d *transport.Delivery, req *Request) {
+	log.Warn("deadline passed before start: not executed")
+	a.fail(ctx, d, req, wire.CodeExpired, "deadline passed before the agent started the request")
+}
+
+// passOn declines req, and reports true, when its service is inactive or
+// the agent is draining.
+func (a *Agent) passOn(ctx context.Context, log *slog.Logger, svc *service, d *transport.Delivery, req *Request) bool {
+	switch {
+	case a.draining.Load():
+		log.Info("agent draining: passing the request on")
+	case !svc.isActive():
+		log.Info("service inactive: declining")
+	default:
+		return false
+	}
+	a.decline(ctx, d, req)
+	return true
+}
+
+// panicError is a handler's panic; the stack is logged, not sent.
+type panicError struct {
+	err   *Error
+	stack []byte
+}
+
+func (e *panicError) Error() string { return e.err.Error() }
+func (e *panicError) Unwrap() error { return e.err }
+
+// call runs the handler, turning a panic into an error.
+func call(ctx context.Context, h Handler, req *Request) (res any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &panicError{&Error{Code: wire.CodePanic, Message: fmt.Sprintf("panic: %v", r)}, debug.Stack()}
+		}
+	}()
+	return h.Serve(ctx, req)
+}
+
+// parse checks a delivery and builds the handler's request. On failure it
+// returns the error code to report, and a request with what could be read.
+func (a *Agent) parse(d *transport.Delivery) (*Request, string, error) {
+	req := &Request{
+		Path:        wire.String(d.Headers, wire.HeaderPath),
+		Payload:     d.Body,
+		ContentType: d.ContentType,
+		From:        d.AppID,
+		MessageID:   d.MessageID,
+		Redelivered: d.Redelivered,
+		Headers:     d.Headers,
+		Push:        d.ReplyTo == "",
+	}
+	if dl, ok := wire.Deadline(d.Headers); ok {
+		req.Deadline = dl
+	}
+	switch d.Type {
+	case wire.TypeRequest, wire.TypePush, "":
+	default:
+		return req, wire.CodeBadRequest, fmt.Errorf("unknown message type %q", d.Type)
+	}
+	if req.Path == "" && d.Exchange == wire.ServiceExchange {
+		req.Path = d.RoutingKey
+	}
+	if err := wire.CheckPath(req.Path); err != nil {
+		return req, wire.CodeBadRequest, fmt.Errorf("header %s: %w", wire.HeaderPath, err)
+	}
+	if d.ContentType != "" && d.ContentType != wire.ContentJSON {
+		return req, wire.CodeBadRequest, fmt.Errorf("content type %q: want %s", d.ContentType, wire.ContentJSON)
+	}
+	if len(d.Body) > a.cfg.MaxMessageSize {
+		return req, wire.CodeBadRequest, fmt.Errorf("body of %d bytes is over the limit of %d", len(d.Body), a.cfg.MaxMessageSize)
+	}
+	if err := wire.CheckDepth(d.Body, a.cfg.MaxDepth); err != nil {
+		return req, wire.CodeBadRequest, fmt.Errorf("body: %w", err)
+	}
+	if len(d.Body) > 0 && !json.Valid(d.Body) {
+		return req, wire.CodeBadRequest, errors.New("body is not valid JSON")
+	}
+	return req, "", nil
+}
+
+// fail reports an error: as an error reply when the sender waits for one,
+// else as a dead letter carrying the reason.
+func (a *Agent) fail(ctx context.Context, d *transport.Delivery, req *Request, code, message string) {
+	if d.ReplyTo != "" {
+		a.reply(ctx, d, transport.Message{Headers: map[string]any{
+			wire.HeaderStatus: wire.StatusError,
+			wire.HeaderCode:   code,
+			wire.HeaderError:  message,
+		}})
+		return
+	}
+	a.deadLetter(ctx, d, req, code, message)
+}
+
+// deadLetter publishes a copy of d to the dead-letter exchange with the
+// reason, then acks d. If that publish fails or no queue takes it, d is
+// rejected, which dead-letters it through the queue's own dead-letter
+// exchange.
+func (a *Agent) deadLetter(ctx context.Context, d *transport.Delivery, req *Request, code, message string) {
+	msg := d.Message
+	msg.Headers = maps.Clone(d.Headers)
+	if msg.Headers == nil {
+		msg.Headers = map[string]any{}
+	}
+	msg.Headers[wire.HeaderReason] = code
+	msg.Headers[wire.HeaderError] = message
+	msg.Headers[wire.HeaderAgent] = a.cfg.Identity
+	msg.Headers["warren-original-routing-key"] = d.RoutingKey
+	msg.Headers["warren-original-exchange"] = d.Exchange
+	msg.Expiration = 0
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	// Mandatory: with no queue bound to the dead-letter exchange the
+	// letter would be dropped while the original is acked.
+	if err := a.tr.Publish(pctx, wire.DeadLetterExchange, d.RoutingKey, msg, transport.PublishOptions{Confirm: true, Mandatory: true}); err != nil {
+		a.log.Error("dead-letter publish failed: rejecting instead", "err", err, "reason", code)
+		a.settle(d, false, false)
+		return
+	}
+	a.log.Error("message dead-lettered", "reason", code, "error", message, "service", req.Path)
+	a.settle(d, true, false)
+}
+
+// reply sends msg to d's reply-to queue, then acks d. When the reply cannot
+// be sent, d is requeued so that the request is not lost.
+func (a *Agent) reply(ctx context.Context, d *transport.Delivery, msg transport.Message) {
+	msg.Type = wire.TypeReply
+	msg.CorrelationID = d.CorrelationID
+	if msg.CorrelationID == "" {
+		msg.CorrelationID = d.MessageID
+	}
+	msg.ContentType = wire.ContentJSON
+	msg.AppID = a.cfg.Identity
+	msg.Timestamp = time.Now()
+	if p := wire.String(d.Headers, wire.HeaderPath); p != "" && msg.Headers[wire.HeaderStatus] == wire.StatusError {
+		msg.Headers[wire.HeaderPath] = p
+	}
+	if d.AppID != "" && a.addressed {
+		if msg.Headers == nil {
+			msg.Headers = map[string]any{}
+		}
+		msg.Headers[wire.HeaderTo] = d.AppID
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := a.tr.Publish(pctx, transport.DefaultExchange, d.ReplyTo, msg, transport.PublishOptions{}); err != nil {
+		a.log.Warn("reply failed: requeueing the request", "err", err)
+		a.settle(d, false, true)
+		return
+	}
+	a.settle(d, true, false)
+}
+
+func (a *Agent) settle(d *transport.Delivery, ack, requeue bool) {
+	var err error
+	if ack {
+		err = d.Ack()
+	} else {
+		err = d.Nack(requeue)
+	}
+	if err != nil {
+		a.log.Warn("settle failed; the broker will redeliver", "err", err, "ack", ack)
+	}
+}
+
+// ErrDecline, returned by a handler, declines the request (Vincent's
+// reject): it is passed on to another agent instead of failing. A request
+// declined MaxDeliveries times is dead-lettered with reason
+// delivery_limit.
+var ErrDecline = errors.New("agent: request declined")
+
+// HeaderAttempts counts how often a message was declined and passed on.
+// The agent reads it clamped to 0..MaxDeliveries, so a negative or huge
+// value from a sender cannot make a message bounce for ever.
+const HeaderAttempts = "warren-attempts"
+
+// attempts returns HeaderAttempts of h clamped to 0..limit; a missing or
+// non-integer header is 0.
+func attempts(h map[string]any, limit int) int64 {
+	n, _ := wire.Int(h, HeaderAttempts)
+	return min(max(n, 0), int64(limit))
+}
+
+// decline passes a request on. A request addressed to this agent by a
+// waiting mapper gets a declined reply, and the mapper re-sends it to
+// another agent. Anything else is republished to the service's shared
+// queue for another agent to take, counting attempts.
+func (a *Agent) decline(ctx context.Context, d *transport.Delivery, req *Request) {
+	if d.ReplyTo != "" && d.Exchange != wire.ServiceExchange {
+		a.fail(ctx, d, req, wire.CodeDeclined, fmt.Sprintf("agent %s declined %s", a.cfg.Identity, req.Path))
+		return
+	}
+	n := attempts(d.Headers, a.cfg.MaxDeliveries)
+	if n+1 >= int64(a.cfg.MaxDeliveries) {
+		a.deadLetter(ctx, d, req, wire.CodeDeliveryLimit, fmt.Sprintf("declined %d times", n+1))
+		return
+	}
+	msg := d.Message
+	msg.Headers = maps.Clone(d.Headers)
+	if msg.Headers == nil {
+		msg.Headers = map[string]any{}
+	}
+	msg.Headers[HeaderAttempts] = n + 1
+	msg.Headers[wire.HeaderPath] = req.Path
+	delete(msg.Headers, wire.HeaderTo)
+	if !req.Deadline.IsZero() {
+		msg.Expiration = max(time.Until(req.Deadline), time.Millisecond)
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := a.tr.Publish(pctx, wire.ServiceExchange, req.Path, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+		a.deadLetter(ctx, d, req, wire.CodeDeclined, "declined, and no shared queue to pass it on: "+err.Error())
+		return
+	}
+	a.settle(d, true, false)
+}

@@ -1,0 +1,267 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
+)
+
+// session is one life of the agent's consumers on one connection.
+type session struct {
+	a        *Agent
+	ctx      context.Context // consumers' context
+	cancel   context.CancelFunc
+	handlers context.Context
+	control  <-chan *transport.Delivery
+	lost     chan struct{}
+	lostOnce sync.Once
+	taking   chan struct{} // closed to stop taking new work
+	// loops are the consume loops of the shared queues: they return as
+	// soon as taking is closed. own is the loop of the agent's own queue,
+	// which ends when ownStop is closed or the session stops, and the
+	// deliveries it passes on while draining. retiring are the goroutines
+	// retiring the consumers of services turned inactive: they end with
+	// their handlers or when the session stops.
+	loops       sync.WaitGroup
+	own         sync.WaitGroup
+	ownStop     chan struct{}
+	ownStopOnce sync.Once
+	ownIdle     chan struct{} // closed once the own loop no longer counts in inflight
+	ownOnce     sync.Once
+	retiring    sync.WaitGroup
+
+	mu     sync.Mutex
+	shared map[string]*sharedConsumer // consumers of shared service queues, by path
+}
+
+// startSession declares the agent's queues, starts its consumers and
+// registers. The session lives on bg (its consumers must outlive runCtx
+// for the drain), but its setup gives up when runCtx ends, so an agent
+// stopped during a broker outage does not wait for the broker.
+func (a *Agent) startSession(runCtx, bg, handlers context.Context) (*session, error) {
+	ctx, cancel := context.WithCancel(bg)
+	s := &session{a: a, ctx: ctx, cancel: cancel, handlers: handlers, lost: make(chan struct{}), taking: make(chan struct{}), ownStop: make(chan struct{}), ownIdle: make(chan struct{}), shared: map[string]*sharedConsumer{}}
+	interrupt := context.AfterFunc(runCtx, cancel)
+	err := s.declare()
+	if err == nil {
+		err = a.beat(ctx, wire.TypeRegister)
+	}
+	if !interrupt() {
+		s.stop()
+		return nil, runCtx.Err()
+	}
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *session) markLost() { s.lostOnce.Do(func() { close(s.lost) }) }
+
+// stopTaking stops the consume loops of the shared queues from taking new
+// deliveries; what they hold unacknowledged is requeued when the session
+// stops, for other agents. The agent's own queue is still consumed: while
+// the agent drains, serve passes what reaches it on (see decline). It
+// returns at once: the consume loops wait for nothing else.
+func (s *session) stopTaking() {
+	close(s.taking)
+	s.loops.Wait()
+	<-s.ownIdle
+}
+
+// ownSwitched records that the own loop adds nothing more to the agent's
+// inflight, so that the drain may wait for it.
+func (s *session) ownSwitched() { s.ownOnce.Do(func() { close(s.ownIdle) }) }
+
+// stopOwn stops consuming the agent's own queue, once the drain is over
+// or timed out, and waits for what it was passing on. It may be called
+// more than once.
+func (s *session) stopOwn() {
+	s.ownStopOnce.Do(func() { close(s.ownStop) })
+	s.own.Wait()
+}
+
+// stop cancels the consumers (requeueing what was not taken) and waits for
+// the consume loops and the retiring consumers.
+func (s *session) stop() {
+	s.cancel()
+	s.loops.Wait()
+	s.own.Wait()
+	s.retiring.Wait()
+}
+
+func (s *session) declare() error {
+	a, tr, ctx := s.a, s.a.tr, s.ctx
+	if err := wire.Topology(ctx, tr); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	expires := wire.AgentQueueExpiry
+	own := wire.AgentQueue(a.cfg.Identity)
+	q := transport.Queue{Name: own, Expires: expires, DeadLetterExchange: wire.DeadLetterExchange}
+	if a.cfg.Durable {
+		q.Type, q.Durable, q.DeliveryLimit = transport.Quorum, true, a.cfg.MaxDeliveries
+	}
+	if _, err := tr.DeclareQueue(ctx, q); err != nil {
+		return fmt.Errorf("agent: declare %s: %w", own, err)
+	}
+	if err := tr.Bind(ctx, transport.Binding{Exchange: wire.RequestExchange, Queue: own, Key: a.cfg.Identity}); err != nil {
+		return fmt.Errorf("agent: bind %s: %w", own, err)
+	}
+	cq, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true, AutoDelete: true})
+	if err != nil {
+		return fmt.Errorf("agent: declare control queue: %w", err)
+	}
+	if err := tr.Bind(ctx, transport.Binding{Exchange: wire.ControlExchange, Queue: cq}); err != nil {
+		return fmt.Errorf("agent: bind control queue: %w", err)
+	}
+	if s.control, err = tr.Consume(ctx, cq, transport.ConsumeOptions{AutoAck: true, Exclusive: true}); err != nil {
+		return fmt.Errorf("agent: consume control queue: %w", err)
+	}
+	ch, err := tr.Consume(ctx, own, transport.ConsumeOptions{Prefetch: a.cfg.Prefetch})
+	if err != nil {
+		return fmt.Errorf("agent: consume %s: %w", own, err)
+	}
+	s.own.Go(func() { s.consumeLoop(ctx, ch, true, s.ownStop, nil) })
+	if a.cfg.NoSharedQueues {
+		return nil
+	}
+	for _, p := range a.Services() {
+		svc := a.service(p)
+		name := wire.ServiceQueue(p)
+		q := transport.Queue{Name: name, Durable: true, DeadLetterExchange: wire.DeadLetterExchange}
+		if svc.durable {
+			q.Type, q.DeliveryLimit = transport.Quorum, a.cfg.MaxDeliveries
+		}
+		if _, err := tr.DeclareQueue(ctx, q); err != nil {
+			return fmt.Errorf("agent: declare %s: %w", name, err)
+		}
+		if err := tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: name, Key: p}); err != nil {
+			return fmt.Errorf("agent: bind %s: %w", name, err)
+		}
+	}
+	s.syncActive(ctx)
+	return nil
+}
+
+// syncActive consumes the shared queue of every active service and stops
+// consuming those whose Active predicate turned false.
+func (s *session) syncActive(ctx context.Context) {
+	if s.a.cfg.NoSharedQueues {
+		return
+	}
+	for _, p := range s.a.Services() {
+		svc := s.a.service(p)
+		active := svc.isActive()
+		s.mu.Lock()
+		sc, consuming := s.shared[p]
+		s.mu.Unlock()
+		switch {
+		case active && !consuming:
+			cctx, cancel := context.WithCancel(s.ctx)
+			ch, err := s.a.tr.Consume(cctx, wire.ServiceQueue(p), transport.ConsumeOptions{Prefetch: svc.prefetch})
+			if err != nil {
+				cancel()
+				s.a.log.Warn("consume shared queue failed", "service", p, "err", err)
+				if retryable(err) {
+					s.markLost()
+				}
+				continue
+			}
+			sc := &sharedConsumer{cancel: cancel, stop: make(chan struct{}), loopDone: make(chan struct{})}
+			s.mu.Lock()
+			s.shared[p] = sc
+			s.mu.Unlock()
+			s.loops.Go(func() {
+				defer close(sc.loopDone)
+				s.consumeLoop(cctx, ch, false, sc.stop, &sc.handlers)
+			})
+		case !active && consuming:
+			s.a.log.Info("service inactive: not consuming its shared queue", "service", p)
+			s.mu.Lock()
+			delete(s.shared, p)
+			s.mu.Unlock()
+			// Stop taking, let the work in hand finish and be acked, and
+			// only then cancel the consumer: cancelling requeues what it
+			// holds unacknowledged, which another agent would run again.
+			close(sc.stop)
+			// Not in s.loops: stopTaking must not wait for this, as
+			// these handlers end only with the drain.
+			s.retiring.Go(func() {
+				<-sc.loopDone // no handler starts after this
+				finished := make(chan struct{})
+				go func() { sc.handlers.Wait(); close(finished) }()
+				select {
+				case <-finished:
+				case <-s.ctx.Done(): // the session ends anyway
+				}
+				sc.cancel()
+			})
+		}
+	}
+}
+
+// consumeLoop takes deliveries from src until the session stops taking
+// work, starting one goroutine per delivery; the prefetch bounds how many
+// run at once. A source that closes while its context is live means the
+// connection was lost.
+//
+// own (the agent's own queue) keeps it taking after the session stopped
+// taking work, until stop: what is addressed to a draining agent is passed
+// on (serve declines it) rather than left waiting in its queue. Those
+// deliveries are counted in s.own, not in the agent's inflight, which the
+// drain is waiting for. stop, when not nil, also stops it (a service
+// turned inactive, or the drain is over); handlers, when not nil, counts
+// the work it started.
+func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Delivery, own bool, stop <-chan struct{}, handlers *sync.WaitGroup) {
+	taking := s.taking
+	if own {
+		defer s.ownSwitched()
+	}
+	for {
+		select {
+		case <-taking:
+			if own {
+				taking = nil // from now on serve passes it on
+				s.ownSwitched()
+				continue
+			}
+			return
+		case <-stop:
+			return
+		case d, ok := <-src:
+			if !ok {
+				if ctx.Err() == nil {
+					s.markLost()
+				}
+				return
+			}
+			if own && taking == nil {
+				s.own.Go(func() { s.a.serve(s.handlers, d) })
+				continue
+			}
+			s.a.inflight.Add(1)
+			if handlers != nil {
+				handlers.Add(1)
+			}
+			go func() {
+				defer s.a.inflight.Done()
+				if handlers != nil {
+					defer handlers.Done()
+				}
+				s.a.serve(s.handlers, d)
+			}()
+		}
+	}
+}
+
+// sharedConsumer is the consumer of one service's shared queue.
+type sharedConsumer struct {
+	cancel   context.CancelFunc
+	stop     chan struct{}  // closed when the service turns inactive
+	loopDone chan struct{}  // closed when its consume loop has returned
+	handlers sync.WaitGroup // requests it started
+}
