@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/big"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -160,5 +161,65 @@ func TestTermJSONMapping(t *testing.T) {
 	want := bert.Dict{{Key: []byte("b"), Value: 1}, {Key: []byte("a"), Value: bert.List{1000.0, -0.5, []byte("x")}}}
 	if !bert.Equal(v, want) {
 		t.Fatalf("got %s", bert.Format(v))
+	}
+}
+
+// TestIntDigitsBounded: integers longer than MaxIntDigits are refused in
+// both directions before any quadratic decimal conversion, with a clear
+// error; up to the bound they map as before.
+func TestIntDigitsBounded(t *testing.T) {
+	limit := bertrpc.MaxIntDigits
+	atLimit := strings.Repeat("9", limit)         // 10^limit - 1
+	overLimit := "1" + strings.Repeat("0", limit) // 10^limit
+	huge := strings.Repeat("7", 200_000)
+
+	for _, s := range []string{atLimit, "-" + atLimit} {
+		v, err := bertrpc.JSONToTerm([]byte(s))
+		if err != nil {
+			t.Fatalf("%d digits: %v", limit, err)
+		}
+		if b, ok := v.(*big.Int); !ok || b.String() != s {
+			t.Fatalf("%d digits mapped to %T", limit, v)
+		}
+		if j, err := bertrpc.ArgsToJSON(bert.List{mustBig(s)}); err != nil || string(j) != s {
+			t.Fatalf("ArgsToJSON of %d digits: %v", limit, err)
+		}
+	}
+	for _, s := range []string{overLimit, "-" + overLimit, huge, `{"n":[` + huge + `]}`} {
+		_, err := bertrpc.JSONToTerm([]byte(s))
+		if !errors.Is(err, bertrpc.ErrMapping) || !strings.Contains(err.Error(), "exceeds the limit of 4300") {
+			t.Fatalf("JSONToTerm of %.20s...: %v", s, err)
+		}
+	}
+	maxBERT := new(big.Int).Lsh(big.NewInt(1), 8*bert.DefaultMaxBigLen-1) // the largest bignum a client may send
+	for _, b := range []*big.Int{mustBig(overLimit), new(big.Int).Neg(mustBig(overLimit)), maxBERT} {
+		_, err := bertrpc.ArgsToJSON(bert.List{1, bert.List{b}})
+		if !errors.Is(err, bertrpc.ErrMapping) || !strings.Contains(err.Error(), "4300") {
+			t.Fatalf("ArgsToJSON of a %d-bit integer: %v", b.BitLen(), err)
+		}
+	}
+
+	// Through the server: a reply or an argument over the bound is a
+	// server MappingError, and the connection serves on.
+	fab := &fakeFabric{reply: func(path string, payload []byte) ([]byte, error) {
+		if path == "/simple/huge" {
+			return []byte(`{"n":` + huge + `}`), nil
+		}
+		return payload, nil
+	}}
+	cfg := bertrpc.Config{Modules: []bertrpc.ModuleConfig{{Module: "simple", Type: bertrpc.TypeFabric}}}
+	s := startServer(t, cfg, bertrpc.WithFabric(fab))
+	_, err := call(t, s, "simple", "huge")
+	e := wantError(t, err, bertrpc.ServerError, 0, "MappingError")
+	if !strings.Contains(e.Detail, "simple:huge reply: ") || !strings.Contains(e.Detail, "200000 decimal digits exceeds the limit of 4300") {
+		t.Fatalf("detail %q", e.Detail)
+	}
+	_, err = call(t, s, "simple", "echo", maxBERT)
+	e = wantError(t, err, bertrpc.ServerError, 0, "MappingError")
+	if !strings.Contains(e.Detail, "simple:echo arguments: ") || !strings.Contains(e.Detail, "more than 4300 decimal digits") {
+		t.Fatalf("detail %q", e.Detail)
+	}
+	if v := mustCall(t, s, "simple", "echo", mustBig(atLimit)); !bert.Equal(v, mustBig(atLimit)) {
+		t.Fatalf("echo of %d digits = %.40s", limit, bert.Format(v))
 	}
 }
