@@ -43,7 +43,7 @@ func BenchmarkSealOpen(b *testing.B) {
 						b.Fatal(err)
 					}
 					d := deliveryAt(sealed, "", "q")
-					if _, _, rej := rx.verify(b.Context(), "q", d, true); rej != nil {
+					if _, _, rej := rx.verify(b.Context(), "q", d, true, nil); rej != nil {
 						b.Fatal(rej.err)
 					}
 				}

@@ -105,6 +105,7 @@ func FuzzVerify(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Cleanup(func() { tr.Close() })
+	life := newConsumerLife() // one consumer takes every input
 	f.Fuzz(func(t *testing.T, body []byte, to string, redelivered bool) {
 		// The properties of the sealed seed request; only the body and the
 		// recipient vary.
@@ -114,7 +115,7 @@ func FuzzVerify(f *testing.F) {
 		m.Body = body
 		d := deliveryAt(m, "", "qfred")
 		d.Redelivered = redelivered
-		msg, _, rej := tr.verify(t.Context(), "qfred", d, false)
+		msg, _, rej := tr.verify(t.Context(), "qfred", d, false, life)
 		if rej == nil {
 			// Only the genuine envelope can pass.
 			if !bytes.Equal(body, seeds[len(seeds)-2]) || to != "fred" || string(msg.Body) != `{"secret":"launch codes"}` {

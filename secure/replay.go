@@ -33,8 +33,39 @@ type replayWindow struct {
 type replayEntry struct {
 	key    string
 	ts     int64
-	inHand bool // handed on, not yet settled: a redelivery is legitimate
-	index  int  // in the heap
+	inHand bool // handed on, not yet settled: a redelivery may be legitimate
+	// holder is the consumer the message in hand was delivered on.
+	holder *consumerLife
+	// done is closed when the entry stops being in hand (settled,
+	// forgotten), for a redelivery waiting on it.
+	done  chan struct{}
+	index int // in the heap
+}
+
+// release ends the entry's time in hand. Called with the window's lock held.
+func (e *replayEntry) release() {
+	if e.inHand {
+		e.inHand = false
+		close(e.done)
+	}
+}
+
+// consumerLife is one Consume call of the secure transport: dead is closed
+// once its inner consumer has ended (its channel closed or its connection
+// lost), when the broker requeues what it held unsettled.
+type consumerLife struct {
+	dead chan struct{}
+}
+
+func newConsumerLife() *consumerLife { return &consumerLife{dead: make(chan struct{})} }
+
+func (c *consumerLife) isDead() bool {
+	select {
+	case <-c.dead:
+		return true
+	default:
+		return false
+	}
 }
 
 // replayHeap is a min-heap of entries by timestamp (container/heap).
@@ -70,41 +101,75 @@ const (
 	admitted admission = iota
 	admitReplayed
 	admitBelowFloor
+	// admitWait: a redelivered copy of a message in hand on another
+	// consumer that is still alive. Wait for that consumer to end (the
+	// copy is then the broker's redelivery) or the message to be settled
+	// (the copy is then a replay), and ask again.
+	admitWait
 )
 
-// admit records key (signed at ts, Unix ms) unless it was seen. A
-// redelivered message whose first delivery was never settled is admitted
-// again. oldest is now minus the window: entries older than it are purged.
-func (w *replayWindow) admit(key string, ts int64, redelivered, autoAck bool, oldest int64) admission {
+// admit records key (signed at ts, Unix ms), delivered on consumer by,
+// unless it was seen. oldest is now minus the window: entries older than
+// it are purged.
+//
+// A message seen before is admitted again only as the broker's redelivery
+// of a first delivery that was never settled: flagged redelivered, while
+// the first is in hand, on another consumer than the one holding it, once
+// that consumer has ended (the broker redelivers what a consumer held
+// only when its channel is gone). A redelivered copy on the consumer
+// holding the first delivery is a replay (an attacker can get the flag
+// set by taking a copy and requeueing it). On another consumer that is
+// still alive, admit returns admitWait and two channels: the holder's
+// end and the message's settlement, either of which may change the answer.
+func (w *replayWindow) admit(key string, ts int64, redelivered, autoAck bool, oldest int64, by *consumerLife) (admission, <-chan struct{}, <-chan struct{}) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for len(w.byTS) > 0 && w.byTS[0].ts < oldest {
-		delete(w.seen, heap.Pop(&w.byTS).(*replayEntry).key)
+		w.drop(heap.Pop(&w.byTS).(*replayEntry))
 	}
 	if ent, ok := w.seen[key]; ok {
-		if redelivered && ent.inHand {
-			return admitted
+		if !redelivered || !ent.inHand || ent.holder == by {
+			return admitReplayed, nil, nil
 		}
-		return admitReplayed
+		if !ent.holder.isDead() {
+			return admitWait, ent.holder.dead, ent.done
+		}
+		// The consumer that held it ended: this is its redelivery. From
+		// now on this consumer holds it.
+		ent.holder = by
+		if autoAck {
+			ent.release()
+		}
+		return admitted, nil, nil
 	}
 	if ts <= w.floor {
 		w.belowFloor++
-		return admitBelowFloor
+		return admitBelowFloor, nil, nil
 	}
-	ent := &replayEntry{key: key, ts: ts, inHand: !autoAck}
+	ent := &replayEntry{key: key, ts: ts, inHand: !autoAck, holder: by, done: make(chan struct{})}
+	if autoAck {
+		close(ent.done)
+	}
 	heap.Push(&w.byTS, ent)
 	w.seen[key] = ent
 	for len(w.byTS) > w.max {
 		old := heap.Pop(&w.byTS).(*replayEntry)
-		delete(w.seen, old.key)
+		w.drop(old)
 		w.floor = max(w.floor, old.ts)
 	}
-	return admitted
+	return admitted, nil, nil
+}
+
+// drop forgets an entry popped from the heap. Called with the lock held.
+func (w *replayWindow) drop(ent *replayEntry) {
+	delete(w.seen, ent.key)
+	ent.release()
 }
 
 // settled records how a handed-on message was settled: acked or rejected
 // (done: a copy arriving later is a replay), or requeued (forgotten: the
-// broker will deliver it again).
+// broker will deliver it again). A requeue is recorded before the broker
+// is told, since it may redeliver at once, to the same consumer.
 func (w *replayWindow) settled(key string, requeued bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -114,10 +179,10 @@ func (w *replayWindow) settled(key string, requeued bool) {
 	}
 	if requeued {
 		heap.Remove(&w.byTS, ent.index)
-		delete(w.seen, key)
+		w.drop(ent)
 		return
 	}
-	ent.inHand = false
+	ent.release()
 }
 
 func (w *replayWindow) len() int {

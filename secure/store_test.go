@@ -229,39 +229,74 @@ func TestDenyList(t *testing.T) {
 	}
 }
 
+// admitted1 is admit by one consumer that never ends.
+func admitted1(w *replayWindow, key string, ts int64, redelivered, autoAck bool, oldest int64) admission {
+	v, _, _ := w.admit(key, ts, redelivered, autoAck, oldest, oneConsumer)
+	return v
+}
+
+var oneConsumer = newConsumerLife()
+
 func TestReplayWindow(t *testing.T) {
 	w := newReplayWindow(3)
-	if w.admit("a", 10, false, false, 0) != admitted || w.admit("a", 10, false, false, 0) != admitReplayed {
+	first, second := newConsumerLife(), newConsumerLife()
+	admit := func(c *consumerLife, key string, ts int64, redelivered bool) admission {
+		v, _, _ := w.admit(key, ts, redelivered, false, 0, c)
+		return v
+	}
+	if admit(first, "a", 10, false) != admitted || admit(first, "a", 10, false) != admitReplayed {
 		t.Fatal("duplicate admitted")
 	}
-	// In hand and redelivered (its connection dropped): admitted again.
-	if w.admit("a", 10, true, false, 0) != admitted {
+	// In hand, flagged redelivered, on the consumer that holds it: a copy
+	// an attacker requeued, not the broker's redelivery.
+	if admit(first, "a", 10, true) != admitReplayed {
+		t.Fatal("redelivered copy admitted on the consumer holding the message")
+	}
+	// On another consumer while the holder lives: wait, for the holder's
+	// end or the message's settlement.
+	v, ended, settled := w.admit("a", 10, true, false, 0, second)
+	if v != admitWait || ended != first.dead || settled == nil {
+		t.Fatalf("redelivery while the holder lives: %v", v)
+	}
+	// The holder ended (its channel closed): the broker's redelivery,
+	// admitted once, held by the new consumer from now on.
+	close(first.dead)
+	if admit(second, "a", 10, true) != admitted {
 		t.Fatal("redelivery of an unsettled message refused")
 	}
+	if admit(second, "a", 10, true) != admitReplayed {
+		t.Fatal("second redelivered copy admitted")
+	}
 	w.settled("a", false)
-	if w.admit("a", 10, true, false, 0) != admitReplayed {
+	select {
+	case <-settled:
+	default:
+		t.Fatal("settlement not signalled")
+	}
+	if admit(newConsumerLife(), "a", 10, true) != admitReplayed {
 		t.Fatal("redelivery flag let a settled message through")
 	}
-	// Requeued: forgotten, so its redelivery is admitted.
-	w.admit("b", 11, false, false, 0)
+	// Requeued: forgotten, so its redelivery is admitted, even by the
+	// consumer that requeued it.
+	admit(second, "b", 11, false)
 	w.settled("b", true)
-	if w.admit("b", 11, true, false, 0) != admitted {
+	if admit(second, "b", 11, true) != admitted {
 		t.Fatal("requeued message refused")
 	}
 	// Full: the oldest go, and everything as old is refused.
-	w.admit("c", 12, false, true, 0)
-	w.admit("d", 13, false, true, 0)
+	admitted1(w, "c", 12, false, true, 0)
+	admitted1(w, "d", 13, false, true, 0)
 	if w.len() != 3 {
 		t.Fatalf("len %d", w.len())
 	}
-	if w.admit("a", 10, false, false, 0) != admitBelowFloor {
+	if admitted1(w, "a", 10, false, false, 0) != admitBelowFloor {
 		t.Fatal("evicted message admitted")
 	}
-	if w.admit("e", 9, false, false, 0) != admitBelowFloor {
+	if admitted1(w, "e", 9, false, false, 0) != admitBelowFloor {
 		t.Fatal("message older than the floor admitted")
 	}
 	// Aged out of the window.
-	w.admit("f", 100, false, true, 50)
+	admitted1(w, "f", 100, false, true, 50)
 	if w.len() != 1 {
 		t.Fatalf("len %d after purge", w.len())
 	}
@@ -277,12 +312,12 @@ func TestReplayWindowLateMessage(t *testing.T) {
 		key string
 		ts  int64
 	}{{"x", 100}, {"late", 50}, {"y", 101}, {"z", 102}} {
-		if w.admit(e.key, e.ts, false, true, 0) != admitted {
+		if admitted1(w, e.key, e.ts, false, true, 0) != admitted {
 			t.Fatalf("%s refused", e.key)
 		}
 	}
 	// "late" was forgotten: the floor is 50, not 100.
-	if got := w.admit("w", 99, false, true, 0); got != admitted {
+	if got := admitted1(w, "w", 99, false, true, 0); got != admitted {
 		t.Fatalf("message signed after every forgotten one refused: %v", got)
 	}
 	// w, signed longest ago of the four, was forgotten at once: the floor
@@ -292,7 +327,7 @@ func TestReplayWindowLateMessage(t *testing.T) {
 		ts   int64
 		want admission
 	}{{"late", 50, admitBelowFloor}, {"w", 99, admitBelowFloor}, {"x", 100, admitReplayed}, {"y", 101, admitReplayed}, {"z", 102, admitReplayed}} {
-		if got := w.admit(e.key, e.ts, false, true, 0); got != e.want {
+		if got := admitted1(w, e.key, e.ts, false, true, 0); got != e.want {
 			t.Errorf("replay of %s: %v, want %v", e.key, got, e.want)
 		}
 	}

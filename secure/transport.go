@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/warrenrpc/warren/transport"
@@ -389,10 +390,14 @@ func (t *Transport) Consume(ctx context.Context, queue string, opts transport.Co
 		return nil, err
 	}
 	out := make(chan *transport.Delivery)
+	life := newConsumerLife()
 	t.wg.Go(func() {
 		defer close(out)
+		// Before out closes: a consumer started once out closed must find
+		// this one dead, to accept the redeliveries of what it held.
+		defer close(life.dead)
 		for d := range in {
-			od := t.open(ctx, queue, d, opts.AutoAck)
+			od := t.open(ctx, queue, d, opts.AutoAck, life)
 			if od == nil {
 				continue
 			}
@@ -415,30 +420,66 @@ func (t *Transport) giveBack(d, od *transport.Delivery) {
 	}
 }
 
-// open verifies and decrypts one delivery from queue. It returns the
-// delivery to hand on, or nil when it rejected it.
-func (t *Transport) open(ctx context.Context, queue string, d *transport.Delivery, autoAck bool) *transport.Delivery {
-	msg, key, rej := t.verify(ctx, queue, d, autoAck)
+// open verifies and decrypts one delivery from queue, taken by the
+// consumer life. It returns the delivery to hand on, or nil when it
+// rejected it or gave it back.
+func (t *Transport) open(ctx context.Context, queue string, d *transport.Delivery, autoAck bool, life *consumerLife) *transport.Delivery {
+	msg, key, rej := t.verify(ctx, queue, d, autoAck, life)
+	if rej == errGiveBack {
+		if err := d.Nack(true); err != nil {
+			t.log.Debug("requeue of a redelivery failed; the broker requeues it", "err", err, "message_id", d.MessageID)
+		}
+		return nil
+	}
 	if rej != nil {
 		t.reject(ctx, d, rej)
 		return nil
 	}
 	t.stats.opened.Add(1)
+	var once atomic.Bool
 	od := transport.NewDelivery(msg, func(ack, requeue bool) error {
+		if !once.CompareAndSwap(false, true) {
+			// Settled before: the inner delivery says so, and the replay
+			// cache already knows.
+			if ack {
+				return d.Ack()
+			}
+			return d.Nack(requeue)
+		}
+		if !ack && requeue {
+			// Forgotten first: the broker may redeliver it at once, even
+			// to this consumer, which must then accept it. (Should the
+			// nack fail, the channel is gone and the broker requeues it
+			// anyway.)
+			t.replay.settled(key, true)
+			return d.Nack(true)
+		}
 		var err error
 		if ack {
 			err = d.Ack()
 		} else {
-			err = d.Nack(requeue)
+			err = d.Nack(false)
 		}
 		if err == nil {
-			t.replay.settled(key, !ack && requeue)
+			// Otherwise the channel is gone: the broker redelivers it,
+			// which the replay cache must let through.
+			t.replay.settled(key, false)
 		}
 		return err
 	})
 	od.Exchange, od.RoutingKey, od.Redelivered, od.ConsumerTag = d.Exchange, d.RoutingKey, d.Redelivered, d.ConsumerTag
 	return od
 }
+
+// errGiveBack is verify's answer for a delivery to requeue without a
+// verdict: a redelivered copy of a message still in hand on another live
+// consumer, when this consumer stops or tired of waiting.
+var errGiveBack = &rejection{}
+
+// redeliveryWait bounds how long a consumer waits for the verdict on a
+// redelivered copy of a message in hand on another consumer of the same
+// transport, before giving it back to the broker.
+const redeliveryWait = 5 * time.Second
 
 // rejection is why a delivery is not handed on.
 type rejection struct {
@@ -468,7 +509,7 @@ func (r *rejection) answered() *rejection {
 
 // verify checks d, consumed from queue, and returns the plain message and
 // its replay key.
-func (t *Transport) verify(ctx context.Context, queue string, d *transport.Delivery, autoAck bool) (transport.Message, string, *rejection) {
+func (t *Transport) verify(ctx context.Context, queue string, d *transport.Delivery, autoAck bool, life *consumerLife) (transport.Message, string, *rejection) {
 	now := t.now()
 	msg := d.Message
 	if d.ContentType != ContentType {
@@ -544,7 +585,29 @@ func (t *Transport) verify(ctx context.Context, queue string, d *transport.Deliv
 		return msg, "", reject(ReasonBadSignature, "", "%v", err)
 	}
 	key := signer + "\x00" + msg.MessageID
-	switch t.replay.admit(key, env.TS, d.Redelivered, autoAck, windowStart(now, t.cfg.MaxAge)) {
+	verdict, holderEnded, settled := t.replay.admit(key, env.TS, d.Redelivered, autoAck, windowStart(now, t.cfg.MaxAge), life)
+	if verdict == admitWait {
+		// Another consumer of this transport holds the first delivery.
+		// Its end makes this copy the broker's redelivery; its settlement
+		// makes it a replay.
+		timer := time.NewTimer(redeliveryWait)
+		defer timer.Stop()
+		select {
+		case <-holderEnded:
+		case <-settled:
+		case <-timer.C:
+			return msg, "", errGiveBack
+		case <-ctx.Done():
+			return msg, "", errGiveBack
+		case <-t.closing:
+			return msg, "", errGiveBack
+		}
+		verdict, _, _ = t.replay.admit(key, env.TS, d.Redelivered, autoAck, windowStart(t.now(), t.cfg.MaxAge), life)
+		if verdict == admitWait { // held again by a third consumer
+			return msg, "", errGiveBack
+		}
+	}
+	switch verdict {
 	case admitReplayed:
 		return msg, "", reject(ReasonReplayed, signer, "message id %q from %s seen before", msg.MessageID, signer)
 	case admitBelowFloor:
