@@ -81,9 +81,9 @@ func (c *Config) setDefaults() {
 
 // Validate reports the first invalid field.
 func (c Config) Validate() error {
-	for _, r := range c.Identity {
-		if r <= ' ' || r == '/' {
-			return fmt.Errorf("agent: identity %q: no spaces, control characters or slashes", c.Identity)
+	if c.Identity != "" {
+		if err := wire.CheckIdentity(c.Identity); err != nil {
+			return fmt.Errorf("agent: %w", err)
 		}
 	}
 	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 || c.MaxMessageSize < 0 || c.MaxDepth < 0 {

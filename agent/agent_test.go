@@ -143,8 +143,10 @@ func TestBadInput(t *testing.T) {
 
 func TestConfigAndRegistration(t *testing.T) {
 	tr := fabrictestMem(t)
-	if _, err := agent.New(tr, agent.Config{Identity: "has space"}); err == nil {
-		t.Error("identity with a space accepted")
+	for _, id := range []string{"has space", "ctl\x1b[2J", "del\x7f", "bad\xffutf8"} {
+		if _, err := agent.New(tr, agent.Config{Identity: id}); !errors.Is(err, wire.ErrInvalidIdentity) {
+			t.Errorf("identity %q: err = %v", id, err)
+		}
 	}
 	a, err := agent.New(tr, agent.Config{})
 	must(t, err)

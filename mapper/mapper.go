@@ -128,6 +128,11 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 	if cfg.MaxFanOut == 0 {
 		cfg.MaxFanOut = wire.DefaultMaxFanOut
 	}
+	if cfg.Identity != "" {
+		if err := wire.CheckIdentity(cfg.Identity); err != nil {
+			return nil, fmt.Errorf("mapper: %w", err)
+		}
+	}
 	if cfg.Identity == "" {
 		var b [8]byte
 		_, _ = rand.Read(b[:])

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/warrenrpc/warren/wire"
 )
 
 // Selector picks the agents a request goes to, from the live agents that
@@ -156,7 +158,11 @@ func ParseSelector(name string) (Selector, error) {
 	case name == "round_robin" || name == "rr":
 		return RoundRobin(), nil
 	case strings.HasPrefix(name, "agent:") && len(name) > len("agent:"):
-		return Identity(strings.TrimPrefix(name, "agent:")), nil
+		id := strings.TrimPrefix(name, "agent:")
+		if err := wire.CheckIdentity(id); err != nil {
+			return nil, fmt.Errorf("mapper: selector agent:IDENTITY: %w", err)
+		}
+		return Identity(id), nil
 	}
 	return nil, fmt.Errorf("mapper: unknown selector %q (want least_loaded, all, random, round_robin or agent:IDENTITY)", name)
 }

@@ -1,11 +1,13 @@
 package mapper
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/warrenrpc/warren/transport/mem"
 	"github.com/warrenrpc/warren/wire"
 )
 
@@ -110,7 +112,7 @@ func TestParseSelector(t *testing.T) {
 			t.Errorf("ParseSelector(%q): %v", name, err)
 		}
 	}
-	for _, name := range []string{"agent:", "fastest", "ALL"} {
+	for _, name := range []string{"agent:", "fastest", "ALL", "agent:a b", "agent:a\x00b", "agent:\x1b[2J", "agent:\xff"} {
 		if _, err := ParseSelector(name); err == nil {
 			t.Errorf("ParseSelector(%q) accepted", name)
 		}
@@ -148,5 +150,15 @@ func TestRegistryExpiryAndReturn(t *testing.T) {
 	}
 	if got := r.identities(); len(got) != 0 {
 		t.Fatalf("registry after unregister = %v", got)
+	}
+}
+
+func TestNewRefusesABadIdentity(t *testing.T) {
+	tr := mem.NewBroker().Connect()
+	defer tr.Close()
+	for _, id := range []string{"a b", "a/b", "a\x1b[2Jb", "a\xffb"} {
+		if _, err := New(tr, Config{Identity: id}); !errors.Is(err, wire.ErrInvalidIdentity) {
+			t.Errorf("identity %q: err = %v", id, err)
+		}
 	}
 }

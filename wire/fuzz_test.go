@@ -8,6 +8,8 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 )
 
 // jsonNesting is the nesting depth of valid JSON, by the standard decoder.
@@ -119,7 +121,8 @@ func FuzzHeaders(f *testing.F) {
 
 		if err := CheckPath(s); err == nil {
 			parts := strings.Split(s, "/")
-			if len(parts) != 3 || parts[0] != "" || parts[1] == "" || parts[2] == "" || strings.ContainsAny(s, " \t\r\n") {
+			if len(parts) != 3 || parts[0] != "" || parts[1] == "" || parts[2] == "" || strings.ContainsAny(s, " \t\r\n") ||
+				!utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
 				t.Fatalf("CheckPath accepted %q", s)
 			}
 		} else if !errors.Is(err, ErrInvalidPath) {

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/warrenrpc/warren/transport"
 )
@@ -193,12 +195,36 @@ func Topology(ctx context.Context, tr transport.Transport) error {
 // ErrInvalidPath is returned for a service path that is not /actor/method.
 var ErrInvalidPath = errors.New("warren: invalid service path")
 
-// CheckPath validates a service path: "/actor/method", each part non-empty
-// and free of whitespace.
+// CheckPath validates a service path: "/actor/method", each part non-empty,
+// valid UTF-8 and free of whitespace and control characters.
 func CheckPath(p string) error {
 	parts := strings.Split(p, "/")
 	if len(parts) != 3 || parts[0] != "" || parts[1] == "" || parts[2] == "" || strings.ContainsAny(p, " \t\r\n") {
 		return fmt.Errorf("%w %q: want /actor/method", ErrInvalidPath, p)
+	}
+	if !utf8.ValidString(p) || strings.ContainsFunc(p, unicode.IsControl) {
+		return fmt.Errorf("%w %q: want valid UTF-8 without control characters", ErrInvalidPath, p)
+	}
+	return nil
+}
+
+// ErrInvalidIdentity is returned for an agent or mapper identity that
+// breaks the protocol's rule (docs/protocol.md).
+var ErrInvalidIdentity = errors.New("warren: invalid identity")
+
+// CheckIdentity validates an agent or mapper identity: non-empty, at most
+// 255 bytes (an AMQP routing key), valid UTF-8, without whitespace, control
+// characters or '/'.
+func CheckIdentity(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty", ErrInvalidIdentity)
+	case len(id) > 255:
+		return fmt.Errorf("%w: %d bytes, at most 255", ErrInvalidIdentity, len(id))
+	case !utf8.ValidString(id):
+		return fmt.Errorf("%w %q: not valid UTF-8", ErrInvalidIdentity, id)
+	case strings.ContainsFunc(id, func(r rune) bool { return r == '/' || unicode.IsSpace(r) || unicode.IsControl(r) }):
+		return fmt.Errorf("%w %q: no spaces, control characters or slashes", ErrInvalidIdentity, id)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestCheckDepth(t *testing.T) {
@@ -41,9 +42,31 @@ func TestCheckPath(t *testing.T) {
 			t.Errorf("CheckPath(%q): %v", p, err)
 		}
 	}
-	for _, p := range []string{"", "/", "a/b", "/a", "/a/b/c", "//b", "/a/", "/a b/c"} {
+	for _, p := range []string{"", "/", "a/b", "/a", "/a/b/c", "//b", "/a/", "/a b/c",
+		"/a/b\x00", "/a\x1b[31m/b", "/a/b\x7f", "/a/\u0085b", "/a/\xffb", "/\xc3/b"} {
 		if err := CheckPath(p); !errors.Is(err, ErrInvalidPath) {
 			t.Errorf("CheckPath(%q) = %v", p, err)
+		}
+	}
+	if err := CheckPath("/é/ü"); err != nil {
+		t.Errorf("CheckPath(non-ASCII UTF-8): %v", err)
+	}
+}
+
+func TestCheckIdentity(t *testing.T) {
+	for _, id := range []string{"fred", "mapper-0a1b", "agent.é", strings.Repeat("x", 255)} {
+		if err := CheckIdentity(id); err != nil {
+			t.Errorf("CheckIdentity(%q): %v", id, err)
+		}
+	}
+	for _, id := range []string{"", "a b", "a/b", "a\tb", "a\x00b", "a\x1b[2Jb", "a\x7fb", "a\u2028b", "a\xffb", strings.Repeat("x", 256)} {
+		err := CheckIdentity(id)
+		if !errors.Is(err, ErrInvalidIdentity) {
+			t.Errorf("CheckIdentity(%q) = %v", id, err)
+			continue
+		}
+		if strings.ContainsFunc(err.Error(), func(r rune) bool { return r < ' ' || r == 0x7f || r == utf8.RuneError }) {
+			t.Errorf("CheckIdentity(%q) = %q: echoes raw bytes", id, err)
 		}
 	}
 }
