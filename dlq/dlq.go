@@ -13,7 +13,12 @@
 // Each operation visits the letters that were in the queue when it began,
 // each at most once: it appends a marker message (type warren.dlq-end) to
 // the queue and stops when the marker comes back, so a replayed letter that
-// dies again, or a new dead letter, waits for the next operation. An
+// dies again, or a new dead letter, waits for the next operation. One
+// that has what it wants before the marker (Show found its letter, List
+// has max) still reads on to the marker, holding what comes before it, so
+// that the marker leaves the queue with it; only an operation that cannot
+// reach it (Hold, a lost connection, a crash) leaves its marker, which the
+// next operations pass over and drop once its deadline is past. An
 // operation holds the letters it reads, or leaves in place, unacknowledged
 // (Hold bounds how many, 1000 by default); letters it replays or purges are
 // settled as it goes. One that would need to hold more stops and returns an
@@ -44,11 +49,11 @@ type Letter struct {
 	From      string // the sender's identity
 	Agent     string // the agent that dead-lettered it, if one did
 	Type      string
-	Exchange  string // where it was first published
-	Key       string // with this routing key
-	Queue     string // the queue it died in (broker dead letters)
-	Count     int64  // how often it died there (broker dead letters)
-	Time      time.Time
+	Exchange  string    // where it was first published
+	Key       string    // with this routing key
+	Queue     string    // the queue it died in (broker dead letters)
+	Count     int64     // how often it died there (broker dead letters)
+	Time      time.Time // when it died (x-death), else when it was published; zero when neither is known
 	Body      []byte
 	msg       transport.Message
 }
@@ -170,7 +175,7 @@ type action int
 const (
 	settled action = iota // acknowledged: it left the queue
 	held                  // left unsettled; visit gives it back at the end
-	done                  // held, and nothing more is wanted: visit stops
+	done                  // held, and nothing more is wanted: visit reads on only to take its marker
 )
 
 // visit calls f, in queue order, for each dead letter that was in the queue
@@ -210,10 +215,19 @@ func visit(ctx context.Context, tr transport.Transport, c config, settling bool,
 	}
 	t := time.NewTimer(quiet)
 	defer t.Stop()
+	// finished: f wants nothing more. visit still reads on to its marker,
+	// holding what comes before it, to take the marker out of the queue
+	// (else it would stay there, and be moved along by later operations,
+	// until its deadline); it gives up, leaving the marker, when that
+	// would hold more than Hold letters or the queue goes quiet.
+	finished := false
 	for {
 		select {
 		case d, ok := <-ch:
 			if !ok {
+				if finished {
+					return seen, nil
+				}
 				if ctx.Err() != nil {
 					return seen, fmt.Errorf("dlq: %s after %d dead letter(s): %w", c.queue, seen, ctx.Err())
 				}
@@ -240,6 +254,13 @@ func visit(ctx context.Context, tr transport.Transport, c config, settling bool,
 				_ = d.Ack()
 				continue
 			}
+			if finished {
+				hold = append(hold, d)
+				if len(hold) > c.hold {
+					return seen, nil
+				}
+				continue
+			}
 			if len(hold) >= c.hold && !settling {
 				hold = append(hold, d)
 				return seen, fmt.Errorf("%w: %s: stopped after %d dead letter(s), as many as it may hold", ErrIncomplete, c.queue, seen)
@@ -249,15 +270,25 @@ func visit(ctx context.Context, tr transport.Transport, c config, settling bool,
 			if a != settled {
 				hold = append(hold, d)
 			}
-			if err != nil || a == done {
+			if err != nil {
 				return seen, err
+			}
+			if a == done {
+				finished = true
+				continue
 			}
 			if len(hold) > c.hold {
 				return seen, fmt.Errorf("%w: %s: stopped after %d dead letter(s): it may leave at most %d in place", ErrIncomplete, c.queue, seen, c.hold)
 			}
 		case <-t.C:
+			if finished {
+				return seen, nil
+			}
 			return seen, fmt.Errorf("%w: %s: nothing more came for %v after %d dead letter(s), and not the end marker: another consumer holds or took letters", ErrIncomplete, c.queue, quiet, seen)
 		case <-ctx.Done():
+			if finished {
+				return seen, nil
+			}
 			return seen, fmt.Errorf("dlq: %s after %d dead letter(s): %w", c.queue, seen, ctx.Err())
 		}
 	}

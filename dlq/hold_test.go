@@ -178,3 +178,63 @@ func TestHoldLimit(t *testing.T) {
 		}
 	})
 }
+
+// queued returns the messages in queue, in order, leaving them there: it
+// publishes a sentinel and reads up to it.
+func queued(t *testing.T, tr transport.Transport, queue string) []transport.Message {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	ch, err := tr.Consume(ctx, queue, transport.ConsumeOptions{Prefetch: 100})
+	must(t, err)
+	defer func() {
+		cancel()
+		for range ch {
+		}
+	}()
+	sentinel := "sentinel-" + fabrictest.Actor()
+	must(t, tr.Publish(ctx, transport.DefaultExchange, queue, transport.Message{MessageID: sentinel}, transport.PublishOptions{Confirm: true}))
+	var out []transport.Message
+	for d := range ch {
+		if d.MessageID == sentinel {
+			_ = d.Ack()
+			return out
+		}
+		out = append(out, d.Message)
+	}
+	t.Fatalf("%s: the sentinel did not come back", queue)
+	return nil
+}
+
+// TestStopsEarlyTakeTheirMarker: Show finding its letter first and List
+// reaching max leave nothing of theirs in the queue (their end marker used
+// to stay there until its deadline).
+func TestStopsEarlyTakeTheirMarker(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		tr := connect(t)
+		actor := fabrictest.Actor()
+		dead := actor + ".dead"
+		deadQueue(t, tr, dead)
+		for _, id := range []string{"a", "b", "c"} {
+			letter(t, tr, dead, actor+"-"+id, "/x/y", wire.RequestExchange, actor)
+		}
+		l, err := dlq.Show(t.Context(), tr, actor+"-a", dlq.Queue(dead))
+		must(t, err)
+		if l.MessageID != actor+"-a" {
+			t.Fatalf("show: %+v", l)
+		}
+		ls, err := dlq.List(t.Context(), tr, 1, nil, dlq.Queue(dead))
+		must(t, err)
+		if got := ids(ls); !slices.Equal(got, []string{actor + "-a"}) {
+			t.Fatalf("list max 1: %v", got)
+		}
+		var left []string
+		for _, m := range queued(t, tr, dead) {
+			left = append(left, m.Type+":"+m.MessageID)
+		}
+		want := []string{wire.TypePush + ":" + actor + "-a", wire.TypePush + ":" + actor + "-b", wire.TypePush + ":" + actor + "-c"}
+		if !slices.Equal(left, want) {
+			t.Fatalf("queue holds %v, want %v", left, want)
+		}
+	})
+}
