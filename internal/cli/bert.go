@@ -272,7 +272,7 @@ func (bertAdminCmd) Run(g *Globals, parent *bertCmd, kctx *kong.Context) error {
 	if b, ok := res.([]byte); ok {
 		text = string(b)
 	}
-	_, err = fmt.Fprintln(g.Out(), strings.TrimRight(text, "\n"))
+	_, err = fmt.Fprintln(g.Out(), escapeLines(strings.TrimRight(text, "\n")))
 	return err
 }
 

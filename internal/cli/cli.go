@@ -87,7 +87,7 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return code
 	}
 	if err != nil {
-		fmt.Fprintf(errOut, "warren: %v\n", err)
+		fmt.Fprintf(errOut, "warren: %s\n", escapeLines(err.Error()))
 		return 2
 	}
 	for _, p := range kctx.Path {
@@ -97,7 +97,9 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 	}
 	if err := kctx.Run(&r.Globals); err != nil {
 		msg := strings.TrimPrefix(err.Error(), "warren: ")
-		fmt.Fprintf(errOut, "warren: %s\n", msg)
+		// Errors may quote remote strings (an agent's error message, a
+		// dead letter's id): escaped, as all remote data printed.
+		fmt.Fprintf(errOut, "warren: %s\n", escapeLines(msg))
 		var ue usageError
 		if errors.As(err, &ue) {
 			return 2

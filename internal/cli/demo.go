@@ -161,7 +161,7 @@ func (c *demoCmd) Run(g *Globals) error {
 	flush := func() {
 		evMu.Lock()
 		for _, l := range evs {
-			fmt.Fprintln(out, l)
+			fmt.Fprintln(out, escape(l))
 		}
 		evs = evs[:0]
 		evMu.Unlock()
@@ -200,7 +200,7 @@ func (c *demoCmd) Run(g *Globals) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "   loads fred=%.2f bob=%.2f → /simple/echo \"hello nanite\" answered by %s\n", round.fred, round.bob, who)
+		fmt.Fprintf(out, "   loads fred=%.2f bob=%.2f → /simple/echo \"hello nanite\" answered by %s\n", round.fred, round.bob, escape(who))
 	}
 
 	fmt.Fprintln(out, "\n3. Selector all: one request, a result per agent.")
@@ -222,7 +222,7 @@ func (c *demoCmd) Run(g *Globals) error {
 		}
 		order = append(order, who)
 	}
-	fmt.Fprintf(out, "   %s\n", strings.Join(order, " → "))
+	fmt.Fprintf(out, "   %s\n", escape(strings.Join(order, " → ")))
 
 	fmt.Fprintln(out, "\n5. fred crashes: its connection drops without unregistering. Requests are still served.")
 	fred.setLoad(0.05) // least_loaded would still prefer fred while the registry lists it
@@ -237,7 +237,7 @@ func (c *demoCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "   /simple/echo answered by %s after %v (sent to fred, re-sent to bob when fred expired)\n", who, time.Since(t0).Round(time.Millisecond))
+	fmt.Fprintf(out, "   /simple/echo answered by %s after %v (sent to fred, re-sent to bob when fred expired)\n", escape(who), time.Since(t0).Round(time.Millisecond))
 	if err := waitGone(ctx, m, "fred"); err != nil {
 		return err
 	}
@@ -251,7 +251,7 @@ func (c *demoCmd) Run(g *Globals) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "   /simple/echo answered by %s\n", who)
+		fmt.Fprintf(out, "   /simple/echo answered by %s\n", escape(who))
 	}
 
 	fmt.Fprintln(out, "\n6. fred returns with the same identity and rejoins.")
@@ -272,7 +272,7 @@ func (c *demoCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "   least_loaded → answered by %s\n", who)
+	fmt.Fprintf(out, "   least_loaded → answered by %s\n", escape(who))
 	if err := c.fanOut(ctx, out, m); err != nil {
 		return err
 	}
@@ -314,7 +314,7 @@ func (c *demoCmd) fanOut(ctx context.Context, out io.Writer, m *mapper.Mapper) e
 		res[id] = replyJSON(r)
 	}
 	b, _ := json.Marshal(res)
-	fmt.Fprintf(out, "   /simple/echo \"hello nanite\" with selector all → %s\n", b)
+	fmt.Fprintf(out, "   /simple/echo \"hello nanite\" with selector all → %s\n", escapeJSON(b))
 	return nil
 }
 
@@ -337,7 +337,7 @@ func tally(out io.Writer, n int, f func() (string, error)) error {
 	}) {
 		parts = append(parts, fmt.Sprintf("%s×%d", id, count[id]))
 	}
-	fmt.Fprintf(out, "   %s\n", strings.Join(parts, " "))
+	fmt.Fprintf(out, "   %s\n", escape(strings.Join(parts, " ")))
 	return nil
 }
 

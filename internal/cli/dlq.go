@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
@@ -48,14 +49,46 @@ type dlqFilter struct {
 	Reason string   `name:"reason" help:"Only dead letters with this reason (bad_request, expired, rejected, delivery_limit, ...)."`
 }
 
-func (f dlqFilter) match() (func(dlq.Letter) bool, error) {
+// match returns the filter, and a function that says which of the message
+// ids named were not matched once the command has run.
+func (f dlqFilter) match() (func(dlq.Letter) bool, func() error, error) {
 	if len(f.IDs) == 0 && !f.All {
-		return nil, usageError{errors.New("name message ids, or pass --all (with --path/--reason to narrow it)")}
+		return nil, nil, usageError{errors.New("name message ids, or pass --all (with --path/--reason to narrow it)")}
 	}
-	return func(l dlq.Letter) bool {
-		return (len(f.IDs) == 0 || slices.Contains(f.IDs, l.MessageID)) &&
+	found := map[string]bool{}
+	match := func(l dlq.Letter) bool {
+		ok := (len(f.IDs) == 0 || slices.Contains(f.IDs, l.MessageID)) &&
 			(f.Path == "" || l.Path == f.Path) && (f.Reason == "" || l.Reason == f.Reason)
-	}, nil
+		if ok {
+			found[l.MessageID] = true
+		}
+		return ok
+	}
+	missing := func() error {
+		var errs []error
+		for _, id := range f.IDs {
+			if !found[id] {
+				errs = append(errs, fmt.Errorf("%w %q%s", dlq.ErrNotFound, id, f.narrowed()))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	return match, missing, nil
+}
+
+// narrowed says what --path and --reason added to a message id.
+func (f dlqFilter) narrowed() string {
+	var s []string
+	if f.Path != "" {
+		s = append(s, "--path "+f.Path)
+	}
+	if f.Reason != "" {
+		s = append(s, "--reason "+f.Reason)
+	}
+	if len(s) == 0 {
+		return ""
+	}
+	return " that matches " + strings.Join(s, " and ")
 }
 
 // dlqTimeout bounds a dlq command, so that a broker lost mid-command (the
@@ -82,27 +115,42 @@ type dlqListCmd struct {
 	JSON   bool   `name:"json" help:"Print JSON."`
 }
 
+// letterJSON is a dead letter as --json prints it. Time is null when the
+// letter says neither when it died nor when it was published (a letter
+// from a publisher that set no timestamp, dead-lettered by an agent).
 type letterJSON struct {
-	MessageID string    `json:"message_id"`
-	Reason    string    `json:"reason"`
-	Error     string    `json:"error,omitempty"`
-	Path      string    `json:"path,omitempty"`
-	From      string    `json:"from,omitempty"`
-	Agent     string    `json:"agent,omitempty"`
-	Exchange  string    `json:"exchange"`
-	Key       string    `json:"routing_key"`
-	Queue     string    `json:"queue,omitempty"`
-	Count     int64     `json:"count,omitempty"`
-	Time      time.Time `json:"time"`
-	Body      string    `json:"body,omitempty"`
+	MessageID string     `json:"message_id"`
+	Reason    string     `json:"reason"`
+	Error     string     `json:"error,omitempty"`
+	Path      string     `json:"path,omitempty"`
+	From      string     `json:"from,omitempty"`
+	Agent     string     `json:"agent,omitempty"`
+	Exchange  string     `json:"exchange"`
+	Key       string     `json:"routing_key"`
+	Queue     string     `json:"queue,omitempty"`
+	Count     int64      `json:"count,omitempty"`
+	Time      *time.Time `json:"time"`
+	Body      string     `json:"body,omitempty"`
 }
 
 func toJSON(l dlq.Letter, body bool) letterJSON {
-	j := letterJSON{l.MessageID, l.Reason, l.Error, l.Path, l.From, l.Agent, l.Exchange, l.Key, l.Queue, l.Count, l.Time, ""}
+	j := letterJSON{l.MessageID, l.Reason, l.Error, l.Path, l.From, l.Agent, l.Exchange, l.Key, l.Queue, l.Count, nil, ""}
+	if !l.Time.IsZero() {
+		t := l.Time
+		j.Time = &t
+	}
 	if body {
 		j.Body = string(l.Body)
 	}
 	return j
+}
+
+// letterTime is a letter's time as text.
+func letterTime(t time.Time) string {
+	if t.IsZero() {
+		return "unknown"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 func (c *dlqListCmd) Run(g *Globals) error {
@@ -132,10 +180,12 @@ func (c *dlqListCmd) Run(g *Globals) error {
 			}
 			return incomplete(err)
 		}
-		fmt.Fprintf(g.Out(), "%-34s %-18s %-24s %-20s %s\n", "MESSAGE ID", "REASON", "PATH", "FROM", "ERROR")
+		// Every field is remote data: anyone who may publish to warren.dlx
+		// wrote it.
+		fmt.Fprintf(g.Out(), "%-34s %-18s %-24s %-20s %-20s %s\n", "MESSAGE ID", "REASON", "PATH", "FROM", "TIME", "ERROR")
 		for _, l := range ls {
 			errLine, _, _ := strings.Cut(l.Error, "\n")
-			fmt.Fprintf(g.Out(), "%-34s %-18s %-24s %-20s %s\n", l.MessageID, l.Reason, l.Path, l.From, errLine)
+			fmt.Fprintf(g.Out(), "%-34s %-18s %-24s %-20s %-20s %s\n", escape(l.MessageID), escape(l.Reason), escape(l.Path), escape(l.From), letterTime(l.Time), escape(errLine))
 		}
 		fmt.Fprintf(g.Out(), "%d dead letter(s)\n", len(ls))
 		return incomplete(err)
@@ -145,7 +195,8 @@ func (c *dlqListCmd) Run(g *Globals) error {
 type dlqShowCmd struct {
 	brokerFlags
 	dlqHold
-	ID string `arg:"" name:"message-id" help:"The dead letter's message id."`
+	ID   string `arg:"" name:"message-id" help:"The dead letter's message id."`
+	JSON bool   `name:"json" help:"Print JSON (the fields of dlq list --json, and the body)."`
 }
 
 func (c *dlqShowCmd) Run(g *Globals) error {
@@ -158,8 +209,39 @@ func (c *dlqShowCmd) Run(g *Globals) error {
 		if err != nil {
 			return incomplete(err)
 		}
-		return printJSON(g.Out(), toJSON(l, true))
+		if c.JSON {
+			return printJSON(g.Out(), toJSON(l, true))
+		}
+		return printLetter(g.Out(), l)
 	})
+}
+
+// printLetter prints one dead letter as text, one field a line, the body
+// last. Every field is escaped; the body keeps its newlines.
+func printLetter(w io.Writer, l dlq.Letter) error {
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(w, "%-12s %s\n", k+":", escape(v))
+		}
+	}
+	row("message id", l.MessageID)
+	row("reason", l.Reason)
+	row("path", l.Path)
+	row("from", l.From)
+	row("agent", l.Agent)
+	row("type", l.Type)
+	row("exchange", l.Exchange)
+	row("routing key", l.Key)
+	row("queue", l.Queue)
+	if l.Count > 0 {
+		row("count", fmt.Sprint(l.Count))
+	}
+	row("time", letterTime(l.Time))
+	if l.Error != "" {
+		fmt.Fprintf(w, "error:\n%s\n", escapeLines(strings.TrimRight(l.Error, "\n")))
+	}
+	_, err := fmt.Fprintf(w, "body (%d bytes):\n%s\n", len(l.Body), escapeLines(string(l.Body)))
+	return err
 }
 
 type dlqReplayCmd struct {
@@ -168,7 +250,7 @@ type dlqReplayCmd struct {
 }
 
 func (c *dlqReplayCmd) Run(g *Globals) error {
-	match, err := c.match()
+	match, missing, err := c.match()
 	if err != nil {
 		return err
 	}
@@ -179,7 +261,11 @@ func (c *dlqReplayCmd) Run(g *Globals) error {
 	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
 		n, err := dlq.Replay(ctx, tr, match, opts...)
 		fmt.Fprintf(g.Out(), "replayed %d dead letter(s)\n", n)
-		return incomplete(err)
+		if err != nil {
+			return incomplete(err)
+		}
+		// Named ids that were not there: the work asked for was not done.
+		return missing()
 	})
 }
 
@@ -189,7 +275,7 @@ type dlqPurgeCmd struct {
 }
 
 func (c *dlqPurgeCmd) Run(g *Globals) error {
-	match, err := c.match()
+	match, missing, err := c.match()
 	if err != nil {
 		return err
 	}
@@ -200,6 +286,10 @@ func (c *dlqPurgeCmd) Run(g *Globals) error {
 	return withBroker(g, c.brokerFlags, func(ctx context.Context, tr transport.Transport) error {
 		n, err := dlq.Purge(ctx, tr, match, opts...)
 		fmt.Fprintf(g.Out(), "purged %d dead letter(s)\n", n)
-		return incomplete(err)
+		if err != nil {
+			return incomplete(err)
+		}
+		// Named ids that were not there: the work asked for was not done.
+		return missing()
 	})
 }

@@ -153,7 +153,7 @@ func printJSON(w io.Writer, v any) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "%s\n", b)
+	_, err = fmt.Fprintf(w, "%s\n", escapeJSON(b))
 	return err
 }
 
@@ -238,14 +238,23 @@ func printAgents(w io.Writer, as []mapper.AgentInfo, asJSON bool) error {
 		}
 		rows := []row{}
 		for _, a := range as {
-			rows = append(rows, row{a.Identity, a.Services, a.Status, a.Tags, a.LastSeen})
+			// Lists are [] when empty, never null.
+			r := row{a.Identity, a.Services, a.Status, a.Tags, a.LastSeen}
+			if r.Services == nil {
+				r.Services = []string{}
+			}
+			if r.Tags == nil {
+				r.Tags = []string{}
+			}
+			rows = append(rows, r)
 		}
 		return printJSON(w, rows)
 	}
 	fmt.Fprintf(w, "%-34s %-8s %-26s %-12s %s\n", "IDENTITY", "STATUS", "LAST HEARTBEAT", "TAGS", "SERVICES")
 	for _, a := range as {
 		st, _ := json.Marshal(a.Status)
-		fmt.Fprintf(w, "%-34s %-8s %-26s %-12s %v\n", a.Identity, st, a.LastSeen.Format(time.RFC3339Nano), fmt.Sprint(a.Tags), a.Services)
+		fmt.Fprintf(w, "%-34s %-8s %-26s %-12s %s\n", escape(a.Identity), escapeJSON(st), a.LastSeen.Format(time.RFC3339Nano),
+			escape(fmt.Sprint(a.Tags)), escape(fmt.Sprint(a.Services)))
 	}
 	fmt.Fprintf(w, "%d live agent(s)\n", len(as))
 	return nil
