@@ -55,6 +55,7 @@ func (g *Globals) Logger() *slog.Logger {
 type root struct {
 	Globals
 	commands
+	Version kong.VersionFlag `name:"version" help:"Print Warren's version, commit and commit time, and exit."`
 }
 
 // usageError marks errors that are the user's: exit code 2.
@@ -77,6 +78,7 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 		kong.Exit(func(c int) { exited, code = true, c }),
 		kong.Bind(&r.Globals),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+		kong.Vars{"version": versionLine()},
 	)
 	if err != nil {
 		fmt.Fprintf(errOut, "warren: %v\n", err)
