@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,4 +149,59 @@ func TestDisruptiveBlockedAcrossReconnect(t *testing.T) {
 		t.Fatal("publish still blocked 20s after the alarm cleared")
 	}
 	t.Logf("stats %+v", tr.Stats())
+}
+
+// TestDisruptiveBlockedReported: while a memory alarm blocks publishing, a
+// publish whose ctx ends says that the broker blocks publishes and why
+// (RabbitMQ's connection.blocked reason), Transport.Blocked says so too, and
+// Close of the blocked transport does not wait for a connection.close the
+// broker will not read (it took 5s).
+func TestDisruptiveBlockedReported(t *testing.T) {
+	testenv.RequireDisruptive(t)
+	tr := dial(t, amqp.Config{})
+	q := tempQueue(t, dial(t, amqp.Config{}), transport.Queue{})
+	if err := tr.Blocked(); err != nil {
+		t.Fatalf("Blocked() = %v before the alarm", err)
+	}
+
+	testenv.Rabbitmqctl(t, "set_vm_memory_high_watermark", "absolute", "1")
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			testenv.Rabbitmqctl(t, "set_vm_memory_high_watermark", "0.4")
+		}
+	}
+	t.Cleanup(restore)
+
+	var perr error
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		defer cancel()
+		perr = tr.Publish(ctx, "", q, transport.Message{Body: []byte("probe")}, transport.PublishOptions{Confirm: true})
+		var be *amqp.BlockedError
+		if errors.As(perr, &be) {
+			return nil
+		}
+		return fmt.Errorf("publish not reported blocked yet: %v", perr)
+	})
+	t.Logf("publish: %v", perr)
+	if !errors.Is(perr, context.DeadlineExceeded) {
+		t.Errorf("publish err = %v, want one wrapping context.DeadlineExceeded", perr)
+	}
+	if msg := perr.Error(); !strings.Contains(msg, "the broker is blocking publishes (low on memory): a memory alarm is raised") {
+		t.Errorf("publish err = %q, want the reason", msg)
+	}
+	if err := tr.Blocked(); err == nil || !strings.Contains(err.Error(), "memory alarm") {
+		t.Errorf("Blocked() = %v, want the memory alarm", err)
+	}
+
+	start := time.Now()
+	tr.Close()
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Close of a blocked transport took %v", d)
+	} else {
+		t.Logf("Close of a blocked transport took %v", d)
+	}
+	restore()
 }

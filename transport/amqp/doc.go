@@ -16,6 +16,10 @@
 // connection stalls; consumers keep draining queues. Declarations go on
 // the consuming connection, so an exclusive queue belongs to the connection
 // that consumes it (RabbitMQ refuses to let any other connection use it).
+// While the broker blocks publishing, publishes wait (honouring ctx); one
+// whose ctx ends then fails with a [*BlockedError] that gives the broker's
+// reason ("low on memory", "low on disk") wrapped with ctx's error, and
+// [Transport.Blocked] reports the block.
 //
 // Confirmed publishes are spread over a few channels in confirm mode. Each
 // has a dispatcher goroutine that receives publisher confirms and
@@ -117,9 +121,16 @@
 // still in flight with [transport.ErrClosed], closes both connections
 // (which deletes the exclusive queues) and waits for all of the
 // transport's goroutines.
+// A connection the broker blocks is cut without the connection.close
+// handshake, which the broker would not read.
 // It is idempotent. Afterwards every method returns [transport.ErrClosed].
 //
 // # Context
+//
+// A dial whose ctx ends during the TCP connection or the AMQP handshake
+// fails with a [*DialError] that wraps ctx's error and says so ("gave up
+// during the AMQP handshake"), not with what amqp091 guesses from the
+// socket closing under it ("username or password not allowed").
 //
 // Every method honours ctx while it waits: for a confirm, for room in the
 // confirm window, for the broker to unblock publishing, for a declaration's

@@ -1,12 +1,15 @@
 package amqp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
@@ -77,6 +80,10 @@ func (e *DialError) Unwrap() error { return e.Err }
 // shortReason reduces dial errors to what a person needs: "connection
 // refused" rather than "dial tcp 127.0.0.1:5672: connect: connection refused".
 func shortReason(err error) string {
+	var cut *cutShortError
+	if errors.As(err, &cut) {
+		return cut.Error()
+	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		return errno.Error()
@@ -121,3 +128,71 @@ func RedactURL(raw string) string {
 	}
 	return raw[:start] + user[:c] + ":xxxxx" + raw[start+at:]
 }
+
+// BlockedError is why a publish did not go through while the broker blocked
+// the publishing connection (connection.blocked: a memory or disk alarm).
+// Publish returns it wrapped with the context's error when ctx ends while
+// the publish waits for the broker to unblock, or for the confirm of a
+// publish the broker stopped reading; [Transport.Blocked] returns it while
+// the connection is blocked.
+type BlockedError struct {
+	// Reason is the broker's, as sent in connection.blocked: RabbitMQ says
+	// "low on memory" or "low on disk".
+	Reason string
+}
+
+func (e *BlockedError) Error() string {
+	msg := "the broker is blocking publishes"
+	if e.Reason != "" {
+		msg += " (" + e.Reason + ")"
+	}
+	switch r := strings.ToLower(e.Reason); {
+	case strings.Contains(r, "memory") && strings.Contains(r, "disk"):
+		msg += ": a memory and a disk alarm are raised"
+	case strings.Contains(r, "memory"):
+		msg += ": a memory alarm is raised"
+	case strings.Contains(r, "disk"):
+		msg += ": a disk alarm is raised"
+	default:
+		msg += ": a resource alarm is raised"
+	}
+	return msg + "; nothing can be published until it clears (rabbitmqctl status shows the alarms)"
+}
+
+// dialCut is the error of a dial that failed: when ctx ended first, it is
+// ctx's error and where the dial was cut short, instead of what amqp091
+// made of its socket closing under it (during the handshake it guesses
+// "username or password not allowed" or "no access to this vhost").
+// connected says whether the TCP connection was made.
+func dialCut(ctx context.Context, connected bool, err error) error {
+	ctxErr := ctx.Err()
+	if ctxErr == nil {
+		// The socket's deadline, which is ctx's, can fire a moment
+		// before ctx's own timer does.
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) && errors.Is(err, os.ErrDeadlineExceeded) {
+			ctxErr = context.DeadlineExceeded
+		}
+	}
+	if ctxErr == nil {
+		return err
+	}
+	var ae *amqp091.Error
+	if errors.As(err, &ae) && ae.Server {
+		// The broker's own answer stands.
+		return err
+	}
+	stage := "the TCP connection"
+	if connected {
+		stage = "the AMQP handshake"
+	}
+	return &cutShortError{stage: stage, err: ctxErr}
+}
+
+// cutShortError is a dial that ctx ended during stage.
+type cutShortError struct {
+	stage string
+	err   error // ctx's error
+}
+
+func (e *cutShortError) Error() string { return "gave up during " + e.stage + ": " + e.err.Error() }
+func (e *cutShortError) Unwrap() error { return e.err }

@@ -76,10 +76,14 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 			return transport.ErrClosed
 		}
 	}
-	var pd *pending
+	var (
+		pd *pending
+		l  *link
+	)
 	for {
 		// While the transport reconnects, wait for it.
-		l, err := t.link(ctx, "publish to exchange", exchange)
+		var err error
+		l, err = t.link(ctx, "publish to exchange", exchange)
 		if err != nil {
 			p.release(confirm)
 			return err
@@ -93,6 +97,9 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 			case <-l.pub.whenUnblocked():
 			case <-ctx.Done():
 				p.release(confirm)
+				if b := l.pub.blocked(); b != nil {
+					return fmt.Errorf("amqp: publish to exchange %q: %w: %w", exchange, b, ctx.Err())
+				}
 				return ctx.Err()
 			case <-t.closing:
 				p.release(confirm)
@@ -130,6 +137,11 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 		return err
 	case <-ctx.Done():
 		// The dispatcher still resolves pd and releases its token.
+		if b := l.pub.blocked(); b != nil {
+			// The broker stopped reading the connection after this
+			// publish, or before it reached the broker.
+			return fmt.Errorf("amqp: publish to exchange %q: %w: %w", exchange, b, ctx.Err())
+		}
 		return ctx.Err()
 	}
 }

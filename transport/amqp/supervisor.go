@@ -28,6 +28,7 @@ type conn struct {
 
 	mu        sync.Mutex
 	unblocked chan struct{} // closed while the broker lets us publish
+	reason    string        // the broker's reason while blocked
 
 	done chan struct{} // closed when watch returns
 }
@@ -91,10 +92,10 @@ func dialConn(ctx context.Context, url, role string, cfg Config, log *slog.Logge
 		err = ctx.Err()
 	}
 	if err != nil {
-		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
-			err = fmt.Errorf("%w: %w", ctx.Err(), err)
-		}
-		return nil, err
+		netMu.Lock()
+		connected := netConn != nil
+		netMu.Unlock()
+		return nil, dialCut(ctx, connected, err)
 	}
 
 	netMu.Lock()
@@ -163,12 +164,27 @@ func (cn *conn) setBlocked(b amqp091.Blocking) {
 		if b.Active {
 			cn.log.Warn("broker blocked publishing", "reason", b.Reason)
 			cn.unblocked = make(chan struct{})
+			cn.reason = b.Reason
 		}
 	default:
 		if !b.Active {
 			cn.log.Info("broker unblocked publishing")
 			close(cn.unblocked)
+			cn.reason = ""
 		}
+	}
+}
+
+// blocked returns a *BlockedError while the broker blocks publishing on
+// the connection, nil otherwise.
+func (cn *conn) blocked() *BlockedError {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	select {
+	case <-cn.unblocked:
+		return nil
+	default:
+		return &BlockedError{Reason: cn.reason}
 	}
 }
 
@@ -194,6 +210,15 @@ const (
 // the connection (resource alarm) has stopped reading from it, and
 // amqp091's own deadline is pushed back by its heartbeater.
 func (cn *conn) close(timeout time.Duration) {
+	if !cn.c.IsClosed() && cn.blocked() != nil {
+		// The broker that blocked the connection stops reading from it
+		// at its next publish: a connection.close would wait out timeout
+		// unanswered, and what the broker has not read yet would be lost
+		// all the same. Nothing is published after the block (publishes
+		// wait for the unblock): cut the socket at once.
+		cn.log.Debug("closing a blocked connection: cutting the socket")
+		_ = cn.netConn.Close()
+	}
 	if !cn.c.IsClosed() {
 		cut := time.AfterFunc(timeout, func() { _ = cn.netConn.Close() })
 		err := cn.c.CloseDeadline(time.Now().Add(timeout))
@@ -315,6 +340,24 @@ func (t *Transport) Stats() Stats {
 		Attempts:   t.stats.attempts.Load(),
 		Reconnects: t.stats.reconnects.Load(),
 	}
+}
+
+// Blocked returns a *BlockedError, with the broker's reason, while the
+// broker blocks the transport's publishing connection (connection.blocked:
+// a memory or disk alarm), and nil otherwise (also while reconnecting and
+// after Close). Publishes wait while it is blocked; consumers are not
+// blocked.
+func (t *Transport) Blocked() error {
+	t.mu.Lock()
+	l := t.cur
+	t.mu.Unlock()
+	if l == nil || t.closed.Load() {
+		return nil
+	}
+	if b := l.pub.blocked(); b != nil {
+		return b
+	}
+	return nil
 }
 
 // Reconnects returns how many times the transport has reconnected to the
