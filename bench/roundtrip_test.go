@@ -15,6 +15,7 @@ import (
 
 	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/fabrictest"
+	"github.com/warrenrpc/warren/internal/rawrpc"
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
@@ -57,15 +58,18 @@ var fixtures = []struct {
 			return amqp.Dial(ctx, url, amqp.Config{}, amqp.WithLogger(testenv.Logger(tb)))
 		})
 	}},
-	// The baseline: publishes mandatory and waits for the publisher
-	// confirm, as mapper.Request does.
+	// A baseline: publishes mandatory and waits for the publisher
+	// confirm, as mapper.Request once did.
 	{"raw-amqp091", func(tb testing.TB, inflight int) roundTrip {
-		return rawRoundTrip(tb, startRaw(tb, testenv.AMQPURL(tb), inflight, true))
+		return rawRoundTrip(tb, startRaw(tb, testenv.AMQPURL(tb), inflight, rawrpc.DirectReplyTo, true))
 	}},
-	// For reference: the same without confirm or mandatory, the usual
-	// direct reply-to RPC client. It shows what the confirm costs.
+	// The usual direct reply-to RPC client: no confirm, no mandatory.
 	{"raw-amqp091-noconfirm", func(tb testing.TB, inflight int) roundTrip {
-		return rawRoundTrip(tb, startRaw(tb, testenv.AMQPURL(tb), inflight, false))
+		return rawRoundTrip(tb, startRaw(tb, testenv.AMQPURL(tb), inflight, rawrpc.DirectReplyTo, false))
+	}},
+	// The other hand-written shape: an exclusive reply queue, no confirm.
+	{"raw-amqp091-exclusive", func(tb testing.TB, inflight int) roundTrip {
+		return rawRoundTrip(tb, startRaw(tb, testenv.AMQPURL(tb), inflight, rawrpc.ExclusiveQueue, false))
 	}},
 }
 
@@ -203,9 +207,9 @@ func startWarren(tb testing.TB, connect func() (transport.Transport, error)) rou
 	return rt
 }
 
-func rawRoundTrip(tb testing.TB, c *rawClient) roundTrip {
+func rawRoundTrip(tb testing.TB, c *rawrpc.Pair) roundTrip {
 	rt := func(ctx context.Context) error {
-		body, err := c.call(ctx, wantBody)
+		body, err := c.Call(ctx, wantBody)
 		if err != nil {
 			return err
 		}
