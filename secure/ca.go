@@ -158,7 +158,7 @@ func (ca *CA) WriteFiles(certFile, keyFile string) error {
 // WriteIdentity writes an identity's certificate (mode 0644) and private
 // key (PKCS #8, mode 0600) as PEM files, for LoadIdentity.
 func WriteIdentity(id *Identity, certFile, keyFile string) error {
-	return writePair(id.cert, id.key.signer, certFile, keyFile)
+	return writePair(id.cert, id.key.signer(), certFile, keyFile)
 }
 
 func writePair(cert *x509.Certificate, key crypto.Signer, certFile, keyFile string) error {

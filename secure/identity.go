@@ -88,28 +88,52 @@ func Fingerprint(cert *x509.Certificate) string {
 }
 
 // PrivateKey holds a private key so that it is never printed: fmt, slog and
-// encoding/json see "[redacted]".
+// encoding/json see "[redacted]". The key bytes are two pointers away, so
+// that even where fmt cannot call its methods (an unexported field of a
+// value being printed, with any verb), it shows addresses, never key bytes.
 type PrivateKey struct {
-	signer crypto.Signer
+	h *keyHolder
+}
+
+// keyHolder holds one of the keys, each behind a pointer (an Ed25519 key
+// is a byte slice, which fmt would print).
+type keyHolder struct {
+	ecdsa *ecdsa.PrivateKey
+	ed    *ed25519.PrivateKey
+}
+
+// signer returns the key, nil for the zero PrivateKey.
+func (k PrivateKey) signer() crypto.Signer {
+	switch {
+	case k.h == nil:
+		return nil
+	case k.h.ed != nil:
+		return *k.h.ed
+	}
+	return k.h.ecdsa
 }
 
 // NewPrivateKey wraps an ECDSA P-256 or Ed25519 private key.
 func NewPrivateKey(k crypto.Signer) (PrivateKey, error) {
 	switch k := k.(type) {
 	case *ecdsa.PrivateKey:
+		if k == nil {
+			return PrivateKey{}, errors.New("secure: nil private key")
+		}
 		if k.Curve != elliptic.P256() {
 			return PrivateKey{}, fmt.Errorf("secure: ECDSA key on %s: want P-256", k.Curve.Params().Name)
 		}
+		return PrivateKey{h: &keyHolder{ecdsa: k}}, nil
 	case ed25519.PrivateKey:
 		if len(k) != ed25519.PrivateKeySize {
 			return PrivateKey{}, errors.New("secure: malformed Ed25519 private key")
 		}
+		return PrivateKey{h: &keyHolder{ed: &k}}, nil
 	case nil:
 		return PrivateKey{}, errors.New("secure: nil private key")
 	default:
 		return PrivateKey{}, fmt.Errorf("secure: %T private key: want ECDSA P-256 or Ed25519", k)
 	}
-	return PrivateKey{signer: k}, nil
 }
 
 const redacted = "[redacted]"
@@ -125,6 +149,20 @@ func (PrivateKey) GoString() string { return "secure.PrivateKey(" + redacted + "
 
 // MarshalText keeps the key out of JSON, YAML and every text encoding.
 func (PrivateKey) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+
+// Format implements fmt.Formatter: every verb prints "[redacted]" (%#v its
+// GoString).
+func (k PrivateKey) Format(f fmt.State, verb rune) { formatAs(f, verb, k.String(), k.GoString()) }
+
+// formatAs writes s, or gs for %#v, as a string whatever the verb, so that
+// no verb (%x, %d, …) walks the fields of a value holding a key.
+func formatAs(f fmt.State, verb rune, s, gs string) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, gs)
+		return
+	}
+	fmt.Fprint(f, s)
+}
 
 // Identity is a certificate and its private key: what a participant signs
 // with and decrypts with. Printing or logging it shows the identity and the
@@ -187,22 +225,24 @@ func (id *Identity) Key() PrivateKey { return id.key }
 // true for ECDSA P-256 keys, false for Ed25519 (sign only).
 func (id *Identity) CanDecrypt() bool { return id.kem != nil }
 
-// String describes the identity without its key.
-func (id *Identity) String() string {
-	if id == nil {
-		return "secure.Identity(nil)"
+// String describes the identity without its key. It and the other
+// printing methods have value receivers, so that an Identity value prints
+// as its pointer does (fmt would otherwise print its fields).
+func (id Identity) String() string {
+	if id.cert == nil {
+		return "secure.Identity(" + id.name + ")"
 	}
 	return fmt.Sprintf("secure.Identity(%s, sha256:%s)", id.name, Fingerprint(id.cert))
 }
 
 // GoString is String, so that %#v does not print the key.
-func (id *Identity) GoString() string { return id.String() }
+func (id Identity) GoString() string { return id.String() }
+
+// Format implements fmt.Formatter: every verb prints String.
+func (id Identity) Format(f fmt.State, verb rune) { formatAs(f, verb, id.String(), id.GoString()) }
 
 // LogValue implements slog.LogValuer: name and fingerprint, never the key.
-func (id *Identity) LogValue() slog.Value {
-	if id == nil {
-		return slog.StringValue("<nil>")
-	}
+func (id Identity) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("name", id.name),
 		slog.String("fingerprint", Fingerprint(id.cert)),
@@ -215,9 +255,9 @@ func (id *Identity) sign(rand interface{ Read([]byte) (int, error) }, msg []byte
 	switch id.alg {
 	case algES256:
 		h := sha256.Sum256(msg)
-		return id.key.signer.Sign(rand, h[:], crypto.SHA256)
+		return id.key.signer().Sign(rand, h[:], crypto.SHA256)
 	case algEdDSA:
-		return id.key.signer.Sign(rand, msg, crypto.Hash(0))
+		return id.key.signer().Sign(rand, msg, crypto.Hash(0))
 	}
 	return nil, fmt.Errorf("secure: unsupported algorithm %q", id.alg)
 }

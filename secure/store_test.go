@@ -3,6 +3,8 @@ package secure
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -40,28 +42,47 @@ func TestIdentityOf(t *testing.T) {
 	}
 }
 
-// TestKeysNeverPrinted: fmt, slog and JSON show no key material.
+// TestKeysNeverPrinted: fmt (every verb, an Identity or a pointer to one,
+// alone or inside another value), slog and JSON show no key material.
 func TestKeysNeverPrinted(t *testing.T) {
 	p := testPKI(t)
-	id := p.ids["fred"]
-	der, err := x509.MarshalPKCS8PrivateKey(id.key.signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	log := slog.New(slog.NewJSONHandler(&buf, nil))
-	log.Info("x", "id", id, "key", id.Key(), "cfg", fmt.Sprintf("%+v %#v %v", id, id, id.Key()))
-	j, _ := json.Marshal(struct{ K PrivateKey }{id.Key()})
-	buf.Write(j)
-	fmt.Fprintf(&buf, "%v %+v %#v %s", id, id, id, id.Key())
-	out := buf.String()
-	for _, secret := range []string{fmt.Sprintf("%x", der), string(der[len(der)-32:])} {
-		if strings.Contains(out, secret) {
-			t.Fatal("key material printed")
+	for _, name := range []string{"fred", "ed"} {
+		id := p.ids[name]
+		der, err := x509.MarshalPKCS8PrivateKey(id.key.signer())
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if !strings.Contains(out, "[redacted]") || !strings.Contains(out, "fred") {
-		t.Fatalf("unexpected output %s", out)
+		secrets := []string{fmt.Sprintf("%x", der), string(der[len(der)-32:])}
+		if k, ok := id.key.signer().(*ecdsa.PrivateKey); ok {
+			secrets = append(secrets, k.D.String()[:20], k.D.Text(16)[:20])
+		}
+		if k, ok := id.key.signer().(ed25519.PrivateKey); ok {
+			seed := k.Seed()
+			secrets = append(secrets, fmt.Sprintf("%v", seed[:8])[1:20], fmt.Sprintf("%x", seed[:8]), fmt.Sprintf("%d", seed[:8])[1:20])
+		}
+		var buf bytes.Buffer
+		log := slog.New(slog.NewJSONHandler(&buf, nil))
+		log.Info("x", "id", id, "value", *id, "key", id.Key(), "cfg", fmt.Sprintf("%+v %#v %v", id, id, id.Key()))
+		j, _ := json.Marshal(struct{ K PrivateKey }{id.Key()})
+		buf.Write(j)
+		type holder struct {
+			id  Identity // unexported: fmt cannot call its methods
+			ptr *Identity
+			key PrivateKey
+		}
+		h := holder{*id, id, id.Key()}
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%d", "%x", "%X", "%q"} {
+			fmt.Fprintf(&buf, verb+" "+verb+" "+verb+" "+verb+" "+verb+"\n", id, *id, id.Key(), h, []Identity{*id})
+		}
+		out := buf.String()
+		for _, secret := range secrets {
+			if strings.Contains(out, secret) {
+				t.Fatalf("%s: key material printed: %s", name, out)
+			}
+		}
+		if !strings.Contains(out, "[redacted]") || !strings.Contains(out, name) {
+			t.Fatalf("unexpected output %s", out)
+		}
 	}
 }
 
