@@ -17,6 +17,9 @@ import (
 const maxPEMFile = 1 << 20
 
 func readSmall(path string) ([]byte, error) {
+	if err := checkPath(path); err != nil {
+		return nil, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -30,6 +33,18 @@ func readSmall(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxPEMFile)
 	}
 	return b, nil
+}
+
+// errContentsAsPath is the error for a file name that is file contents.
+var errContentsAsPath = errors.New("a PEM block or several lines given as a file name: pass the path of the file, not its contents (the value is not shown)")
+
+// checkPath refuses a "path" that is a PEM block or several lines (a key
+// given instead of its path), which the errors of os would quote.
+func checkPath(path string) error {
+	if strings.Contains(path, "-----BEGIN") || strings.ContainsAny(path, "\r\n") {
+		return errContentsAsPath
+	}
+	return nil
 }
 
 // ParseCertificates parses every CERTIFICATE block of PEM data.
@@ -163,6 +178,9 @@ func LoadIdentityFromEnv(prefix string) (*Identity, error) {
 func LoadCertificates(paths ...string) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	for _, p := range paths {
+		if err := checkPath(p); err != nil {
+			return nil, fmt.Errorf("secure: %w", err)
+		}
 		st, err := os.Stat(p)
 		if err != nil {
 			return nil, fmt.Errorf("secure: %w", err)

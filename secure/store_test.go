@@ -111,6 +111,20 @@ func TestLoadIdentity(t *testing.T) {
 	if _, err := LoadIdentity(crt, filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("missing key file")
 	}
+	// The key itself where its path belongs: refused without quoting it.
+	pemKey, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][2]string{{crt, string(pemKey)}, {string(pemKey), key}} {
+		_, err := LoadIdentity(c[0], c[1])
+		if err == nil || strings.Contains(err.Error(), strings.Split(string(pemKey), "\n")[1]) {
+			t.Fatalf("key given as a path: %v", err)
+		}
+		if _, err := ConfigFromFiles(crt, key, c[1]); err == nil || strings.Contains(err.Error(), strings.Split(string(pemKey), "\n")[1]) {
+			t.Fatalf("key given as the CA path: %v", err)
+		}
+	}
 	if _, err := LoadIdentity(key, key); err == nil {
 		t.Fatal("key as certificate")
 	}

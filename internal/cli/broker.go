@@ -24,21 +24,46 @@ type brokerFlags struct {
 // secureFlags turn on secure mode: every message signed with this
 // certificate's key and, unless sign-only, encrypted to its recipient.
 type secureFlags struct {
-	Cert     string `name:"cert" env:"WARREN_SECURE_CERT" type:"existingfile" help:"Secure mode: this participant's certificate (PEM); its identity is the agent's or mapper's."`
-	Key      string `name:"key" env:"WARREN_SECURE_KEY_FILE" type:"existingfile" help:"Secure mode: the private key file (PEM). Never the key itself."`
-	CA       string `name:"ca" env:"WARREN_SECURE_CA" type:"existingfile" help:"Secure mode: trust certificates signed by these CAs (PEM)."`
-	Deny     string `name:"deny" env:"WARREN_SECURE_DENY" type:"existingfile" help:"Secure mode: revoked serial numbers or fingerprints, one per line."`
+	Cert     string `name:"cert" env:"WARREN_SECURE_CERT" placeholder:"FILE" help:"Secure mode: this participant's certificate (PEM); its identity is the agent's or mapper's."`
+	Key      string `name:"key" env:"WARREN_SECURE_KEY_FILE" placeholder:"FILE" help:"Secure mode: the private key file (PEM): a path, never the key itself."`
+	CA       string `name:"ca" env:"WARREN_SECURE_CA" placeholder:"FILE" help:"Secure mode: trust certificates signed by these CAs (PEM)."`
+	Deny     string `name:"deny" env:"WARREN_SECURE_DENY" placeholder:"FILE" help:"Secure mode: revoked serial numbers or fingerprints, one per line."`
 	SignOnly bool   `name:"sign-only" help:"Secure mode: sign, do not encrypt."`
+}
+
+// check validates the flags before anything is dialled: secure mode needs
+// all three files, and each must exist. Its errors never show a value that
+// names no file (it may be a key given instead of its path).
+func (f secureFlags) check() error {
+	if f.Cert == "" && f.Key == "" && f.CA == "" && f.Deny == "" {
+		return nil
+	}
+	if f.Cert == "" || f.Key == "" || f.CA == "" {
+		return usageError{errors.New("secure mode needs --secure-cert, --secure-key and --secure-ca")}
+	}
+	for _, c := range []struct{ flag, env, value string }{
+		{"--secure-cert", "WARREN_SECURE_CERT", f.Cert},
+		{"--secure-key", "WARREN_SECURE_KEY_FILE", f.Key},
+		{"--secure-ca", "WARREN_SECURE_CA", f.CA},
+		{"--secure-deny", "WARREN_SECURE_DENY", f.Deny},
+	} {
+		if c.value != "" {
+			if err := tlsflags.CheckFile(c.flag, c.env, c.value); err != nil {
+				return usageError{err}
+			}
+		}
+	}
+	return nil
 }
 
 // wrap returns tr in secure mode when --secure-cert is given, and the
 // identity the certificate names ("" otherwise).
 func (f secureFlags) wrap(g *Globals, tr transport.Transport) (transport.Transport, string, error) {
+	if err := f.check(); err != nil {
+		return nil, "", err
+	}
 	if f.Cert == "" && f.Key == "" && f.CA == "" {
 		return tr, "", nil
-	}
-	if f.Cert == "" || f.Key == "" || f.CA == "" {
-		return nil, "", usageError{errors.New("secure mode needs --secure-cert, --secure-key and --secure-ca")}
 	}
 	cfg, err := secure.ConfigFromFiles(f.Cert, f.Key, f.CA)
 	if err != nil {
@@ -67,6 +92,9 @@ func (b brokerFlags) dial(ctx context.Context, g *Globals, name string) (transpo
 // dialAs is dial that also returns the secure-mode identity ("" when not
 // in secure mode).
 func (b brokerFlags) dialAs(ctx context.Context, g *Globals, name string) (transport.Transport, string, error) {
+	if err := b.Secure.check(); err != nil {
+		return nil, "", err
+	}
 	tr, err := b.dialPlain(ctx, g, name)
 	if err != nil {
 		return nil, "", err

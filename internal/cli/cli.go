@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 
@@ -67,6 +68,8 @@ func (e usageError) Unwrap() error { return e.error }
 // and returns the process exit code: 0 ok, 1 failure, 2 usage.
 func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 	var r root
+	secrets := secretValues(args, os.Environ())
+	errOut = newScrubber(errOut, secrets)
 	r.ctx, r.out, r.errOut = ctx, out, errOut
 	exited := false
 	code := 0
@@ -89,7 +92,7 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 		return code
 	}
 	if err != nil {
-		fmt.Fprintf(errOut, "warren: %s\n", escapeLines(err.Error()))
+		fmt.Fprintf(errOut, "warren: %s\n", escapeLines(secretParseError(err.Error(), secrets)))
 		return 2
 	}
 	for _, p := range kctx.Path {

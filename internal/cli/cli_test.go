@@ -61,7 +61,7 @@ func TestUsageAndBrokerErrors(t *testing.T) {
 		{"no broker", []string{"request", "/a/b", "--broker", "amqp://guest:guest@127.0.0.1:1/"}, 1, "cannot connect"},
 		{"no broker agents", []string{"agents", "--broker", "amqp://guest:secret@127.0.0.1:1/"}, 1, "cannot connect"},
 		{"tls flags need amqps", []string{"agents", "--broker", "amqp://127.0.0.1:1/", "--tls-server-name", "x"}, 2, "amqps"},
-		{"tls without CA file", []string{"agents", "--broker", "amqps://127.0.0.1:1/", "--tls-ca", "/nonexistent/ca.pem"}, 2, "ca.pem"},
+		{"tls without CA file", []string{"agents", "--broker", "amqps://127.0.0.1:1/", "--tls-ca", "/nonexistent/ca.pem"}, 2, "--tls-ca (or WARREN_TLS_CA): no such file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/warrenrpc/warren/internal/tlsflags"
 	"github.com/warrenrpc/warren/setup"
 )
 
@@ -97,6 +98,11 @@ func (c *setupCmd) adminPassword() (string, error) {
 	case c.AdminPasswordFile != "" && env != "":
 		return "", usageError{errors.New("both WARREN_ADMIN_PASSWORD and --admin-password-file are set: use one")}
 	case c.AdminPasswordFile != "":
+		// Checked first: the open error would quote the value, which may
+		// be the password given instead of a file.
+		if err := tlsflags.CheckFile("--admin-password-file", "WARREN_ADMIN_PASSWORD_FILE", c.AdminPasswordFile); err != nil {
+			return "", usageError{err}
+		}
 		pw, err := setup.ReadPasswordFile(c.AdminPasswordFile)
 		if err != nil {
 			return "", usageError{err}

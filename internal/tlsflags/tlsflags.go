@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"strings"
 )
 
 // Flags are the TLS flags of a command that talks to a broker; embed them in
@@ -65,6 +64,15 @@ func (f Flags) Config(brokerURL string) (*tls.Config, error) {
 		}
 		cfg.InsecureSkipVerify = true
 	}
+	for _, c := range []struct{ flag, env, value string }{
+		{"--tls-ca", "WARREN_TLS_CA", f.CA}, {"--tls-cert", "WARREN_TLS_CERT", f.Cert}, {"--tls-key", "WARREN_TLS_KEY_FILE", f.Key},
+	} {
+		if c.value != "" {
+			if err := CheckFile(c.flag, c.env, c.value); err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrUsage, err)
+			}
+		}
+	}
 	if f.CA != "" {
 		pem, err := os.ReadFile(f.CA)
 		if err != nil {
@@ -80,8 +88,6 @@ func (f Flags) Config(brokerURL string) (*tls.Config, error) {
 	case f.Cert == "" && f.Key == "":
 	case f.Cert == "" || f.Key == "":
 		return nil, fmt.Errorf("%w: --tls-cert and --tls-key (or WARREN_TLS_KEY_FILE) go together", ErrUsage)
-	case strings.Contains(f.Key, "-----BEGIN"):
-		return nil, fmt.Errorf("%w: --tls-key takes the path of the key file, not the key (command lines are visible to every user of the machine)", ErrUsage)
 	default:
 		pair, err := tls.LoadX509KeyPair(f.Cert, f.Key)
 		if err != nil {
