@@ -186,6 +186,7 @@ type Pool struct {
 	runCtx     context.Context
 	startFails int // workers in a row that died within a second of starting
 	lastErr    string
+	healthy    bool // a worker lived a second or answered a call
 
 	running, busy             atomic.Int64
 	handled, failed, restarts atomic.Int64
@@ -308,6 +309,18 @@ func (p *Pool) unavailable() (bool, string) {
 	return p.startFails >= unavailableAfter, p.lastErr
 }
 
+// Healthy reports whether the plugin runs: true once a worker lived a
+// second or answered a call; an error (CodeUnavailable) when its workers
+// keep dying at start; false, nil while it is too early to say.
+func (p *Pool) Healthy() (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.startFails >= unavailableAfter {
+		return false, &Error{CodeUnavailable, fmt.Sprintf("%s: its workers keep exiting at start (%s); see the log", p.cfg.Name, p.lastErr)}
+	}
+	return p.healthy, nil
+}
+
 // Call runs req on a free worker and returns its result, the JSON value of
 // its reply. It fails with a *Error: the worker's error reply, or a Code
 // constant when no worker answered. When ctx is cancelled while a worker
@@ -386,6 +399,7 @@ func (p *Pool) noteFailure(quick bool, why string) {
 func (p *Pool) noteHealthy() {
 	p.mu.Lock()
 	p.startFails = 0
+	p.healthy = true
 	p.mu.Unlock()
 }
 
