@@ -23,7 +23,8 @@ type Config struct {
 	Identity string `yaml:"identity"`
 	// Tags are free-form labels mappers can select on.
 	Tags []string `yaml:"tags"`
-	// PingInterval is how often the agent sends its status; 0 means 15s.
+	// PingInterval is how often the agent sends its status; 0 means 15s,
+	// else wire.MinPingInterval to wire.MaxPingInterval (10ms to 1h).
 	// Mappers drop an agent after three missed pings unless they set their
 	// own timeout.
 	PingInterval time.Duration `yaml:"ping_interval"`
@@ -88,6 +89,9 @@ func (c Config) Validate() error {
 	}
 	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 || c.MaxMessageSize < 0 || c.MaxDepth < 0 {
 		return errors.New("agent: ping_interval, prefetch, drain_timeout, max_deliveries, max_message_size and max_depth must not be negative")
+	}
+	if c.PingInterval != 0 && (c.PingInterval < wire.MinPingInterval || c.PingInterval > wire.MaxPingInterval) {
+		return fmt.Errorf("agent: ping_interval %v: want %v to %v", c.PingInterval, wire.MinPingInterval, wire.MaxPingInterval)
 	}
 	return nil
 }

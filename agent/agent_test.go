@@ -74,6 +74,19 @@ func TestBadInput(t *testing.T) {
 				t.Fatalf("no reply to %s", msgID)
 			}
 		}
+		// expectReplySays: an error reply whose message names what is wrong.
+		expectReplySays := func(msgID, code, says string) {
+			t.Helper()
+			select {
+			case d := <-replies:
+				msg := wire.String(d.Headers, wire.HeaderError)
+				if d.CorrelationID != msgID || wire.String(d.Headers, wire.HeaderCode) != code || !strings.Contains(msg, says) {
+					t.Fatalf("reply to %s: correlation %s headers %v, want code %s and a message with %q", msgID, d.CorrelationID, d.Headers, code, says)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("no reply to %s", msgID)
+			}
+		}
 		expectDead := func(msgID, reason string) {
 			t.Helper()
 			for {
@@ -114,6 +127,21 @@ func TestBadInput(t *testing.T) {
 		send("r9", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, Headers: path("/" + actor + "/add"), Body: []byte(deep)})
 		expectReply("r9", wire.CodeBadRequest)
 
+		// Header types: a deadline that is not a positive integer is
+		// refused, not ignored (the request would run without the
+		// deadline its sender meant); a path of the wrong type is named.
+		add := func(h map[string]any) map[string]any { h[wire.HeaderPath] = "/" + actor + "/add"; return h }
+		send("r10", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, Headers: add(map[string]any{wire.HeaderDeadline: "1900000000000"}), Body: []byte(`{"A":1}`)})
+		expectReplySays("r10", wire.CodeBadRequest, "warren-deadline: a string")
+		send("r11", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, Headers: add(map[string]any{wire.HeaderDeadline: int64(-5)}), Body: []byte(`{"A":1}`)})
+		expectReplySays("r11", wire.CodeBadRequest, "warren-deadline: -5")
+		send("r12", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, Headers: add(map[string]any{wire.HeaderDeadline: int64(0)}), Body: []byte(`{"A":1}`)})
+		expectReplySays("r12", wire.CodeBadRequest, "warren-deadline: 0")
+		send("r13", transport.Message{Type: wire.TypeRequest, ReplyTo: replyQ, Headers: map[string]any{wire.HeaderPath: true}, Body: []byte(`{"A":1}`)})
+		expectReplySays("r13", wire.CodeBadRequest, "warren-path: a boolean, want a string")
+		send("p5", transport.Message{Type: wire.TypePush, Headers: add(map[string]any{wire.HeaderDeadline: "soon"}), Body: []byte(`{"A":1}`)})
+		expectDead("p5", wire.CodeBadRequest)
+
 		send("p1", transport.Message{Type: wire.TypePush, Headers: path("/" + actor + "/add"), Body: []byte(`{"A":`)})
 		expectDead("p1", wire.CodeBadRequest)
 		send("p2", transport.Message{Type: wire.TypePush, Headers: path("/" + actor + "/nope"), Body: []byte(`1`)})
@@ -146,6 +174,11 @@ func TestConfigAndRegistration(t *testing.T) {
 	for _, id := range []string{"has space", "ctl\x1b[2J", "del\x7f", "bad\xffutf8"} {
 		if _, err := agent.New(tr, agent.Config{Identity: id}); !errors.Is(err, wire.ErrInvalidIdentity) {
 			t.Errorf("identity %q: err = %v", id, err)
+		}
+	}
+	for _, ping := range []time.Duration{time.Nanosecond, 9 * time.Millisecond, 2 * time.Hour} {
+		if _, err := agent.New(tr, agent.Config{PingInterval: ping}); err == nil {
+			t.Errorf("ping interval %v accepted (mappers refuse its heartbeats)", ping)
 		}
 	}
 	a, err := agent.New(tr, agent.Config{})

@@ -27,7 +27,7 @@ func FuzzParse(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, typ, path, contentType string, body []byte, exchange, key string, deadline, attemptsHeader int64) {
-		h := map[string]any{HeaderAttempts: attemptsHeader, wire.HeaderDeadline: deadline}
+		h := map[string]any{wire.HeaderAttempts: attemptsHeader, wire.HeaderDeadline: deadline}
 		if path != "" {
 			h[wire.HeaderPath] = path
 		}
@@ -51,6 +51,9 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("code %q for %v", code, err)
 			}
 			return
+		}
+		if deadline <= 0 {
+			t.Fatalf("accepted a warren-deadline of %d", deadline)
 		}
 		if err := wire.CheckPath(req.Path); err != nil {
 			t.Fatalf("accepted path %q: %v", req.Path, err)

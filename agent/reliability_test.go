@@ -404,7 +404,7 @@ func TestAttemptsHeaderClamped(t *testing.T) {
 		{"text", "-5", 3},
 	} {
 		must(t, c.Publish(t.Context(), wire.ServiceExchange, "/s/no", transport.Message{
-			Type: wire.TypePush, MessageID: tc.id, Headers: map[string]any{agent.HeaderAttempts: tc.attempts}, Body: []byte(`1`),
+			Type: wire.TypePush, MessageID: tc.id, Headers: map[string]any{wire.HeaderAttempts: tc.attempts}, Body: []byte(`1`),
 		}, transport.PublishOptions{Mandatory: true}))
 		d := receive(t, dead, "dead letter of "+tc.id, byID(tc.id))
 		if reason := wire.String(d.Headers, wire.HeaderReason); reason != wire.CodeDeliveryLimit {

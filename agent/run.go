@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -241,17 +240,9 @@ func (a *Agent) beatWithin(ctx context.Context, typ string) error {
 }
 
 func (a *Agent) beat(ctx context.Context, typ string) error {
-	body, err := json.Marshal(a.heartbeat())
+	msg, err := wire.NewHeartbeat(typ, a.heartbeat())
 	if err != nil {
-		return fmt.Errorf("agent: encode heartbeat (is the status JSON?): %w", err)
-	}
-	msg := transport.Message{
-		Body:        body,
-		ContentType: wire.ContentJSON,
-		Type:        typ,
-		AppID:       a.cfg.Identity,
-		Timestamp:   time.Now(),
-		Headers:     map[string]any{wire.HeaderVersion: int64(wire.Version)},
+		return fmt.Errorf("agent: %w", err)
 	}
 	if err := a.tr.Publish(ctx, wire.HeartbeatExchange, "", msg, transport.PublishOptions{}); err != nil {
 		return fmt.Errorf("agent: %s: %w", typ, err)

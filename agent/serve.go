@@ -122,7 +122,7 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.fail(ctx, d, req, wire.CodeHandler, "result does not encode as JSON: "+err.Error())
 		return
 	}
-	a.reply(ctx, d, transport.Message{Body: body}) // no headers: a success
+	a.reply(ctx, d, wire.Reply(d, a.cfg.Identity, a.recipient(d), body))
 }
 
 // expired reports whether req's deadline has passed.
@@ -173,32 +173,20 @@ func call(ctx context.Context, h Handler, req *Request) (res any, err error) {
 // parse checks a delivery and builds the handler's request. On failure it
 // returns the error code to report, and a request with what could be read.
 func (a *Agent) parse(d *transport.Delivery) (*Request, string, error) {
+	w, err := wire.ReadRequest(d)
 	req := &Request{
-		Path:        wire.String(d.Headers, wire.HeaderPath),
+		Path:        w.Path,
 		Payload:     d.Body,
 		ContentType: d.ContentType,
 		From:        d.AppID,
 		MessageID:   d.MessageID,
 		Redelivered: d.Redelivered,
 		Headers:     d.Headers,
-		Push:        d.ReplyTo == "",
+		Push:        w.Push,
+		Deadline:    w.Deadline,
 	}
-	if dl, ok := wire.Deadline(d.Headers); ok {
-		req.Deadline = dl
-	}
-	switch d.Type {
-	case wire.TypeRequest, wire.TypePush, "":
-	default:
-		return req, wire.CodeBadRequest, fmt.Errorf("unknown message type %q", d.Type)
-	}
-	if req.Path == "" && d.Exchange == wire.ServiceExchange {
-		req.Path = d.RoutingKey
-	}
-	if err := wire.CheckPath(req.Path); err != nil {
-		return req, wire.CodeBadRequest, fmt.Errorf("header %s: %w", wire.HeaderPath, err)
-	}
-	if d.ContentType != "" && d.ContentType != wire.ContentJSON {
-		return req, wire.CodeBadRequest, fmt.Errorf("content type %q: want %s", d.ContentType, wire.ContentJSON)
+	if err != nil {
+		return req, wire.CodeBadRequest, err
 	}
 	if len(d.Body) > a.cfg.MaxMessageSize {
 		return req, wire.CodeBadRequest, fmt.Errorf("body of %d bytes is over the limit of %d", len(d.Body), a.cfg.MaxMessageSize)
@@ -216,11 +204,7 @@ func (a *Agent) parse(d *transport.Delivery) (*Request, string, error) {
 // else as a dead letter carrying the reason.
 func (a *Agent) fail(ctx context.Context, d *transport.Delivery, req *Request, code, message string) {
 	if d.ReplyTo != "" {
-		a.reply(ctx, d, transport.Message{Headers: map[string]any{
-			wire.HeaderStatus: wire.StatusError,
-			wire.HeaderCode:   code,
-			wire.HeaderError:  message,
-		}})
+		a.reply(ctx, d, wire.ErrorReply(d, a.cfg.Identity, a.recipient(d), code, message))
 		return
 	}
 	a.deadLetter(ctx, d, req, code, message)
@@ -231,22 +215,9 @@ func (a *Agent) fail(ctx context.Context, d *transport.Delivery, req *Request, c
 // rejected, which dead-letters it through the queue's own dead-letter
 // exchange.
 func (a *Agent) deadLetter(ctx context.Context, d *transport.Delivery, req *Request, code, message string) {
-	msg := d.Message
-	msg.Headers = maps.Clone(d.Headers)
-	if msg.Headers == nil {
-		msg.Headers = map[string]any{}
-	}
-	msg.Headers[wire.HeaderReason] = code
-	msg.Headers[wire.HeaderError] = message
-	msg.Headers[wire.HeaderAgent] = a.cfg.Identity
-	msg.Headers["warren-original-routing-key"] = d.RoutingKey
-	msg.Headers["warren-original-exchange"] = d.Exchange
-	msg.Expiration = 0
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	// Mandatory: with no queue bound to the dead-letter exchange the
-	// letter would be dropped while the original is acked.
-	if err := a.tr.Publish(pctx, wire.DeadLetterExchange, d.RoutingKey, msg, transport.PublishOptions{Confirm: true, Mandatory: true}); err != nil {
+	if err := wire.PublishDeadLetter(pctx, a.tr, d, code, message, a.cfg.Identity); err != nil {
 		a.log.Error("dead-letter publish failed: rejecting instead", "err", err, "reason", code)
 		a.settle(d, false, false)
 		return
@@ -255,26 +226,19 @@ func (a *Agent) deadLetter(ctx context.Context, d *transport.Delivery, req *Requ
 	a.settle(d, true, false)
 }
 
-// reply sends msg to d's reply-to queue, then acks d. When the reply cannot
-// be sent, d is requeued so that the request is not lost.
+// recipient is the warren-to of a reply to d: its sender, when the
+// transport wants recipients named.
+func (a *Agent) recipient(d *transport.Delivery) string {
+	if a.addressed {
+		return d.AppID
+	}
+	return ""
+}
+
+// reply sends msg, a reply built by wire, to d's reply-to queue, then acks
+// d. When the reply cannot be sent, d is requeued so that the request is
+// not lost.
 func (a *Agent) reply(ctx context.Context, d *transport.Delivery, msg transport.Message) {
-	msg.Type = wire.TypeReply
-	msg.CorrelationID = d.CorrelationID
-	if msg.CorrelationID == "" {
-		msg.CorrelationID = d.MessageID
-	}
-	msg.ContentType = wire.ContentJSON
-	msg.AppID = a.cfg.Identity
-	msg.Timestamp = time.Now()
-	if p := wire.String(d.Headers, wire.HeaderPath); p != "" && msg.Headers[wire.HeaderStatus] == wire.StatusError {
-		msg.Headers[wire.HeaderPath] = p
-	}
-	if d.AppID != "" && a.addressed {
-		if msg.Headers == nil {
-			msg.Headers = map[string]any{}
-		}
-		msg.Headers[wire.HeaderTo] = d.AppID
-	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := a.tr.Publish(pctx, transport.DefaultExchange, d.ReplyTo, msg, transport.PublishOptions{}); err != nil {
@@ -303,15 +267,10 @@ func (a *Agent) settle(d *transport.Delivery, ack, requeue bool) {
 // delivery_limit.
 var ErrDecline = errors.New("agent: request declined")
 
-// HeaderAttempts counts how often a message was declined and passed on.
-// The agent reads it clamped to 0..MaxDeliveries, so a negative or huge
-// value from a sender cannot make a message bounce for ever.
-const HeaderAttempts = "warren-attempts"
-
-// attempts returns HeaderAttempts of h clamped to 0..limit; a missing or
+// attempts returns wire.HeaderAttempts of h clamped to 0..limit; a missing or
 // non-integer header is 0.
 func attempts(h map[string]any, limit int) int64 {
-	n, _ := wire.Int(h, HeaderAttempts)
+	n, _ := wire.Int(h, wire.HeaderAttempts)
 	return min(max(n, 0), int64(limit))
 }
 
@@ -334,12 +293,10 @@ func (a *Agent) decline(ctx context.Context, d *transport.Delivery, req *Request
 	if msg.Headers == nil {
 		msg.Headers = map[string]any{}
 	}
-	msg.Headers[HeaderAttempts] = n + 1
+	msg.Headers[wire.HeaderAttempts] = n + 1
 	msg.Headers[wire.HeaderPath] = req.Path
 	delete(msg.Headers, wire.HeaderTo)
-	if !req.Deadline.IsZero() {
-		msg.Expiration = max(time.Until(req.Deadline), time.Millisecond)
-	}
+	wire.RefreshExpiration(&msg)
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := a.tr.Publish(pctx, wire.ServiceExchange, req.Path, msg, transport.PublishOptions{Mandatory: true}); err != nil {

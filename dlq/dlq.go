@@ -71,8 +71,8 @@ func letterOf(d *transport.Delivery) Letter {
 		From:      d.AppID,
 		Agent:     wire.String(h, wire.HeaderAgent),
 		Type:      d.Type,
-		Exchange:  wire.String(h, "warren-original-exchange"),
-		Key:       wire.String(h, "warren-original-routing-key"),
+		Exchange:  wire.String(h, wire.HeaderOriginalExchange),
+		Key:       wire.String(h, wire.HeaderOriginalRoutingKey),
 		Time:      d.Timestamp,
 		Body:      d.Body,
 		msg:       d.Message,
@@ -208,8 +208,8 @@ func visit(ctx context.Context, tr transport.Transport, c config, settling bool,
 		}
 	}()
 	ttl := markerTTL(ctx)
-	marker := transport.Message{Type: markerType, MessageID: "warren-dlq-end-" + newID(), Timestamp: time.Now(), Expiration: ttl,
-		Headers: map[string]any{wire.HeaderDeadline: time.Now().Add(ttl).UnixMilli()}}
+	marker := transport.Message{Type: markerType, MessageID: "warren-dlq-end-" + newID(), Timestamp: time.Now()}
+	wire.SetDeadline(&marker, time.Now().Add(ttl))
 	if err := tr.Publish(ctx, transport.DefaultExchange, c.queue, marker, transport.PublishOptions{Mandatory: true}); err != nil {
 		return 0, fmt.Errorf("dlq: mark the end of %s: %w", c.queue, err)
 	}
@@ -378,7 +378,7 @@ func Replay(ctx context.Context, tr transport.Transport, match func(Letter) bool
 		msg.Headers = maps.Clone(msg.Headers)
 		for _, k := range []string{"x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange",
 			"x-last-death-reason", "x-last-death-queue", "x-last-death-exchange",
-			wire.HeaderReason, wire.HeaderError, wire.HeaderAgent, "warren-original-exchange", "warren-original-routing-key", "warren-attempts"} {
+			wire.HeaderReason, wire.HeaderError, wire.HeaderAgent, wire.HeaderOriginalExchange, wire.HeaderOriginalRoutingKey, wire.HeaderAttempts} {
 			delete(msg.Headers, k)
 		}
 		msg.Expiration = 0

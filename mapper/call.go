@@ -76,8 +76,7 @@ func (c call) withTTL(msg *transport.Message) {
 	if cur, ok := wire.Deadline(msg.Headers); ok && cur.Before(dl) {
 		return
 	}
-	msg.Headers[wire.HeaderDeadline] = dl.UnixMilli()
-	msg.Expiration = c.ttl
+	wire.SetDeadline(msg, dl)
 }
 
 // Select picks targets with s instead of the default (least_loaded for
@@ -387,21 +386,8 @@ func encode(payload any) ([]byte, error) {
 
 // message builds a request or push with the deadline of ctx.
 func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) transport.Message {
-	id := newID()
-	msg := transport.Message{
-		Body:        body,
-		ContentType: wire.ContentJSON,
-		Type:        typ,
-		MessageID:   id,
-		AppID:       m.cfg.Identity,
-		Timestamp:   time.Now(),
-		Headers:     map[string]any{wire.HeaderPath: path},
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		msg.Headers[wire.HeaderDeadline] = dl.UnixMilli()
-		msg.Expiration = max(time.Until(dl), time.Millisecond)
-	}
-	return msg
+	dl, _ := ctx.Deadline()
+	return wire.NewRequest(typ, path, m.cfg.Identity, newID(), body, dl)
 }
 
 // ask sends one request to one agent and waits for its reply.
@@ -596,9 +582,7 @@ func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 	msg := w.msg
 	msg.Headers = maps.Clone(msg.Headers)
 	m.address(&msg, next.Identity)
-	if dl, ok := wire.Deadline(msg.Headers); ok {
-		msg.Expiration = max(time.Until(dl), time.Millisecond)
-	}
+	wire.RefreshExpiration(&msg)
 	m.mu.Unlock()
 	m.log.Warn("agent gone: request sent to another agent", "service", w.path, "from_agent", gone, "agent", next.Identity, "correlation_id", msg.CorrelationID)
 	err := m.tr.Publish(m.runCtx, wire.RequestExchange, next.Identity, msg, transport.PublishOptions{Mandatory: true})

@@ -380,29 +380,18 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 
 func replyFrom(d *transport.Delivery, path string) *Reply {
 	r := &Reply{Agent: d.AppID, Body: json.RawMessage(d.Body)}
-	if wire.String(d.Headers, wire.HeaderStatus) == wire.StatusError {
+	if rerr := wire.ReplyError(d, path); rerr != nil {
 		r.Body = nil
-		r.Err = &wire.RemoteError{
-			Agent:   r.Agent,
-			Path:    path,
-			Code:    wire.String(d.Headers, wire.HeaderCode),
-			Message: wire.String(d.Headers, wire.HeaderError),
-		}
+		r.Err = rerr
 	}
 	return r
 }
 
 func (m *Mapper) readBeats(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
-		var hb wire.Heartbeat
-		if err := json.Unmarshal(d.Body, &hb); err != nil || hb.Identity == "" {
-			m.log.Warn("malformed heartbeat ignored", "type", d.Type, "err", err)
-			continue
-		}
-		switch d.Type {
-		case wire.TypeRegister, wire.TypePing, wire.TypeUnregister:
-		default:
-			m.log.Warn("unknown heartbeat type ignored", "type", d.Type, "agent", hb.Identity)
+		hb, err := wire.ReadHeartbeat(d)
+		if err != nil {
+			m.log.Warn("heartbeat refused", "type", d.Type, "from", d.AppID, "err", err)
 			continue
 		}
 		m.emit(m.reg.update(d.Type, hb, time.Now()))

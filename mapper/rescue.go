@@ -270,20 +270,9 @@ func (m *Mapper) ownCall(gone string, d *transport.Delivery) int {
 // rescueDeadLetter publishes a copy of d to the dead-letter exchange with a
 // reason, then acks d; if that fails d is requeued and the rescue stops.
 func (m *Mapper) rescueDeadLetter(gone string, d *transport.Delivery, reason, text string, st *rescueStats, log *slog.Logger, settle func(ack, requeue bool)) bool {
-	msg := d.Message
-	msg.Headers = maps.Clone(d.Headers)
-	if msg.Headers == nil {
-		msg.Headers = map[string]any{}
-	}
-	delete(msg.Headers, "x-delivery-count")
-	msg.Headers[wire.HeaderReason] = reason
-	msg.Headers[wire.HeaderError] = text
-	msg.Headers["warren-original-exchange"] = d.Exchange
-	msg.Headers["warren-original-routing-key"] = d.RoutingKey
-	msg.Expiration = 0
 	ctx, cancel := context.WithTimeout(m.runCtx, rescuePublishTimeout)
 	defer cancel()
-	if err := m.tr.Publish(ctx, wire.DeadLetterExchange, d.RoutingKey, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+	if err := wire.PublishDeadLetter(ctx, m.tr, d, reason, text, ""); err != nil {
 		log.Warn("rescue: dead-letter publish failed: requeued", "err", err, "message_id", d.MessageID, "reason", reason)
 		settle(false, true)
 		return false
@@ -377,8 +366,6 @@ func resendable(d *transport.Delivery) transport.Message {
 	msg := d.Message
 	msg.Headers = maps.Clone(d.Headers)
 	delete(msg.Headers, "x-delivery-count")
-	if dl, ok := wire.Deadline(msg.Headers); ok {
-		msg.Expiration = max(time.Until(dl), time.Millisecond)
-	}
+	wire.RefreshExpiration(&msg)
 	return msg
 }

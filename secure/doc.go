@@ -45,8 +45,10 @@
 // older than Config.MaxAge), addressed or encrypted to someone else, or
 // malformed is never handed to the agent or mapper. It is dead-lettered
 // (a copy to warren.dlx with headers warren-dead-reason, one of the Reason
-// values, and warren-error; publisher-confirmed, then the original is
-// acked; if that fails the original is rejected without requeue), counted
+// values, and warren-error; publisher-confirmed and mandatory, as every
+// dead letter (wire.PublishDeadLetter), then the original is acked; if
+// that fails or no queue takes it the original is rejected without
+// requeue), counted
 // (Transport.Stats), logged without its payload, and, when its sender was
 // authenticated, gave a reply_to and the message itself is at fault (not a
 // copy an attacker replayed or moved to another queue), answered with an

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"maps"
 	"sync/atomic"
 	"time"
 
@@ -113,18 +112,7 @@ func (t *Transport) reject(ctx context.Context, d *transport.Delivery, rej *reje
 	if rej.answer && rej.signer != "" && d.ReplyTo != "" && d.Type != wire.TypeReply {
 		t.errorReply(pctx, d, rej)
 	}
-	msg := d.Message
-	msg.Headers = maps.Clone(d.Headers)
-	if msg.Headers == nil {
-		msg.Headers = map[string]any{}
-	}
-	msg.Headers[wire.HeaderReason] = string(rej.reason)
-	msg.Headers[wire.HeaderError] = rej.err.Error()
-	msg.Headers[wire.HeaderAgent] = t.self
-	msg.Headers["warren-original-exchange"] = d.Exchange
-	msg.Headers["warren-original-routing-key"] = d.RoutingKey
-	msg.Expiration = 0
-	if err := t.inner.Publish(pctx, wire.DeadLetterExchange, d.RoutingKey, msg, transport.PublishOptions{Confirm: true}); err != nil {
+	if err := wire.PublishDeadLetter(pctx, t.inner, d, string(rej.reason), rej.err.Error(), t.self); err != nil {
 		t.stats.deadLetterFail.Add(1)
 		t.log.Error("secure: dead-letter publish failed: rejecting instead", "err", err, "reason", string(rej.reason), "message_id", d.MessageID)
 		if err := d.Nack(false); err != nil {
@@ -140,26 +128,7 @@ func (t *Transport) reject(ctx context.Context, d *transport.Delivery, rej *reje
 // errorReply tells an authenticated sender why its request was refused,
 // as the agent would: a signed (and encrypted) error reply.
 func (t *Transport) errorReply(ctx context.Context, d *transport.Delivery, rej *rejection) {
-	corr := d.CorrelationID
-	if corr == "" {
-		corr = d.MessageID
-	}
-	h := map[string]any{
-		wire.HeaderStatus: wire.StatusError,
-		wire.HeaderCode:   string(rej.reason),
-		wire.HeaderError:  rej.err.Error(),
-		wire.HeaderTo:     rej.signer,
-	}
-	if p := wire.String(d.Headers, wire.HeaderPath); p != "" {
-		h[wire.HeaderPath] = p
-	}
-	reply := transport.Message{
-		Type:          wire.TypeReply,
-		CorrelationID: corr,
-		ContentType:   wire.ContentJSON,
-		AppID:         t.self,
-		Headers:       h,
-	}
+	reply := wire.ErrorReply(d, t.self, rej.signer, string(rej.reason), rej.err.Error())
 	if err := t.Publish(ctx, transport.DefaultExchange, d.ReplyTo, reply, transport.PublishOptions{}); err != nil {
 		t.log.Warn("secure: error reply failed", "err", err, "reason", string(rej.reason), "to", rej.signer)
 	}

@@ -3,6 +3,15 @@
 // the error codes replies carry. docs/protocol.md is the normative text;
 // this package is its Go form, shared by agents, mappers and tools.
 //
+// It also builds and reads every message shape, each in one place:
+// requests and pushes (NewRequest, ReadRequest), deadlines (SetDeadline,
+// ReadDeadline, RefreshExpiration), replies and error replies (Reply,
+// ErrorReply, ReplyError), dead letters (DeadLetter, PublishDeadLetter
+// with DeadLetterOptions) and heartbeats (NewHeartbeat, ReadHeartbeat,
+// which validates the record). Agents, mappers, the secure transport and
+// tools use these rather than writing headers by hand, so that the shapes
+// cannot drift apart.
+//
 // Everything here is plain AMQP 0-9-1: a client in any language can call an
 // actor, or be an agent, by following docs/protocol.md without importing
 // Warren.
