@@ -16,7 +16,7 @@ import (
 
 // brokerFlags is embedded by every command that talks to a broker.
 type brokerFlags struct {
-	Broker string         `name:"broker" short:"b" env:"WARREN_BROKER" default:"amqp://guest:guest@127.0.0.1:5672/" help:"Broker URL (amqp:// or amqps://). Prefer WARREN_BROKER when it holds a password."`
+	Broker string         `name:"broker" short:"b" env:"WARREN_BROKER" default:"amqp://guest:guest@127.0.0.1:5672/" help:"Broker URL (amqp:// or amqps://), or the URLs of a cluster's nodes separated by commas (failover in turn). Prefer WARREN_BROKER when it holds a password."`
 	TLS    tlsflags.Flags `embed:""`
 	Secure secureFlags    `embed:"" prefix:"secure-"`
 }
@@ -107,21 +107,23 @@ func (b brokerFlags) dialAs(ctx context.Context, g *Globals, name string) (trans
 	return str, id, nil
 }
 
-// checkBrokerURL validates a broker URL, warning first about a password
-// given with --broker. Its errors, like every line that shows a broker URL,
-// never show the password.
-func checkBrokerURL(g *Globals, raw string) (*url.URL, error) {
+// checkBrokerURL validates a broker URL, or a comma-separated list of the
+// URLs of a cluster's nodes, warning first about a password given with
+// --broker. Its errors, like every line that shows a broker URL, never show
+// the password.
+func checkBrokerURL(g *Globals, raw string) error {
 	warnPasswordFlag(g, raw)
-	u, err := url.Parse(raw)
-	if err != nil {
-		// The parser's errors quote the URL, or the part of a password
-		// it misread: say only that it is not one.
-		return nil, usageError{fmt.Errorf("--broker %q: not a URL (percent-encode any ':', '/', '?', '#' or '@' in the user name or password)", amqp.RedactURL(raw))}
+	for _, one := range amqp.SplitURLs(raw) {
+		if _, err := url.Parse(one); err != nil {
+			// The parser's errors quote the URL, or the part of a
+			// password it misread: say only that it is not one.
+			return usageError{fmt.Errorf("--broker %q: not a URL (percent-encode any ':', '/', '?', '#' or '@' in the user name or password)", amqp.RedactURL(one))}
+		}
+		if !strings.HasPrefix(one, "amqp://") && !strings.HasPrefix(one, "amqps://") {
+			return usageError{fmt.Errorf("--broker %q: want an amqp:// or amqps:// URL", amqp.RedactURL(one))}
+		}
 	}
-	if !strings.HasPrefix(raw, "amqp://") && !strings.HasPrefix(raw, "amqps://") {
-		return nil, usageError{fmt.Errorf("--broker %q: want an amqp:// or amqps:// URL", amqp.RedactURL(raw))}
-	}
-	return u, nil
+	return nil
 }
 
 // warnPasswordFlag warns, once per process, when the broker URL with its
@@ -138,7 +140,7 @@ func warnPasswordFlag(g *Globals, raw string) {
 }
 
 func (b brokerFlags) dialPlain(ctx context.Context, g *Globals, name string) (transport.Transport, error) {
-	if _, err := checkBrokerURL(g, b.Broker); err != nil {
+	if err := checkBrokerURL(g, b.Broker); err != nil {
 		return nil, err
 	}
 	tlsCfg, err := b.TLS.Config(b.Broker)

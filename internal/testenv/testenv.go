@@ -11,10 +11,12 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -185,4 +187,59 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// ClusterURLs returns the AMQP URLs of the three nodes of the local test
+// cluster (scripts/rabbitmq-cluster up prints them), from the environment
+// variable WARREN_CLUSTER_URLS, comma-separated. When it is unset the test
+// is skipped, or fails when the environment variable CI is non-empty.
+func ClusterURLs(t testing.TB) []string {
+	t.Helper()
+	if u := os.Getenv("WARREN_CLUSTER_URLS"); u != "" {
+		return strings.Split(u, ",")
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("WARREN_CLUSTER_URLS unset under CI: scripts/test must start the cluster (scripts/rabbitmq-cluster up)")
+	}
+	t.Skip("WARREN_CLUSTER_URLS unset: run scripts/rabbitmq-cluster up and export WARREN_CLUSTER_URLS=$(scripts/rabbitmq-cluster up) (or use scripts/test)")
+	return nil
+}
+
+// Cluster runs scripts/rabbitmq-cluster with args (kill 1, start 1, ...)
+// and returns its standard output; it fails the test when the script fails
+// or takes more than three minutes.
+func Cluster(t testing.TB, args ...string) string {
+	t.Helper()
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var stdout, stderr strings.Builder
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "rabbitmq-cluster"), args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("scripts/rabbitmq-cluster %s: %v\n%s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String()
+}
+
+// repoRoot is the directory of the module's go.mod, found from the working
+// directory up (go test runs a test in its package's directory).
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("testenv: no go.mod above the working directory")
+		}
+		dir = parent
+	}
 }

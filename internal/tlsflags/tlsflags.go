@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+
+	"github.com/warrenrpc/warren/transport/amqp"
 )
 
 // Flags are the TLS flags of a command that talks to a broker; embed them in
@@ -40,9 +42,20 @@ func (f Flags) Set() bool {
 // least, the CA file's certificates or else the system roots, the client
 // certificate, and ServerName set to --tls-server-name or the URL's host.
 func (f Flags) Config(brokerURL string) (*tls.Config, error) {
-	u, err := url.Parse(brokerURL)
-	if err != nil {
-		return nil, fmt.Errorf("%w: broker URL: %v", ErrUsage, err)
+	// A list of a cluster's nodes (amqp.SplitURLs) must agree on the
+	// scheme; with several hosts, the server name is each node's own (the
+	// AMQP client fills it in per connection) unless --tls-server-name.
+	urls := amqp.SplitURLs(brokerURL)
+	var u *url.URL
+	for i, one := range urls {
+		v, err := url.Parse(one)
+		if err != nil {
+			return nil, fmt.Errorf("%w: broker URL: %v", ErrUsage, err)
+		}
+		if i > 0 && v.Scheme != u.Scheme {
+			return nil, fmt.Errorf("%w: the broker URLs mix %s and %s", ErrUsage, u.Scheme, v.Scheme)
+		}
+		u = v
 	}
 	switch u.Scheme {
 	case "amqp":
@@ -55,7 +68,7 @@ func (f Flags) Config(brokerURL string) (*tls.Config, error) {
 		return nil, fmt.Errorf("%w: broker URL scheme %q: want amqp or amqps", ErrUsage, u.Scheme)
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.ServerName}
-	if cfg.ServerName == "" {
+	if cfg.ServerName == "" && len(urls) == 1 {
 		cfg.ServerName = u.Hostname()
 	}
 	if f.Insecure {

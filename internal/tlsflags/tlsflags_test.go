@@ -226,6 +226,14 @@ func TestConfigErrors(t *testing.T) {
 	if err != nil || cfg == nil || cfg.ServerName != "broker.example.com" || cfg.InsecureSkipVerify || cfg.RootCAs != nil {
 		t.Errorf("amqps default: %+v, %v", cfg, err)
 	}
+	// A cluster's nodes: each connection verifies its own node's name.
+	cfg, err = (tlsflags.Flags{}).Config("amqps://n1.example.com:5671/,amqps://n2.example.com:5671/")
+	if err != nil || cfg == nil || cfg.ServerName != "" {
+		t.Errorf("amqps nodes: %+v, %v", cfg, err)
+	}
+	if _, err := (tlsflags.Flags{}).Config("amqps://n1.example.com:5671/,amqp://n2.example.com:5672/"); !errors.Is(err, tlsflags.ErrUsage) {
+		t.Errorf("mixed schemes: %v", err)
+	}
 }
 
 // TestKongFlags parses the flags as the CLI does: the key path may come from

@@ -89,9 +89,10 @@ const topologyPool = 4
 // flow control on publishers never stalls consumers), and redials both when
 // either is lost. All methods are safe for concurrent use.
 type Transport struct {
-	log *slog.Logger
-	cfg Config
-	url string
+	log  *slog.Logger
+	cfg  Config
+	urls []string // the nodes, in the order given
+	node int      // index in urls of the node of the current link
 
 	publisher *publisher
 
@@ -122,6 +123,13 @@ var _ transport.Transport = (*Transport)(nil)
 // The error names the URL without its password and wraps a *DialError.
 // Once connected, the Transport reconnects by itself after a loss until
 // Close.
+//
+// url may list the nodes of a cluster, separated by commas (SplitURLs).
+// Dial tries them in order and keeps the first that accepts both
+// connections; after a loss, each reconnection attempt tries the next node
+// in turn, starting with the one after the node that was lost, with the
+// same backoff and jitter as for one node. Consumers and the topology they
+// declared are restored on whichever node answers.
 func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transport, error) {
 	var o options
 	for _, opt := range opts {
@@ -138,25 +146,46 @@ func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transpo
 	if cfg.PublishChannels < 0 || cfg.PublishChannels > maxPublishChannels {
 		return nil, fmt.Errorf("amqp: PublishChannels %d out of range 0-%d", cfg.PublishChannels, maxPublishChannels)
 	}
-	if _, err := amqp091.ParseURI(url); err != nil {
-		// The parser's message may quote part of a misread password.
-		return nil, &DialError{URL: RedactURL(url), Err: errBadURL}
+	urls := SplitURLs(url)
+	for _, u := range urls {
+		if _, err := amqp091.ParseURI(u); err != nil {
+			// The parser's message may quote part of a misread password.
+			return nil, &DialError{URL: RedactURL(u), Err: errBadURL}
+		}
 	}
 	log := o.logger.With("component", "transport/amqp")
 	t := &Transport{
 		log:        log,
 		cfg:        cfg,
-		url:        url,
+		urls:       urls,
 		closing:    make(chan struct{}),
 		supervised: make(chan struct{}),
 		up:         make(chan struct{}),
 		consumers:  make(map[*consumer]struct{}),
 	}
 	t.life, t.endLife = context.WithCancel(context.Background())
-	l, err := dialLink(ctx, url, cfg, log, 1, t.linkLost)
-	if err != nil {
+	var (
+		l    *link
+		errs []error
+	)
+	for i, u := range urls {
+		var err error
+		if l, err = dialLink(ctx, u, cfg, log, 1, t.linkLost); err == nil {
+			t.node = i
+			break
+		}
+		if len(urls) == 1 {
+			t.endLife()
+			return nil, &DialError{URL: RedactURL(u), Err: err}
+		}
+		errs = append(errs, &DialError{URL: RedactURL(u), Err: err})
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if l == nil {
 		t.endLife()
-		return nil, &DialError{URL: RedactURL(url), Err: err}
+		return nil, &DialError{URL: RedactURL(url), Err: errors.Join(errs...)}
 	}
 	t.publisher = newPublisher(t)
 	t.mu.Lock()

@@ -111,8 +111,19 @@ var errBadURL = errors.New("not a valid amqp:// or amqps:// URL (percent-encode 
 // unescaped '#', '/', '?' or '@' makes URL parsers misread where it ends
 // (amqp://guest:9999/secret@host parses as host "guest", port 9999), and
 // what they misread must not show either. Everything between "://" and the
-// last '@' is taken for the user information.
+// last '@' is taken for the user information. A list of URLs (SplitURLs)
+// is redacted URL by URL.
 func RedactURL(raw string) string {
+	if urls := SplitURLs(raw); len(urls) > 1 {
+		for i, u := range urls {
+			urls[i] = redactOne(u)
+		}
+		return strings.Join(urls, ",")
+	}
+	return redactOne(raw)
+}
+
+func redactOne(raw string) string {
 	start := 0
 	if i := strings.Index(raw, "://"); i >= 0 {
 		start = i + 3
@@ -127,6 +138,41 @@ func RedactURL(raw string) string {
 		return raw
 	}
 	return raw[:start] + user[:c] + ":xxxxx" + raw[start+at:]
+}
+
+// SplitURLs splits a list of broker URLs separated by commas, as Dial and
+// the command line take them for the nodes of a cluster:
+// "amqp://u:p@node1:5672/,amqp://u:p@node2:5672/". A comma counts as a
+// separator only before "amqp://" or "amqps://", so a comma inside a
+// password does not split it. Spaces around each URL are dropped; a string
+// without a separator is one URL.
+func SplitURLs(s string) []string {
+	var out []string
+	rest := s
+	for {
+		i := nextSeparator(rest)
+		if i < 0 {
+			out = append(out, strings.TrimSpace(rest))
+			return out
+		}
+		out = append(out, strings.TrimSpace(rest[:i]))
+		rest = rest[i+1:]
+	}
+}
+
+// nextSeparator is the index of the first comma in s followed (after
+// spaces) by an AMQP scheme, or -1.
+func nextSeparator(s string) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] != ',' {
+			continue
+		}
+		next := strings.TrimLeft(s[i+1:], " ")
+		if strings.HasPrefix(next, "amqp://") || strings.HasPrefix(next, "amqps://") {
+			return i
+		}
+	}
+	return -1
 }
 
 // BlockedError is why a publish did not go through while the broker blocked

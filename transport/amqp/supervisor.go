@@ -360,6 +360,18 @@ func (t *Transport) Blocked() error {
 	return nil
 }
 
+// Node returns the URL, password removed, of the node the transport is
+// connected to now: one of the list given to Dial. While it reconnects it
+// returns "".
+func (t *Transport) Node() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cur == nil {
+		return ""
+	}
+	return RedactURL(t.urls[t.node])
+}
+
 // Reconnects returns how many times the transport has reconnected to the
 // broker since Dial.
 func (t *Transport) Reconnects() int64 { return t.stats.reconnects.Load() }
@@ -449,9 +461,14 @@ func (t *Transport) supervise(l *link) {
 				return
 			}
 			t.stats.attempts.Add(1)
-			t.log.Warn("reconnecting to the broker", "attempt", attempt, "url", RedactURL(t.url))
+			// The node after the lost one first, then each in turn.
+			node := (t.node + attempt) % len(t.urls)
+			if len(t.urls) == 1 {
+				node = 0
+			}
+			t.log.Warn("reconnecting to the broker", "attempt", attempt, "url", RedactURL(t.urls[node]))
 			dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
-			nl, err := dialLink(dctx, t.url, t.cfg, t.log, l.gen+1, t.linkLost)
+			nl, err := dialLink(dctx, t.urls[node], t.cfg, t.log, l.gen+1, t.linkLost)
 			dcancel()
 			if err != nil {
 				if ctx.Err() != nil {
@@ -473,6 +490,7 @@ func (t *Transport) supervise(l *link) {
 				continue
 			}
 			t.cur = nl
+			t.node = node
 			close(t.up)
 			t.mu.Unlock()
 			t.stats.reconnects.Add(1)
