@@ -2,8 +2,10 @@ package setup_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/warrenrpc/warren/setup"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/amqp"
+	"github.com/warrenrpc/warren/wire"
 )
 
 // TestLeastPrivilege provisions one vhost with a user per agent (fred and
@@ -119,6 +122,34 @@ func TestLeastPrivilege(t *testing.T) {
 	// This test pins it, so that whoever closes it updates the docs.
 	allowed(t, fred, "agent publishes into a service queue through the default exchange (known gap)",
 		publish("", "warren.service./test/who"))
+
+	// The other documented gap (docs/operations.md): the broker does not
+	// tie a heartbeat to the user that publishes it, and mappers do not
+	// check. fred's user registers an agent named ghost, and the mapper
+	// takes it for one.
+	hb, err := json.Marshal(wire.Heartbeat{Identity: "ghost", Queue: wire.AgentQueue("ghost"), Services: []string{"/test/who"}, PingInterval: 60_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := amqp091.Publishing{Type: wire.TypeRegister, ContentType: wire.ContentJSON, AppId: "ghost", Body: hb}
+	allowed(t, fred, "agent user registers another agent (known gap)", func(ch *amqp091.Channel) error {
+		return ch.PublishWithContext(context.Background(), wire.HeartbeatExchange, "", false, false, forged)
+	})
+	testenv.WaitFor(t, 10*time.Second, func() error {
+		if !slices.ContainsFunc(m.Agents(), func(a mapper.AgentInfo) bool { return a.Identity == "ghost" }) {
+			return errors.New("the mapper has not registered the forged agent")
+		}
+		return nil
+	})
+	// What could close it: RabbitMQ refuses a user_id property other than
+	// the publishing connection's user.
+	forged.UserId = bobU.Name
+	err = outcome(t, fred, func(ch *amqp091.Channel) error {
+		return ch.PublishWithContext(context.Background(), wire.HeartbeatExchange, "", false, false, forged)
+	})
+	if ae := (*amqp091.Error)(nil); !errors.As(err, &ae) || ae.Code != amqp091.PreconditionFailed {
+		t.Errorf("heartbeat with another user's user_id: %v, want PRECONDITION_FAILED", err)
+	}
 }
 
 // TestOtherVHostIsolated: users provisioned for one application cannot open
@@ -273,5 +304,73 @@ func allowed(t *testing.T, c *amqp091.Connection, what string, o op) {
 	t.Helper()
 	if err := outcome(t, c, o); err != nil {
 		t.Errorf("%s: %v, want it allowed", what, err)
+	}
+}
+
+// TestServiceQueueScope: an agent user limited to some services
+// (AgentServices) can neither declare, consume, purge nor delete the
+// shared queue of another service; an agent user without the limit can
+// (docs/operations.md says so, and this pins it).
+func TestServiceQueueScope(t *testing.T) {
+	f := newFixture(t)
+	scopedU, openU, mapperU := f.user(t, "scoped"), f.user(t, "open"), f.user(t, "mapper")
+	f.apply(t, setup.Plan{Agent: scopedU, AgentIdentities: []string{"fred"}, AgentServices: []string{"/test/"}, Mapper: mapperU})
+	f.apply(t, setup.Plan{Agent: openU, Mapper: mapperU})
+
+	// A real agent runs with the limited user: its service is allowed.
+	startAgent(t, f.url(t, scopedU, f.vhost), "fred")
+
+	// Another service's queue, with a message in it.
+	const other = "warren.service./bank/transfer"
+	admin := dialRaw(t, f.adminURL(t))
+	ach, err := admin.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ach.QueueDeclare(other, true, false, false, false, amqp091.Table{"x-dead-letter-exchange": "warren.dlx"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ach.PublishWithContext(t.Context(), "", other, false, false, amqp091.Publishing{Body: []byte(`"work"`)}); err != nil {
+		t.Fatal(err)
+	}
+
+	scoped := dialRaw(t, f.url(t, scopedU, f.vhost))
+	refused(t, scoped, "limited agent consumes another service's queue", consume(other))
+	refused(t, scoped, "limited agent purges another service's queue", purge(other))
+	refused(t, scoped, "limited agent deletes another service's queue", deleteQueue(other))
+	refused(t, scoped, "limited agent declares another service's queue", func(ch *amqp091.Channel) error {
+		_, err := ch.QueueDeclare("warren.service./bank/audit", true, false, false, false, amqp091.Table{"x-dead-letter-exchange": "warren.dlx"})
+		return err
+	})
+	q, err := ach.QueueDeclarePassive(other, true, false, false, false, amqp091.Table{"x-dead-letter-exchange": "warren.dlx"})
+	if err != nil || q.Messages != 1 {
+		t.Fatalf("the other service's queue: %+v, %v", q, err)
+	}
+
+	// Without the limit, any agent user may (the documented gap).
+	open := dialRaw(t, f.url(t, openU, f.vhost))
+	ch, err := open.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ch.QueuePurge(other, false); err != nil || n != 1 {
+		t.Fatalf("unlimited agent user purging a service queue: %d, %v (docs/operations.md says it can)", n, err)
+	}
+	if _, err := ch.QueueDelete(other, false, false, false); err != nil {
+		t.Fatalf("unlimited agent user deleting a service queue: %v (docs/operations.md says it can)", err)
+	}
+}
+
+func purge(queue string) op {
+	return func(ch *amqp091.Channel) error {
+		_, err := ch.QueuePurge(queue, false)
+		return err
+	}
+}
+
+func deleteQueue(queue string) op {
+	return func(ch *amqp091.Channel) error {
+		_, err := ch.QueueDelete(queue, false, false, false)
+		return err
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"unicode"
+
+	"github.com/warrenrpc/warren/wire"
 )
 
 // Permissions are the three regular expressions RabbitMQ matches against the
@@ -32,12 +34,34 @@ const (
 // identities the user may run agents of any identity (queues
 // warren.agent.*); with identities it may only declare and consume the
 // queues of those (one user per agent), so it cannot take another agent's
-// requests from its queue.
+// requests from its queue. It may use every service queue: see
+// AgentScope to limit those too.
 func AgentPermissions(identities ...string) (Permissions, error) {
+	return AgentScope{Identities: identities}.Permissions()
+}
+
+// AgentScope is what an agent user may use beyond what every agent needs.
+type AgentScope struct {
+	// Identities limit the agent queues (warren.agent.ID) to these agent
+	// identities; none: any.
+	Identities []string
+	// Services limit the shared service queues (warren.service.PATH) to
+	// these service paths ("/bank/transfer") or actors ("/bank/": every
+	// path under it); none: any. Declaring, consuming, purging and
+	// deleting a queue are all one permission or another on its name, so
+	// an agent user may do each to the service queues it may use, and
+	// none to the others. An agent serving a path outside them cannot
+	// declare its queue and does not start (unless it runs without shared
+	// queues).
+	Services []string
+}
+
+// Permissions returns the permissions of an agent user limited to s.
+func (s AgentScope) Permissions() (Permissions, error) {
 	agentQueues := `warren\.agent\..+`
-	if len(identities) > 0 {
-		quoted := make([]string, len(identities))
-		for i, id := range identities {
+	if len(s.Identities) > 0 {
+		quoted := make([]string, len(s.Identities))
+		for i, id := range s.Identities {
 			if err := checkIdentity(id); err != nil {
 				return Permissions{}, err
 			}
@@ -45,7 +69,21 @@ func AgentPermissions(identities ...string) (Permissions, error) {
 		}
 		agentQueues = `warren\.agent\.(` + strings.Join(quoted, "|") + `)`
 	}
-	own := agentQueues + `|warren\.service\..+|` + serverNamed
+	serviceQueues := `warren\.service\..+`
+	if len(s.Services) > 0 {
+		alts := make([]string, len(s.Services))
+		for i, p := range s.Services {
+			if err := checkServiceScope(p); err != nil {
+				return Permissions{}, err
+			}
+			alts[i] = regexp.QuoteMeta(p)
+			if strings.HasSuffix(p, "/") {
+				alts[i] += ".+"
+			}
+		}
+		serviceQueues = `warren\.service\.(` + strings.Join(alts, "|") + `)`
+	}
+	own := agentQueues + `|` + serviceQueues + `|` + serverNamed
 	return Permissions{
 		// Topology, its own queues (declared with x-dead-letter-exchange).
 		Configure: anchor(topologyNames, own),
@@ -59,6 +97,19 @@ func AgentPermissions(identities ...string) (Permissions, error) {
 		// them to declare them with a dead-letter exchange).
 		Read: anchor(`warren\.(request|service|control|dlx)`, own),
 	}, nil
+}
+
+// checkServiceScope accepts a service path (/actor/method) or an actor
+// (/actor/).
+func checkServiceScope(p string) error {
+	q := p
+	if strings.HasSuffix(p, "/") && strings.Count(p, "/") == 2 {
+		q = p + "x" // an actor: every path under it
+	}
+	if err := wire.CheckPath(q); err != nil {
+		return fmt.Errorf("setup: agent service %q: want /actor/method, or /actor/ for all of an actor's services", p)
+	}
+	return nil
 }
 
 // MapperPermissions returns the permissions of a mapper user.

@@ -16,6 +16,10 @@ func TestPermissionTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	scoped, err := AgentScope{Identities: []string{"fred"}, Services: []string{"/bank/transfer", "/simple/", "/a.b/c|d"}}.Permissions()
+	if err != nil {
+		t.Fatal(err)
+	}
 	mapper := MapperPermissions()
 	type row struct {
 		perm         Permissions
@@ -41,6 +45,20 @@ func TestPermissionTable(t *testing.T) {
 		{fred, "warren.agent.a.bbc", false, false, false},
 		{fred, "warren.agent.bob", false, false, false},
 		{fred, "warren.agent.fredx", false, false, false},
+		{scoped, "warren.agent.fred", true, true, true},
+		{scoped, "warren.agent.bob", false, false, false},
+		{scoped, "warren.service./bank/transfer", true, true, true},
+		{scoped, "warren.service./simple/echo", true, true, true},
+		{scoped, "warren.service./simple/", false, false, false},
+		{scoped, "warren.service./a.b/c|d", true, true, true},
+		{scoped, "warren.service./aXb/c", false, false, false},
+		{scoped, "warren.service./bank/transfer2", false, false, false},
+		{scoped, "warren.service./bank/audit", false, false, false},
+		{scoped, "warren.service./other/x", false, false, false},
+		{scoped, "warren.service", true, false, true},
+		{scoped, "warren.dlx", true, true, true},
+		{scoped, "amq.gen-JzTY20BRgKO-HjmUJj0wLg", true, true, true},
+		{scoped, "amq.default", false, true, false},
 		{mapper, "warren.request", true, true, false},
 		{mapper, "warren.service", true, true, false},
 		{mapper, "warren.heartbeat", true, false, true},
@@ -64,6 +82,11 @@ func TestPermissionTable(t *testing.T) {
 	for _, bad := range []string{"", "a b", "a/b", "a\tb", "a\x00"} {
 		if _, err := AgentPermissions(bad); err == nil {
 			t.Errorf("identity %q accepted", bad)
+		}
+	}
+	for _, bad := range []string{"", "/", "//", "bank", "/bank", "bank/", "/bank/a/b", "/bank//", "/ba nk/", "/bank/x\n"} {
+		if _, err := (AgentScope{Services: []string{bad}}).Permissions(); err == nil {
+			t.Errorf("service %q accepted", bad)
 		}
 	}
 }

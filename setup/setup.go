@@ -34,6 +34,9 @@ type Plan struct {
 	// AgentIdentities, when set, limit the agent user to the queues of
 	// these agent identities (see AgentPermissions).
 	AgentIdentities []string
+	// AgentServices, when set, limit the agent user to the shared queues
+	// of these services or actors (see AgentScope).
+	AgentServices []string
 	// NoTopology skips declaring Warren's exchanges and warren.dead (every
 	// agent and mapper declares them anyway when it starts).
 	NoTopology bool
@@ -144,7 +147,7 @@ func (p Plan) check(admin *Admin) (Permissions, error) {
 	case p.Agent.Name == admin.user || p.Mapper.Name == admin.user:
 		return Permissions{}, fmt.Errorf("%w: the admin user %q cannot be the agent or mapper user", ErrInvalidPlan, admin.user)
 	}
-	perm, err := AgentPermissions(p.AgentIdentities...)
+	perm, err := AgentScope{Identities: p.AgentIdentities, Services: p.AgentServices}.Permissions()
 	if err != nil {
 		return Permissions{}, fmt.Errorf("%w: %s", ErrInvalidPlan, strings.TrimPrefix(err.Error(), "setup: "))
 	}

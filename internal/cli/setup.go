@@ -21,6 +21,7 @@ type setupCmd struct {
 	AgentUser         string        `name:"agent-user" placeholder:"NAME" help:"User for agents (default: the vhost's name with -agent)."`
 	MapperUser        string        `name:"mapper-user" placeholder:"NAME" help:"User for mappers (default: the vhost's name with -mapper)."`
 	AgentIdentity     []string      `name:"agent-identity" placeholder:"ID" help:"Limit the agent user to the queues of these agent identities (repeatable; one user per agent)."`
+	AgentService      []string      `name:"agent-service" placeholder:"PATH" help:"Limit the agent user to the shared queues of these services (/actor/method) or actors (/actor/) (repeatable)."`
 	SecretsDir        string        `name:"secrets-dir" default:"." placeholder:"DIR" help:"Where passwords are read from and generated ones written to: DIR/USER.password, mode 0600."`
 	NoTopology        bool          `name:"no-topology" help:"Do not declare Warren's exchanges and warren.dead (agents and mappers do when they start)."`
 	DryRun            bool          `name:"dry-run" short:"n" help:"Change nothing; print what would be done."`
@@ -78,6 +79,7 @@ func (c *setupCmd) Run(g *Globals) error {
 		Agent:           setup.User{Name: agentName, Password: os.Getenv("WARREN_AGENT_PASSWORD"), PasswordFile: filepath.Join(c.SecretsDir, agentName+".password")},
 		Mapper:          setup.User{Name: mapperName, Password: os.Getenv("WARREN_MAPPER_PASSWORD"), PasswordFile: filepath.Join(c.SecretsDir, mapperName+".password")},
 		AgentIdentities: c.AgentIdentity,
+		AgentServices:   c.AgentService,
 		NoTopology:      c.NoTopology,
 	}
 	r, err := setup.Apply(ctx, admin, plan, c.DryRun)
