@@ -11,7 +11,7 @@
 //
 // RabbitMQ grants three regular expressions per user and vhost: configure
 // (declare and delete), write (publish to an exchange, bind a queue) and
-// read (consume from a queue, bind from an exchange). The patterns from
+// read (consume from or purge a queue, bind from an exchange). The patterns from
 // [AgentPermissions] and [MapperPermissions] name exactly the exchanges and
 // queues of Warren's protocol (docs/protocol.md), operation by operation:
 //
@@ -22,7 +22,10 @@
 //     queues warren.service.<path>, publishes heartbeats, dead letters to
 //     warren.dlx and replies through the default exchange (amq.default); it
 //     cannot publish to warren.request or warren.service, nor read
-//     heartbeats;
+//     heartbeats. [AgentScope] limits the agent queues to some identities
+//     and the service queues to some services or actors; without those
+//     limits an agent user may consume, purge and delete every agent and
+//     service queue;
 //   - a mapper publishes requests and pushes to warren.request and
 //     warren.service and announces to warren.control, and reads heartbeats;
 //     it cannot consume, declare or delete agents' queues, publish
@@ -32,5 +35,8 @@
 // docs/operations.md: write on amq.default reaches every queue of the vhost
 // by name; routing keys of direct exchanges are not checked, so an agent can
 // bind its own queue with another agent's identity; configure on an exchange
-// also allows deleting it.
+// or queue also allows deleting it, read on a queue purging it; and nothing
+// ties a heartbeat to the user that publishes it, so in plain mode any agent
+// user can register or unregister any agent identity (secure mode signs
+// heartbeats).
 package setup
