@@ -2,7 +2,10 @@
 // [transport.Transport] must pass. It describes RabbitMQ 3.10's behaviour
 // through the transport interface: transport/amqp runs it against a real
 // broker and transport/mem against the embedded one, and a scenario that
-// holds on only one of them is a bug in the suite.
+// holds on only one of them is a bug in the suite. secure runs it through
+// its Transport, a decorator, on both; the few scenarios it changes on
+// purpose (it fills app_id, accepts a message once, refuses dead-lettered
+// copies) it names in [Harness.Skip] with the reason.
 //
 // A transport's test calls [Run] with a [Factory] of connections to one
 // broker:
@@ -81,6 +84,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,6 +104,11 @@ type Harness struct {
 	// stop_app/start_app). Transports from the Factory made before it may
 	// be dead afterwards.
 	Restart func(t *testing.T)
+	// Skip names scenarios that a transport decorating another (such as
+	// secure.Transport) changes on purpose, each with the reason: the
+	// scenario is skipped with it. A naming mistake fails the suite. A
+	// transport of a broker skips none.
+	Skip map[string]string
 }
 
 // Timeouts of the suite: wait is how long an expected event may take; quiet
@@ -119,20 +128,35 @@ type scenario struct {
 // Run runs every scenario against the transports newT makes.
 func Run(t *testing.T, newT Factory, h Harness) {
 	t.Helper()
+	for name := range h.Skip {
+		if !slices.ContainsFunc(scenarios, func(s scenario) bool { return s.name == name }) {
+			t.Errorf("Harness.Skip names %q, which is no scenario", name)
+		}
+	}
 	for _, s := range scenarios {
 		if !s.serial {
 			continue
 		}
-		t.Run(s.name, func(t *testing.T) { s.fn(newEnv(t, newT, h)) })
+		t.Run(s.name, func(t *testing.T) {
+			h.skip(t, s.name)
+			s.fn(newEnv(t, newT, h))
+		})
 	}
 	for _, s := range scenarios {
 		if s.serial {
 			continue
 		}
 		t.Run(s.name, func(t *testing.T) {
+			h.skip(t, s.name)
 			t.Parallel()
 			s.fn(newEnv(t, newT, h))
 		})
+	}
+}
+
+func (h Harness) skip(t *testing.T, name string) {
+	if why, ok := h.Skip[name]; ok {
+		t.Skip(why)
 	}
 }
 
