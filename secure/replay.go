@@ -60,6 +60,9 @@ type consumerLife struct {
 func newConsumerLife() *consumerLife { return &consumerLife{dead: make(chan struct{})} }
 
 func (c *consumerLife) isDead() bool {
+	if c == nil {
+		return true // no consumer to wait for
+	}
 	select {
 	case <-c.dead:
 		return true
