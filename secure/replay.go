@@ -169,15 +169,17 @@ func (w *replayWindow) drop(ent *replayEntry) {
 	ent.release()
 }
 
-// settled records how a handed-on message was settled: acked or rejected
-// (done: a copy arriving later is a replay), or requeued (forgotten: the
-// broker will deliver it again). A requeue is recorded before the broker
-// is told, since it may redeliver at once, to the same consumer.
-func (w *replayWindow) settled(key string, requeued bool) {
+// settled records how a handed-on message, delivered on consumer by, was
+// settled: acked or rejected (done: a copy arriving later is a replay), or
+// requeued (forgotten: the broker will deliver it again). A requeue is
+// recorded before the broker is told, since it may redeliver at once, to
+// the same consumer. A settlement from a consumer that no longer holds the
+// message (its redelivery is in hand on another) changes nothing.
+func (w *replayWindow) settled(key string, requeued bool, by *consumerLife) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	ent, ok := w.seen[key]
-	if !ok {
+	if !ok || ent.holder != by {
 		return
 	}
 	if requeued {

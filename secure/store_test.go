@@ -302,7 +302,13 @@ func TestReplayWindow(t *testing.T) {
 	if admit(second, "a", 10, true) != admitReplayed {
 		t.Fatal("second redelivered copy admitted")
 	}
-	w.settled("a", false)
+	// The first consumer's late settlement (its handler ran on) is not
+	// the message's: it stays in hand.
+	w.settled("a", true, first)
+	if admit(second, "a", 10, true) != admitReplayed {
+		t.Fatal("a settlement by the consumer that no longer held it made the message forgotten")
+	}
+	w.settled("a", false, second)
 	select {
 	case <-settled:
 	default:
@@ -314,7 +320,7 @@ func TestReplayWindow(t *testing.T) {
 	// Requeued: forgotten, so its redelivery is admitted, even by the
 	// consumer that requeued it.
 	admit(second, "b", 11, false)
-	w.settled("b", true)
+	w.settled("b", true, second)
 	if admit(second, "b", 11, true) != admitted {
 		t.Fatal("requeued message refused")
 	}

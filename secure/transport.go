@@ -451,7 +451,7 @@ func (t *Transport) open(ctx context.Context, queue string, d *transport.Deliver
 			// to this consumer, which must then accept it. (Should the
 			// nack fail, the channel is gone and the broker requeues it
 			// anyway.)
-			t.replay.settled(key, true)
+			t.replay.settled(key, true, life)
 			return d.Nack(true)
 		}
 		var err error
@@ -463,7 +463,7 @@ func (t *Transport) open(ctx context.Context, queue string, d *transport.Deliver
 		if err == nil {
 			// Otherwise the channel is gone: the broker redelivers it,
 			// which the replay cache must let through.
-			t.replay.settled(key, false)
+			t.replay.settled(key, false, life)
 		}
 		return err
 	})
