@@ -78,11 +78,11 @@ type BrokerConfig struct {
 
 // TLSConfig is the broker's TLS: file paths, never keys themselves.
 type TLSConfig struct {
-	CA                 string `yaml:"ca"`
-	Cert               string `yaml:"cert"`
-	Key                string `yaml:"key"`
-	ServerName         string `yaml:"server_name"`
-	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	CA                 string `yaml:"ca" json:"ca,omitempty"`
+	Cert               string `yaml:"cert" json:"cert,omitempty"`
+	Key                string `yaml:"key" json:"key,omitempty"`
+	ServerName         string `yaml:"server_name" json:"server_name,omitempty"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify" json:"insecure_skip_verify,omitempty"`
 }
 
 // StatusConfig chooses the status source.
@@ -194,8 +194,8 @@ func (es ConfigErrors) Error() string {
 	return strings.Join(s, "\n")
 }
 
-// Reserved is the actor name of the daemon's own control services
-// (/daemon/status, /daemon/reload, /daemon/stop).
+// Reserved is the prefix of the actor names of the daemon's own control
+// services: /daemon.IDENTITY/status, ... (see ControlPath).
 const Reserved = "daemon"
 
 // Load reads and checks the config file at path.
@@ -421,8 +421,8 @@ func (c *Config) checkService(es *ConfigErrors, name string, s *ServiceConfig) {
 		return
 	}
 	switch {
-	case name == Reserved:
-		c.errAt(es, at(), "the name %q is the daemon's own (/daemon/status, ...): choose another", Reserved)
+	case name == Reserved || strings.HasPrefix(name, Reserved+"."):
+		c.errAt(es, at(), "the name %q is the daemon's own (/daemon.IDENTITY/status, ...): choose another", name)
 	case !nameRE.MatchString(name):
 		c.errAt(es, at(), "name %q: letters, digits, _ . - only", name)
 	}

@@ -32,7 +32,7 @@ func TestConfigErrors(t *testing.T) {
 		{"command not executable", "services:\n  echo:\n    command: [testdata/faulty.py]\n    methods: [echo]\n", 3, "is not executable"},
 		{"no methods", "services:\n  echo:\n    command: [python3, x.py]\n", 2, "services.echo.methods: no methods"},
 		{"no services", "identity: a\n", 1, "no services"},
-		{"reserved name", "services:\n  daemon:\n    command: [python3, x.py]\n    methods: [status]\n", 2, "is the daemon's own"},
+		{"reserved name", "services:\n  daemon.x:\n    command: [python3, x.py]\n    methods: [status]\n", 2, "is the daemon's own"},
 		{"bad protocol", "services:\n  echo:\n    command: [python3, x.py]\n    methods: [echo]\n    protocol: xml\n", 5, `"xml": want jsonlines`},
 		{"password in url", "broker:\n  url: amqp://u:secret@h/\n" + svc, 2, "the URL holds a password"},
 		{"password key", "broker:\n  password: secret\n" + svc, 2, "use password_env or password_file"},

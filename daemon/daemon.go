@@ -24,12 +24,18 @@ import (
 	"github.com/warrenrpc/warren/worker"
 )
 
-// Control paths: the daemon's own services, on its agent.
+// Control verbs: the daemon's own services, on its agent (ControlPath).
 const (
-	PathStatus = "/" + Reserved + "/status"
-	PathReload = "/" + Reserved + "/reload"
-	PathStop   = "/" + Reserved + "/stop"
+	VerbStatus = "status"
+	VerbReload = "reload"
+	VerbStop   = "stop"
 )
+
+// ControlPath is the path of a control verb of the daemon identity:
+// /daemon.IDENTITY/VERB. Each daemon has its own, so that their shared
+// queues never mix (a request for one daemon's status never reaches
+// another).
+func ControlPath(identity, verb string) string { return "/" + Reserved + "." + identity + "/" + verb }
 
 // Codes of the daemon's own errors.
 const (
@@ -233,7 +239,7 @@ func (d *Daemon) shutdown() {
 }
 
 // checkIdentity refuses to start when a daemon with this identity answers
-// /daemon/status: two daemons with one identity would share its queue and
+// its status path: two daemons with one identity would share its queue and
 // its registry record.
 func (d *Daemon) checkIdentity(ctx context.Context) error {
 	if d.o.probe <= 0 {
@@ -276,11 +282,10 @@ func (d *Daemon) checkIdentity(ctx context.Context) error {
 	// until its pings are overdue: ask it.
 	rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
 	defer rcancel()
-	r, err := m.Request(rctx, PathStatus, nil, mapper.Select(mapper.Identity(id)))
+	r, err := m.Request(rctx, ControlPath(id, VerbStatus), nil, mapper.Select(mapper.Identity(id)))
 	if err != nil {
-		var re *wire.RemoteError
-		if errors.As(err, &re) {
-			return fmt.Errorf("%w: agent %s runs on this broker (it is not a daemon: %s)", ErrIdentityInUse, id, re.Message)
+		if errors.Is(err, mapper.ErrNoAgent) && slices.Contains(clash, id) {
+			return fmt.Errorf("%w: agent %s runs on this broker, and it is not a warren daemon: give this one another identity", ErrIdentityInUse, id)
 		}
 		d.log.Info("an agent with this identity is registered but does not answer: taking its place", "agents", clash)
 		return nil
@@ -361,8 +366,8 @@ func (d *Daemon) startUnit(ctx context.Context, identity string, paths []string,
 		}
 	}
 	if control {
-		for p, h := range map[string]agent.HandlerFunc{PathStatus: d.serveStatus, PathReload: d.serveReload, PathStop: d.serveStop} {
-			if err := a.Handle(p, h); err != nil {
+		for verb, h := range map[string]agent.HandlerFunc{VerbStatus: d.serveStatus, VerbReload: d.serveReload, VerbStop: d.serveStop} {
+			if err := a.Handle(ControlPath(identity, verb), h); err != nil {
 				return nil, fmt.Errorf("daemon: %w", err)
 			}
 		}
@@ -497,7 +502,7 @@ func (d *Daemon) runStatusCommand(ctx context.Context) {
 	}
 }
 
-// Status is what `warren daemon status` prints: the reply of /daemon/status.
+// Status is what `warren daemon status` prints: the reply of its status path (ControlPath).
 type Status struct {
 	Time          time.Time      `json:"time"`
 	Identity      string         `json:"identity"`
@@ -650,7 +655,7 @@ func (d *Daemon) Reload(cfg *Config) (*ReloadResult, error) {
 	default:
 		return nil, errors.New("daemon: not running")
 	}
-	res := &ReloadResult{NeedsRestart: restartKeys(old, cfg)}
+	res := &ReloadResult{Added: []string{}, Removed: []string{}, Restarted: []string{}, NeedsRestart: restartKeys(old, cfg)}
 	// Keep what needs a restart as it was.
 	cfg.Identity, cfg.Tags, cfg.PingInterval, cfg.Prefetch = old.Identity, old.Tags, old.PingInterval, old.Prefetch
 	cfg.DrainTimeout, cfg.Broker, cfg.Secure, cfg.Pidfile = old.DrainTimeout, old.Broker, old.Secure, old.Pidfile
@@ -706,7 +711,9 @@ func (d *Daemon) Reload(cfg *Config) (*ReloadResult, error) {
 		d.noteReload(err)
 		return nil, err
 	}
-	res.Added = added
+	if added != nil {
+		res.Added = added
+	}
 
 	// Route the paths of the new config; the others are declined (and
 	// advertised inactive) from now on.
@@ -818,7 +825,6 @@ func restartKeys(old, cfg *Config) []string {
 		{"ping_interval", old.PingInterval != cfg.PingInterval},
 		{"prefetch", old.Prefetch != cfg.Prefetch},
 		{"drain_timeout", old.DrainTimeout != cfg.DrainTimeout},
-		{"pidfile", old.Pidfile != cfg.Pidfile},
 		{"broker", !reflect.DeepEqual(old.Broker, cfg.Broker)},
 		{"secure", old.Secure != cfg.Secure},
 	} {

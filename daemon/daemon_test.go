@@ -129,7 +129,7 @@ services:
 		_, err = request(t, m, "/"+flt+"/sleep", 60)
 		wantCode(t, err, "worker_timeout")
 
-		// The registry shows the status source; /daemon/status the rest.
+		// The registry shows the status source; the status path the rest.
 		testenv.WaitFor(t, 10*time.Second, func() error {
 			for _, a := range m.Agents() {
 				if a.Identity == id && fmt.Sprint(a.Status) == "7" {
@@ -138,7 +138,7 @@ services:
 			}
 			return fmt.Errorf("agents %v", m.Agents())
 		})
-		res, err := request(t, m, PathStatus, nil, mapper.Select(mapper.Identity(id)))
+		res, err := request(t, m, ControlPath(id, VerbStatus), nil, mapper.Select(mapper.Identity(id)))
 		if err != nil {
 			t.Fatal(err)
 		}

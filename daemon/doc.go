@@ -15,10 +15,10 @@
 //
 // # Control
 //
-// The daemon's agent also serves /daemon/status (a [Status]: time, pid,
-// uptime, services, plugins, calls in flight and handled), /daemon/reload
-// and /daemon/stop; `warren daemon status|reload|stop` call them by the
-// daemon's identity. Run refuses to start when a daemon with the same
+// The daemon's agent also serves /daemon.IDENTITY/status (a [Status]:
+// time, pid, uptime, services, plugins, calls in flight and handled),
+// /daemon.IDENTITY/reload and /daemon.IDENTITY/stop ([ControlPath]);
+// `warren daemon status|reload|stop` call them by the daemon's identity. Run refuses to start when a daemon with the same
 // identity answers.
 //
 // # Reload

@@ -11,6 +11,7 @@ type commands struct {
 	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"Inspect, replay and purge dead letters (list, show, replay, purge)."`
 	Setup   setupCmd   `cmd:"" help:"Create a vhost, Warren's exchanges and least-privilege agent and mapper users (idempotent)."`
 	Bert    bertCmd    `cmd:"" help:"Run the Ernie-compatible BERT-RPC server, or talk to one (stats, reload-handlers, halt, bench)."`
+	Daemon  daemonCmd  `cmd:"" help:"Run the Warren daemon: plugins in any language from one YAML config (start, stop, status, reload, config)."`
 	Bench   benchCmd   `cmd:"" help:"Load the fabric and measure it: calls/s, latency quantiles, errors, CPU; --baseline compares with hand-written amqp091-go."`
 	Version versionCmd `cmd:"" help:"Print Warren's version."`
 }
