@@ -221,15 +221,19 @@ func CheckPath(p string) error {
 // breaks the protocol's rule (docs/protocol.md).
 var ErrInvalidIdentity = errors.New("warren: invalid identity")
 
+// MaxIdentity is the longest identity, in bytes: the agent's queue name
+// (AgentQueue) must fit AMQP's 255-byte short strings.
+const MaxIdentity = 255 - len("warren.agent.")
+
 // CheckIdentity validates an agent or mapper identity: non-empty, at most
-// 255 bytes (an AMQP routing key), valid UTF-8, without whitespace, control
-// characters or '/'.
+// MaxIdentity bytes, valid UTF-8, without whitespace, control characters
+// or '/'.
 func CheckIdentity(id string) error {
 	switch {
 	case id == "":
 		return fmt.Errorf("%w: empty", ErrInvalidIdentity)
-	case len(id) > 255:
-		return fmt.Errorf("%w: %d bytes, at most 255", ErrInvalidIdentity, len(id))
+	case len(id) > MaxIdentity:
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrInvalidIdentity, len(id), MaxIdentity)
 	case !utf8.ValidString(id):
 		return fmt.Errorf("%w %q: not valid UTF-8", ErrInvalidIdentity, id)
 	case strings.ContainsFunc(id, func(r rune) bool { return r == '/' || unicode.IsSpace(r) || unicode.IsControl(r) }):

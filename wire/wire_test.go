@@ -54,12 +54,12 @@ func TestCheckPath(t *testing.T) {
 }
 
 func TestCheckIdentity(t *testing.T) {
-	for _, id := range []string{"fred", "mapper-0a1b", "agent.é", strings.Repeat("x", 255)} {
+	for _, id := range []string{"fred", "mapper-0a1b", "agent.é", strings.Repeat("x", MaxIdentity)} {
 		if err := CheckIdentity(id); err != nil {
 			t.Errorf("CheckIdentity(%q): %v", id, err)
 		}
 	}
-	for _, id := range []string{"", "a b", "a/b", "a\tb", "a\x00b", "a\x1b[2Jb", "a\x7fb", "a\u2028b", "a\xffb", strings.Repeat("x", 256)} {
+	for _, id := range []string{"", "a b", "a/b", "a\tb", "a\x00b", "a\x1b[2Jb", "a\x7fb", "a\u2028b", "a\xffb", strings.Repeat("x", MaxIdentity+1), strings.Repeat("x", 255)} {
 		err := CheckIdentity(id)
 		if !errors.Is(err, ErrInvalidIdentity) {
 			t.Errorf("CheckIdentity(%q) = %v", id, err)
