@@ -52,6 +52,18 @@ var (
 	ErrConnectionLost = errors.New("transport: connection lost")
 )
 
+// HeaderMalformed is set on a delivery whose properties the transport could
+// not read whole: RabbitMQ passes on headers that its AMQP client refuses
+// (a table or array nested deeper than 32 levels, more than 8192 entries,
+// an unknown field type), and one such message used to break the whole
+// consuming connection. The transport delivers it instead, with the
+// unreadable headers (or properties) removed and this header saying which
+// and why; body and readable properties are intact. Consumers treat the
+// message as malformed input: Warren's agents answer it with a bad_request
+// error or dead-letter it, mappers drop it with a log line. A sender can
+// set it too; it then only spoils its own message.
+const HeaderMalformed = "warren-malformed"
+
 // Kind is an exchange type.
 type Kind string
 

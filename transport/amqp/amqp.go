@@ -170,7 +170,7 @@ func Dial(ctx context.Context, url string, cfg Config, opts ...Option) (*Transpo
 	)
 	for i, u := range urls {
 		var err error
-		if l, err = dialLink(ctx, u, cfg, log, 1, t.linkLost); err == nil {
+		if l, err = dialLink(ctx, u, cfg, log, 1, t.linkLost, t.malformed); err == nil {
 			t.node = i
 			break
 		}

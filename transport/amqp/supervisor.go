@@ -2,7 +2,6 @@ package amqp
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,7 +34,7 @@ type conn struct {
 
 // dialConn connects to url. ctx bounds the TCP connect and the AMQP
 // handshake.
-func dialConn(ctx context.Context, url, role string, cfg Config, log *slog.Logger) (*conn, error) {
+func dialConn(ctx context.Context, url, role string, cfg Config, log *slog.Logger, onRewrite func(channel uint16, reason string)) (*conn, error) {
 	props := amqp091.NewConnectionProperties()
 	name := cfg.ConnectionName
 	if name == "" {
@@ -76,16 +75,7 @@ func dialConn(ctx context.Context, url, role string, cfg Config, log *slog.Logge
 			_ = netConn.SetDeadline(time.Now())
 		}
 	})
-	var tlsCfg *tls.Config
-	if cfg.TLS != nil {
-		tlsCfg = cfg.TLS.Clone()
-	}
-	c, err := amqp091.DialConfig(url, amqp091.Config{
-		Heartbeat:       cfg.heartbeat(),
-		TLSClientConfig: tlsCfg,
-		Properties:      props,
-		Dial:            dial,
-	})
+	c, err := openConn(ctx, url, cfg, props, dial, onRewrite)
 	if !stop() && err == nil {
 		// ctx ended just as the handshake completed.
 		c.Close()
@@ -248,13 +238,14 @@ type link struct {
 
 // dialLink dials the consume connection, then the publish connection, and
 // starts watching both: onLost is called (at most twice, once per
-// connection) when either ends.
-func dialLink(ctx context.Context, url string, cfg Config, log *slog.Logger, gen int64, onLost func(*link, error)) (*link, error) {
-	cons, err := dialConn(ctx, url, "consume", cfg, log)
+// connection) when either ends, onMalformed for each content header that
+// was rewritten because amqp091 could not have read it (see frames.go).
+func dialLink(ctx context.Context, url string, cfg Config, log *slog.Logger, gen int64, onLost func(*link, error), onMalformed func(role string, channel uint16, reason string)) (*link, error) {
+	cons, err := dialConn(ctx, url, "consume", cfg, log, func(ch uint16, why string) { onMalformed("consume", ch, why) })
 	if err != nil {
 		return nil, err
 	}
-	pub, err := dialConn(ctx, url, "publish", cfg, log)
+	pub, err := dialConn(ctx, url, "publish", cfg, log, func(ch uint16, why string) { onMalformed("publish", ch, why) })
 	if err != nil {
 		cons.start(func(error) {})
 		cons.close(closeTimeout)
@@ -325,11 +316,15 @@ type Stats struct {
 	Attempts int64
 	// Reconnects counts successful reconnections.
 	Reconnects int64
+	// Malformed counts the messages received with properties amqp091
+	// cannot read (headers nested deeper than 32 levels, ...), delivered
+	// with those removed and transport.HeaderMalformed set.
+	Malformed int64
 }
 
 // counters are the atomics behind Stats.
 type counters struct {
-	losses, attempts, reconnects atomic.Int64
+	losses, attempts, reconnects, malformed atomic.Int64
 }
 
 // Stats returns the transport's connection counters. It is safe to call at
@@ -339,6 +334,7 @@ func (t *Transport) Stats() Stats {
 		Losses:     t.stats.losses.Load(),
 		Attempts:   t.stats.attempts.Load(),
 		Reconnects: t.stats.reconnects.Load(),
+		Malformed:  t.stats.malformed.Load(),
 	}
 }
 
@@ -375,6 +371,14 @@ func (t *Transport) Node() string {
 // Reconnects returns how many times the transport has reconnected to the
 // broker since Dial.
 func (t *Transport) Reconnects() int64 { return t.stats.reconnects.Load() }
+
+// malformed is called by a connection's reader (through its frameConn)
+// for each content header it rewrote: it must not block.
+func (t *Transport) malformed(role string, channel uint16, reason string) {
+	t.stats.malformed.Add(1)
+	t.log.Warn("malformed message received: delivered with the unreadable properties removed and "+transport.HeaderMalformed+" set",
+		"connection", role, "channel", channel, "reason", reason)
+}
 
 // linkLost is called by a connection's watcher when it ends. While the link
 // is current, the transport has no link until the supervisor installs a
@@ -468,7 +472,7 @@ func (t *Transport) supervise(l *link) {
 			}
 			t.log.Warn("reconnecting to the broker", "attempt", attempt, "url", RedactURL(t.urls[node]))
 			dctx, dcancel := context.WithTimeout(ctx, dialTimeout)
-			nl, err := dialLink(dctx, t.urls[node], t.cfg, t.log, l.gen+1, t.linkLost)
+			nl, err := dialLink(dctx, t.urls[node], t.cfg, t.log, l.gen+1, t.linkLost, t.malformed)
 			dcancel()
 			if err != nil {
 				if ctx.Err() != nil {
