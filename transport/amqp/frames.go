@@ -71,6 +71,7 @@ type frameConn struct {
 	out       []byte // bytes of a rewritten or buffered frame still to return
 	pass      int64  // bytes of the current frame still to pass through
 	buf       []byte
+	hdr       [frameHeaderSize]byte
 	onRewrite func(channel uint16, reason string)
 }
 
@@ -92,22 +93,24 @@ func (f *frameConn) Read(p []byte) (int, error) {
 		f.pass -= int64(n)
 		return n, err
 	}
-	var hdr [frameHeaderSize]byte
-	if n, err := io.ReadFull(f.r, hdr[:]); err != nil {
+	hdr := f.hdr[:]
+	if n, err := io.ReadFull(f.r, hdr); err != nil {
 		return copy(p, hdr[:n]), err
 	}
 	size := binary.BigEndian.Uint32(hdr[3:7])
 	if hdr[0] != frameHeader || size > maxHeaderFrame {
 		// Everything else streams through: amqp091 checks it.
 		f.pass = int64(size) + 1
-		return copy(p, hdr[:]), nil
+		n := copy(p, hdr)
+		f.out = hdr[n:]
+		return n, nil
 	}
 	need := frameHeaderSize + int(size) + 1
 	if cap(f.buf) < need {
 		f.buf = make([]byte, need)
 	}
 	frame := f.buf[:need]
-	copy(frame, hdr[:])
+	copy(frame, hdr)
 	if n, err := io.ReadFull(f.r, frame[frameHeaderSize:]); err != nil {
 		f.out = frame[:frameHeaderSize+n]
 		n := copy(p, f.out)
