@@ -54,9 +54,16 @@ type Letter struct {
 	Queue     string    // the queue it died in (broker dead letters)
 	Count     int64     // how often it died there (broker dead letters)
 	Time      time.Time // when it died (x-death), else when it was published; zero when neither is known
+	// Malformed says which headers the transport could not read and
+	// removed (transport.HeaderMalformed); such a letter is not replayed.
+	Malformed string
 	Body      []byte
 	msg       transport.Message
 }
+
+// ReasonMalformed is the reason of a letter that came with headers the
+// transport could not read and had no other reason.
+const ReasonMalformed = "malformed"
 
 // ErrNotFound: no dead letter has the message id asked for.
 var ErrNotFound = errors.New("dlq: no dead letter with that message id")
@@ -100,6 +107,15 @@ func letterOf(d *transport.Delivery) Letter {
 	}
 	if l.Exchange == "" && l.Key == "" {
 		l.Exchange = wire.String(h, "x-first-death-exchange")
+	}
+	if why, ok := h[transport.HeaderMalformed].(string); ok {
+		l.Malformed = why
+		if l.Reason == "" {
+			l.Reason = ReasonMalformed
+		}
+		if l.Error == "" {
+			l.Error = "malformed message: " + why
+		}
 	}
 	return l
 }
@@ -372,6 +388,11 @@ func Replay(ctx context.Context, tr transport.Transport, match func(Letter) bool
 	replayed := map[string]bool{}
 	_, err = visit(ctx, tr, c, true, func(d *transport.Delivery, l Letter) (action, error) {
 		if match != nil && !match(l) || l.MessageID != "" && replayed[l.MessageID] {
+			return held, nil
+		}
+		if l.Malformed != "" {
+			// What it was is lost; sent again it would only die again.
+			errs = append(errs, fmt.Errorf("dlq: %s: not replayed: malformed (%s); purge it", l.MessageID, l.Malformed))
 			return held, nil
 		}
 		msg := l.msg

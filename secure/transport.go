@@ -520,6 +520,10 @@ func (t *Transport) verify(ctx context.Context, queue string, d *transport.Deliv
 		// signatures are malleable.)
 		return msg, "", reject(ReasonMalformed, "", "no message_id: a secure message must have one")
 	}
+	if why, ok := d.Headers[transport.HeaderMalformed].(string); ok {
+		// The transport removed headers it could not read.
+		return msg, "", reject(ReasonMalformed, "", "malformed message: %s", why)
+	}
 	env, err := decodeEnvelope(d.Body, t.cfg.MaxMessageSize, t.cfg.MaxDepth)
 	if err != nil {
 		return msg, "", reject(ReasonMalformed, "", "%v", err)

@@ -66,8 +66,10 @@ type Request struct {
 
 // ReadRequest reads and checks the Warren fields of a request or push: its
 // type, its path (warren-path, or the routing key of a message published
-// to ServiceExchange without one), its deadline and its content type. On
-// error (always a CodeBadRequest) it returns what could be read. Limits on
+// to ServiceExchange without one), its deadline and its content type, and
+// that the transport did not have to remove headers it could not read
+// (transport.HeaderMalformed). On error (always a CodeBadRequest) it
+// returns what could be read. Limits on
 // the body are the receiver's.
 func ReadRequest(d *transport.Delivery) (Request, error) {
 	req := Request{Push: d.ReplyTo == ""}
@@ -75,6 +77,11 @@ func ReadRequest(d *transport.Delivery) (Request, error) {
 	req.Path = path
 	dl, derr := ReadDeadline(d.Headers)
 	req.Deadline = dl
+	if why, ok := d.Headers[transport.HeaderMalformed].(string); ok {
+		// The transport removed headers it could not read: do not run
+		// what is left.
+		return req, fmt.Errorf("malformed message: %s", why)
+	}
 	switch d.Type {
 	case TypeRequest, TypePush, "":
 	default:
@@ -223,8 +230,14 @@ func replyTo(d *transport.Delivery, from string) transport.Message {
 }
 
 // ReplyError returns the error an error reply carries (path is the
-// request's), or nil for a successful reply.
+// request's), or nil for a successful reply. A reply whose headers the
+// transport could not read whole (transport.HeaderMalformed) is a
+// CodeBadRequest error.
 func ReplyError(d *transport.Delivery, path string) *RemoteError {
+	if why, ok := d.Headers[transport.HeaderMalformed].(string); ok {
+		// Its status and error may be what the transport removed.
+		return &RemoteError{Agent: d.AppID, Path: path, Code: CodeBadRequest, Message: "malformed reply: " + why}
+	}
 	if String(d.Headers, HeaderStatus) != StatusError {
 		return nil
 	}
@@ -309,6 +322,9 @@ var ErrBadHeartbeat = errors.New("warren: heartbeat refused")
 // missing queue is filled in. Errors wrap ErrBadHeartbeat and say why.
 func ReadHeartbeat(d *transport.Delivery) (Heartbeat, error) {
 	var hb Heartbeat
+	if why, ok := d.Headers[transport.HeaderMalformed].(string); ok {
+		return hb, fmt.Errorf("%w: malformed: %s", ErrBadHeartbeat, why)
+	}
 	switch d.Type {
 	case TypeRegister, TypePing, TypeUnregister:
 	default:

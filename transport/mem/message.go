@@ -3,8 +3,11 @@ package mem
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"math"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/warrenrpc/warren/transport"
@@ -37,7 +40,7 @@ func newMessage(exchange, key string, msg transport.Message) (*message, error) {
 		if err != nil {
 			return nil, err
 		}
-		m.msg.Headers = h
+		m.msg.Headers = unreadable(h)
 	}
 	if !msg.Timestamp.IsZero() {
 		m.msg.Timestamp = time.Unix(msg.Timestamp.Unix(), 0).UTC()
@@ -248,4 +251,75 @@ func isCycle(queue string, m *message) bool {
 		return true
 	}
 	return false
+}
+
+// What amqp091-go v1.16.0 refuses to read: a table or array nested deeper
+// than maxDepth, or holding more than maxEntries entries. RabbitMQ takes
+// such headers, and transport/amqp delivers the message with them removed
+// and transport.HeaderMalformed set; so does the embedded broker.
+const (
+	maxDepth   = 32
+	maxEntries = 8192
+)
+
+// unreadable returns h without the headers that an AMQP consumer on
+// amqp091-go could not read, with transport.HeaderMalformed saying which,
+// as transport/amqp delivers them; h itself when all are readable.
+func unreadable(h map[string]any) map[string]any {
+	var removed []string
+	keys := slices.Sorted(maps.Keys(h))
+	for _, k := range keys {
+		if why := tooDeep(h[k], 1); why != "" {
+			removed = append(removed, fmt.Sprintf("%q (%s)", k, why))
+			delete(h, k)
+		}
+	}
+	if len(h) > maxEntries {
+		keys = slices.Sorted(maps.Keys(h))
+		for _, k := range keys[maxEntries-1:] {
+			delete(h, k)
+		}
+		removed = append(removed, fmt.Sprintf("entries beyond %d (more than amqp091 reads)", maxEntries-1))
+	}
+	if len(removed) == 0 {
+		return h
+	}
+	h[transport.HeaderMalformed] = "headers removed: " + strings.Join(removed, ", ")
+	return h
+}
+
+// tooDeep says why amqp091 would refuse v, a value at depth (the depth of
+// the table or array holding it plus one), or "".
+func tooDeep(v any, depth int) string {
+	switch x := v.(type) {
+	case map[string]any:
+		if why := container(depth, len(x)); why != "" {
+			return why
+		}
+		for _, e := range x {
+			if why := tooDeep(e, depth+1); why != "" {
+				return why
+			}
+		}
+	case []any:
+		if why := container(depth, len(x)); why != "" {
+			return why
+		}
+		for _, e := range x {
+			if why := tooDeep(e, depth+1); why != "" {
+				return why
+			}
+		}
+	}
+	return ""
+}
+
+func container(depth, n int) string {
+	switch {
+	case depth > maxDepth:
+		return fmt.Sprintf("nested deeper than %d levels", maxDepth)
+	case n > maxEntries:
+		return fmt.Sprintf("more than %d entries", maxEntries)
+	}
+	return ""
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/warrenrpc/warren/transport"
@@ -26,6 +27,7 @@ var scenarios = []scenario{
 	{name: "MandatoryUnroutable", fn: mandatoryUnroutable},
 	{name: "ConfirmedPublish", fn: confirmedPublish},
 	{name: "PublishToMissingExchange", fn: publishToMissingExchange},
+	{name: "UnreadableHeadersDelivered", fn: unreadableHeadersDelivered},
 
 	{name: "CompetingConsumersRoundRobin", fn: competingConsumersRoundRobin},
 	{name: "PrefetchBoundsUnacked", fn: prefetchBoundsUnacked},
@@ -476,5 +478,43 @@ func publishToMissingExchange(e *env) {
 	got := e.contents(tr, q)
 	if len(got) == 0 || slices.ContainsFunc(got, func(s string) bool { return s != "ok" }) {
 		e.t.Fatalf("queue holds %q, want one or more \"ok\"", got)
+	}
+}
+
+// nestedTables returns n tables, one inside the other.
+func nestedTables(n int) any {
+	var v any = "bottom"
+	for range n {
+		v = map[string]any{"n": v}
+	}
+	return v
+}
+
+// unreadableHeadersDelivered: RabbitMQ takes headers that amqp091-go cannot
+// read (a table nested 33 deep); the message is delivered all the same,
+// on a classic, an exclusive and a quorum queue, with that header removed
+// and transport.HeaderMalformed saying so, and the consumer goes on. 32
+// levels come through unchanged.
+func unreadableHeadersDelivered(e *env) {
+	tr := e.open()
+	for _, q := range []transport.Queue{{}, {Exclusive: true}, {Type: transport.Quorum}} {
+		name := e.queue(tr, q)
+		e.publishMsg(tr, transport.DefaultExchange, name, transport.Message{Body: []byte("poison"), MessageID: "poison",
+			Headers: map[string]any{"keep": "me", "deep": nestedTables(33)}})
+		e.publishMsg(tr, transport.DefaultExchange, name, transport.Message{Body: []byte("fine"),
+			Headers: map[string]any{"deep": nestedTables(32)}})
+		c := e.consume(tr, name, transport.ConsumeOptions{Prefetch: 2})
+		d := e.recvBody(c, "poison")
+		why, _ := d.Headers[transport.HeaderMalformed].(string)
+		if !strings.Contains(why, `"deep" (nested deeper than 32 levels)`) || d.Headers["keep"] != "me" || d.Headers["deep"] != nil || d.MessageID != "poison" {
+			e.t.Errorf("%s queue: poison delivered with id %q headers %v", q.Type, d.MessageID, d.Headers)
+		}
+		e.ack(d)
+		d = e.recvBody(c, "fine")
+		if d.Headers[transport.HeaderMalformed] != nil || d.Headers["deep"] == nil {
+			e.t.Errorf("%s queue: 32 levels delivered with headers %v", q.Type, d.Headers)
+		}
+		e.ack(d)
+		c.cancel()
 	}
 }

@@ -28,7 +28,8 @@
 // LargeBodyRoundTrip, CancelledContextFails,
 // DefaultExchangeRoutesByQueueName, DirectRouting, FanoutToAllBoundQueues,
 // TopicWildcards, ServerNamedQueue, MandatoryUnroutable, ConfirmedPublish,
-// PublishToMissingExchange.
+// PublishToMissingExchange, UnreadableHeadersDelivered (headers amqp091-go
+// cannot read: removed, with transport.HeaderMalformed).
 //
 // Consumers: CompetingConsumersRoundRobin, PrefetchBoundsUnacked,
 // UnackedRedeliveredOnConsumerCancel, UnackedRedeliveredOnClose,
