@@ -82,6 +82,15 @@ func (r recording) DeclareQueue(ctx context.Context, q transport.Queue) (string,
 	return name, err
 }
 
+// Unwrap returns the transport under the one a Connect returned: the
+// *amqp.Transport or the embedded broker's connection.
+func Unwrap(tr transport.Transport) transport.Transport {
+	if r, ok := tr.(recording); ok {
+		return r.Transport
+	}
+	return tr
+}
+
 func (q *queues) deleteAll(t *testing.T, url string) {
 	q.mu.Lock()
 	names := q.names
