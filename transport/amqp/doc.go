@@ -64,6 +64,20 @@
 // value above math.MaxInt64 is an error); any type outside the documented
 // set is an error naming the header. Timestamps arrive in UTC.
 //
+// # Headers amqp091 cannot read
+//
+// amqp091-go refuses a header table or array nested deeper than 32 levels,
+// holding more than 8192 entries, or of an unknown field type, and then
+// shuts the whole connection down; RabbitMQ passes such headers on. So
+// each connection reads its socket (the plaintext, under TLS: the
+// transport does the TLS handshake itself, following the URL as amqp091
+// does) through a filter that checks every content header frame the way
+// amqp091 reads it and rewrites one it would refuse: the unreadable
+// headers are removed and [transport.HeaderMalformed] says which and why,
+// the body and the other properties pass unchanged. Each rewrite is logged
+// at Warn and counted in [Stats]. Consumers see an ordinary delivery and
+// treat it as malformed input (see docs/design.md).
+//
 // # Delivery guarantees
 //
 // As RabbitMQ: a delivery that is not settled when its consumer ends

@@ -31,9 +31,11 @@ const (
 	flagHeaders = 0x2000
 )
 
+const numProperties = 14
+
 // propertyFlags lists the basic class's properties in wire order: each flag
 // with the kind of its value.
-var propertyFlags = []struct {
+var propertyFlags = [numProperties]struct {
 	flag uint16
 	kind byte // 's' short string, 'F' table, 'o' octet, 'T' 64-bit timestamp
 	name string
@@ -145,7 +147,7 @@ func sanitizeContentHeader(frame []byte) ([]byte, string) {
 	flags := binary.BigEndian.Uint16(payload[12:14])
 	r := fieldReader{b: payload, off: fixed}
 	var (
-		props    = make([][]byte, len(propertyFlags))
+		props    [numProperties][]byte
 		problems []string
 		headers  []byte // the headers table's entries, when readable
 	)
@@ -309,7 +311,7 @@ func (r *fieldReader) table() (body []byte, removed []string, err string) {
 			removed = append(removed, "the last entry (truncated)")
 			break
 		}
-		key := string(body[start+1 : t.off])
+		key := body[start+1 : t.off]
 		why, resumable := t.field(0)
 		count++
 		if why != "" {
@@ -326,7 +328,8 @@ func (r *fieldReader) table() (body []byte, removed []string, err string) {
 	return body, removed, ""
 }
 
-func showKey(k string) string {
+func showKey(key []byte) string {
+	k := string(key)
 	if len(k) > maxShownKey {
 		k = k[:maxShownKey] + "..."
 	}
