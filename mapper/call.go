@@ -609,12 +609,13 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 	}
 	msg := m.message(ctx, wire.TypeRequest, path, body)
 	msg.Persistent = true
-	if err := m.ensureServiceQueue(ctx, path, c.persistent); err != nil {
+	refused, err := m.ensureServiceQueue(ctx, path, c.persistent)
+	if err != nil {
 		return nil, err
 	}
 	r, err := m.await(ctx, path, "", msg, nil, wire.ServiceExchange, path)
 	if err != nil {
-		return nil, err
+		return nil, noSharedQueue(path, refused, err)
 	}
 	if r.Err != nil {
 		return r, r.Err
@@ -625,11 +626,12 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 // park publishes msg to the service's shared queue, declaring it when no
 // agent ever did.
 func (m *Mapper) park(ctx context.Context, path string, msg transport.Message, durable bool) error {
-	if err := m.ensureServiceQueue(ctx, path, durable); err != nil {
+	refused, err := m.ensureServiceQueue(ctx, path, durable)
+	if err != nil {
 		return err
 	}
 	if err := m.tr.Publish(ctx, wire.ServiceExchange, path, msg, transport.PublishOptions{Mandatory: true}); err != nil {
-		return fmt.Errorf("mapper: park %s: %w", path, err)
+		return noSharedQueue(path, refused, fmt.Errorf("mapper: park %s: %w", path, err))
 	}
 	m.log.Info("no agent: parked in the shared queue", "service", path, "message_id", msg.MessageID)
 	return nil
@@ -645,20 +647,48 @@ const parkDeliveryLimit = 5
 // as for a handler with agent.Durable(); else a durable classic queue. A
 // queue that exists is used as it is, whatever its type (the declaration is
 // refused as inequivalent, and nothing else changes).
-func (m *Mapper) ensureServiceQueue(ctx context.Context, path string, durable bool) error {
+//
+// A user that may not declare or bind service queues (warren setup's
+// least-privilege mapper user: transport.ErrAccessRefused) can still park
+// in a queue that an agent serving path declared and bound: refused is
+// then true and the caller's mandatory publish finds out whether there is
+// one (see noSharedQueue).
+func (m *Mapper) ensureServiceQueue(ctx context.Context, path string, durable bool) (refused bool, err error) {
 	q := wire.ServiceQueue(path)
 	decl := transport.Queue{Name: q, Durable: true, DeadLetterExchange: wire.DeadLetterExchange}
 	if durable {
 		decl.Type, decl.DeliveryLimit = transport.Quorum, parkDeliveryLimit
 	}
-	_, err := m.tr.DeclareQueue(ctx, decl)
-	if err != nil && !errors.Is(err, transport.ErrPrecondition) {
-		return fmt.Errorf("mapper: park %s: declare %s: %w", path, q, err)
+	_, err = m.tr.DeclareQueue(ctx, decl)
+	switch {
+	case errors.Is(err, transport.ErrAccessRefused):
+		m.log.Debug("park: this user may not declare the shared queue: parking only if an agent declared it", "queue", q, "err", err)
+		return true, nil
+	case err != nil && !errors.Is(err, transport.ErrPrecondition):
+		return false, fmt.Errorf("mapper: park %s: declare %s: %w", path, q, err)
 	}
-	if err := m.tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: q, Key: path}); err != nil {
-		return fmt.Errorf("mapper: park %s: bind %s: %w", path, q, err)
+	err = m.tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: q, Key: path})
+	switch {
+	case errors.Is(err, transport.ErrAccessRefused):
+		m.log.Debug("park: this user may not bind the shared queue: parking only if an agent bound it", "queue", q, "err", err)
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("mapper: park %s: bind %s: %w", path, q, err)
 	}
-	return nil
+	return false, nil
+}
+
+// noSharedQueue turns the unroutable publish of a park whose queue this
+// user was refused to declare (refused) into an error that says so and
+// what to do; other errors are returned as they are. It wraps both
+// transport.ErrAccessRefused and transport.ErrUnroutable.
+func noSharedQueue(path string, refused bool, err error) error {
+	if !refused || !errors.Is(err, transport.ErrUnroutable) {
+		return err
+	}
+	return fmt.Errorf("mapper: park %s: no shared queue %s to park in, and this user may not create it (%w; publish: %w): "+
+		"run an agent serving %s once (it creates the queue), or park as a user allowed to configure and bind it",
+		path, wire.ServiceQueue(path), transport.ErrAccessRefused, transport.ErrUnroutable, path)
 }
 
 // address names the recipient in the warren-to header when the transport

@@ -43,8 +43,15 @@ var (
 	ErrNotFound = errors.New("transport: not found")
 	// ErrPrecondition is returned when a declaration conflicts with an
 	// existing entity of the same name (AMQP 406), or a consumer asks for
-	// exclusive access to a queue already consumed (AMQP 403).
+	// exclusive access to a queue already consumed (AMQP 403 for a queue
+	// in exclusive use, not for a permission: see ErrAccessRefused).
 	ErrPrecondition = errors.New("transport: precondition failed")
+	// ErrAccessRefused is returned when the broker refuses the operation
+	// because the user lacks the permission for it (AMQP 403
+	// ACCESS_REFUSED naming the user: configure, write or read access to
+	// an exchange or queue, a user_id property that is not the user's).
+	// It is not ErrPrecondition: retrying as the same user cannot help.
+	ErrAccessRefused = errors.New("transport: access refused")
 	// ErrAlreadySettled is returned by a second Ack or Nack of one Delivery.
 	ErrAlreadySettled = errors.New("transport: delivery already settled")
 	// ErrConnectionLost is returned for work in flight when the connection to

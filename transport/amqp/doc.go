@@ -41,10 +41,13 @@
 // returned. Declarations use short-lived pooled channels. A channel-level
 // error closes only the channel it happened on; the transport replaces it
 // and returns an error naming the entity and wrapping
-// [transport.ErrNotFound] for 404 NOT_FOUND, or [transport.ErrPrecondition]
-// for 406 PRECONDITION_FAILED, 405 RESOURCE_LOCKED (another connection's
-// exclusive queue) and 403 ACCESS_REFUSED (the default exchange, the amq.
-// prefix, a queue in exclusive use). Input that amqp091 would only reject
+// [transport.ErrNotFound] for 404 NOT_FOUND, [transport.ErrAccessRefused]
+// for 403 ACCESS_REFUSED naming the user (a configure, write or read
+// permission it lacks, a user_id that is not its own), or
+// [transport.ErrPrecondition] for 406 PRECONDITION_FAILED, 405
+// RESOURCE_LOCKED (another connection's exclusive queue) and the other 403
+// ACCESS_REFUSED (the default exchange, the amq. prefix, a queue in
+// exclusive use). Input that amqp091 would only reject
 // halfway through writing a frame, which breaks the whole connection, is
 // refused first: names, keys, header keys and short properties longer than
 // 255 bytes.

@@ -37,9 +37,14 @@ func brokerError(op, name string, err error, closed, lost bool) error {
 		switch ae.Code {
 		case codeNotFound:
 			return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrNotFound, ae.Reason)
-		case codePreconditionFailed, codeResourceLocked, codeAccessRefused:
-			// 403 is the default exchange, the reserved amq. prefix, or a
-			// queue in exclusive use by a consumer.
+		case codeAccessRefused:
+			if permissionRefused(ae) {
+				return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrAccessRefused, ae.Reason)
+			}
+			// The default exchange, the reserved amq. prefix, or a queue
+			// in exclusive use by a consumer.
+			return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrPrecondition, ae.Reason)
+		case codePreconditionFailed, codeResourceLocked:
 			return fmt.Errorf("amqp: %s %q: %w (%s)", op, name, transport.ErrPrecondition, ae.Reason)
 		}
 	}
@@ -53,6 +58,15 @@ func brokerError(op, name string, err error, closed, lost bool) error {
 		return fmt.Errorf("amqp: %s %q: %s (code %d)", op, name, ae.Reason, ae.Code)
 	}
 	return fmt.Errorf("amqp: %s %q: %w", op, name, err)
+}
+
+// permissionRefused reports whether a 403 ACCESS_REFUSED is about the
+// user's permissions ("ACCESS_REFUSED - configure access to queue 'q' in
+// vhost '/' refused for user 'u'", "... user_id property set to 'x' but
+// authenticated user was 'u'") rather than the reserved names or a queue in
+// exclusive use, which RabbitMQ reports with the same code.
+func permissionRefused(ae *amqp091.Error) bool {
+	return strings.Contains(ae.Reason, "refused for user") || strings.Contains(ae.Reason, "authenticated user")
 }
 
 // brokenSocket reports whether err is the connection's socket failing (a
@@ -76,6 +90,17 @@ func (e *DialError) Error() string {
 }
 
 func (e *DialError) Unwrap() error { return e.Err }
+
+// Is makes a broker's refusal of the user (403 ACCESS_REFUSED: bad user
+// name or password; 530 NOT_ALLOWED naming the user: no access to the
+// vhost) match transport.ErrAccessRefused.
+func (e *DialError) Is(target error) bool {
+	if target != transport.ErrAccessRefused {
+		return false
+	}
+	var ae *amqp091.Error
+	return errors.As(e.Err, &ae) && (ae.Code == codeAccessRefused || ae.Code == amqp091.NotAllowed && strings.Contains(ae.Reason, "refused for user"))
+}
 
 // shortReason reduces dial errors to what a person needs: "connection
 // refused" rather than "dial tcp 127.0.0.1:5672: connect: connection refused".

@@ -25,7 +25,11 @@ func TestBrokerError(t *testing.T) {
 		{"404", server(404, "NOT_FOUND - no queue 'q'"), false, false, transport.ErrNotFound, `amqp: op "q": transport: not found (NOT_FOUND - no queue 'q')`},
 		{"406", server(406, "PRECONDITION_FAILED"), false, false, transport.ErrPrecondition, ""},
 		{"405", server(405, "RESOURCE_LOCKED"), false, false, transport.ErrPrecondition, ""},
-		{"403", server(403, "ACCESS_REFUSED"), false, false, transport.ErrPrecondition, ""},
+		{"403 exclusive use", server(403, "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use"), false, false, transport.ErrPrecondition, ""},
+		{"403 reserved name", server(403, "ACCESS_REFUSED - queue name 'amq.q' contains reserved prefix 'amq.*'"), false, false, transport.ErrPrecondition, ""},
+		{"403 permission", server(403, "ACCESS_REFUSED - configure access to queue 'q' in vhost '/' refused for user 'mapper'"), false, false, transport.ErrAccessRefused,
+			`amqp: op "q": transport: access refused (ACCESS_REFUSED - configure access to queue 'q' in vhost '/' refused for user 'mapper')`},
+		{"403 user_id", server(403, "ACCESS_REFUSED - user_id property set to 'fred' but authenticated user was 'bob'"), false, false, transport.ErrAccessRefused, ""},
 		{"closed wins over lost", amqp091.ErrClosed, true, true, transport.ErrClosed, ""},
 		{"lost", &amqp091.Error{Code: 320, Reason: "CONNECTION_FORCED"}, false, true, transport.ErrConnectionLost, ""},
 		{"closed channel", amqp091.ErrClosed, false, false, transport.ErrConnectionLost, ""},
@@ -37,6 +41,9 @@ func TestBrokerError(t *testing.T) {
 			if tc.want != nil && !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want one wrapping %v", err, tc.want)
 			}
+			if tc.want == transport.ErrAccessRefused && errors.Is(err, transport.ErrPrecondition) {
+				t.Fatalf("err = %v: a refused permission is not a precondition", err)
+			}
 			if tc.wantText != "" && err.Error() != tc.wantText {
 				t.Fatalf("err = %q, want %q", err, tc.wantText)
 			}
@@ -47,6 +54,22 @@ func TestBrokerError(t *testing.T) {
 	}
 	if brokerError("op", "q", nil, false, false) != nil {
 		t.Fatal("nil error mapped to non-nil")
+	}
+}
+
+func TestDialErrorAccessRefused(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{amqp091.ErrCredentials, true},
+		{&amqp091.Error{Code: 530, Reason: "NOT_ALLOWED - access to vhost '/x' refused for user 'u'", Server: true}, true},
+		{&amqp091.Error{Code: 530, Reason: "NOT_ALLOWED - vhost /x not found", Server: true}, false},
+		{syscall.ECONNREFUSED, false},
+	} {
+		if got := errors.Is(&DialError{URL: "amqp://u@h/", Err: c.err}, transport.ErrAccessRefused); got != c.want {
+			t.Errorf("%v: errors.Is ErrAccessRefused = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
 

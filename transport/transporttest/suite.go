@@ -67,6 +67,9 @@
 //     by a consumer) and 405 RESOURCE_LOCKED (an exclusive queue of another
 //     connection): [transport.ErrPrecondition].
 //   - basic.return of a mandatory publish: [transport.ErrUnroutable].
+//   - 403 ACCESS_REFUSED for a permission the user lacks:
+//     [transport.ErrAccessRefused] (the suite runs as a user allowed
+//     everything; setup's TestParkAsMapperUser checks it on RabbitMQ).
 //
 // After such a refusal, which closes the AMQP channel, the transport stays
 // usable: the suite's next operation on it must work.
