@@ -240,6 +240,17 @@ func TestRejections(t *testing.T) {
 			m.Headers["warren-status"] = "error"
 			return m
 		}},
+		{"headers nested 33 deep (issue 8 item 1)", ReasonMalformed, nil, func(f *fixture) transport.Message {
+			// A genuine message with a header amqp091-go cannot read: the
+			// transport removes it and sets transport.HeaderMalformed.
+			m := f.sealAs("mapper1", "", "qfred", req())
+			var deep any = "bottom"
+			for range 33 {
+				deep = map[string]any{"n": deep}
+			}
+			m.Headers["deep"] = deep
+			return m
+		}},
 		{"tampered inner content type", ReasonBadSignature, nil, func(f *fixture) transport.Message {
 			return editEnvelope(t, f.sealAs("mapper1", "", "qfred", req()), func(e *envelope) { e.CT = "text/plain" })
 		}},
