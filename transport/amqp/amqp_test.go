@@ -178,6 +178,21 @@ func TestBadHeaderIsAnError(t *testing.T) {
 	}
 }
 
+// TestLongestExpiration: RabbitMQ takes an expiration of MaxExpiration; a
+// longer one is refused before it is sent, not reported as a lost
+// connection after RabbitMQ closed the channel over it.
+func TestLongestExpiration(t *testing.T) {
+	tr := dial(t, amqp.Config{})
+	q := tempQueue(t, tr, transport.Queue{})
+	if err := tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("x"), Expiration: amqp.MaxExpiration}, transport.PublishOptions{Confirm: true}); err != nil {
+		t.Fatalf("MaxExpiration: %v", err)
+	}
+	err := tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("x"), Expiration: 1000000 * time.Hour}, transport.PublishOptions{Confirm: true})
+	if err == nil || errors.Is(err, transport.ErrConnectionLost) || !strings.Contains(err.Error(), "over RabbitMQ's limit") {
+		t.Fatalf("expiration 1000000h: err = %v", err)
+	}
+}
+
 func TestMandatory(t *testing.T) {
 	tr := dial(t, amqp.Config{})
 	q := tempQueue(t, tr, transport.Queue{})

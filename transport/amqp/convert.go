@@ -49,6 +49,10 @@ func toPublishing(m transport.Message) (amqp091.Publishing, error) {
 	switch {
 	case m.Expiration < 0:
 		return amqp091.Publishing{}, fmt.Errorf("amqp: negative expiration %v", m.Expiration)
+	case m.Expiration > MaxExpiration:
+		// RabbitMQ would close the channel (406 PRECONDITION_FAILED),
+		// which the publish reports as a lost connection.
+		return amqp091.Publishing{}, fmt.Errorf("amqp: expiration %v is over RabbitMQ's limit of %v (2^32-1 ms)", m.Expiration, MaxExpiration)
 	case m.Expiration > 0:
 		// Round up: a sub-millisecond TTL must not become "expire now".
 		ms := (m.Expiration + time.Millisecond - 1) / time.Millisecond
@@ -56,6 +60,10 @@ func toPublishing(m transport.Message) (amqp091.Publishing, error) {
 	}
 	return p, nil
 }
+
+// MaxExpiration is the longest message expiration (per-message TTL)
+// RabbitMQ accepts: 2^32-1 milliseconds, about 49.7 days.
+const MaxExpiration = (1<<32 - 1) * time.Millisecond
 
 // fromDelivery converts an AMQP delivery to a transport message.
 func fromDelivery(d *amqp091.Delivery) transport.Message {

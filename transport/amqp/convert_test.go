@@ -119,6 +119,12 @@ func TestPublishingRoundTrip(t *testing.T) {
 	if _, err := toPublishing(transport.Message{Expiration: -1}); err == nil {
 		t.Error("negative expiration accepted")
 	}
+	if p, err := toPublishing(transport.Message{Expiration: MaxExpiration}); err != nil || p.Expiration != "4294967295" {
+		t.Errorf("MaxExpiration: %q, %v", p.Expiration, err)
+	}
+	if _, err := toPublishing(transport.Message{Expiration: MaxExpiration + time.Millisecond}); err == nil || !strings.Contains(err.Error(), "over RabbitMQ's limit") {
+		t.Errorf("expiration over the limit: err = %v", err)
+	}
 }
 
 func TestRedactURL(t *testing.T) {
