@@ -7,13 +7,14 @@ import (
 
 	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/simple"
+	"github.com/warrenrpc/warren/wire"
 )
 
 type agentCmd struct {
 	brokerFlags
 	Token    string        `name:"token" short:"t" help:"Agent identity (default: generated)."`
 	Tags     []string      `name:"tag" help:"Tag the agent (repeatable)."`
-	Ping     time.Duration `name:"ping" default:"15s" help:"Ping (heartbeat) interval."`
+	Ping     time.Duration `name:"ping" default:"15s" help:"Ping (heartbeat) interval, 100ms to 1h: mappers drop an agent silent for three."`
 	Prefetch int           `name:"prefetch" default:"64" help:"Requests worked on at once, per queue."`
 	Drain    time.Duration `name:"drain-timeout" default:"30s" help:"On SIGTERM, how long to finish requests in hand before requeueing them."`
 	Durable  bool          `name:"durable" help:"Make the agent's own queue a durable quorum queue: requests addressed to it survive a broker restart (send them with --persistent), and one that keeps crashing the agent is dead-lettered after --max-deliveries."`
@@ -28,6 +29,12 @@ unregisters and exits 0. With --durable its queue is a quorum queue whose
 requests survive a broker restart (send them with --persistent).`
 }
 
+// The bounds of --ping.
+const (
+	minPing = 100 * time.Millisecond
+	maxPing = time.Hour
+)
+
 func (c *agentCmd) Run(g *Globals) error {
 	for _, d := range []struct {
 		flag string
@@ -35,6 +42,16 @@ func (c *agentCmd) Run(g *Globals) error {
 	}{{"--ping", c.Ping}, {"--drain-timeout", c.Drain}} {
 		if d.v <= 0 {
 			return usageError{fmt.Errorf("%s %v: want a positive duration", d.flag, d.v)}
+		}
+	}
+	if c.Ping < minPing || c.Ping > maxPing {
+		// Each ping is a publish to every mapper: below this the agent
+		// spends its time pinging (1ns logged 22,000 warnings a second).
+		return usageError{fmt.Errorf("--ping %v: want %v to %v", c.Ping, minPing, maxPing)}
+	}
+	if c.Token != "" {
+		if err := wire.CheckIdentity(c.Token); err != nil {
+			return usageError{fmt.Errorf("--token: %w", err)}
 		}
 	}
 	if c.Prefetch < 1 || c.MaxDeliv < 1 {

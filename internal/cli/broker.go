@@ -92,19 +92,26 @@ func (b brokerFlags) dial(ctx context.Context, g *Globals, name string) (transpo
 // dialAs is dial that also returns the secure-mode identity ("" when not
 // in secure mode).
 func (b brokerFlags) dialAs(ctx context.Context, g *Globals, name string) (transport.Transport, string, error) {
+	tr, id, _, err := b.dialAMQP(ctx, g, name)
+	return tr, id, err
+}
+
+// dialAMQP is dialAs that also returns the AMQP transport under secure
+// mode, which reports the broker blocking publishes.
+func (b brokerFlags) dialAMQP(ctx context.Context, g *Globals, name string) (transport.Transport, string, *amqp.Transport, error) {
 	if err := b.Secure.check(); err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	tr, err := b.dialPlain(ctx, g, name)
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	str, id, err := b.Secure.wrap(g, tr)
 	if err != nil {
 		tr.Close()
-		return nil, "", err
+		return nil, "", nil, err
 	}
-	return str, id, nil
+	return str, id, tr, nil
 }
 
 // checkBrokerURL validates a broker URL, or a comma-separated list of the
@@ -139,7 +146,7 @@ func warnPasswordFlag(g *Globals, raw string) {
 	})
 }
 
-func (b brokerFlags) dialPlain(ctx context.Context, g *Globals, name string) (transport.Transport, error) {
+func (b brokerFlags) dialPlain(ctx context.Context, g *Globals, name string) (*amqp.Transport, error) {
 	if err := checkBrokerURL(g, b.Broker); err != nil {
 		return nil, err
 	}

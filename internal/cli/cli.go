@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/alecthomas/kong"
 )
@@ -22,6 +23,7 @@ type Globals struct {
 	LogFormat string `name:"log-format" env:"WARREN_LOG_FORMAT" default:"text" enum:"text,json" help:"Log format (${enum})."`
 
 	ctx    context.Context
+	in     io.Reader // standard input, for payloads given as -
 	out    io.Writer
 	errOut io.Writer
 	// brokerOnCommandLine: --broker was given as a flag, not through
@@ -70,7 +72,7 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 	var r root
 	secrets := secretValues(args, os.Environ())
 	errOut = newScrubber(errOut, secrets)
-	r.ctx, r.out, r.errOut = ctx, out, errOut
+	r.ctx, r.in, r.out, r.errOut = ctx, os.Stdin, out, errOut
 	exited := false
 	code := 0
 	parser, err := kong.New(&r,
@@ -87,7 +89,14 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 		fmt.Fprintf(errOut, "warren: %v\n", err)
 		return 1
 	}
-	kctx, err := parser.Parse(args)
+	for i, a := range args {
+		if !utf8.ValidString(a) {
+			// kong would turn the bad bytes into U+FFFD.
+			fmt.Fprintf(errOut, "warren: argument %d %s is not valid UTF-8\n", i+1, escape(a))
+			return 2
+		}
+	}
+	kctx, err := parser.Parse(negativePayloads(parser.Model, args))
 	if exited {
 		return code
 	}

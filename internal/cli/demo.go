@@ -49,8 +49,8 @@ func (d *demoAgent) setLoad(f float64) { d.load.Store(math.Float64bits(f)) }
 func (d *demoAgent) loadNow() float64  { return math.Float64frombits(d.load.Load()) }
 
 func (c *demoCmd) Run(g *Globals) error {
-	if c.Ping <= 0 {
-		return usageError{errors.New("--ping must be positive")}
+	if c.Ping < minPing || c.Ping > maxPing {
+		return usageError{fmt.Errorf("--ping %v: want %v to %v", c.Ping, minPing, maxPing)}
 	}
 	ctx, cancel := context.WithTimeout(g.Context(), 50*time.Second)
 	defer cancel()

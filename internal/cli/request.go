@@ -16,29 +16,26 @@ import (
 // callFlags are shared by request and push.
 type callFlags struct {
 	brokerFlags
-	Path     string        `arg:"" name:"path" help:"Service path, /actor/method."`
-	Payload  string        `arg:"" optional:"" name:"payload" default:"null" help:"JSON payload (default null)."`
-	Selector string        `name:"selector" short:"s" default:"least_loaded" help:"least_loaded, all, random, round_robin or agent:IDENTITY."`
-	Tags     []string      `name:"tag" help:"Only agents carrying this tag (repeatable)."`
-	Timeout  time.Duration `name:"timeout" default:"10s" help:"Give up after this long; travels with the request as its deadline."`
+	Path     string   `arg:"" name:"path" help:"Service path, /actor/method."`
+	Payload  string   `arg:"" optional:"" name:"payload" default:"null" help:"JSON payload (default null); @FILE reads it from FILE, - from standard input. A negative number needs no --."`
+	Selector string   `name:"selector" short:"s" default:"least_loaded" help:"least_loaded, all, random, round_robin or agent:IDENTITY."`
+	Tags     []string `name:"tag" help:"Only agents carrying this tag (repeatable)."`
 
 	Park       bool `name:"park" help:"When no live agent serves the path, park the message durably in the service's shared queue until an agent for it appears, within its deadline, instead of failing with no agent (mapper.Park)."`
 	Persistent bool `name:"persistent" help:"Send a persistent message, confirmed by the broker, so that it survives a broker restart in a durable queue (agents run with --durable) (mapper.Persistent)."`
 }
 
-func (c *callFlags) options() ([]mapper.CallOption, json.RawMessage, error) {
+func (c *callFlags) options(g *Globals) ([]mapper.CallOption, json.RawMessage, error) {
 	if err := wire.CheckPath(c.Path); err != nil {
 		return nil, nil, usageError{err}
-	}
-	if !json.Valid([]byte(c.Payload)) {
-		return nil, nil, usageError{fmt.Errorf("payload %q is not JSON (quote strings: '\"hi\"')", c.Payload)}
 	}
 	sel, err := mapper.ParseSelector(c.Selector)
 	if err != nil {
 		return nil, nil, usageError{err}
 	}
-	if c.Timeout <= 0 {
-		return nil, nil, usageError{fmt.Errorf("--timeout %v: want a positive duration", c.Timeout)}
+	payload, err := readPayload(g, c.Payload)
+	if err != nil {
+		return nil, nil, err
 	}
 	opts := []mapper.CallOption{mapper.Select(sel), mapper.WithTags(c.Tags...)}
 	if c.Park {
@@ -47,17 +44,31 @@ func (c *callFlags) options() ([]mapper.CallOption, json.RawMessage, error) {
 	if c.Persistent {
 		opts = append(opts, mapper.Persistent())
 	}
-	return opts, json.RawMessage(c.Payload), nil
+	return opts, payload, nil
 }
 
-// withMapper dials, runs a mapper for the duration of fn, and stops it.
-func withMapper(ctx context.Context, g *Globals, b brokerFlags, name string, fn func(*mapper.Mapper) error) error {
-	tr, id, err := b.dialAs(ctx, g, name)
+// withMapper dials, runs a mapper for the duration of fn, and stops it. st,
+// when not nil, follows how far it got.
+func withMapper(ctx context.Context, g *Globals, b brokerFlags, name string, st *callState, fn func(*mapper.Mapper) error) error {
+	if st == nil {
+		st = &callState{}
+	}
+	tr, id, plain, err := b.dialAMQP(ctx, g, name)
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
-	return runMapper(ctx, g, tr, id, fn)
+	st.stage = stageStart
+	st.sends.Transport = tr
+	err = runMapper(ctx, g, &st.sends, id, func(m *mapper.Mapper) error {
+		st.stage = stageCall
+		return fn(m)
+	})
+	if err != nil {
+		// Before Close, which ends the block.
+		st.blocked = plain.Blocked()
+	}
+	return err
 }
 
 // runMapper runs a mapper named id ("" generates one) for fn.
@@ -73,6 +84,10 @@ func runMapper(ctx context.Context, g *Globals, tr transport.Transport, id strin
 	case <-m.Ready():
 	case err := <-runErr:
 		stop()
+		if err == nil {
+			// Run returns nil when ctx ends: before Ready, fn never ran.
+			err = fmt.Errorf("mapper: stopped before it was ready: %w", context.Cause(ctx))
+		}
 		return err
 	}
 	err = fn(m)
@@ -85,7 +100,8 @@ func runMapper(ctx context.Context, g *Globals, tr transport.Transport, id strin
 
 type requestCmd struct {
 	callFlags
-	Retry bool `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
+	Timeout time.Duration `name:"timeout" default:"10s" help:"Give up after this long. It travels with the request as its deadline: an agent does not start it later. At most 1193h."`
+	Retry   bool          `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
 }
 
 func (c *requestCmd) Help() string {
@@ -98,11 +114,18 @@ answer in time appear with {"error": {"code": ..., "message": ...}}.
 With --park a request that no live agent serves waits, durably, in the
 service's shared queue for the first agent that serves it, until --timeout.
 --persistent and --retry-on-connection-loss ride out broker failures; see
-docs/reliability.md.`
+docs/reliability.md.
+
+Exit status 0 means a result was printed. On a failure, --timeout or SIGINT
+included, the exit status is 1 and one line says how far the request got
+(nothing sent, or sent and maybe run); 2 is a usage error.`
 }
 
 func (c *requestCmd) Run(g *Globals) error {
-	opts, payload, err := c.options()
+	if err := checkDuration("--timeout", c.Timeout, true); err != nil {
+		return err
+	}
+	opts, payload, err := c.options(g)
 	if err != nil {
 		return err
 	}
@@ -114,7 +137,8 @@ func (c *requestCmd) Run(g *Globals) error {
 	}
 	ctx, cancel := context.WithTimeout(g.Context(), c.Timeout)
 	defer cancel()
-	return withMapper(ctx, g, c.brokerFlags, "request", func(m *mapper.Mapper) error {
+	var st callState
+	err = withMapper(ctx, g, c.brokerFlags, "request", &st, func(m *mapper.Mapper) error {
 		if c.Selector == "all" {
 			rs, err := m.FanOut(ctx, c.Path, payload, opts...)
 			if err != nil {
@@ -132,6 +156,7 @@ func (c *requestCmd) Run(g *Globals) error {
 		}
 		return printJSON(g.Out(), r.Body)
 	})
+	return st.explain(ctx, "request "+c.Path, "--timeout", c.Timeout, err)
 }
 
 // replyJSON is how a reply is printed: the result, or {"error": ...}.
@@ -159,51 +184,47 @@ func printJSON(w io.Writer, v any) error {
 
 type pushCmd struct {
 	callFlags
-	TTL time.Duration `name:"ttl" help:"The push's time to live, instead of --timeout, which then bounds only the sending: an agent does not start it later, and a queue dead-letters it (reason expired) when nobody took it in time (mapper.TTL)."`
+	Timeout time.Duration `name:"timeout" default:"10s" help:"Give up sending after this long: connecting, finding an agent, the broker's confirm. It does not travel with the push (--ttl does)."`
+	TTL     time.Duration `name:"ttl" default:"10s" help:"The push's time to live, from its sending: an agent does not start it later, and a queue dead-letters it (reason expired) when nobody took it in time (mapper.TTL). At most 1193h."`
 }
 
 func (c *pushCmd) Help() string {
-	return `Sends a push (no result) and exits once the broker has routed it. Its
-deadline is --timeout, or --ttl when given:
+	return `Sends a push (no result) and exits once the broker has confirmed it.
+--timeout bounds the sending; --ttl is the push's own deadline:
 
   warren push /simple/sleep 1 --park --persistent --ttl 1h
 
 parks the push, persistent, in the service's shared queue when no agent
-serves it, where it waits up to an hour for one.`
+serves it, where it waits up to an hour for one.
+
+Exit status 0 means the broker confirmed the push. On a failure, --timeout
+or SIGINT included, the exit status is 1 and one line says how far the push
+got (nothing sent, or sent without a confirm); 2 is a usage error.`
 }
 
 func (c *pushCmd) Run(g *Globals) error {
-	opts, payload, err := c.options()
+	if err := checkDuration("--timeout", c.Timeout, false); err != nil {
+		return err
+	}
+	if err := checkDuration("--ttl", c.TTL, true); err != nil {
+		return err
+	}
+	opts, payload, err := c.options(g)
 	if err != nil {
 		return err
 	}
-	if c.TTL < 0 {
-		return usageError{fmt.Errorf("--ttl %v: want a positive duration", c.TTL)}
-	}
-	var ctx context.Context
-	var cancel context.CancelCauseFunc
-	if c.TTL > 0 {
-		// A deadline on the context would travel with the push and cut its
-		// TTL short: a timer bounds the sending instead.
-		ctx, cancel = context.WithCancelCause(g.Context())
-		t := time.AfterFunc(c.Timeout, func() {
-			cancel(fmt.Errorf("--timeout %v passed: %w", c.Timeout, context.DeadlineExceeded))
-		})
-		defer t.Stop()
-		opts = append(opts, mapper.TTL(c.TTL))
-	} else {
-		var stop context.CancelFunc
-		ctx, stop = context.WithTimeout(g.Context(), c.Timeout)
-		cancel = func(error) { stop() }
-	}
+	opts = append(opts, mapper.TTL(c.TTL))
+	// A deadline on the context would travel with the push: a timer bounds
+	// the sending instead.
+	ctx, cancel := context.WithCancelCause(g.Context())
 	defer cancel(nil)
-	err = withMapper(ctx, g, c.brokerFlags, "push", func(m *mapper.Mapper) error {
+	t := time.AfterFunc(c.Timeout, func() { cancel(context.DeadlineExceeded) })
+	defer t.Stop()
+	var st callState
+	err = withMapper(ctx, g, c.brokerFlags, "push", &st, func(m *mapper.Mapper) error {
 		return m.Push(ctx, c.Path, payload, opts...)
 	})
-	if cause := context.Cause(ctx); err != nil && errors.Is(cause, context.DeadlineExceeded) && !errors.Is(err, context.DeadlineExceeded) {
-		err = fmt.Errorf("%w (%w)", err, cause)
-	}
-	return err
+	return st.explain(ctx, "push "+c.Path, "--timeout", c.Timeout, err)
 }
 
 type agentsCmd struct {
@@ -214,7 +235,7 @@ type agentsCmd struct {
 func (c *agentsCmd) Run(g *Globals) error {
 	ctx, cancel := context.WithTimeout(g.Context(), 30*time.Second)
 	defer cancel()
-	return withMapper(ctx, g, c.brokerFlags, "agents", func(m *mapper.Mapper) error {
+	return withMapper(ctx, g, c.brokerFlags, "agents", nil, func(m *mapper.Mapper) error {
 		// Agents answer the mapper's announce within AnnounceWait.
 		t := time.NewTimer(time.Second)
 		defer t.Stop()

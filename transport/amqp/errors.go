@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -238,9 +237,10 @@ func (e *BlockedError) Error() string {
 func dialCut(ctx context.Context, connected bool, err error) error {
 	ctxErr := ctx.Err()
 	if ctxErr == nil {
-		// The socket's deadline, which is ctx's, can fire a moment
-		// before ctx's own timer does.
-		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The socket's deadline, which is ctx's, can fire before ctx's
+		// own timer has run (amqp091 does not always keep the socket's
+		// error in its chain).
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
 			ctxErr = context.DeadlineExceeded
 		}
 	}

@@ -150,3 +150,28 @@ func TestDialCutShortIsNotACredentialsError(t *testing.T) {
 		}
 	}
 }
+
+// lateTimer is a context whose deadline has passed but whose timer has not
+// run yet (Err is nil), as a loaded machine shows: the socket's deadline
+// fires first.
+type lateTimer struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c lateTimer) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// TestDialDeadlineBeforeItsTimer: a dial that failed because its deadline
+// passed says so even when ctx's timer has not run yet.
+func TestDialDeadlineBeforeItsTimer(t *testing.T) {
+	url, _ := fakeBroker(t, "open")
+	ctx := lateTimer{Context: t.Context(), deadline: time.Now().Add(-time.Millisecond)}
+	tr, err := Dial(ctx, url, Config{})
+	if err == nil {
+		tr.Close()
+		t.Fatal("Dial succeeded")
+	}
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "gave up during the TCP connection") {
+		t.Errorf("err = %v, want a deadline during the TCP connection", err)
+	}
+}
