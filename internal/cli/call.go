@@ -82,7 +82,7 @@ func (st *callState) explain(ctx context.Context, what, timeoutFlag string, time
 		switch {
 		case errors.Is(cause, context.DeadlineExceeded):
 			why = fmt.Sprintf("%s %v passed", timeoutFlag, timeout)
-		case errors.Is(cause, context.Canceled):
+		case cause == context.Canceled:
 			why = "interrupted"
 		default:
 			// signal.NotifyContext's: "interrupt signal received".
@@ -105,7 +105,7 @@ func (st *callState) explain(ctx context.Context, what, timeoutFlag string, time
 	case strings.HasPrefix(what, "push"):
 		where, fate = "after sending", "the broker confirmed the push"
 	default:
-		where, fate = "while waiting for the reply", "the request was delivered and may have run"
+		where, fate = "while waiting for the reply", "the broker took the request: it may have run"
 	}
 	blocked := st.blocked
 	var amqpBlocked *amqp.BlockedError
