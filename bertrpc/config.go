@@ -41,6 +41,14 @@ const (
 	DefaultMaxPacket   = 16 << 20
 	DefaultCallTimeout = 30 * time.Second
 	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultMaxConnections bounds the open client connections.
+	DefaultMaxConnections = 1024
+	// DefaultMaxPendingCasts bounds the casts acknowledged and not yet run
+	// to their end.
+	DefaultMaxPendingCasts = 1024
+	// DefaultFrameTimeout bounds the time a frame may take to arrive once
+	// its first byte has.
+	DefaultFrameTimeout = time.Minute
 )
 
 // Config configures a [Server]. The zero value of each field means its
@@ -66,9 +74,30 @@ type Config struct {
 	// once). 0 or negative → no timeout, as in Ernie: CallTimeout and the
 	// modules' Timeout do not apply to casts.
 	CastTimeout time.Duration `yaml:"cast_timeout"`
-	// IdleTimeout closes a kept-open client connection that sends nothing
-	// for this long. 0 → 5m; negative → never.
+	// IdleTimeout closes a kept-open client connection that sends no
+	// request for this long, counted from its last request's answer (or
+	// its accept). Info BERPs and rejected frames do not renew it.
+	// 0 → 5m; negative → never.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// FrameTimeout bounds the time a frame takes to arrive once its first
+	// byte has; a connection that is slower is answered with a protocol
+	// error (code 1 or 2) and closed. It keeps a client that sends a frame
+	// byte by byte (slow loris) from holding a connection until the idle
+	// timeout. 0 → 1m; negative → none.
+	FrameTimeout time.Duration `yaml:"frame_timeout"`
+	// MaxConnections bounds the open client connections. A connection
+	// over the bound closes the connection that has been idle longest (no
+	// call in hand, no request for the longest time); when every
+	// connection has a call in hand, the new one is refused: its first
+	// request is answered with a server error of class BusyError. Reaching
+	// the process's file-descriptor limit also closes the longest-idle
+	// connection. 0 → 1024; negative → no bound (Ernie's behaviour).
+	MaxConnections int `yaml:"max_connections"`
+	// MaxPendingCasts bounds the casts acknowledged with {noreply} and not
+	// yet finished (queued or running). A cast over the bound is not run:
+	// it is answered with a server error of class BusyError instead of
+	// {noreply}. 0 → 1024; negative → no bound (Ernie's behaviour).
+	MaxPendingCasts int `yaml:"max_pending_casts"`
 	// CloseAfterReply closes each connection after its first reply, as
 	// Ernie does. By default the connection stays open for further requests.
 	CloseAfterReply bool `yaml:"close_after_reply"`
@@ -115,6 +144,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.FrameTimeout == 0 {
+		c.FrameTimeout = DefaultFrameTimeout
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = DefaultMaxConnections
+	}
+	if c.MaxPendingCasts == 0 {
+		c.MaxPendingCasts = DefaultMaxPendingCasts
 	}
 	for i := range c.Modules {
 		if c.Modules[i].Type == TypeExternal && c.Modules[i].Count <= 0 {
@@ -210,6 +248,9 @@ func ParseYAMLConfig(data []byte) (Config, error) {
 		CallTimeout:     time.Duration(yc.CallTimeout),
 		CastTimeout:     time.Duration(yc.CastTimeout),
 		IdleTimeout:     time.Duration(yc.IdleTimeout),
+		FrameTimeout:    time.Duration(yc.FrameTimeout),
+		MaxConnections:  yc.MaxConnections,
+		MaxPendingCasts: yc.MaxPendingCasts,
 		CloseAfterReply: yc.CloseAfterReply,
 		AccessLog:       yc.AccessLog,
 	}
@@ -239,6 +280,9 @@ type yamlConfig struct {
 	CallTimeout     yamlDuration `yaml:"call_timeout"`
 	CastTimeout     yamlDuration `yaml:"cast_timeout"`
 	IdleTimeout     yamlDuration `yaml:"idle_timeout"`
+	FrameTimeout    yamlDuration `yaml:"frame_timeout"`
+	MaxConnections  int          `yaml:"max_connections"`
+	MaxPendingCasts int          `yaml:"max_pending_casts"`
 	CloseAfterReply bool         `yaml:"close_after_reply"`
 	AccessLog       string       `yaml:"access_log"`
 }
@@ -287,7 +331,14 @@ func (d *yamlDuration) UnmarshalYAML(n *yaml.Node) error {
 // Keys: module, type (native, external, fabric), command, count, selector,
 // timeout (milliseconds) and codepaths (ignored). Server-wide settings
 // (listen address, access log) come from the command line, as in Ernie;
-// the YAML form can also hold them.
+// the YAML form can also hold them. The server's limits can also be given
+// as terms of their own, a {Key, Value} tuple each (Warren's; Ernie's own
+// files have none):
+//
+//	{max_connections, 2048}.
+//	{max_pending_casts, 10000}.
+//	{frame_timeout, 120000}.   % milliseconds, as {timeout, Ms}
+//	{idle_timeout, 60000}.
 func ParseErlangConfig(data []byte) (Config, error) {
 	terms, err := parseErlangTerms(string(data))
 	if err != nil {
@@ -295,6 +346,12 @@ func ParseErlangConfig(data []byte) (Config, error) {
 	}
 	var cfg Config
 	for i, t := range terms {
+		if kv, ok := t.(bert.Tuple); ok {
+			if err := cfg.setting(kv); err != nil {
+				return Config{}, fmt.Errorf("%w: term %d: %v", ErrInvalidConfig, i+1, err)
+			}
+			continue
+		}
 		m, err := moduleFromTerm(t)
 		if err != nil {
 			return Config{}, fmt.Errorf("%w: term %d: %v", ErrInvalidConfig, i+1, err)
@@ -305,6 +362,41 @@ func ParseErlangConfig(data []byte) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// setting reads a server-wide {Key, Value} term of the Erlang form.
+// Unknown keys are errors: these terms are Warren's own.
+func (c *Config) setting(kv bert.Tuple) error {
+	if len(kv) != 2 {
+		return fmt.Errorf("expected a module's list of {Key, Value} or a {Key, Value} setting, got %s", bert.FormatLimit(kv, maxQuoteLen))
+	}
+	key, ok := kv[0].(bert.Atom)
+	if !ok {
+		return fmt.Errorf("setting key must be an atom, got %s", bert.FormatLimit(kv[0], maxQuoteLen))
+	}
+	n, err := termInt(kv[1])
+	if err != nil {
+		return fmt.Errorf("%s: %v", key, err)
+	}
+	ms := func() (time.Duration, error) {
+		if n > math.MaxInt64/int(time.Millisecond) || n < -math.MaxInt64/int(time.Millisecond) {
+			return 0, fmt.Errorf("%s: %d milliseconds is out of range", key, n)
+		}
+		return time.Duration(n) * time.Millisecond, nil
+	}
+	switch key {
+	case "max_connections":
+		c.MaxConnections = n
+	case "max_pending_casts":
+		c.MaxPendingCasts = n
+	case "frame_timeout":
+		c.FrameTimeout, err = ms()
+	case "idle_timeout":
+		c.IdleTimeout, err = ms()
+	default:
+		return fmt.Errorf("unknown setting %s (max_connections, max_pending_casts, frame_timeout, idle_timeout)", bert.FormatLimit(key, maxQuoteLen))
+	}
+	return err
 }
 
 func moduleFromTerm(t any) (ModuleConfig, error) {

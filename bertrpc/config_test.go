@@ -163,3 +163,47 @@ func TestLoadConfigErlangFile(t *testing.T) {
 		t.Fatalf("%+v", cfg)
 	}
 }
+
+// TestConfigLimits: the server's limits in both config forms.
+func TestConfigLimits(t *testing.T) {
+	want := bertrpc.Config{
+		MaxConnections: 2048, MaxPendingCasts: -1,
+		FrameTimeout: 2 * time.Minute, IdleTimeout: 90 * time.Second,
+		Modules: []bertrpc.ModuleConfig{{Module: "nat", Type: bertrpc.TypeNative}},
+	}
+	erl, err := bertrpc.ParseErlangConfig([]byte(`
+{max_connections, 2048}.
+{max_pending_casts, -1}.   % no bound
+{frame_timeout, 120000}.
+[{module, nat}, {type, native}].
+{idle_timeout, 90000}.
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	yml, err := bertrpc.ParseYAMLConfig([]byte(`
+max_connections: 2048
+max_pending_casts: -1
+frame_timeout: 2m
+idle_timeout: 90000
+modules: [{module: nat, type: native}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, got := range map[string]bertrpc.Config{"erlang": erl, "yaml": yml} {
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: got %+v\nwant %+v", name, got, want)
+		}
+	}
+	for _, src := range []string{
+		`{max_connectons, 5}.`,
+		`{max_connections, many}.`,
+		`{max_connections, 5, 6}.`,
+		`{frame_timeout, 99999999999999999}.`,
+	} {
+		if _, err := bertrpc.ParseErlangConfig([]byte(src)); !errors.Is(err, bertrpc.ErrInvalidConfig) {
+			t.Errorf("%s: err = %v, want ErrInvalidConfig", src, err)
+		}
+	}
+}

@@ -59,6 +59,20 @@
 // one connection can carry many requests (answered in order); clients that
 // close after the reply see no difference.
 //
+// # Limits
+//
+// Ernie bounds nothing; this server bounds what one client can hold
+// ([Config]): open connections ([Config.MaxConnections]: over it the
+// longest-idle connection is closed, or, when all have a call in hand, the
+// new one is refused with a server BusyError), pending casts
+// ([Config.MaxPendingCasts]: a cast over it is answered with a BusyError
+// instead of {noreply}, and not run), the time a frame may take once begun
+// ([Config.FrameTimeout]) and between requests ([Config.IdleTimeout]). Out
+// of file descriptors, the server closes its longest-idle connection to
+// accept the next one, and otherwise backs off and keeps serving. A
+// frame's buffer grows with the data that arrives, not with the length its
+// header announces. Fabric calls refuse integers over [MaxIntDigits].
+//
 // # Delivery guarantees
 //
 // A call is answered exactly once: with its result, or with an error when

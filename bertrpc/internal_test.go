@@ -2,6 +2,9 @@ package bertrpc
 
 import (
 	"bytes"
+	"errors"
+	"io"
+	"os"
 	"regexp"
 	"runtime"
 	"slices"
@@ -213,5 +216,30 @@ func BenchmarkWorkerRequest(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// stalled is a reader that has nothing more: the read deadline passed.
+type stalled struct{}
+
+func (stalled) Read([]byte) (int, error) { return 0, os.ErrDeadlineExceeded }
+
+// TestStalledFrameHoldsLittle: a frame announcing 16 MiB of which one byte
+// came costs about what came, not the size announced (it cost 64 KiB;
+// now 512 bytes and the readers, a few KiB under the race detector).
+func TestStalledFrameHoldsLittle(t *testing.T) {
+	const n = 100
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range n {
+		r := io.MultiReader(bytes.NewReader([]byte{1, 0, 0, 0, 131}), stalled{})
+		_, ferr := readFrame(r, DefaultMaxPacket)
+		if ferr == nil || ferr.err != nil || ferr.partial != CodeNoData || !errors.Is(ferr.cause, os.ErrDeadlineExceeded) {
+			t.Fatalf("readFrame: %+v", ferr)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if per := (after.TotalAlloc - before.TotalAlloc) / n; per > 8192 {
+		t.Fatalf("a stalled 16 MiB frame allocated %d bytes", per)
 	}
 }

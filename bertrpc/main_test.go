@@ -26,6 +26,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("BERTRPC_TEST_WORKER") != "" {
 		os.Exit(testWorker())
 	}
+	if os.Getenv(fdServerEnv) != "" {
+		os.Exit(fdServer())
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -3,6 +3,7 @@ package bertrpc
 import (
 	"bufio"
 	"bytes"
+	"container/list"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -10,11 +11,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/warrenrpc/warren/bert"
@@ -99,7 +102,9 @@ type Server struct {
 
 	mu       sync.Mutex
 	halting  bool
-	conns    map[net.Conn]struct{}
+	conns    map[net.Conn]*connState
+	idle     list.List      // of *connState without a call in hand, least recently active first
+	casts    int            // pending casts: acknowledged, not yet finished
 	inflight sync.WaitGroup // accepted requests not yet answered (casts: not yet run)
 	wg       sync.WaitGroup // connection and helper goroutines
 	natives  sync.WaitGroup // native handlers running (see runNative)
@@ -108,6 +113,18 @@ type Server struct {
 
 	total, completed atomic.Int64
 	queued           queueCounter
+
+	evicted, refused, castsRefused atomic.Int64
+	refusing                       chan struct{} // bounds the refusals being answered
+	warned                         [numWarnings]atomic.Int64
+}
+
+// connState is one client connection, in Server.conns, and in Server.idle
+// while it has no call in hand.
+type connState struct {
+	c       net.Conn
+	elem    *list.Element // in Server.idle; nil while busy
+	evicted bool          // closed to make room; its requests are not run
 }
 
 // New checks cfg and prepares a server. Nothing listens or starts until
@@ -135,7 +152,9 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		limits: bert.Limits{MaxSize: cfg.MaxPacket},
 		ready:  make(chan struct{}),
 		haltCh: make(chan struct{}),
-		conns:  make(map[net.Conn]struct{}),
+		conns:  make(map[net.Conn]*connState),
+
+		refusing: make(chan struct{}, maxRefusing),
 	}
 	for i, m := range cfg.Modules {
 		for _, k := range m.Ignored {
@@ -225,7 +244,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.addr = ln.Addr()
 	close(s.ready)
-	s.log.Info("listening", "addr", s.addr.String(), "modules", len(s.cfg.Modules))
+	s.log.Info("listening", "addr", s.addr.String(), "modules", len(s.cfg.Modules),
+		"max_connections", s.cfg.MaxConnections, "max_pending_casts", s.cfg.MaxPendingCasts,
+		"frame_timeout", s.cfg.FrameTimeout, "idle_timeout", s.cfg.IdleTimeout)
 
 	acceptDone := make(chan struct{})
 	go func() {
@@ -302,28 +323,191 @@ func (s *Server) acceptLoop(ln net.Listener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Out of file descriptors and the like: back off and retry.
+			if isFDExhaustion(err) {
+				// Out of descriptors: the clients waiting in the listen
+				// backlog are not to wait for idle connections to time
+				// out. Close the longest-idle one and try again soon.
+				if victim := s.evict(); victim != nil {
+					victim.c.Close()
+					s.warn(warnFD, "out of file descriptors: closed the longest-idle connection to accept a new one", "err", err)
+					pause = 0
+					time.Sleep(fdRetry)
+					continue
+				}
+			}
+			// Back off and retry, as net/http does.
 			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed; retrying", "err", err, "pause", pause)
+			s.warn(warnAccept, "accept failed; retrying", "err", err, "pause", pause)
 			time.Sleep(pause)
 			continue
 		}
 		pause = 0
 		accepted := time.Now()
-		s.mu.Lock()
-		if s.halting {
-			s.mu.Unlock()
-			c.Close()
+		st, victim, ok := s.admit(c)
+		if victim != nil {
+			victim.c.Close()
+		}
+		if !ok {
 			continue
 		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(c, accepted)
+			s.serveConn(st, accepted)
 		}()
 	}
+}
+
+// fdRetry is how long the accept loop waits after closing a connection to
+// free a descriptor: the descriptor is released once that connection's
+// reader has returned.
+const fdRetry = 5 * time.Millisecond
+
+func isFDExhaustion(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// admit registers a new connection. Over MaxConnections it evicts the
+// longest-idle connection (victim, for the caller to close), or, when
+// every connection has a call in hand, refuses c. ok reports whether c is
+// to be served (s.wg has been added to then).
+func (s *Server) admit(c net.Conn) (st *connState, victim *connState, ok bool) {
+	s.mu.Lock()
+	if s.halting {
+		s.mu.Unlock()
+		c.Close()
+		return nil, nil, false
+	}
+	if limit := s.cfg.MaxConnections; limit > 0 && len(s.conns) >= limit {
+		victim = s.evictLocked()
+		if victim == nil {
+			s.mu.Unlock()
+			s.refuse(c, serverErr(CodeUndesignated, "BusyError", "too many connections: all %d (max_connections) have a call in hand; try again later", limit))
+			return nil, nil, false
+		}
+		s.warn(warnEvict, "connection limit reached: closed the longest-idle connection", "max_connections", limit)
+	}
+	st = &connState{c: c}
+	st.elem = s.idle.PushBack(st)
+	s.conns[c] = st
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return st, victim, true
+}
+
+// evict takes the longest-idle connection off the books, for the caller
+// to close; nil when every connection has a call in hand.
+func (s *Server) evict() *connState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.evictLocked()
+}
+
+func (s *Server) evictLocked() *connState {
+	e := s.idle.Front()
+	if e == nil {
+		return nil
+	}
+	st := e.Value.(*connState)
+	s.idle.Remove(e)
+	st.elem = nil
+	st.evicted = true
+	delete(s.conns, st.c)
+	s.evicted.Add(1)
+	return st
+}
+
+// begin marks st as having a request in hand, so that it is not evicted;
+// it reports false when st was evicted already (the request is then not
+// run: the client sees its connection closed without an answer).
+func (s *Server) begin(st *connState) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.evicted {
+		return false
+	}
+	if st.elem != nil {
+		s.idle.Remove(st.elem)
+		st.elem = nil
+	}
+	return true
+}
+
+// end puts st back among the idle connections, as the most recently active.
+func (s *Server) end(st *connState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !st.evicted && st.elem == nil {
+		st.elem = s.idle.PushBack(st)
+	}
+}
+
+// drop removes a connection that ended.
+func (s *Server) drop(st *connState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st.evicted {
+		return
+	}
+	if st.elem != nil {
+		s.idle.Remove(st.elem)
+		st.elem = nil
+	}
+	delete(s.conns, st.c)
+}
+
+// maxRefusing bounds the refused connections being answered at once;
+// beyond it a refused connection is closed without an answer.
+const maxRefusing = 16
+
+// refuseLinger is how long a refused connection is kept open for its
+// client to read the refusal.
+const refuseLinger = 2 * time.Second
+
+// refuse answers c's first request with e and closes it. The answer is
+// written at once (it is the reply to whatever the client sends first);
+// what the client sends is then read and discarded until it closes or
+// refuseLinger passes, so that closing does not reset the connection
+// before the client has read the answer.
+func (s *Server) refuse(c net.Conn, e *Error) {
+	s.refused.Add(1)
+	s.warn(warnRefuse, "connection refused", "reason", e.Detail)
+	select {
+	case s.refusing <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.refusing }()
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(refuseLinger))
+		b, _ := bert.Marshal(e.term())
+		if _, err := c.Write(appendFrame(nil, b)); err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(c, int64(s.cfg.MaxPacket)+4))
+	}()
+}
+
+// Rate-limited warnings: at most one a second of each kind.
+const (
+	warnAccept = iota
+	warnFD
+	warnEvict
+	warnRefuse
+	warnCasts
+	numWarnings
+)
+
+func (s *Server) warn(kind int, msg string, args ...any) {
+	now := time.Now().UnixNano()
+	last := s.warned[kind].Load()
+	if now-last < int64(time.Second) || !s.warned[kind].CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn(msg, args...)
 }
 
 // request is one call or cast being served.
@@ -342,26 +526,36 @@ type request struct {
 // serveConn reads requests until the client closes the connection. Ernie
 // closes after each reply; here the connection stays open for the next
 // request (Ernie's clients close it themselves after reading the reply).
-func (s *Server) serveConn(c net.Conn, accepted time.Time) {
+//
+// Waiting for a frame, the connection has the idle timeout, counted from
+// its last request's answer; once a frame's first byte has arrived, the
+// frame has the frame timeout to arrive whole.
+func (s *Server) serveConn(st *connState, accepted time.Time) {
+	c := st.c
 	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
+		s.drop(st)
 		c.Close()
 	}()
 	br := bufio.NewReaderSize(c, 4096)
 	prio := high
 	start := accepted // the current request's accept time
 	hq, lq := s.queueLens()
+	idleSince := accepted
 	for {
-		if s.cfg.IdleTimeout > 0 {
-			_ = c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		setReadDeadline(c, idleSince, s.cfg.IdleTimeout)
+		if _, err := br.Peek(1); err != nil {
+			return // closed, idle too long, or evicted
 		}
+		setReadDeadline(c, time.Now(), s.cfg.FrameTimeout)
 		payload, rerr := readFrame(br, s.cfg.MaxPacket)
 		if rerr != nil {
-			if rerr.err != nil {
-				s.writeTerm(c, rerr.err.term())
-				s.log.Debug("bad packet", "remote", c.RemoteAddr().String(), "err", rerr.err.Detail)
+			e := rerr.err
+			if e == nil && rerr.partial != 0 && errors.Is(rerr.cause, os.ErrDeadlineExceeded) {
+				e = protocolErr(rerr.partial, "the frame did not arrive whole within %v (frame_timeout)", s.cfg.FrameTimeout)
+			}
+			if e != nil {
+				s.writeTerm(c, e.term())
+				s.log.Debug("bad packet", "remote", c.RemoteAddr().String(), "err", e.Detail)
 			}
 			return
 		}
@@ -401,15 +595,20 @@ func (s *Server) serveConn(c net.Conn, accepted time.Time) {
 				s.writeTerm(c, perr.term())
 				break
 			}
+			if !s.begin(st) {
+				return // evicted: not run, not answered
+			}
 			if req.module == adminModule && !req.cast {
 				s.admin(c, req.function)
-				break
+			} else {
+				req.prio, req.read = prio, readAt
+				if s.acc != nil {
+					req.entry = &accessEntry{accept: start, hq: hq, lq: lq, prio: prio, action: accessAction(term), kind: "unk"}
+				}
+				s.serveRequest(c, req)
 			}
-			req.prio, req.read = prio, readAt
-			if s.acc != nil {
-				req.entry = &accessEntry{accept: start, hq: hq, lq: lq, prio: prio, action: accessAction(term), kind: "unk"}
-			}
-			s.serveRequest(c, req)
+			s.end(st)
+			idleSince = time.Now()
 		default:
 			s.writeTerm(c, protocolErr(CodeUndesignated, "invalid request: %s", bert.FormatLimit(term, maxQuoteLen)).term())
 		}
@@ -417,6 +616,15 @@ func (s *Server) serveConn(c net.Conn, accepted time.Time) {
 			return
 		}
 		prio, start = high, time.Time{}
+	}
+}
+
+// setReadDeadline sets c's read deadline to from+d, or none for d <= 0.
+func setReadDeadline(c net.Conn, from time.Time, d time.Duration) {
+	if d > 0 {
+		_ = c.SetReadDeadline(from.Add(d))
+	} else {
+		_ = c.SetReadDeadline(time.Time{})
 	}
 }
 
@@ -474,8 +682,21 @@ func (s *Server) serveRequest(c net.Conn, req *request) {
 		s.writeTerm(c, serverErr(CodeUndesignated, "ServerError", "%s", ErrHalting.Error()).term())
 		return
 	}
+	if limit := s.cfg.MaxPendingCasts; req.cast && limit > 0 && s.casts >= limit {
+		s.mu.Unlock()
+		s.total.Add(1)
+		s.castsRefused.Add(1)
+		s.warn(warnCasts, "cast refused: too many pending casts", "max_pending_casts", limit)
+		b, errLog := s.errorReply(req, "unk", serverErr(CodeUndesignated, "BusyError", "%s:%s: not run: %d casts are pending (max_pending_casts); try again later", req.module, req.function, limit))
+		s.finishRequest(req, errLog)
+		s.writeFrame(c, b)
+		return
+	}
 	s.inflight.Add(1)
 	s.wg.Add(1) // a cast's goroutine, or nothing: Done below
+	if req.cast {
+		s.casts++
+	}
 	s.mu.Unlock()
 	s.total.Add(1)
 
@@ -485,6 +706,9 @@ func (s *Server) serveRequest(c net.Conn, req *request) {
 			defer s.wg.Done()
 			defer s.inflight.Done()
 			_, errLog := s.execute(req)
+			s.mu.Lock()
+			s.casts--
+			s.mu.Unlock()
 			s.finishRequest(req, errLog)
 		}()
 		return
@@ -805,9 +1029,17 @@ func (s *Server) admin(c net.Conn, fun string) {
 //	workers.idle.ext=2
 //	queue.high=0
 //	queue.low=0
+//	tcp.open=3
+//	tcp.evicted=0
+//	tcp.refused=0
+//	casts.pending=0
+//	casts.refused=0
 //
 // connections.* count requests (calls and casts), as Ernie's do. Fabric
-// modules show "fabric".
+// modules show "fabric". The lines after Ernie's are Warren's: open client
+// connections, connections closed or refused at max_connections or for
+// want of file descriptors, and casts pending or refused at
+// max_pending_casts.
 func (s *Server) Stats() string {
 	var b strings.Builder
 	b.WriteString("connections.total=" + strconv.FormatInt(s.total.Load(), 10) + "\n")
@@ -825,41 +1057,57 @@ func (s *Server) Stats() string {
 	hq, lq := s.queueLens()
 	b.WriteString("queue.high=" + strconv.Itoa(hq) + "\n")
 	b.WriteString("queue.low=" + strconv.Itoa(lq) + "\n")
+	s.mu.Lock()
+	open, casts := len(s.conns), s.casts
+	s.mu.Unlock()
+	b.WriteString("tcp.open=" + strconv.Itoa(open) + "\n")
+	b.WriteString("tcp.evicted=" + strconv.FormatInt(s.evicted.Load(), 10) + "\n")
+	b.WriteString("tcp.refused=" + strconv.FormatInt(s.refused.Load(), 10) + "\n")
+	b.WriteString("casts.pending=" + strconv.Itoa(casts) + "\n")
+	b.WriteString("casts.refused=" + strconv.FormatInt(s.castsRefused.Load(), 10) + "\n")
 	return b.String()
 }
 
 // frameError is a failed packet read; err is what to tell the client, nil
-// when the client simply went away.
-type frameError struct{ err *Error }
+// when the client simply went away or the read failed (cause). partial is
+// the protocol error code to report if the read is to be blamed on the
+// client after all (a timeout): CodeNoHeader or CodeNoData when the frame
+// was cut inside its header or its data, 0 when no byte of it had come.
+type frameError struct {
+	err     *Error
+	cause   error
+	partial int
+}
 
 // readFrame reads one BERP: a 4-byte big-endian length and that many bytes.
 func readFrame(r io.Reader, max int) ([]byte, *frameError) {
 	var hdr [4]byte
 	if n, err := io.ReadFull(r, hdr[:]); err != nil {
-		if n > 0 && errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, &frameError{protocolErr(CodeNoHeader, "unable to read the 4-byte length header")}
+		switch {
+		case n > 0 && errors.Is(err, io.ErrUnexpectedEOF):
+			return nil, &frameError{err: protocolErr(CodeNoHeader, "unable to read the 4-byte length header"), cause: err}
+		case n > 0:
+			return nil, &frameError{cause: err, partial: CodeNoHeader}
 		}
-		return nil, &frameError{}
+		return nil, &frameError{cause: err}
 	}
 	size := binary.BigEndian.Uint32(hdr[:])
 	if int64(size) > int64(max) {
-		return nil, &frameError{protocolErr(CodeNoData, "packet of %d bytes exceeds the maximum of %d", size, max)}
+		return nil, &frameError{err: protocolErr(CodeNoData, "packet of %d bytes exceeds the maximum of %d", size, max)}
 	}
 	// Memory follows the data that arrives, not the length announced: a
-	// lying header must not cost size bytes per connection.
+	// lying header must not cost size bytes per connection, nor a stalled
+	// frame more than what it sent (the buffer starts at 512 bytes and
+	// doubles as data comes).
 	var buf bytes.Buffer
-	buf.Grow(int(min(size, frameChunk)))
 	if _, err := io.CopyN(&buf, r, int64(size)); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return nil, &frameError{protocolErr(CodeNoData, "unable to read the %d bytes of data the header announced", size)}
+			return nil, &frameError{err: protocolErr(CodeNoData, "unable to read the %d bytes of data the header announced", size), cause: err}
 		}
-		return nil, &frameError{}
+		return nil, &frameError{cause: err, partial: CodeNoData}
 	}
 	return buf.Bytes(), nil
 }
-
-// frameChunk is what readFrame reserves before the data arrives.
-const frameChunk = 64 << 10
 
 const writeTimeout = 30 * time.Second
 

@@ -64,6 +64,10 @@ type bertServeCmd struct {
 	CastTimeout     time.Duration `name:"cast-timeout" placeholder:"DURATION" help:"Per-cast timeout (default: none, as in Ernie)."`
 	Broker          string        `placeholder:"URL" help:"AMQP URL of the Warren broker, for fabric modules."`
 	CloseAfterReply bool          `name:"close-after-reply" help:"Close each connection after its reply, as Ernie does (default: keep it open for more requests)."`
+	MaxConnections  int           `name:"max-connections" placeholder:"N" help:"Most client connections open at once (default 1024; negative: no bound). Over it the longest-idle connection is closed; when all have a call in hand, the new one is refused with a BusyError."`
+	MaxPendingCasts int           `name:"max-pending-casts" placeholder:"N" help:"Most casts acknowledged and not yet finished (default 1024; negative: no bound). Casts over it are answered with a BusyError and not run."`
+	FrameTimeout    time.Duration `name:"frame-timeout" placeholder:"DURATION" help:"Time a frame may take to arrive once its first byte has (default 1m; negative: none)."`
+	IdleTimeout     time.Duration `name:"idle-timeout" placeholder:"DURATION" help:"Close a kept-open connection that sends no request for this long (default 5m; negative: never)."`
 
 	Name   string     `placeholder:"NAME" help:"Erlang node name (accepted for Ernie compatibility; ignored)."`
 	Sname  string     `placeholder:"SNAME" help:"Erlang short node name (accepted; ignored)."`
@@ -148,6 +152,18 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 	}
 	if c.CloseAfterReply {
 		cfg.CloseAfterReply = true
+	}
+	if c.MaxConnections != 0 {
+		cfg.MaxConnections = c.MaxConnections
+	}
+	if c.MaxPendingCasts != 0 {
+		cfg.MaxPendingCasts = c.MaxPendingCasts
+	}
+	if c.FrameTimeout != 0 {
+		cfg.FrameTimeout = c.FrameTimeout
+	}
+	if c.IdleTimeout != 0 {
+		cfg.IdleTimeout = c.IdleTimeout
 	}
 
 	if c.Detached && os.Getenv(detachedEnv) == "" {

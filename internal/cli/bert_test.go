@@ -92,3 +92,19 @@ func TestBertErnieFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestBertLimitFlags: the limit flags reach the server (it logs them when
+// it listens), and override the config file's.
+func TestBertLimitFlags(t *testing.T) {
+	log := runBertServer(t, "--log-level", "info", "--max-connections", "7", "--max-pending-casts=-1",
+		"--frame-timeout", "3s", "--idle-timeout", "4s")
+	want := "max_connections=7 max_pending_casts=-1 frame_timeout=3s idle_timeout=4s"
+	if !strings.Contains(log, want) {
+		t.Fatalf("no %q in the log:\n%s", want, log)
+	}
+	log = runBertServer(t, "--log-level", "info")
+	want = "max_connections=1024 max_pending_casts=1024 frame_timeout=1m0s idle_timeout=5m0s"
+	if !strings.Contains(log, want) {
+		t.Fatalf("defaults: no %q in the log:\n%s", want, log)
+	}
+}
