@@ -105,6 +105,7 @@ type Server struct {
 	conns    map[net.Conn]*connState
 	idle     list.List      // of *connState without a call in hand, least recently active first
 	casts    int            // pending casts: acknowledged, not yet finished
+	seq      uint64         // stamps connState.active
 	inflight sync.WaitGroup // accepted requests not yet answered (casts: not yet run)
 	wg       sync.WaitGroup // connection and helper goroutines
 	natives  sync.WaitGroup // native handlers running (see runNative)
@@ -125,6 +126,7 @@ type connState struct {
 	c       net.Conn
 	elem    *list.Element // in Server.idle; nil while busy
 	evicted bool          // closed to make room; its requests are not run
+	active  uint64        // Server.seq when accepted or last answered: Server.idle's order
 }
 
 // New checks cfg and prepares a server. Nothing listens or starts until
@@ -386,7 +388,8 @@ func (s *Server) admit(c net.Conn) (st *connState, victim *connState, ok bool) {
 		}
 		s.warn(warnEvict, "connection limit reached: closed the longest-idle connection", "max_connections", limit)
 	}
-	st = &connState{c: c}
+	s.seq++
+	st = &connState{c: c, active: s.seq}
 	st.elem = s.idle.PushBack(st)
 	s.conns[c] = st
 	s.wg.Add(1)
@@ -432,13 +435,44 @@ func (s *Server) begin(st *connState) bool {
 	return true
 }
 
-// end puts st back among the idle connections, as the most recently active.
+// end puts st back among the idle connections, in the order of its last
+// answer (see answer): a client that has had its answer and opens another
+// connection sees that one counted as more recent, even if end runs later.
 func (s *Server) end(st *connState) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !st.evicted && st.elem == nil {
-		st.elem = s.idle.PushBack(st)
+	if st.evicted || st.elem != nil {
+		return
 	}
+	e := s.idle.Back()
+	for e != nil && e.Value.(*connState).active > st.active {
+		e = e.Prev()
+	}
+	if e == nil {
+		st.elem = s.idle.PushFront(st)
+	} else {
+		st.elem = s.idle.InsertAfter(st, e)
+	}
+}
+
+// answer stamps st as active and writes a reply frame to it. The stamp is
+// taken before the write, so that it precedes anything the client does
+// after reading the reply; st stays busy (not evictable) until end.
+func (s *Server) answer(st *connState, payload []byte) {
+	s.mu.Lock()
+	s.seq++
+	st.active = s.seq
+	s.mu.Unlock()
+	s.writeFrame(st.c, payload)
+}
+
+func (s *Server) answerTerm(st *connState, t any) {
+	b, err := bert.Marshal(t)
+	if err != nil {
+		s.log.Error("encoding reply", "err", err)
+		return
+	}
+	s.answer(st, b)
 }
 
 // drop removes a connection that ended.
@@ -599,13 +633,13 @@ func (s *Server) serveConn(st *connState, accepted time.Time) {
 				return // evicted: not run, not answered
 			}
 			if req.module == adminModule && !req.cast {
-				s.admin(c, req.function)
+				s.admin(st, req.function)
 			} else {
 				req.prio, req.read = prio, readAt
 				if s.acc != nil {
 					req.entry = &accessEntry{accept: start, hq: hq, lq: lq, prio: prio, action: accessAction(term), kind: "unk"}
 				}
-				s.serveRequest(c, req)
+				s.serveRequest(st, req)
 			}
 			s.end(st)
 			idleSince = time.Now()
@@ -675,11 +709,11 @@ func accessAction(term any) string {
 
 // serveRequest runs a call and answers it, or answers a cast with
 // {noreply} and runs it in the background.
-func (s *Server) serveRequest(c net.Conn, req *request) {
+func (s *Server) serveRequest(st *connState, req *request) {
 	s.mu.Lock()
 	if s.halting {
 		s.mu.Unlock()
-		s.writeTerm(c, serverErr(CodeUndesignated, "ServerError", "%s", ErrHalting.Error()).term())
+		s.answerTerm(st, serverErr(CodeUndesignated, "ServerError", "%s", ErrHalting.Error()).term())
 		return
 	}
 	if limit := s.cfg.MaxPendingCasts; req.cast && limit > 0 && s.casts >= limit {
@@ -689,7 +723,7 @@ func (s *Server) serveRequest(c net.Conn, req *request) {
 		s.warn(warnCasts, "cast refused: too many pending casts", "max_pending_casts", limit)
 		b, errLog := s.errorReply(req, "unk", serverErr(CodeUndesignated, "BusyError", "%s:%s: not run: %d casts are pending (max_pending_casts); try again later", req.module, req.function, limit))
 		s.finishRequest(req, errLog)
-		s.writeFrame(c, b)
+		s.answer(st, b)
 		return
 	}
 	s.inflight.Add(1)
@@ -701,7 +735,7 @@ func (s *Server) serveRequest(c net.Conn, req *request) {
 	s.total.Add(1)
 
 	if req.cast {
-		s.writeTerm(c, bert.Tuple{bert.Atom("noreply")})
+		s.answerTerm(st, bert.Tuple{bert.Atom("noreply")})
 		go func() {
 			defer s.wg.Done()
 			defer s.inflight.Done()
@@ -719,7 +753,7 @@ func (s *Server) serveRequest(c net.Conn, req *request) {
 	// Counted and logged before the reply goes out, so a client that has
 	// its reply finds it in the stats and the access log.
 	s.finishRequest(req, errLog)
-	s.writeFrame(c, reply)
+	s.answer(st, reply)
 }
 
 func (s *Server) finishRequest(req *request, errLog string) {
@@ -1001,7 +1035,7 @@ func (s *Server) queueLens() (hq, lq int) {
 }
 
 // admin answers Ernie's __admin__ calls.
-func (s *Server) admin(c net.Conn, fun string) {
+func (s *Server) admin(st *connState, fun string) {
 	var msg string
 	halt := false
 	switch fun {
@@ -1015,7 +1049,7 @@ func (s *Server) admin(c net.Conn, fun string) {
 	default:
 		msg = "Admin function not supported."
 	}
-	s.writeTerm(c, bert.Tuple{bert.Atom("reply"), []byte(msg)})
+	s.answerTerm(st, bert.Tuple{bert.Atom("reply"), []byte(msg)})
 	if halt {
 		s.Halt()
 	}
