@@ -162,6 +162,38 @@ func TestRoundTripOverTLS(t *testing.T) {
 	if err != nil || len(rs) != 1 {
 		t.Fatalf("fan-out: %v, %v", rs, err)
 	}
+
+	// Under TLS too, the transport reads the frames (the plaintext): a
+	// header nested 33 deep, which amqp091-go refuses, is removed rather
+	// than breaking the connection (issue 8, item 1).
+	tr := connect()
+	q, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var deep any = "bottom"
+	for range 33 {
+		deep = map[string]any{"n": deep}
+	}
+	if err := tr.Publish(ctx, "", q, transport.Message{Body: []byte("poison"), Headers: map[string]any{"deep": deep}},
+		transport.PublishOptions{Confirm: true}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := tr.Consume(ctx, q, transport.ConsumeOptions{AutoAck: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d, ok := <-ds:
+		if !ok {
+			t.Fatal("poison over TLS: the consumer ended (its connection broke)")
+		}
+		if why, _ := d.Headers[transport.HeaderMalformed].(string); !strings.Contains(why, "nested deeper than 32 levels") || string(d.Body) != "poison" {
+			t.Fatalf("poison over TLS: %q with headers %v", d.Body, d.Headers)
+		}
+	case <-ctx.Done():
+		t.Fatal("poison over TLS not delivered")
+	}
 }
 
 func goRun(t *testing.T, what string, fn func(context.Context) error, ready <-chan struct{}) {
