@@ -113,8 +113,12 @@ type ServiceConfig struct {
 	// Command starts one worker: a list is the argv, a string is run by
 	// /bin/sh -c. A relative program path is relative to Dir.
 	Command Command `yaml:"command"`
-	// Protocol is jsonlines (the default).
+	// Protocol is jsonlines (the default) or ernie (Ernie's external
+	// protocol: BERT on fds 3 and 4).
 	Protocol string `yaml:"protocol"`
+	// Module is the Ernie module called (protocol ernie); "" means the
+	// service name.
+	Module string `yaml:"module"`
 	// Methods are served as /service/method.
 	Methods []string `yaml:"methods"`
 	// Workers is how many worker processes run; 0 means 1.
@@ -429,9 +433,12 @@ func (c *Config) checkService(es *ConfigErrors, name string, s *ServiceConfig) {
 	switch s.Protocol {
 	case "":
 		s.Protocol = "jsonlines"
-	case "jsonlines":
+	case "jsonlines", "ernie":
 	default:
-		c.errAt(es, at("protocol"), "%q: want jsonlines", s.Protocol)
+		c.errAt(es, at("protocol"), "%q: want jsonlines or ernie", s.Protocol)
+	}
+	if s.Module != "" && s.Protocol != "ernie" {
+		c.errAt(es, at("module"), "module is for protocol ernie")
 	}
 	if len(s.Methods) == 0 {
 		c.errAt(es, at("methods"), "no methods: list the methods the plugin serves")
@@ -528,9 +535,17 @@ func (c *Config) PoolConfig(name string) worker.Config {
 	for _, k := range slices.Sorted(maps.Keys(s.Env)) {
 		env = append(env, k+"="+s.Env[k])
 	}
+	var proto worker.Protocol = worker.JSONLines{}
+	if s.Protocol == "ernie" {
+		m := s.Module
+		if m == "" {
+			m = name
+		}
+		proto = Ernie{Module: m}
+	}
 	return worker.Config{
 		Name: name, Command: s.Command.Argv, Shell: s.Command.Shell, Dir: s.Dir, Env: env,
-		Workers: s.Workers, Timeout: s.Timeout, Protocol: worker.JSONLines{},
+		Workers: s.Workers, Timeout: s.Timeout, Protocol: proto,
 	}
 }
 

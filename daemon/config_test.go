@@ -33,7 +33,7 @@ func TestConfigErrors(t *testing.T) {
 		{"no methods", "services:\n  echo:\n    command: [python3, x.py]\n", 2, "services.echo.methods: no methods"},
 		{"no services", "identity: a\n", 1, "no services"},
 		{"reserved name", "services:\n  daemon.x:\n    command: [python3, x.py]\n    methods: [status]\n", 2, "is the daemon's own"},
-		{"bad protocol", "services:\n  echo:\n    command: [python3, x.py]\n    methods: [echo]\n    protocol: xml\n", 5, `"xml": want jsonlines`},
+		{"bad protocol", "services:\n  echo:\n    command: [python3, x.py]\n    methods: [echo]\n    protocol: xml\n", 5, `"xml": want jsonlines or ernie`},
 		{"password in url", "broker:\n  url: amqp://u:secret@h/\n" + svc, 2, "the URL holds a password"},
 		{"password key", "broker:\n  password: secret\n" + svc, 2, "use password_env or password_file"},
 		{"not amqp", "broker:\n  url: http://h/\n" + svc, 2, "want an amqp:// or amqps:// URL"},
@@ -129,7 +129,7 @@ func TestConfigExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(c.Paths(), " "); got != "/echo/echo /echo/greet /echo/upcase /sysinfo/disk_free /sysinfo/uptime /words/count /words/top" {
+	if got := strings.Join(c.Paths(), " "); got != "/calc/add /calc/fail /calc/mean /echo/echo /echo/greet /echo/upcase /sysinfo/disk_free /sysinfo/uptime /words/count /words/top" {
 		t.Fatalf("paths %s", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -363,4 +364,96 @@ services:
 	if err == nil || !strings.Contains(err.Error(), "service broken does not start") || !strings.Contains(err.Error(), "exit status 1") {
 		t.Fatalf("Run = %v", err)
 	}
+}
+
+// TestDaemonErnieHandler: an Ernie external handler in Ruby (Ernie's
+// library and a module exposed with Ernie.expose) served as a plugin.
+func TestDaemonErnieHandler(t *testing.T) {
+	if err := exec.Command("ruby", "-e", `require "bert"`).Run(); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("ruby with the bert gem not installed under CI (scripts/deps.d/ruby-erlang): %v", err)
+		}
+		t.Skip("ruby with the bert gem not installed (scripts/deps.d/ruby-erlang)")
+	}
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		id, svc := fabrictest.Actor(), fabrictest.Actor()
+		start(t, parse(t, fmt.Sprintf(`
+identity: %s
+services:
+  %s:
+    protocol: ernie
+    module: ext
+    command: [ruby, -I, ../bertrpc/testdata/ruby, ../bertrpc/testdata/ruby/ext.rb]
+    methods: [add, echo, raise_error, crash, pid, argv]
+    workers: 2
+`, id, svc)), connect(t))
+		m := fabrictest.RunMapper(t, connect(t), mapper.Config{})
+		p := "/" + svc + "/"
+		for _, c := range []struct {
+			method  string
+			payload any
+			want    string
+		}{
+			{"add", []int{1, 2}, `3`},
+			{"echo", map[string]any{"a": []any{"b", 1.5, true, nil}}, `{"a":["b",1.5,true,null]}`},
+			{"echo", "solo", `"solo"`},
+		} {
+			res, err := request(t, m, p+c.method, c.payload)
+			if err != nil || string(res) != c.want {
+				t.Fatalf("%s = %s, %v; want %s", c.method, res, err, c.want)
+			}
+		}
+		res, err := request(t, m, p+"argv", nil)
+		if err != nil || !strings.Contains(string(res), `"--procline"`) {
+			t.Fatalf("argv = %s, %v", res, err)
+		}
+		_, err = request(t, m, p+"raise_error", []string{"boom"})
+		wantCode(t, err, "handler_error")
+		if !strings.Contains(err.Error(), "ArgumentError: boom") {
+			t.Fatalf("raise_error: %v", err)
+		}
+		_, err = request(t, m, p+"crash", nil)
+		wantCode(t, err, "worker_crashed")
+		if res, err := request(t, m, p+"add", []int{2, 2}); err != nil || string(res) != "4" {
+			t.Fatalf("after the crash: %s, %v", res, err)
+		}
+	})
+}
+
+// TestExampleConfigServes: examples/warren.yaml serves each of its example
+// plugins (Python, Ruby, shell with jq, an Ernie handler in Ruby).
+func TestExampleConfigServes(t *testing.T) {
+	for _, p := range []string{"python3", "ruby", "jq"} {
+		if _, err := exec.LookPath(p); err != nil {
+			if os.Getenv("CI") != "" {
+				t.Fatalf("%s not installed under CI (scripts/deps.d)", p)
+			}
+			t.Skipf("%s not installed", p)
+		}
+	}
+	cfg, err := Load("../examples/warren.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mem.NewBroker()
+	start(t, cfg, b.Connect())
+	m := fabrictest.RunMapper(t, b.Connect(), mapper.Config{})
+	for _, c := range []struct {
+		path    string
+		payload any
+		want    string
+	}{
+		{"/echo/greet", "bob", `"hello from Warren, bob"`},
+		{"/words/top", "a b a c", `["a","b","c"]`},
+		{"/calc/add", []int{2, 3}, `5`},
+		{"/calc/mean", []any{[]int{1, 2}}, `1.5`},
+		{"/sysinfo/disk_free", "/", ""},
+	} {
+		res, err := request(t, m, c.path, c.payload)
+		if err != nil || (c.want != "" && string(res) != c.want) {
+			t.Fatalf("%s = %s, %v; want %s", c.path, res, err, c.want)
+		}
+	}
+	_, err = request(t, m, "/calc/fail", []string{"nope"})
+	wantCode(t, err, "handler_error")
 }
