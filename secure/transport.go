@@ -210,6 +210,11 @@ func (t *Transport) DeclareQueue(ctx context.Context, q transport.Queue) (string
 	return t.inner.DeclareQueue(ctx, q)
 }
 
+// InspectQueue implements transport.Transport.
+func (t *Transport) InspectQueue(ctx context.Context, name string) (transport.QueueInfo, error) {
+	return t.inner.InspectQueue(ctx, name)
+}
+
 // DeleteQueue implements transport.Transport.
 func (t *Transport) DeleteQueue(ctx context.Context, name string) error {
 	return t.inner.DeleteQueue(ctx, name)

@@ -131,6 +131,16 @@ type Queue struct {
 	DeliveryLimit int
 }
 
+// QueueInfo is what InspectQueue reports of a queue, as RabbitMQ's
+// queue.declare-ok does.
+type QueueInfo struct {
+	// Messages ready for delivery (not those delivered and unacknowledged).
+	Messages int
+	// Consumers of the queue. It drops at once when a consumer's
+	// connection goes away (a crashed process included).
+	Consumers int
+}
+
 // Binding routes messages from an exchange to a queue. For a topic exchange
 // Key is a pattern in which * matches one dot-separated word and # matches
 // zero or more.
@@ -239,6 +249,12 @@ type Transport interface {
 	// (generated when q.Name is ""). It is idempotent; a conflicting
 	// existing queue is ErrPrecondition.
 	DeclareQueue(ctx context.Context, q Queue) (string, error)
+	// InspectQueue reports the ready messages and consumers of an existing
+	// queue without declaring it (a passive queue.declare). A queue that
+	// does not exist is ErrNotFound; another connection's exclusive queue
+	// is ErrPrecondition. As on RabbitMQ, it is a use of the queue: its
+	// x-expires starts again.
+	InspectQueue(ctx context.Context, name string) (QueueInfo, error)
 	// DeleteQueue deletes a queue and the messages in it. Deleting a queue
 	// that does not exist is not an error.
 	DeleteQueue(ctx context.Context, name string) error

@@ -422,6 +422,22 @@ func queueArgs(q transport.Queue) (amqp091.Table, bool, error) {
 	return args, durable, nil
 }
 
+// InspectQueue is a passive queue.declare: the queue's ready messages and
+// consumers, ErrNotFound when it does not exist (the broker closes that
+// channel; the transport opens another).
+func (t *Transport) InspectQueue(ctx context.Context, name string) (transport.QueueInfo, error) {
+	var info transport.QueueInfo
+	err := t.topology(ctx, "inspect queue", name, []string{name}, func(ch *amqp091.Channel) error {
+		q, err := ch.QueueDeclarePassive(name, false, false, false, false, nil)
+		info = transport.QueueInfo{Messages: q.Messages, Consumers: q.Consumers}
+		return err
+	})
+	if err != nil {
+		return transport.QueueInfo{}, err
+	}
+	return info, nil
+}
+
 // DeleteQueue deletes the queue and its messages; a missing queue is not an
 // error. Consumers of the queue see their delivery channel closed.
 func (t *Transport) DeleteQueue(ctx context.Context, name string) error {

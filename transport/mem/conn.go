@@ -167,6 +167,30 @@ func (q *queue) access(c *Conn) error {
 	return nil
 }
 
+// InspectQueue implements [transport.Transport]. Like RabbitMQ's passive
+// declare it counts as a use of the queue (x-expires starts again).
+func (c *Conn) InspectQueue(ctx context.Context, name string) (transport.QueueInfo, error) {
+	if err := c.check(ctx); err != nil {
+		return transport.QueueInfo{}, err
+	}
+	c.b.mu.RLock()
+	q := c.b.queues[name]
+	c.b.mu.RUnlock()
+	if q == nil {
+		return transport.QueueInfo{}, fmt.Errorf("mem: inspect queue %q: %w", name, transport.ErrNotFound)
+	}
+	if err := q.access(c); err != nil {
+		return transport.QueueInfo{}, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.deleted {
+		return transport.QueueInfo{}, fmt.Errorf("mem: inspect queue %q: %w", name, transport.ErrNotFound)
+	}
+	q.armExpires()
+	return transport.QueueInfo{Messages: q.readyLen(), Consumers: len(q.consumers)}, nil
+}
+
 // DeleteQueue implements [transport.Transport].
 func (c *Conn) DeleteQueue(ctx context.Context, name string) error {
 	if err := c.check(ctx); err != nil {

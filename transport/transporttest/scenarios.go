@@ -56,6 +56,7 @@ var scenarios = []scenario{
 	{name: "AutoDeleteQueueGoesWithLastConsumer", fn: autoDeleteQueueGoesWithLastConsumer},
 	{name: "AutoDeleteExchangeGoesWithLastBinding", fn: autoDeleteExchangeGoesWithLastBinding},
 	{name: "QueueExpiresWhenUnused", fn: queueExpiresWhenUnused},
+	{name: "InspectQueue", fn: inspectQueue},
 	{name: "DeclareIdempotent", fn: declareIdempotent},
 	{name: "DeclareConflictIsPrecondition", fn: declareConflictIsPrecondition},
 	{name: "ReservedNamesRefused", fn: reservedNamesRefused},

@@ -323,3 +323,52 @@ func persistenceAcrossRestart(e *env) {
 	e.publish(tr2, x.Name, "k", "after")
 	e.equalStrings("durable binding after restart", e.contents(tr2, durable), []string{"after"})
 }
+
+// inspectQueue: InspectQueue counts ready messages and consumers, drops the
+// consumers of a connection that closed at once (classic and quorum
+// queues), and reports a missing queue as ErrNotFound and another
+// connection's exclusive queue as ErrPrecondition, leaving the transport
+// usable.
+func inspectQueue(e *env) {
+	tr := e.open()
+	_, err := tr.InspectQueue(e.ctx(), e.name("missing"))
+	e.wantErr("inspect a missing queue", err, transport.ErrNotFound)
+	for _, typ := range []transport.QueueType{transport.Classic, transport.Quorum} {
+		q := e.queue(tr, transport.Queue{Type: typ, Durable: typ == transport.Quorum})
+		want := func(what string, msgs, consumers int) {
+			e.t.Helper()
+			e.eventually(fmt.Sprintf("%s queue %s", typ, what), func() error {
+				info, err := tr.InspectQueue(e.ctx(), q)
+				if err != nil {
+					return err
+				}
+				if info.Messages != msgs || info.Consumers != consumers {
+					return fmt.Errorf("got %+v, want %d messages and %d consumers", info, msgs, consumers)
+				}
+				return nil
+			})
+		}
+		want("declared", 0, 0)
+		e.publish(tr, transport.DefaultExchange, q, "one")
+		e.publish(tr, transport.DefaultExchange, q, "two")
+		want("with two messages", 2, 0)
+		other := e.newT(e.t)
+		c := e.consume(other, q, transport.ConsumeOptions{Prefetch: 1})
+		e.recvBody(c, "one")
+		want("with one message delivered to a consumer", 1, 1)
+		if err := other.Close(); err != nil {
+			e.t.Fatalf("close the consumer's transport: %v", err)
+		}
+		want("after its consumer's connection closed", 2, 0)
+	}
+	other := e.open()
+	x := e.queue(other, transport.Queue{Exclusive: true})
+	_, err = tr.InspectQueue(e.ctx(), x)
+	e.wantErr("inspect another connection's exclusive queue", err, transport.ErrPrecondition)
+	if _, err := other.InspectQueue(e.ctx(), x); err != nil {
+		e.t.Errorf("inspect its own exclusive queue: %v", err)
+	}
+	if err := e.exists(tr, x); err != nil {
+		e.t.Errorf("transport after refused inspections: %v", err)
+	}
+}

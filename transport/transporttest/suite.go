@@ -46,6 +46,7 @@
 // Lifecycle: ExclusiveQueueDeletedOnClose, ExclusiveQueueOtherConnection,
 // AutoDeleteQueueGoesWithLastConsumer,
 // AutoDeleteExchangeGoesWithLastBinding, QueueExpiresWhenUnused,
+// InspectQueue,
 // DeclareIdempotent, DeclareConflictIsPrecondition, ReservedNamesRefused,
 // ConsumeMissingQueueNotFound, DeleteQueueDropsMessages, ConcurrentClose,
 // OperationsAfterCloseErrClosed, and PersistenceAcrossRestart (needs
