@@ -162,8 +162,9 @@ func (e *noLiveAgent) Unwrap() error { return e.err }
 func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...CallOption) (*Reply, error) {
 	c := m.options(LeastLoaded(), opts)
 	declined := map[string]bool{}
+	skip := map[string]bool{} // declined, or unroutable (their queue is gone)
 	for {
-		targets, body, err := m.prepare(ctx, path, payload, c, declined)
+		targets, body, err := m.prepare(ctx, path, payload, c, skip)
 		if c.parks(err) && len(declined) == 0 {
 			return m.parkRequest(ctx, path, payload, c)
 		}
@@ -177,11 +178,18 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 		if errors.Is(err, transport.ErrConnectionLost) && c.retry && ctx.Err() == nil {
 			continue
 		}
+		if errors.Is(err, transport.ErrUnroutable) && ctx.Err() == nil {
+			// The agent's queue is gone (a stale or forged heartbeat,
+			// an agent long dead): it is dropped; try the next one.
+			skip[targets[0].Identity] = true
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
 		if errors.Is(r.Err, &wire.RemoteError{Code: wire.CodeDeclined}) {
 			declined[targets[0].Identity] = true
+			skip[targets[0].Identity] = true
 			continue
 		}
 		if r.Err != nil {
@@ -229,31 +237,68 @@ func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...C
 // routed the message to each agent's queue.
 func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...CallOption) error {
 	c := m.options(LeastLoaded(), opts)
-	targets, body, err := m.prepare(ctx, path, payload, c, nil)
+	skip := map[string]bool{} // unroutable: their queue is gone
+	for {
+		done, err := m.push(ctx, path, payload, c, skip)
+		if done {
+			return err
+		}
+	}
+}
+
+// push is one attempt of Push. It is not done when its one target was
+// unroutable (that agent is dropped and added to skip): Push tries the
+// next. Several targets are sent to each; those unroutable are dropped
+// and named in the error.
+func (m *Mapper) push(ctx context.Context, path string, payload any, c call, skip map[string]bool) (done bool, _ error) {
+	targets, body, err := m.prepare(ctx, path, payload, c, skip)
 	if c.parks(err) {
 		body, err := m.encode(path, payload)
 		if err != nil {
-			return err
+			return true, err
 		}
 		msg := m.message(ctx, wire.TypePush, path, body)
 		msg.Persistent = true
 		c.withTTL(&msg)
-		return m.park(ctx, path, msg, c.persistent)
+		return true, m.park(ctx, path, msg, c.persistent)
 	}
 	if err != nil {
-		return err
+		return true, err
 	}
+	var gone []string
 	for _, t := range targets {
 		msg := m.message(ctx, wire.TypePush, path, body)
 		pin(&msg, c.sel, len(targets) > 1) // several: one copy per agent
 		msg.Persistent = c.persistent
 		c.withTTL(&msg)
 		m.address(&msg, t.Identity)
-		if err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true}); err != nil {
-			return fmt.Errorf("mapper: push %s to %s: %w", path, t.Identity, err)
+		err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true})
+		if errors.Is(err, transport.ErrUnroutable) && ctx.Err() == nil {
+			m.unroutable(t.Identity, err)
+			skip[t.Identity] = true
+			gone = append(gone, t.Identity)
+			continue
+		}
+		if err != nil {
+			return true, fmt.Errorf("mapper: push %s to %s: %w", path, t.Identity, err)
 		}
 	}
-	return nil
+	switch {
+	case len(gone) == 0:
+		return true, nil
+	case len(targets) == 1:
+		return false, nil
+	}
+	return true, fmt.Errorf("mapper: push %s to %s: %w: their queues are gone (dropped); sent to the %d others", path, strings.Join(gone, ", "), transport.ErrUnroutable, len(targets)-len(gone))
+}
+
+// unroutable drops agent id when a message to it was unroutable: its queue
+// no longer exists, whatever its heartbeats say (an agent long dead, a
+// stale or forged heartbeat). It comes back with its next heartbeat.
+func (m *Mapper) unroutable(id string, err error) {
+	if errors.Is(err, transport.ErrUnroutable) {
+		m.lose(id, "a message to it was unroutable: its queue does not exist")
+	}
 }
 
 // prepare validates the call, encodes the payload and picks the targets.
@@ -415,6 +460,7 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 	m.mu.Lock()
 	msg.ReplyTo = m.replyQ
 	w.msg = msg
+	w.sent = time.Now()
 	if msg.ReplyTo != "" {
 		m.pending[msg.CorrelationID] = w
 	}
@@ -429,6 +475,9 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 	}
 	if err := m.tr.Publish(ctx, exchange, key, msg, transport.PublishOptions{Mandatory: true}); err != nil {
 		forget()
+		if target != "" {
+			m.unroutable(target, err)
+		}
 		return nil, fmt.Errorf("mapper: request %s to %s: %w", path, target, err)
 	}
 	select {
@@ -465,7 +514,8 @@ type waiter struct {
 	// another mapper may have moved it there first (see rescue).
 	foreign *Reply
 	msg     transport.Message
-	sel     Selector // a Request's selector; nil for a fan-out leg or a parked request
+	sel     Selector  // a Request's selector; nil for a fan-out leg or a parked request
+	sent    time.Time // when it was sent to target (see probeAgents)
 }
 
 // keep remembers a reply that w does not accept (yet).
@@ -536,7 +586,7 @@ func (m *Mapper) redispatchNow(gone string, stop chan struct{}) {
 		}
 		if w.sel == nil {
 			delete(m.pending, id)
-			w.ch <- &Reply{Agent: gone, Err: fmt.Errorf("request %s to %s: %w: the agent left", w.path, gone, ErrTimeout)}
+			w.ch <- &Reply{Agent: gone, Err: fmt.Errorf("request %s to %s: %w: the agent left or is gone", w.path, gone, ErrTimeout)}
 			continue
 		}
 		moved = append(moved, w)
@@ -570,6 +620,13 @@ func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 	if m.pending[w.msg.CorrelationID] != w || w.target != gone {
 		return // answered meanwhile
 	}
+	if w.foreign != nil && !m.addressed && !targeted(w.sel) {
+		// Another mapper moved it from gone's queue to the shared queue
+		// (see rescue), and another agent answered: that is its result.
+		// Sending it again would only run it twice.
+		m.anyAgent(w)
+		return
+	}
 	if len(picked) == 0 {
 		if rescued && !targeted(w.sel) {
 			m.anyAgent(w)
@@ -579,6 +636,7 @@ func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 	next := picked[0]
 	w.target = next.Identity
 	w.sentTo = append(w.sentTo, next.Identity)
+	w.sent = time.Now()
 	msg := w.msg
 	msg.Headers = maps.Clone(msg.Headers)
 	m.address(&msg, next.Identity)

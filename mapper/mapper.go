@@ -96,9 +96,10 @@ type Mapper struct {
 	joined  chan struct{} // closed and replaced when an agent joins
 	up      chan struct{} // closed while a session is established
 
-	bg      sync.WaitGroup // redispatches and rescues in progress
+	bg      sync.WaitGroup // redispatches, rescues and probes in progress
 	runCtx  context.Context
 	rescues map[string]chan struct{} // by agent: closed when it comes back
+	probes  map[string]*probe        // by agent: liveness probes of agents with requests pending (see probe.go)
 
 	events  chan Event
 	onEvent func(Event)
@@ -157,6 +158,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Mapper, error) {
 		ready:     make(chan struct{}),
 		pending:   map[string]*waiter{},
 		rescues:   map[string]chan struct{}{},
+		probes:    map[string]*probe{},
 		joined:    make(chan struct{}),
 		up:        make(chan struct{}),
 		stopped:   make(chan struct{}),
@@ -275,6 +277,7 @@ func (m *Mapper) Run(ctx context.Context) error {
 				break serve
 			case now := <-sweep.C:
 				m.emit(m.reg.sweep(now))
+				m.probeAgents(now)
 			}
 		}
 		s.stop()
@@ -414,7 +417,7 @@ func (m *Mapper) emit(evs []Event) {
 			m.mu.Unlock()
 		case AgentLeft:
 			m.redispatch(e.Agent.Identity, leftGrace)
-		case AgentExpired:
+		case AgentExpired, AgentLost:
 			m.redispatch(e.Agent.Identity, 0)
 		}
 		if m.events == nil {

@@ -95,6 +95,9 @@ const (
 	AgentJoined  EventKind = "joined"  // first heartbeat, or back after expiry
 	AgentLeft    EventKind = "left"    // unregistered
 	AgentExpired EventKind = "expired" // silent for the ping timeout
+	// AgentLost: the broker says its connection is gone (its queue has no
+	// consumer, or no longer exists), seen while a request waited on it.
+	AgentLost EventKind = "lost"
 )
 
 // Event is a change in the registry.
@@ -148,6 +151,18 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 
 func (r *registry) expired(a *AgentInfo, now time.Time) bool {
 	return now.Sub(a.LastSeen) > r.timeout(*a)
+}
+
+// drop removes the agent id, if known, with an event of kind.
+func (r *registry) drop(id string, kind EventKind) []Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, ok := r.agents[id]
+	if !ok {
+		return nil
+	}
+	delete(r.agents, id)
+	return []Event{{Kind: kind, Agent: *a}}
 }
 
 // sweep removes expired agents and returns their events.

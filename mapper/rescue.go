@@ -340,6 +340,7 @@ func (m *Mapper) forward(gone string, d *transport.Delivery, log *slog.Logger) (
 		if w := m.pending[d.CorrelationID]; w != nil && d.ReplyTo == m.replyQ && w.target == gone {
 			w.target = to
 			w.sentTo = append(w.sentTo, to)
+			w.sent = time.Now()
 		}
 		m.mu.Unlock()
 	}

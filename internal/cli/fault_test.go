@@ -47,9 +47,16 @@ type agentProc struct {
 
 func startAgent(t *testing.T, bin, url, tag, name string) *agentProc {
 	t.Helper()
+	return startAgentWith(t, bin, url, tag, name, "--ping", "200ms", "--prefetch", "8", "--drain-timeout", "10s")
+}
+
+// startAgentWith starts `warren agent` with identity tag-name, tagged tag,
+// with the settings given (the defaults for those not given).
+func startAgentWith(t *testing.T, bin, url, tag, name string, settings ...string) *agentProc {
+	t.Helper()
 	p := &agentProc{name: name, log: &testenv.Buffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "--log-level", "debug", "--log-format", "json", "agent", "--broker", url,
-		"--token", tag+"-"+name, "--tag", tag, "--ping", "200ms", "--prefetch", "8", "--drain-timeout", "10s")
+	p.cmd = exec.Command(bin, append([]string{"--log-level", "debug", "--log-format", "json", "agent", "--broker", url,
+		"--token", tag + "-" + name, "--tag", tag}, settings...)...)
 	p.cmd.Stderr = p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
