@@ -19,7 +19,14 @@
 // AnnounceWait after Run is ready, "no agent" waits for agents to answer.
 // An agent silent for the ping timeout (three of its ping intervals unless
 // Config.PingTimeout says otherwise) is dropped from dispatch and taken back
-// when it pings again; an agent that unregisters is dropped at once.
+// when it pings again; an agent that unregisters is dropped at once. So is
+// an agent the broker shows gone: while a request waits on it, the mapper
+// asks the broker (Transport.InspectQueue) whether the agent's queue still
+// has a consumer; a killed agent's connection, and with it its consumer,
+// goes at once, so its requests are re-sent within about a second whatever
+// the ping interval and however young the mapper. A request or push that
+// finds an agent's queue gone (unroutable: a stale or forged heartbeat)
+// drops that agent and goes to the next one.
 //
 // # Delivery guarantees
 //

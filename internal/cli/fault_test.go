@@ -45,11 +45,6 @@ type agentProc struct {
 	err    error         // cmd.Wait's, once exited is closed
 }
 
-func startAgent(t *testing.T, bin, url, tag, name string) *agentProc {
-	t.Helper()
-	return startAgentWith(t, bin, url, tag, name, "--ping", "200ms", "--prefetch", "8", "--drain-timeout", "10s")
-}
-
 // startAgentWith starts `warren agent` with identity tag-name, tagged tag,
 // with the settings given (the defaults for those not given).
 func startAgentWith(t *testing.T, bin, url, tag, name string, settings ...string) *agentProc {
@@ -147,8 +142,10 @@ func faultRun(t *testing.T, n int, fault func(a *agentProc)) faultFigures {
 		t.Fatal(err)
 	}
 	tag := fabrictest.Actor()
-	a := startAgent(t, bin, url, tag, "a")
-	b := startAgent(t, bin, url, tag, "b")
+	// The default settings, as users run it: a ping every 15s, so the
+	// mapper learns of a killed agent from the broker, not from its pings.
+	a := startAgentWith(t, bin, url, tag, "a")
+	b := startAgentWith(t, bin, url, tag, "b")
 	tr, err := amqp.Dial(t.Context(), url, amqp.Config{})
 	if err != nil {
 		t.Fatal(err)
