@@ -164,11 +164,18 @@ func replyJSON(r *mapper.Reply) any {
 	if r.Err == nil {
 		return r.Body
 	}
-	code := "timeout"
 	var re *wire.RemoteError
 	if errors.As(r.Err, &re) {
-		code = re.Code
-		return map[string]any{"error": map[string]string{"code": code, "message": re.Message}}
+		return map[string]any{"error": map[string]string{"code": re.Code, "message": re.Message}}
+	}
+	code := "error"
+	switch {
+	case errors.Is(r.Err, mapper.ErrTimeout):
+		code = "timeout"
+	case errors.Is(r.Err, transport.ErrUnroutable):
+		code = "unroutable" // the agent's queue is gone; the mapper dropped it
+	case errors.Is(r.Err, transport.ErrConnectionLost):
+		code = "connection_lost"
 	}
 	return map[string]any{"error": map[string]string{"code": code, "message": r.Err.Error()}}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/wire"
 )
@@ -233,6 +234,27 @@ func TestAgentDurableFlags(t *testing.T) {
 	for _, args := range [][]string{{"--ping", "0s"}, {"--max-deliveries", "0"}} {
 		if code, _, errOut := run(t, t.Context(), append([]string{"agent", "--broker", url}, args...)...); code != 2 {
 			t.Errorf("agent %v: exit %d %s; want usage error", args, code, errOut)
+		}
+	}
+}
+
+// TestReplyJSONCodes: a fan-out leg that failed is labelled by what
+// happened, not "timeout" whatever it was (an agent whose queue is gone
+// was shown as a timeout).
+func TestReplyJSONCodes(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		code string
+	}{
+		{fmt.Errorf("request /a/b to x: %w: %w", mapper.ErrTimeout, context.DeadlineExceeded), "timeout"},
+		{fmt.Errorf("mapper: request /a/b to ghost: %w", transport.ErrUnroutable), "unroutable"},
+		{fmt.Errorf("mapper: request /a/b to x: %w", transport.ErrConnectionLost), "connection_lost"},
+		{&wire.RemoteError{Code: wire.CodeHandler, Message: "boom"}, wire.CodeHandler},
+		{errors.New("other"), "error"},
+	} {
+		got := replyJSON(&mapper.Reply{Err: c.err}).(map[string]any)["error"].(map[string]string)["code"]
+		if got != c.code {
+			t.Errorf("%v: code %q, want %q", c.err, got, c.code)
 		}
 	}
 }
