@@ -130,8 +130,12 @@ type ServiceConfig struct {
 	// Env is added to the workers' environment.
 	Env map[string]string `yaml:"env"`
 	// Config is the plugin's own configuration, any YAML, given to its
-	// workers as JSON in WARREN_PLUGIN_CONFIG.
+	// workers as JSON in WARREN_PLUGIN_CONFIG (to a Go service's
+	// constructor).
 	Config yaml.Node `yaml:"config"`
+	// Go marks a service compiled into the daemon's binary ([Service],
+	// daemonmain.Main): it takes only config; its methods are its type's.
+	Go bool `yaml:"go"`
 
 	// configJSON is Config as JSON.
 	configJSON []byte
@@ -430,6 +434,23 @@ func (c *Config) checkService(es *ConfigErrors, name string, s *ServiceConfig) {
 	case !nameRE.MatchString(name):
 		c.errAt(es, at(), "name %q: letters, digits, _ . - only", name)
 	}
+	if s.Config.Kind != 0 {
+		var v any
+		if err := s.Config.Decode(&v); err != nil {
+			c.errAt(es, at("config"), "%v", err)
+		} else if s.configJSON, err = json.Marshal(v); err != nil {
+			c.errAt(es, at("config"), "not representable as JSON (keys must be strings): %v", err)
+		}
+	} else {
+		s.configJSON = []byte("{}")
+	}
+	if s.Go {
+		if len(s.Command.Argv) > 0 || s.Protocol != "" || s.Module != "" || len(s.Methods) > 0 || s.Workers != 0 ||
+			s.Timeout != 0 || s.Dir != "" || len(s.Env) > 0 {
+			c.errAt(es, at("go"), "a Go service takes only config: its methods are its type's, and it runs in the daemon")
+		}
+		return
+	}
 	switch s.Protocol {
 	case "":
 		s.Protocol = "jsonlines"
@@ -471,16 +492,6 @@ func (c *Config) checkService(es *ConfigErrors, name string, s *ServiceConfig) {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
 			c.errAt(es, at("env"), "%q is not a variable name", k)
 		}
-	}
-	if s.Config.Kind != 0 {
-		var v any
-		if err := s.Config.Decode(&v); err != nil {
-			c.errAt(es, at("config"), "%v", err)
-		} else if s.configJSON, err = json.Marshal(v); err != nil {
-			c.errAt(es, at("config"), "not representable as JSON (keys must be strings): %v", err)
-		}
-	} else {
-		s.configJSON = []byte("{}")
 	}
 	c.checkCommand(es, at("command"), s)
 }
@@ -549,7 +560,8 @@ func (c *Config) PoolConfig(name string) worker.Config {
 	}
 }
 
-// Paths returns the service paths the config serves, sorted.
+// Paths returns the paths of the config's plugins, sorted (Go services'
+// methods are known only to the daemon: Status.Services has them all).
 func (c *Config) Paths() []string {
 	var ps []string
 	for name, s := range c.Services {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,6 +55,7 @@ type options struct {
 	log        *slog.Logger
 	probe      time.Duration
 	secureMode bool
+	goSvcs     map[string]GoService
 }
 
 // WithLogger sets the logger; the default discards.
@@ -98,11 +100,12 @@ type Daemon struct {
 
 type statusValue struct{ v any }
 
-// service is one plugin: its pool and counters.
+// service is one plugin: its pool and counters, or a Go service's actor.
 type service struct {
 	name    string
 	methods []string
-	pool    *worker.Pool
+	pool    *worker.Pool // nil for a Go service
+	actor   any          // a Go service's
 	cancel  context.CancelFunc
 	done    chan struct{}
 
@@ -130,6 +133,9 @@ func New(cfg *Config, tr transport.Transport, opts ...Option) (*Daemon, error) {
 	}
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
+	}
+	if err := checkGo(cfg, o.goSvcs); err != nil {
+		return nil, err
 	}
 	d := &Daemon{
 		tr: tr, o: o, cfg: cfg,
@@ -197,7 +203,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if cfg.Status.Source == "command" {
 		d.bg.Go(func() { d.runStatusCommand(ctx) })
 	}
-	u, err := d.startUnit(ctx, cfg.Identity, cfg.Paths(), true)
+	var goNames []string
+	for _, name := range slices.Sorted(maps.Keys(cfg.Services)) {
+		if cfg.Services[name].Go {
+			goNames = append(goNames, name)
+		}
+	}
+	u, err := d.startUnit(ctx, cfg.Identity, cfg.Paths(), goNames, true)
 	if err != nil {
 		return err
 	}
@@ -215,8 +227,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	return nil
 }
 
-// shutdown drains every agent at once, then stops the workers.
+// shutdown drains every agent at once, then stops the workers. It waits
+// for a reload in progress (which gives up starting agents once Run's
+// context ended), so that no agent starts after it.
 func (d *Daemon) shutdown() {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
 	d.mu.Lock()
 	units := slices.Clone(d.units)
 	d.mu.Unlock()
@@ -298,6 +314,18 @@ func (d *Daemon) checkIdentity(ctx context.Context) error {
 
 // startService starts the pool of service name.
 func (d *Daemon) startService(name string, cfg *Config) error {
+	if sc := cfg.Services[name]; sc.Go {
+		actor, methods, err := newGoActor(d.o.goSvcs[name], sc.configJSON)
+		if err != nil {
+			return err
+		}
+		done := make(chan struct{})
+		close(done)
+		d.mu.Lock()
+		d.services[name] = &service{name: name, methods: methods, actor: actor, cancel: func() {}, done: done}
+		d.mu.Unlock()
+		return nil
+	}
 	p, err := worker.New(cfg.PoolConfig(name), d.o.log.With("component", "plugin"))
 	if err != nil {
 		return err
@@ -326,6 +354,9 @@ func (d *Daemon) awaitHealthy(ctx context.Context, names []string) error {
 			d.mu.Lock()
 			s := d.services[n]
 			d.mu.Unlock()
+			if s.pool == nil {
+				continue
+			}
 			ok, err := s.pool.Healthy()
 			if err != nil {
 				return fmt.Errorf("daemon: service %s does not start: %w", n, err)
@@ -349,7 +380,7 @@ func (d *Daemon) awaitHealthy(ctx context.Context, names []string) error {
 
 // startUnit starts an agent serving paths (and, for the daemon's own
 // identity, the control paths) and waits until it is registered.
-func (d *Daemon) startUnit(ctx context.Context, identity string, paths []string, control bool) (*unit, error) {
+func (d *Daemon) startUnit(ctx context.Context, identity string, paths, goNames []string, control bool) (*unit, error) {
 	d.mu.Lock()
 	cfg := d.cfg
 	d.mu.Unlock()
@@ -363,6 +394,17 @@ func (d *Daemon) startUnit(ctx context.Context, identity string, paths []string,
 	for _, p := range paths {
 		if err := a.Handle(p, d.handler(p), agent.Active(func() bool { return d.route(p) != nil })); err != nil {
 			return nil, fmt.Errorf("daemon: %w", err)
+		}
+	}
+	for _, name := range goNames {
+		d.mu.Lock()
+		s := d.services[name]
+		d.mu.Unlock()
+		if err := a.Expose(name, s.actor); err != nil {
+			return nil, fmt.Errorf("daemon: %w", err)
+		}
+		for _, m := range s.methods {
+			paths = append(paths, "/"+name+"/"+m)
 		}
 	}
 	if control {
@@ -561,6 +603,10 @@ func (d *Daemon) Status() Status {
 	}
 	for _, name := range slices.Sorted(maps.Keys(d.services)) {
 		s := d.services[name]
+		if s.pool == nil {
+			st.Plugins = append(st.Plugins, PluginStatus{Name: name, Methods: s.methods, Protocol: "go"})
+			continue
+		}
 		ws := s.pool.Stats()
 		ps := PluginStatus{
 			Name: name, Methods: s.methods, Protocol: ws.Protocol, Workers: ws.Workers, Running: ws.Running, Busy: ws.Busy,
@@ -660,6 +706,22 @@ func (d *Daemon) Reload(cfg *Config) (*ReloadResult, error) {
 	cfg.Identity, cfg.Tags, cfg.PingInterval, cfg.Prefetch = old.Identity, old.Tags, old.PingInterval, old.Prefetch
 	cfg.DrainTimeout, cfg.Broker, cfg.Secure, cfg.Pidfile = old.DrainTimeout, old.Broker, old.Secure, old.Pidfile
 	cfg.File = old.File
+	// Go services are compiled in and bound to the agent: a reload keeps
+	// them as they are.
+	for name, sc := range old.Services {
+		if sc.Go {
+			if n, ok := cfg.Services[name]; !ok || !n.Go || !bytes.Equal(n.configJSON, sc.configJSON) {
+				res.NeedsRestart = append(res.NeedsRestart, "services."+name)
+			}
+			cfg.Services[name] = sc
+		}
+	}
+	for name, sc := range cfg.Services {
+		if o, ok := old.Services[name]; sc.Go && (!ok || !o.Go) {
+			res.NeedsRestart = append(res.NeedsRestart, "services."+name)
+			delete(cfg.Services, name)
+		}
+	}
 
 	served := map[string]bool{}
 	d.mu.Lock()
@@ -687,6 +749,9 @@ func (d *Daemon) Reload(cfg *Config) (*ReloadResult, error) {
 		d.mu.Lock()
 		s := d.services[name]
 		d.mu.Unlock()
+		if s != nil && s.pool == nil {
+			continue // a Go service
+		}
 		if s == nil {
 			if err := d.startService(name, cfg); err != nil {
 				d.noteReload(err)
@@ -743,7 +808,7 @@ func (d *Daemon) Reload(cfg *Config) (*ReloadResult, error) {
 		d.gen++
 		id := d.cfg.Identity + "." + strconv.Itoa(d.gen)
 		d.mu.Unlock()
-		if _, err := d.startUnit(ctx, id, fresh, false); err != nil {
+		if _, err := d.startUnit(ctx, id, fresh, nil, false); err != nil {
 			d.noteReload(err)
 			return nil, err
 		}

@@ -457,3 +457,57 @@ func TestExampleConfigServes(t *testing.T) {
 	_, err = request(t, m, "/calc/fail", []string{"nope"})
 	wantCode(t, err, "handler_error")
 }
+
+type adder struct{ Base int }
+
+func (a *adder) Add(ctx context.Context, n int) (int, error) { return a.Base + n, nil }
+func (a *adder) Fail(ctx context.Context) error              { return errors.New("no") }
+
+// TestDaemonGoService: a Go service compiled in serves next to a plugin,
+// gets its config, survives a reload (which reports its change as needing
+// a restart), and a config naming a Go service the binary lacks is refused.
+func TestDaemonGoService(t *testing.T) {
+	needPython(t)
+	b := mem.NewBroker()
+	id, plug := fabrictest.Actor(), fabrictest.Actor()
+	conf := func(base int) *Config {
+		return parse(t, fmt.Sprintf(`
+identity: %s
+services:
+  calc:
+    go: true
+    config: {Base: %d}
+  %s:
+    command: [python3, ../examples/plugins/echo.py]
+    methods: [upcase]
+`, id, base, plug))
+	}
+	newAdder := func(config json.RawMessage) (any, error) {
+		a := &adder{}
+		return a, json.Unmarshal(config, a)
+	}
+	if _, err := New(conf(1), b.Connect()); err == nil || !strings.Contains(err.Error(), `test.yaml:5:5: services.calc.go: this binary has no Go service "calc"`) {
+		t.Fatalf("New without the Go service: %v", err)
+	}
+	d := start(t, conf(40), b.Connect(), WithGoServices(Service("calc", newAdder)))
+	m := fabrictest.RunMapper(t, b.Connect(), mapper.Config{})
+	if res, err := request(t, m, "/calc/add", 2); err != nil || string(res) != "42" {
+		t.Fatalf("/calc/add = %s, %v", res, err)
+	}
+	_, err := request(t, m, "/calc/fail", nil)
+	wantCode(t, err, "handler_error")
+	res, err := d.Reload(conf(0))
+	if err != nil || strings.Join(res.NeedsRestart, ",") != "services.calc" {
+		t.Fatalf("reload = %+v, %v", res, err)
+	}
+	if res, err := request(t, m, "/calc/add", 2); err != nil || string(res) != "42" {
+		t.Fatalf("/calc/add after the reload = %s, %v", res, err)
+	}
+	st := d.Status()
+	if len(st.Plugins) != 2 || st.Plugins[0].Protocol != "go" || strings.Join(st.Plugins[0].Methods, ",") != "add,fail" {
+		t.Fatalf("status plugins %+v", st.Plugins)
+	}
+	if _, err := Parse([]byte("services:\n  calc:\n    go: true\n    command: [x]\n"), "w.yaml", "."); err == nil || !strings.Contains(err.Error(), "w.yaml:3:5: services.calc.go: a Go service takes only config") {
+		t.Fatalf("go with a command: %v", err)
+	}
+}

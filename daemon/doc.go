@@ -13,6 +13,10 @@
 // timeout is replaced, and that call fails with a clear error code
 // (worker_crashed, worker_malformed, worker_timeout); it is never lost.
 //
+// A service may also be written in Go and compiled in ([Service],
+// [WithGoServices]; daemonmain.Main builds a warren binary with them): a
+// config entry `NAME: {go: true, config: ...}` serves its actor's methods.
+//
 // # Control
 //
 // The daemon's agent also serves /daemon.IDENTITY/status (a [Status]:

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +38,14 @@ one YAML file (-c, default /etc/warren/warren.yaml; annotated example:
 examples/warren.yaml; reference: docs/plugins.md).`
 }
 
+// goServices are the Go services compiled into this binary
+// (daemonmain.Main); the warren binary has none.
+var goServices []daemon.GoService
+
+// SetGoServices makes svcs available to `daemon start`. Call it before
+// Main (daemonmain.Main does).
+func SetGoServices(svcs ...daemon.GoService) { goServices = svcs }
+
 // daemonConfigFlag names the config file.
 type daemonConfigFlag struct {
 	Config string `name:"config" short:"c" env:"WARREN_DAEMON_CONFIG" default:"/etc/warren/warren.yaml" help:"The daemon's YAML config file."`
@@ -44,6 +53,20 @@ type daemonConfigFlag struct {
 
 func (f daemonConfigFlag) load() (*daemon.Config, error) {
 	return daemon.Load(f.Config)
+}
+
+// loadServed is load, also checking that the config's Go services are
+// compiled into this binary (start and config check need them; status,
+// stop and reload only talk to the daemon).
+func (f daemonConfigFlag) loadServed() (*daemon.Config, error) {
+	cfg, err := daemon.Load(f.Config)
+	if err != nil {
+		return nil, err
+	}
+	if err := daemon.Check(cfg, daemon.WithGoServices(goServices...)); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 type daemonStartCmd struct {
@@ -65,7 +88,7 @@ finishes what is in hand, unregisters, exits 0); SIGHUP reloads its config.`
 const notifyFD = "WARREN_DAEMON_NOTIFY_FD"
 
 func (c *daemonStartCmd) Run(g *Globals) error {
-	cfg, err := c.load()
+	cfg, err := c.loadServed()
 	if err != nil {
 		return err
 	}
@@ -103,7 +126,7 @@ func (c *daemonStartCmd) Run(g *Globals) error {
 		return err
 	}
 	defer tr.Close()
-	var opts []daemon.Option
+	opts := []daemon.Option{daemon.WithGoServices(goServices...)}
 	if secureMode {
 		opts = append(opts, daemon.WithSecureMode())
 	}
@@ -132,7 +155,7 @@ func (c *daemonStartCmd) Run(g *Globals) error {
 	go func() {
 		select {
 		case <-d.Ready():
-			g.Logger().Warn("daemon serving", "identity", cfg.Identity, "pid", os.Getpid(), "services", cfg.Paths())
+			g.Logger().Warn("daemon serving", "identity", cfg.Identity, "pid", os.Getpid(), "services", d.Status().Services)
 			notify(fmt.Sprintf("ok %d", os.Getpid()))
 		case <-ctx.Done():
 		}
@@ -406,11 +429,18 @@ type daemonConfigCmd struct {
 type daemonConfigCheckCmd struct{ daemonConfigFlag }
 
 func (c *daemonConfigCheckCmd) Run(g *Globals) error {
-	cfg, err := c.load()
+	cfg, err := c.loadServed()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(g.Out(), "%s: ok: daemon %s serves %s\n", cfg.File, cfg.Identity, strings.Join(cfg.Paths(), " "))
+	paths := cfg.Paths()
+	for name, s := range cfg.Services {
+		if s.Go {
+			paths = append(paths, "/"+name+"/* (go)")
+		}
+	}
+	slices.Sort(paths)
+	fmt.Fprintf(g.Out(), "%s: ok: daemon %s serves %s\n", cfg.File, cfg.Identity, strings.Join(paths, " "))
 	return nil
 }
 
