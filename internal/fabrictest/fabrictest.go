@@ -52,9 +52,10 @@ func Each(t *testing.T, f func(t *testing.T, connect Connect)) {
 	})
 }
 
-// queues records the agent and service queues a test's agents and mappers
-// declare on the shared RabbitMQ. Their names hold the test's unique actor
-// or agent identity; left behind (service queues are durable, agent queues
+// queues records the agent, service and event subscription queues a
+// test's agents, mappers and buses declare on the shared RabbitMQ. Their
+// names hold the test's unique actor, agent identity or group; left behind
+// (service and durable subscription queues are durable, agent queues
 // expire only after minutes), they would pile up on a developer's broker,
 // run after run (a few hundred a run), and slow its restarts.
 type queues struct {
@@ -72,7 +73,8 @@ type recording struct {
 func (r recording) DeclareQueue(ctx context.Context, q transport.Queue) (string, error) {
 	name, err := r.Transport.DeclareQueue(ctx, q)
 	if err == nil && !q.Exclusive &&
-		(strings.HasPrefix(name, "warren.service.") || strings.HasPrefix(name, "warren.agent.")) {
+		(strings.HasPrefix(name, "warren.service.") || strings.HasPrefix(name, "warren.agent.") ||
+			strings.HasPrefix(name, "warren.events.")) {
 		r.q.mu.Lock()
 		if !slices.Contains(r.q.names, name) {
 			r.q.names = append(r.q.names, name)
