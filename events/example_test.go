@@ -1,0 +1,64 @@
+package events_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/warrenrpc/warren/events"
+	"github.com/warrenrpc/warren/transport/mem"
+)
+
+// Example is Vincent's file server on the embedded broker: encrypters
+// share the file.encrypt events (one of them gets each), and announce
+// file.encrypted events, which an auditor gets all of.
+func Example() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	broker := mem.NewBroker()
+	defer broker.Close()
+
+	// Two encrypter processes in the group "encrypters".
+	for _, name := range []string{"enc-1", "enc-2"} {
+		bus, _ := events.New(broker.Connect(), events.Config{Identity: name})
+		sub, err := bus.Subscribe(ctx, "file.encrypt", func(ctx context.Context, ev *events.Event) error {
+			var job struct{ File string }
+			if err := ev.Decode(&job); err != nil {
+				return err // dead-lettered with the reason
+			}
+			// b.cast from inside the handler.
+			return bus.Publish(ctx, "file.encrypted", map[string]string{"file": job.File})
+		}, events.One("encrypters"), events.Durable())
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer sub.Close()
+	}
+
+	// An auditor that gets every file.* event.
+	auditor, _ := events.New(broker.Connect(), events.Config{})
+	seen := make(chan string, 10)
+	sub, _ := auditor.Subscribe(ctx, "file.*", func(ctx context.Context, ev *events.Event) error {
+		seen <- ev.Key + " " + string(ev.Payload)
+		return nil
+	})
+	defer sub.Close()
+
+	web, _ := events.New(broker.Connect(), events.Config{Identity: "web-1"})
+	if err := web.Publish(ctx, "file.encrypt", map[string]string{"file": "/gfs1/file.dat"}); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(<-seen)
+	fmt.Println(<-seen)
+
+	// Nobody listens to server.up: dropped, unless the publisher insists.
+	fmt.Println(web.Publish(ctx, "server.up", nil))
+	fmt.Println(web.Publish(ctx, "server.up", nil, events.Mandatory()))
+	// Output:
+	// file.encrypt {"file":"/gfs1/file.dat"}
+	// file.encrypted {"file":"/gfs1/file.dat"}
+	// <nil>
+	// events: publish server.up: events: no subscriber took the event: transport: message unroutable
+}
