@@ -100,9 +100,7 @@ func (f *sendForm) parse() ([]mapper.CallOption, json.RawMessage, time.Duration,
 			return nil, nil, 0, fmt.Errorf("target: %w", err)
 		}
 		sel = mapper.Identity(f.Target)
-		if f.Selector == "all" {
-			f.Selector = "agent:" + f.Target // one agent: not a fan-out
-		}
+		f.Selector = "agent:" + f.Target // one agent: not a fan-out
 	} else {
 		s, err := mapper.ParseSelector(f.Selector)
 		if err != nil {
@@ -158,7 +156,9 @@ func (t *Tower) serveSend(w http.ResponseWriter, r *http.Request) {
 		var rep *mapper.Reply
 		rep, err = t.m.Request(ctx, f.Path, payload, opts...)
 		if rep != nil {
+			// A reply, failed or not, is the agent's: shown as its row.
 			v.Replies = append(v.Replies, replyOf(rep))
+			err = nil
 		}
 	}
 	took := time.Since(start)

@@ -194,12 +194,16 @@ func (t *Tower) eventsView(now time.Time) eventsView {
 }
 
 // jsonText shows a decoded JSON value as JSON.
+// json.Marshal's HTML escapes (\u003c) are not needed: html/template
+// escapes the text for the page.
 func jsonText(v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return fmt.Sprint(v)
 	}
-	return string(b)
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // prettyJSON indents JSON text; other bytes are shown as a quoted string.
