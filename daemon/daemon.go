@@ -261,7 +261,13 @@ func (d *Daemon) checkIdentity(ctx context.Context) error {
 	if d.o.probe <= 0 {
 		return nil
 	}
-	m, err := mapper.New(d.tr, mapper.Config{})
+	var mcfg mapper.Config
+	if d.o.secureMode {
+		// The transport signs as the certificate's identity: the
+		// mapper must carry it.
+		mcfg.Identity = d.cfg.Identity
+	}
+	m, err := mapper.New(d.tr, mcfg)
 	if err != nil {
 		return err
 	}

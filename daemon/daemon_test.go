@@ -17,6 +17,7 @@ import (
 	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
+	"github.com/warrenrpc/warren/secure"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/mem"
 	"github.com/warrenrpc/warren/wire"
@@ -510,4 +511,82 @@ services:
 	if _, err := Parse([]byte("services:\n  calc:\n    go: true\n    command: [x]\n"), "w.yaml", "."); err == nil || !strings.Contains(err.Error(), "w.yaml:3:5: services.calc.go: a Go service takes only config") {
 		t.Fatalf("go with a command: %v", err)
 	}
+}
+
+// TestDaemonSecureMode: in secure mode the daemon serves its plugins under
+// its certificate's identity; a reload that restarts workers works, one
+// that adds a service is refused with the reason (a second agent would
+// need a certificate of its own).
+func TestDaemonSecureMode(t *testing.T) {
+	needPython(t)
+	ca, err := secure.NewCA("warren test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := mem.NewBroker()
+	wrap := func(name string) transport.Transport {
+		id, err := ca.Issue(name, secure.CertOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := secure.Wrap(b.Connect(), secure.Config{Identity: id, Authority: ca.Authority()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		return tr
+	}
+	id, a, extra := fabrictest.Actor(), fabrictest.Actor(), fabrictest.Actor()
+	conf := func(withExtra bool) *Config {
+		y := fmt.Sprintf("identity: %s\nservices:\n  %s:\n    command: [python3, ../examples/plugins/echo.py]\n    methods: [upcase]\n", id, a)
+		if withExtra {
+			y += fmt.Sprintf("  %s:\n    command: [python3, ../examples/plugins/echo.py]\n    methods: [upcase]\n", extra)
+		}
+		return parse(t, y)
+	}
+	d := start(t, conf(false), wrap(id), WithSecureMode())
+	caller := fabrictest.Actor()
+	m := fabrictest.RunMapper(t, wrap(caller), mapper.Config{Identity: caller})
+	if res, err := request(t, m, "/"+a+"/upcase", "s"); err != nil || string(res) != `"S"` {
+		t.Fatalf("secure call: %s, %v", res, err)
+	}
+	if _, err := d.Reload(conf(false)); err != nil {
+		t.Fatalf("reload restarting workers: %v", err)
+	}
+	_, err = d.Reload(conf(true))
+	if err == nil || !strings.Contains(err.Error(), "secure mode: new services (/"+extra+"/upcase) need a restart") {
+		t.Fatalf("reload adding a service: %v", err)
+	}
+	if st := d.Status(); !strings.Contains(st.LastReloadErr, "secure mode") || len(st.Plugins) != 1 {
+		t.Fatalf("status after the refused reload: %+v", st)
+	}
+	if res, err := request(t, m, "/"+a+"/upcase", "t"); err != nil || string(res) != `"T"` {
+		t.Fatalf("secure call after the reloads: %s, %v", res, err)
+	}
+}
+
+// TestDaemonStatusCommand: status source command advertises the
+// command's output (JSON, else a string).
+func TestDaemonStatusCommand(t *testing.T) {
+	needPython(t)
+	b := mem.NewBroker()
+	id, a := fabrictest.Actor(), fabrictest.Actor()
+	start(t, parse(t, fmt.Sprintf(`
+identity: %s
+ping_interval: 100ms
+status: {source: command, command: "echo 0.25"}
+services:
+  %s:
+    command: [python3, ../examples/plugins/echo.py]
+    methods: [upcase]
+`, id, a)), b.Connect())
+	m := fabrictest.RunMapper(t, b.Connect(), mapper.Config{})
+	testenv.WaitFor(t, 20*time.Second, func() error {
+		for _, ag := range m.Agents() {
+			if ag.Identity == id && fmt.Sprint(ag.Status) == "0.25" {
+				return nil
+			}
+		}
+		return fmt.Errorf("agents %+v", m.Agents())
+	})
 }

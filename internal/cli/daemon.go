@@ -307,12 +307,16 @@ func (f controlFlags) call(g *Globals, verb string, then func(ctx context.Contex
 	}
 	ctx, cancel := context.WithTimeout(g.Context(), f.Timeout)
 	defer cancel()
-	tr, _, err := dialConfig(ctx, g, cfg, "daemon control")
+	tr, secureMode, err := dialConfig(ctx, g, cfg, "daemon control")
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
-	return runMapper(ctx, g, tr, "", func(m *mapper.Mapper) error {
+	mapperID := ""
+	if secureMode {
+		mapperID = cfg.Identity // the certificate's, which the transport signs as
+	}
+	return runMapper(ctx, g, tr, mapperID, func(m *mapper.Mapper) error {
 		r, err := m.Request(ctx, daemon.ControlPath(cfg.Identity, verb), nil, mapper.Select(mapper.Identity(cfg.Identity)))
 		if err == nil {
 			err = r.Err

@@ -16,6 +16,7 @@ import (
 	"github.com/warrenrpc/warren/daemon"
 	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/secure"
 )
 
 // daemonConfig writes a daemon config for the test's RabbitMQ: its
@@ -184,3 +185,156 @@ func must(b []byte, err error) []byte {
 }
 
 func slicesClone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// TestDaemonDetachAndPidfile: --detach returns once the daemon serves,
+// with its pid in the pidfile; a second start on that pidfile is refused;
+// stop --pidfile drains it; a daemon that cannot start says why.
+func TestDaemonDetachAndPidfile(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 not installed")
+	}
+	amqpURL := testenv.AMQPURL(t)
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, a := fabrictest.Actor(), fabrictest.Actor()
+	fabrictest.DeleteQueues(t, amqpURL, "warren.service./"+a+"/upcase",
+		"warren.service."+daemon.ControlPath(id, "status"), "warren.service."+daemon.ControlPath(id, "reload"),
+		"warren.service."+daemon.ControlPath(id, "stop"))
+	cfg := daemonConfig(t, amqpURL, id, fmt.Sprintf("  %s:\n    command: [python3, PLUGINS/echo.py]\n    methods: [upcase]\n", a))
+	dir := t.TempDir()
+	pidfile, logfile := filepath.Join(dir, "warren.pid"), filepath.Join(dir, "warren.log")
+	runBin := func(args ...string) (int, string) {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), bin, args...)
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), string(out)
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return 0, string(out)
+	}
+	code, out := runBin("daemon", "start", "-c", cfg, "--detach", "--pidfile", pidfile, "--log-file", logfile, "--log-level", "info")
+	if code != 0 || !strings.Contains(out, "warren daemon "+id+" started (pid ") {
+		t.Fatalf("start --detach: exit %d: %s", code, out)
+	}
+	pid, err := readPidfile(pidfile)
+	if err != nil || !strings.Contains(out, fmt.Sprintf("(pid %d)", pid)) {
+		t.Fatalf("pidfile: %d, %v (output %s)", pid, err, out)
+	}
+	t.Cleanup(func() {
+		if alive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	code, out = runBin("daemon", "start", "-c", cfg, "--detach", "--pidfile", pidfile)
+	if code != 1 || !strings.Contains(out, fmt.Sprintf("the daemon already runs (pid %d)", pid)) {
+		t.Fatalf("second start: exit %d: %s", code, out)
+	}
+	code, out = runBin("daemon", "stop", "--pidfile", pidfile)
+	if code != 0 || !strings.Contains(out, fmt.Sprintf("pid %d stopped", pid)) {
+		t.Fatalf("stop --pidfile: exit %d: %s", code, out)
+	}
+	if _, err := os.Stat(pidfile); !os.IsNotExist(err) {
+		t.Fatalf("pidfile left behind: %v", err)
+	}
+	if log := string(must(os.ReadFile(logfile))); !strings.Contains(log, "daemon stopped") {
+		t.Fatalf("log file:\n%s", log)
+	}
+	code, out = runBin("daemon", "stop", "--pidfile", pidfile)
+	if code != 1 || !strings.Contains(out, "no such file") {
+		t.Fatalf("stop with no daemon: exit %d: %s", code, out)
+	}
+
+	broken := daemonConfig(t, amqpURL, fabrictest.Actor(), "  broken:\n    command: \"echo no >&2; exit 3\"\n    methods: [x]\n")
+	code, out = runBin("daemon", "start", "-c", broken, "--detach")
+	if code != 1 || !strings.Contains(out, "service broken does not start") {
+		t.Fatalf("start --detach of a broken plugin: exit %d: %s", code, out)
+	}
+}
+
+// TestDaemonBrokerFailover: with several broker URLs the first that
+// answers is used, and config broker --test reports each.
+func TestDaemonBrokerFailover(t *testing.T) {
+	amqpURL := testenv.AMQPURL(t)
+	id := fabrictest.Actor()
+	cfg := daemonConfig(t, amqpURL, id, "  x:\n    command: [sh]\n    methods: [y]\n")
+	u, _ := url.Parse(amqpURL)
+	u.User = url.User(u.User.Username())
+	yml := strings.Replace(string(must(os.ReadFile(cfg))), "  url: "+u.String(), "  urls: [amqp://guest@127.0.0.1:1/, "+u.String()+"]", 1)
+	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, t.Context(), "daemon", "config", "broker", "--test", "-c", cfg)
+	if code != 1 || !strings.Contains(out, "amqp://guest:xxxxx@127.0.0.1:1/: failed: ") || !strings.Contains(out, u.Host+u.Path+": connected") {
+		t.Fatalf("broker --test: exit %d: %s%s", code, out, errOut)
+	}
+	// status dials past the dead node and reaches the broker.
+	code, _, errOut = run(t, t.Context(), "daemon", "status", "-c", cfg)
+	if code != 1 || !strings.Contains(errOut, "no daemon "+id+" runs on this broker") {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+}
+
+// TestDaemonSecureModeCommands: a daemon in secure mode (its config's
+// secure section) serves, and status and stop, which sign with the same
+// certificate, reach it.
+func TestDaemonSecureModeCommands(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 not installed")
+	}
+	amqpURL := testenv.AMQPURL(t)
+	id, a := fabrictest.Actor(), fabrictest.Actor()
+	fabrictest.DeleteQueues(t, amqpURL, "warren.service./"+a+"/upcase",
+		"warren.service."+daemon.ControlPath(id, "status"), "warren.service."+daemon.ControlPath(id, "reload"),
+		"warren.service."+daemon.ControlPath(id, "stop"))
+	dir := t.TempDir()
+	ca, err := secure.NewCA("warren test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := ca.WriteFiles(caFile, filepath.Join(dir, "ca.key")); err != nil {
+		t.Fatal(err)
+	}
+	ident, err := ca.Issue(id, secure.CertOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key := filepath.Join(dir, id+".pem"), filepath.Join(dir, id+".key")
+	if err := secure.WriteIdentity(ident, cert, key); err != nil {
+		t.Fatal(err)
+	}
+	cfg := daemonConfig(t, amqpURL, id, fmt.Sprintf("  %s:\n    command: [python3, PLUGINS/echo.py]\n    methods: [upcase]\n", a))
+	yml := strings.Replace(string(must(os.ReadFile(cfg))), "services:\n",
+		fmt.Sprintf("secure:\n  cert: %s\n  key: %s\n  ca: %s\nservices:\n", cert, key, caFile), 1)
+	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() {
+		c, _, _ := run(t, ctx, "daemon", "start", "-c", cfg)
+		done <- c
+	}()
+	testenv.WaitFor(t, 60*time.Second, func() error {
+		code, out, errOut := run(t, t.Context(), "daemon", "status", "-c", cfg)
+		if code != 0 {
+			return fmt.Errorf("status: exit %d: %s", code, errOut)
+		}
+		if !strings.Contains(out, `"identity": "`+id+`"`) {
+			return fmt.Errorf("status: %s", out)
+		}
+		return nil
+	})
+	code, out, errOut := run(t, t.Context(), "daemon", "stop", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "stopped") {
+		t.Fatalf("stop: exit %d: %s%s", code, out, errOut)
+	}
+	if c := <-done; c != 0 {
+		t.Fatalf("daemon start exited %d", c)
+	}
+}
