@@ -152,7 +152,11 @@ func New(cfg *Config, tr transport.Transport, opts ...Option) (*Daemon, error) {
 func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 
 // Identity returns the daemon's identity.
-func (d *Daemon) Identity() string { return d.cfg.Identity }
+func (d *Daemon) Identity() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg.Identity
+}
 
 // Stop makes Run drain and return, as cancelling its context does.
 func (d *Daemon) Stop() {
@@ -177,9 +181,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return errors.New("daemon: Run called twice")
 	}
 	d.runCtx, d.stop = ctx, stop
+	d.started = time.Now()
 	cfg := d.cfg
 	d.mu.Unlock()
-	d.started = time.Now()
 
 	if err := d.checkIdentity(ctx); err != nil {
 		return err
