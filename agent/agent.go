@@ -52,7 +52,21 @@ type Config struct {
 	// NoSharedQueues stops the agent from consuming the shared queue of
 	// each of its services, so it serves only requests addressed to it.
 	NoSharedQueues bool `yaml:"no_shared_queues"`
+	// IdentityWait is how long Run, when it starts, waits for another
+	// consumer of the agent's own queue to go before it fails with
+	// ErrIdentityInUse (the agent consumes its queue exclusively). That
+	// consumer is another agent with the same identity, a mapper moving
+	// what a dropped agent left in its queue (a minute at most), or this
+	// agent's previous connection that the broker has not closed yet (a
+	// crashed host: two heartbeats). 0 means 30s. After a reconnection the
+	// agent waits as long as it takes, logging an error each time.
+	IdentityWait time.Duration `yaml:"identity_wait"`
 }
+
+// ErrIdentityInUse is returned by Run when the agent's own queue kept
+// another consumer for IdentityWait: another agent with this identity is
+// running.
+var ErrIdentityInUse = errors.New("agent: identity in use")
 
 func (c *Config) setDefaults() {
 	if c.Identity == "" {
@@ -78,6 +92,9 @@ func (c *Config) setDefaults() {
 	if c.MaxDepth <= 0 {
 		c.MaxDepth = wire.DefaultMaxDepth
 	}
+	if c.IdentityWait <= 0 {
+		c.IdentityWait = 30 * time.Second
+	}
 }
 
 // Validate reports the first invalid field.
@@ -87,8 +104,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("agent: %w", err)
 		}
 	}
-	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 || c.MaxMessageSize < 0 || c.MaxDepth < 0 {
-		return errors.New("agent: ping_interval, prefetch, drain_timeout, max_deliveries, max_message_size and max_depth must not be negative")
+	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 || c.MaxMessageSize < 0 || c.MaxDepth < 0 || c.IdentityWait < 0 {
+		return errors.New("agent: ping_interval, prefetch, drain_timeout, max_deliveries, max_message_size, max_depth and identity_wait must not be negative")
 	}
 	if c.PingInterval != 0 && (c.PingInterval < wire.MinPingInterval || c.PingInterval > wire.MaxPingInterval) {
 		return fmt.Errorf("agent: ping_interval %v: want %v to %v", c.PingInterval, wire.MinPingInterval, wire.MaxPingInterval)

@@ -20,7 +20,12 @@ import (
 // re-declares its queues, consumes again and re-registers, with backoff and
 // jitter, until ctx ends. Requests in hand when the connection dropped are
 // redelivered by the broker. Run returns an error when the transport is
-// closed under it or the broker refuses the topology.
+// closed under it or the broker refuses the topology, and ErrIdentityInUse
+// when, at start, the agent's own queue keeps another consumer (another
+// agent with this identity) for Config.IdentityWait. An own queue left
+// with other arguments (Durable switched, another MaxDeliveries) is
+// replaced when it is empty and unused; when it holds messages Run fails
+// saying what to do.
 func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Lock()
 	if a.running {
@@ -43,6 +48,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	bo := backoff.New()
 	first := true
+	var inUse time.Time // when the own queue was first found in use
 	for {
 		s, err := a.startSession(ctx, bg, handlerCtx)
 		if err != nil && ctx.Err() != nil {
@@ -52,6 +58,25 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			break
 		}
+		if errors.Is(err, ErrIdentityInUse) {
+			if inUse.IsZero() {
+				inUse = time.Now()
+			}
+			if first && time.Since(inUse) >= a.cfg.IdentityWait {
+				return fmt.Errorf("%w: %s kept another consumer for %v: is another agent %q running?",
+					ErrIdentityInUse, wire.AgentQueue(a.cfg.Identity), a.cfg.IdentityWait, a.cfg.Identity)
+			}
+			a.log.Error("the agent's queue is consumed by someone else: another agent with this identity, a mapper moving what a dropped agent left there, or this agent's previous connection not yet closed by the broker; waiting for it to go",
+				"queue", wire.AgentQueue(a.cfg.Identity), "waited", time.Since(inUse).Round(time.Millisecond), "gives_up_after", a.cfg.IdentityWait, "err", err)
+			if !bo.Wait(ctx) {
+				if !first {
+					a.drain(cancelHandlers)
+				}
+				break
+			}
+			continue
+		}
+		inUse = time.Time{}
 		if err != nil {
 			if first || !retryable(err) {
 				if !first {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -105,7 +106,11 @@ func (s *session) declare() error {
 	if a.cfg.Durable {
 		q.Type, q.Durable, q.DeliveryLimit = transport.Quorum, true, a.cfg.MaxDeliveries
 	}
-	if _, err := tr.DeclareQueue(ctx, q); err != nil {
+	if _, err := tr.DeclareQueue(ctx, q); errors.Is(err, transport.ErrPrecondition) {
+		if err := s.replaceOwn(q, err); err != nil {
+			return err
+		}
+	} else if err != nil {
 		return fmt.Errorf("agent: declare %s: %w", own, err)
 	}
 	if err := tr.Bind(ctx, transport.Binding{Exchange: wire.RequestExchange, Queue: own, Key: a.cfg.Identity}); err != nil {
@@ -121,9 +126,23 @@ func (s *session) declare() error {
 	if s.control, err = tr.Consume(ctx, cq, transport.ConsumeOptions{AutoAck: true, Exclusive: true}); err != nil {
 		return fmt.Errorf("agent: consume control queue: %w", err)
 	}
-	ch, err := tr.Consume(ctx, own, transport.ConsumeOptions{Prefetch: a.cfg.Prefetch})
+	// Exclusively: a second agent with this identity is refused, instead
+	// of sharing the queue unseen (see Config.IdentityWait). The queue was
+	// just declared, so a refusal here is another consumer.
+	ch, err := tr.Consume(ctx, own, transport.ConsumeOptions{Prefetch: a.cfg.Prefetch, Exclusive: true})
+	if errors.Is(err, transport.ErrPrecondition) {
+		return fmt.Errorf("%w: %s has another consumer: %w", ErrIdentityInUse, own, err)
+	}
 	if err != nil {
 		return fmt.Errorf("agent: consume %s: %w", own, err)
+	}
+	// RabbitMQ ignores consumer exclusivity on quorum queues (durable
+	// agents): count the consumers instead. Two agents starting together
+	// both back off, and retry after a jittered backoff.
+	if info, err := tr.InspectQueue(ctx, own); err != nil {
+		return fmt.Errorf("agent: inspect %s: %w", own, err)
+	} else if info.Consumers > 1 {
+		return fmt.Errorf("%w: %s has %d other consumer(s)", ErrIdentityInUse, own, info.Consumers-1)
 	}
 	s.own.Go(func() { s.consumeLoop(ctx, ch, true, s.ownStop, nil) })
 	if a.cfg.NoSharedQueues {
@@ -145,6 +164,58 @@ func (s *session) declare() error {
 	}
 	s.syncActive(ctx)
 	return nil
+}
+
+// replaceOwn replaces the agent's own queue q, which exists with other
+// arguments (the agent ran without Durable and now runs with it, or the
+// reverse, or with another MaxDeliveries: RabbitMQ refuses the declaration,
+// 406 PRECONDITION_FAILED), when it is empty and unused: it unbinds it
+// from warren.request, so that nothing more is routed to it, checks it
+// again, deletes it and declares it anew. A queue with consumers is
+// ErrIdentityInUse (Run waits for them to go); one holding messages stays,
+// and the error says what to do.
+func (s *session) replaceOwn(q transport.Queue, refused error) error {
+	a, tr, ctx := s.a, s.a.tr, s.ctx
+	info, err := tr.InspectQueue(ctx, q.Name)
+	if err != nil {
+		return fmt.Errorf("agent: declare %s: %w", q.Name, refused)
+	}
+	if info.Consumers > 0 {
+		return fmt.Errorf("%w: %s, which exists with other arguments, has %d consumer(s)", ErrIdentityInUse, q.Name, info.Consumers)
+	}
+	if info.Messages == 0 {
+		b := transport.Binding{Exchange: wire.RequestExchange, Queue: q.Name, Key: a.cfg.Identity}
+		if err := tr.Unbind(ctx, b); err != nil {
+			return fmt.Errorf("agent: unbind %s to replace it: %w", q.Name, err)
+		}
+		info, err = tr.InspectQueue(ctx, q.Name)
+		if err == nil && info.Messages == 0 && info.Consumers == 0 {
+			if err := tr.DeleteQueue(ctx, q.Name); err != nil {
+				return fmt.Errorf("agent: delete %s to replace it: %w", q.Name, err)
+			}
+			if _, err := tr.DeclareQueue(ctx, q); err != nil {
+				return fmt.Errorf("agent: declare %s: %w", q.Name, err)
+			}
+			a.log.Warn("the agent's queue existed with other arguments (the agent ran with or without durable, or another max deliveries); it was empty and unused, so it was replaced",
+				"queue", q.Name, "durable", a.cfg.Durable)
+			return nil
+		}
+		// Something arrived, or came to consume, before the unbinding:
+		// the queue stays as it was.
+		if err := tr.Bind(ctx, b); err != nil {
+			return fmt.Errorf("agent: bind %s back: %w", q.Name, err)
+		}
+		if err != nil {
+			return fmt.Errorf("agent: inspect %s: %w", q.Name, err)
+		}
+		if info.Consumers > 0 {
+			return fmt.Errorf("%w: %s, which exists with other arguments, has %d consumer(s)", ErrIdentityInUse, q.Name, info.Consumers)
+		}
+	}
+	return fmt.Errorf("agent: %s exists with other arguments (the agent ran without durable, or with it, or with another max deliveries) "+
+		"and holds %d message(s), which replacing it would lose: run the agent as it ran before to serve them, "+
+		"or delete the queue (rabbitmqctl delete_queue %s; its messages are lost), or wait until it expires (unused for %v): %w",
+		q.Name, info.Messages, q.Name, wire.AgentQueueExpiry, refused)
 }
 
 // syncActive consumes the shared queue of every active service and stops

@@ -19,6 +19,7 @@ type agentCmd struct {
 	Drain    time.Duration `name:"drain-timeout" default:"30s" help:"On SIGTERM, how long to finish requests in hand before requeueing them."`
 	Durable  bool          `name:"durable" help:"Make the agent's own queue a durable quorum queue: requests addressed to it survive a broker restart (send them with --persistent), and one that keeps crashing the agent is dead-lettered after --max-deliveries."`
 	MaxDeliv int           `name:"max-deliveries" default:"5" help:"How often one message is delivered (with --durable) or declined and passed on, before it is dead-lettered with reason delivery_limit."`
+	IDWait   time.Duration `name:"identity-wait" default:"30s" help:"When the agent's queue already has a consumer (another agent with this --token, or the broker not yet rid of this agent's previous connection), wait this long for it to go, then exit 1."`
 }
 
 func (c *agentCmd) Help() string {
@@ -26,7 +27,14 @@ func (c *agentCmd) Help() string {
 /simple/sleep, /simple/whoami and /simple/fail. SIGINT or SIGTERM drains it:
 it stops taking work, finishes what is in hand (up to --drain-timeout),
 unregisters and exits 0. With --durable its queue is a quorum queue whose
-requests survive a broker restart (send them with --persistent).`
+requests survive a broker restart (send them with --persistent).
+
+One agent per identity: the agent consumes its queue warren.agent.TOKEN
+alone. A second agent with the same --token logs an error, waits
+--identity-wait for the first to go, then exits 1. An agent restarted with
+or without --durable (or with another --max-deliveries) replaces its old
+queue when that is empty and unused, and otherwise exits 1 saying how many
+messages it holds and what to do.`
 }
 
 // The bounds of --ping.
@@ -39,7 +47,7 @@ func (c *agentCmd) Run(g *Globals) error {
 	for _, d := range []struct {
 		flag string
 		v    time.Duration
-	}{{"--ping", c.Ping}, {"--drain-timeout", c.Drain}} {
+	}{{"--ping", c.Ping}, {"--drain-timeout", c.Drain}, {"--identity-wait", c.IDWait}} {
 		if d.v <= 0 {
 			return usageError{fmt.Errorf("%s %v: want a positive duration", d.flag, d.v)}
 		}
@@ -71,7 +79,7 @@ func (c *agentCmd) Run(g *Globals) error {
 	}
 	a, err := agent.New(tr, agent.Config{
 		Identity: c.Token, Tags: c.Tags, PingInterval: c.Ping, Prefetch: c.Prefetch, DrainTimeout: c.Drain,
-		Durable: c.Durable, MaxDeliveries: c.MaxDeliv,
+		Durable: c.Durable, MaxDeliveries: c.MaxDeliv, IdentityWait: c.IDWait,
 	}, agent.WithLogger(g.Logger()))
 	if err != nil {
 		return usageError{err}
