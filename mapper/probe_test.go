@@ -20,8 +20,14 @@ import (
 // so 45s before a silent agent expires) and a mapper that has just
 // started, a request whose agent's connection goes away while its handler
 // runs (kill -9) is answered by the other agent within about a second: the
-// broker's consumer count says the agent is gone.
+// broker's consumer count says the agent is gone. Durable agents (quorum
+// queues) too.
 func TestKilledAgentRequestResentAtOnce(t *testing.T) {
+	t.Run("classic", func(t *testing.T) { killedAgentRequestResent(t, false) })
+	t.Run("durable", func(t *testing.T) { killedAgentRequestResent(t, true) })
+}
+
+func killedAgentRequestResent(t *testing.T, durable bool) {
 	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
 		actor := fabrictest.Actor()
 		path := "/" + actor + "/work"
@@ -34,7 +40,7 @@ func TestKilledAgentRequestResentAtOnce(t *testing.T) {
 			id := actor + "-" + name
 			tr := connect(t)
 			conns[id] = tr
-			a, err := agent.New(tr, agent.Config{Identity: id}, agent.WithLogger(testenv.Logger(t)))
+			a, err := agent.New(tr, agent.Config{Identity: id, Durable: durable}, agent.WithLogger(testenv.Logger(t)))
 			must(t, err)
 			must(t, a.Handle(path, agent.HandlerFunc(func(ctx context.Context, _ *agent.Request) (any, error) {
 				if calls.Add(1) == 1 {
