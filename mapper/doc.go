@@ -40,7 +40,10 @@
 // Requests and pushes are published mandatory: an agent queue that no longer
 // exists is an error, not a silent loss. A reply is taken only from an agent
 // the request was addressed to (its app_id; signed in secure
-// mode); others are discarded and counted (ForeignReplies).
+// mode); others are discarded and counted (ForeignReplies), except, outside
+// secure mode, for a Request whose selector does not name its agents: a
+// live agent serving the path may answer it once a rescue moved it to the
+// shared queue.
 //
 // When the registry drops an agent, the mapper also drains what is left in
 // the agent's queue (which RabbitMQ would delete, messages and all, when it

@@ -198,7 +198,9 @@ func (m *Mapper) LateReplies() int64 { return m.late.Load() }
 // of the agents the request was addressed to (in secure mode app_id is
 // signed: such a reply comes from a request copied into
 // another agent's queue). The call still waits for its agent. Requests
-// parked in a shared queue take any agent's reply.
+// parked in a shared queue take any agent's reply; so do, outside secure
+// mode, Requests whose selector does not name their agents, from a live
+// agent serving the path (a rescue moved them to the shared queue).
 func (m *Mapper) ForeignReplies() int64 { return m.foreign.Load() }
 
 // Run joins the fabric and serves until ctx ends; it returns nil then.
@@ -359,6 +361,10 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 		agent := d.AppID
 		m.mu.Lock()
 		w := m.pending[d.CorrelationID]
+		if w != nil && !w.accepts(agent) && m.moved(w, agent) {
+			m.log.Info("request answered by another agent: another mapper moved it from the queue of its agent to the shared queue", "correlation_id", d.CorrelationID, "agent", agent, "sent_to", w.sentTo)
+			w.sentTo = nil // any agent's, from now on
+		}
 		if w != nil && !w.accepts(agent) {
 			sentTo := slices.Clone(w.sentTo)
 			w.keep(replyFrom(d, w.path))
@@ -379,6 +385,21 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 	if ctx.Err() == nil {
 		s.markLost()
 	}
+}
+
+// moved reports whether a reply from agent, which w was not sent to, is
+// to be taken as w's result: a mapper that dropped w's agent moved w from
+// that agent's queue to the shared queue (see rescue), and agent, a live
+// one serving the path, ran it there. That holds only for a Request whose
+// selector chooses among whichever agents serve the path (not one that
+// names its agents, whose work is never moved), and outside secure mode,
+// where app_id is signed and replies from others are refused. Waiting
+// instead for this mapper to drop the agent too would take it a second
+// more: the drain that moved it is a consumer of the agent's queue, which
+// hides the agent's death from this mapper's probes while it lasts. The
+// caller holds m.mu.
+func (m *Mapper) moved(w *waiter, agent string) bool {
+	return !m.addressed && w.sel != nil && !targeted(w.sel) && w.target != "" && agent != "" && m.reg.serving(agent, w.path, time.Now())
 }
 
 func replyFrom(d *transport.Delivery, path string) *Reply {

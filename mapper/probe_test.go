@@ -133,3 +133,86 @@ func TestUnroutableAgentIsDropped(t *testing.T) {
 		}
 	})
 }
+
+// TestKilledAgentSeveralMappers: two mappers that have just started each
+// wait on a request to the same agent when it is killed. The first to see
+// it gone drains its queue, so the other sees a consumer (that drain) for a
+// while (it drains until the queue has been idle for a second); both
+// requests are still answered by the other agent about half a second after
+// the kill.
+func TestKilledAgentSeveralMappers(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		path := "/" + actor + "/work"
+		victim, other := actor+"-a", actor+"-b"
+		started := make(chan struct{}, 2)
+		hold := make(chan struct{})
+		defer close(hold)
+		var victimTr transport.Transport
+		for _, id := range []string{victim, other} {
+			tr := connect(t)
+			if id == victim {
+				victimTr = tr
+			}
+			a, err := agent.New(tr, agent.Config{Identity: id}, agent.WithLogger(testenv.Logger(t)))
+			must(t, err)
+			must(t, a.Handle(path, agent.HandlerFunc(func(ctx context.Context, _ *agent.Request) (any, error) {
+				if id == victim {
+					started <- struct{}{}
+					select {
+					case <-hold:
+					case <-ctx.Done():
+					}
+					return nil, errors.New("cut short")
+				}
+				return id, nil
+			})))
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); _ = a.Run(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+			<-a.Ready()
+		}
+		// Whichever agents serve it, the victim first: not a selector that
+		// names its agent, so a request may go to any other.
+		preferVictim := mapper.SelectorFunc(func(_ string, c []mapper.AgentInfo) []mapper.AgentInfo {
+			for _, a := range c {
+				if a.Identity == victim {
+					return []mapper.AgentInfo{a}
+				}
+			}
+			return c[:1]
+		})
+		type result struct {
+			r   *mapper.Reply
+			err error
+			at  time.Time
+		}
+		res := make(chan result, 2)
+		for range 2 {
+			m := startMapper(t, connect, mapper.Config{})
+			go func() {
+				r, err := m.Request(ctxT(t, 10*time.Second), path, nil, mapper.Select(preferVictim))
+				res <- result{r, err, time.Now()}
+			}()
+		}
+		<-started
+		<-started
+		killed := time.Now()
+		victimTr.Close()
+		for range 2 {
+			got := <-res
+			if got.err != nil {
+				t.Fatalf("request whose agent was killed: %v", got.err)
+			}
+			took := got.at.Sub(killed)
+			t.Logf("answered by %s %v after the kill", got.r.Agent, took.Round(time.Millisecond))
+			if got.r.Agent != other {
+				t.Errorf("answered by %s, want %s", got.r.Agent, other)
+			}
+			if took > 1500*time.Millisecond {
+				t.Errorf("answered %v after the kill, want about half a second", took)
+			}
+		}
+	})
+}

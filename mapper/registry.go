@@ -195,6 +195,14 @@ func (r *registry) live(path string, now time.Time) []AgentInfo {
 	return out
 }
 
+// serving reports whether id is a live agent serving path.
+func (r *registry) serving(id, path string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a := r.agents[id]
+	return a != nil && !r.expired(a, now) && a.Serves(path)
+}
+
 // identities returns the known identities (for tests and diagnostics).
 func (r *registry) identities() []string {
 	r.mu.Lock()
