@@ -461,7 +461,7 @@ func printReport(w io.Writer, rep benchReport) {
 	} else {
 		fmt.Fprintf(w, "  errors   ")
 		for _, k := range sortedKeys(r.Errors) {
-			fmt.Fprintf(w, " %s %d", k, r.Errors[k])
+			fmt.Fprintf(w, " %s %d", escape(k), r.Errors[k]) // codes come from agents
 		}
 		fmt.Fprintln(w)
 	}
