@@ -64,7 +64,7 @@ func (t *Tower) agentsView(agents []mapper.AgentInfo, now time.Time) agentsView 
 			Ping:     a.PingInterval.String(),
 		}
 		if !a.Started.IsZero() {
-			row.Uptime = ago(now.Sub(a.Started))
+			row.Uptime = strings.TrimSuffix(ago(now.Sub(a.Started)), " ago")
 		}
 		for _, p := range a.Services {
 			row.Services = append(row.Services, serviceRef{Path: p, Inactive: slices.Contains(a.Inactive, p)})
@@ -98,8 +98,14 @@ func (t *Tower) chart(id string) chart {
 	if rng == 0 {
 		rng = 1
 	}
-	end := h[len(h)-1].at
-	span := t.cfg.History.Seconds()
+	if len(nums) == 1 {
+		nums = append(nums, nums[0]) // one sample: a flat line
+		nums[0].at = nums[0].at.Add(-time.Second)
+	}
+	// The x axis spans the history kept, up to the chart's span: a young
+	// agent's chart is drawn across the box rather than in its corner.
+	end := nums[len(nums)-1].at
+	span := end.Sub(nums[0].at).Seconds()
 	var b strings.Builder
 	for i, p := range nums {
 		x := float64(chartW) * (1 - end.Sub(p.at).Seconds()/span)
