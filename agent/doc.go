@@ -28,6 +28,12 @@
 // otherwise dead-lettered to warren.dlx with the reason in the
 // warren-dead-reason header. The agent keeps serving.
 //
+// # Progress
+//
+// A handler reports intermediate results with Progress(ctx, key, value);
+// a caller that asked for them (mapper.OnProgress) receives each, in
+// order, before the result. Others receive none.
+//
 // # Shutdown
 //
 // When Run's context ends the agent pings with every service inactive, so

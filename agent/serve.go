@@ -88,7 +88,9 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		hctx, cancel = context.WithDeadline(ctx, req.Deadline)
 		defer cancel()
 	}
+	hctx, flushProgress := a.withProgress(hctx, d)
 	result, herr := call(hctx, svc.h, req)
+	flushProgress() // the progress goes before the reply
 	if debug {
 		log.Debug("handler returned", "push", req.Push, "err", herr)
 	}

@@ -59,6 +59,7 @@ type call struct {
 	park       bool
 	retry      bool
 	ttl        time.Duration
+	progress   func(Progress) // OnProgress
 }
 
 // TTL gives a push a time to live of its own, independent of the context
@@ -161,6 +162,7 @@ func (e *noLiveAgent) Unwrap() error { return e.err }
 // skipped and the request goes to the next candidate.
 func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...CallOption) (*Reply, error) {
 	c := m.options(LeastLoaded(), opts)
+	ctx = withProgress(ctx, c.progress)
 	declined := map[string]bool{}
 	skip := map[string]bool{} // declined, or unroutable (their queue is gone)
 	for {
@@ -206,6 +208,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 // nothing could be sent.
 func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...CallOption) (Results, error) {
 	c := m.options(All(), opts)
+	ctx = withProgress(ctx, serialised(c.progress))
 	targets, body, err := m.prepare(ctx, path, payload, c, nil)
 	if err != nil {
 		return nil, err
@@ -454,6 +457,7 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 	if target != "" {
 		w.sentTo = []string{target}
 	}
+	watchProgress(ctx, w, &msg)
 	// Reading the reply queue and registering happen under one lock, so a
 	// connection loss either fails this waiter (failPending) or is seen
 	// here as no reply queue.
@@ -480,6 +484,7 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 		}
 		return nil, fmt.Errorf("mapper: request %s to %s: %w", path, target, err)
 	}
+	m.awaitProgress(ctx, w)
 	select {
 	case r := <-w.ch:
 		if r.Agent == "" {
@@ -516,6 +521,8 @@ type waiter struct {
 	msg     transport.Message
 	sel     Selector  // a Request's selector; nil for a fan-out leg or a parked request
 	sent    time.Time // when it was sent to target (see probeAgents)
+	// progress queues progress for the callback; nil when not asked for.
+	progress *progressQueue
 }
 
 // keep remembers a reply that w does not accept (yet).

@@ -56,6 +56,12 @@
 // back, or when the mapper stops. There is no drain in secure mode, where
 // messages are sealed to their agent.
 //
+// # Progress
+//
+// OnProgress asks the agent for the progress its handler reports
+// (agent.Progress) and hands each to a callback, in order, before Request
+// or FanOut returns.
+//
 // # Shutdown
 //
 // When Run's context ends, pending calls fail with ErrNotRunning and Run

@@ -358,6 +358,10 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 
 func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
+		if d.Type == wire.TypeProgress {
+			m.readProgress(d) // not a reply: the waiter stays
+			continue
+		}
 		agent := d.AppID
 		m.mu.Lock()
 		w := m.pending[d.CorrelationID]

@@ -6,9 +6,11 @@
 // It also builds and reads every message shape, each in one place:
 // requests and pushes (NewRequest, ReadRequest), deadlines (SetDeadline,
 // ReadDeadline, RefreshExpiration), replies and error replies (Reply,
-// ErrorReply, ReplyError), dead letters (DeadLetter, PublishDeadLetter
-// with DeadLetterOptions) and heartbeats (NewHeartbeat, ReadHeartbeat,
-// which validates the record). Agents, mappers, the secure transport and
+// ErrorReply, ReplyError), progress (AskProgress, WantsProgress,
+// NewProgress, ReadProgress), dead letters (DeadLetter, PublishDeadLetter
+// with DeadLetterOptions), heartbeats (NewHeartbeat, ReadHeartbeat,
+// which validates the record) and topic events (NewEvent, ReadEvent,
+// CheckEventKey, CheckEventPattern). Agents, mappers, the secure transport and
 // tools use these rather than writing headers by hand, so that the shapes
 // cannot drift apart.
 //

@@ -2,11 +2,17 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/fabrictest"
+	"github.com/warrenrpc/warren/internal/simple"
+	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
+	"github.com/warrenrpc/warren/wire"
 )
 
 // TestPublishSubscribe tails events with warren subscribe while warren
@@ -90,6 +96,63 @@ wait:
 	} {
 		if code, _, errOut := warren(args...); code != 2 {
 			t.Errorf("%v: exit %d %s; want usage error", args, code, errOut)
+		}
+	}
+}
+
+// TestRequestProgress: warren request --progress prints the handler's
+// progress on stderr, a line each, in order, and the result on stdout.
+func TestRequestProgress(t *testing.T) {
+	tr, url := rabbit(t)
+	actor := fabrictest.Actor()
+	fabrictest.DeleteQueues(t, url, wire.ServiceQueue("/"+actor+"/sleep"), wire.AgentQueue(actor+"-a"))
+	a, err := agent.New(tr, agent.Config{Identity: actor + "-a", PingInterval: time.Second}, agent.WithLogger(testenv.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Expose(actor, simple.Simple{}); err != nil {
+		t.Fatal(err)
+	}
+	fabrictest.RunAgent(t, a)
+	var code int
+	var out, errOut string
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		code, out, errOut = run(t, t.Context(), "request", "/"+actor+"/sleep", "0.5", "--progress", "--broker", url, "--log-level", "error")
+		if code != 0 {
+			return fmt.Errorf("exit %d: %s", code, errOut)
+		}
+		return nil
+	})
+	if strings.TrimSpace(out) != `"slept 500ms"` {
+		t.Errorf("stdout %q", out)
+	}
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if len(lines) < 1 || len(lines) > 9 { // ticks may be missed on a loaded machine
+		t.Fatalf("%d progress lines:\n%s", len(lines), errOut)
+	}
+	for i, l := range lines {
+		want := fmt.Sprintf("progress %s-a: [%s", actor, strings.Repeat("#", 2*(i+1)))
+		if !strings.HasPrefix(l, want) || !strings.HasSuffix(l, fmt.Sprintf(" %d%%", 10*(i+1))) {
+			t.Errorf("line %d: %q, want %q...%d%%", i, l, want, 10*(i+1))
+		}
+	}
+}
+
+func TestPrintProgress(t *testing.T) {
+	for _, tc := range []struct {
+		p    mapper.Progress
+		want string
+	}{
+		{mapper.Progress{Agent: "fred", Value: json.RawMessage(`0.25`)}, "progress fred: [#####...............] 25%"},
+		{mapper.Progress{Agent: "fred", Key: "files", Value: json.RawMessage(`{"done": 3, "total": 12}`)}, "progress fred files: [#####...............] 3/12"},
+		{mapper.Progress{Agent: "fred", Key: "step", Value: json.RawMessage(`1`)}, "progress fred step: 1"},
+		{mapper.Progress{Agent: "fred", Value: json.RawMessage(`{"a": "x\u001by"}`)}, `progress fred: {"a":"x\u001by"}`},
+		{mapper.Progress{Agent: "fr\x1bed", Key: "k\u202e", Value: json.RawMessage("\"\u202e\"")}, `progress fr\x1bed k\u202e: "\u202e"`},
+	} {
+		var b strings.Builder
+		printProgress(&b, tc.p)
+		if got := strings.TrimSuffix(b.String(), "\n"); got != tc.want {
+			t.Errorf("got  %q\nwant %q", got, tc.want)
 		}
 	}
 }

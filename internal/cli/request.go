@@ -100,8 +100,9 @@ func runMapper(ctx context.Context, g *Globals, tr transport.Transport, id strin
 
 type requestCmd struct {
 	callFlags
-	Timeout time.Duration `name:"timeout" default:"10s" help:"Give up after this long. It travels with the request as its deadline: an agent does not start it later. At most 1193h."`
-	Retry   bool          `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
+	Timeout  time.Duration `name:"timeout" default:"10s" help:"Give up after this long. It travels with the request as its deadline: an agent does not start it later. At most 1193h."`
+	Retry    bool          `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
+	Progress bool          `name:"progress" help:"Ask for the handler's progress and print it on stderr, a line each, before the result (a fraction or {\"done\":n,\"total\":m} as a bar) (mapper.OnProgress)."`
 }
 
 func (c *requestCmd) Help() string {
@@ -134,6 +135,9 @@ func (c *requestCmd) Run(g *Globals) error {
 	}
 	if c.Retry {
 		opts = append(opts, mapper.RetryOnConnectionLoss())
+	}
+	if c.Progress {
+		opts = append(opts, mapper.OnProgress(func(p mapper.Progress) { printProgress(g.ErrOut(), p) }))
 	}
 	ctx, cancel := context.WithTimeout(g.Context(), c.Timeout)
 	defer cancel()

@@ -28,7 +28,8 @@ func (Simple) Load(context.Context) (float64, error) {
 }
 
 // Sleep waits for the given number of seconds (a JSON number, at most 600)
-// or until the request's deadline, and returns how long it slept.
+// or until the request's deadline, and returns how long it slept. A
+// caller that asked for progress gets the fraction done every tenth.
 func (Simple) Sleep(ctx context.Context, seconds float64) (string, error) {
 	if seconds < 0 || seconds > 600 {
 		return "", &agent.Error{Code: "bad_request", Message: fmt.Sprintf("sleep %v: want 0 to 600 seconds", seconds)}
@@ -36,11 +37,20 @@ func (Simple) Sleep(ctx context.Context, seconds float64) (string, error) {
 	d := time.Duration(seconds * float64(time.Second))
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-t.C:
-		return "slept " + d.String(), nil
-	case <-ctx.Done():
-		return "", ctx.Err()
+	// A caller that asked (warren request --progress) sees how far it got.
+	tick := time.NewTicker(max(d/10, time.Millisecond))
+	defer tick.Stop()
+	for step := 1; ; step++ {
+		select {
+		case <-t.C:
+			return "slept " + d.String(), nil
+		case <-tick.C:
+			if step < 10 {
+				_ = agent.Progress(ctx, "", float64(step)/10)
+			}
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
 	}
 }
 
