@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -191,16 +192,19 @@ var negativeNumber = regexp.MustCompile(`^-(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[
 // "--" at the end. The payload is the last positional argument, so the
 // order of the arguments is kept.
 func negativePayloads(app *kong.Application, args []string) []string {
+	if slices.Contains(args, "--") {
+		return args
+	}
+	// The command is the first argument that is neither a flag nor a
+	// flag's value.
 	cmd := -1
 	for i, a := range args {
-		if a == "--" {
-			return args
-		}
-		if cmd < 0 && (a == "request" || a == "push") && !flagValue(app, nil, args[:i]) {
+		if !strings.HasPrefix(a, "-") && !flagValue(app, nil, args[:i]) {
 			cmd = i
+			break
 		}
 	}
-	if cmd < 0 {
+	if cmd < 0 || (args[cmd] != "request" && args[cmd] != "push") {
 		return args
 	}
 	var node *kong.Node

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alecthomas/kong"
+
 	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
@@ -461,6 +463,32 @@ func TestDisruptiveCallDuringMemoryAlarm(t *testing.T) {
 	for _, r := range runs {
 		if r.code == 0 {
 			t.Errorf("%v: exit 0 during the alarm", r.args)
+		}
+	}
+}
+
+// TestNegativePayloads: a negative number is the payload of request and
+// push without "--", wherever it stands among the flags; a flag's value and
+// other commands are left alone.
+func TestNegativePayloads(t *testing.T) {
+	var r root
+	parser, err := kong.New(&r, kong.Name("warren"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"request /a/b -5", "request /a/b -- -5"},
+		{"request /a/b -5 --timeout 3s", "request /a/b --timeout 3s -- -5"},
+		{"--log-level debug push -s random /a/b -1.5e3 --tag x", "--log-level debug push -s random /a/b --tag x -- -1.5e3"},
+		{"request /a/b -- -5", "request /a/b -- -5"},
+		{"request /a/b 5", "request /a/b 5"},
+		{"request /a/b -5s", "request /a/b -5s"},
+		{"request /a/b --selector -5", "request /a/b --selector -5"},
+		{"bench request -5", "bench request -5"},
+		{"agent --max-deliveries -1", "agent --max-deliveries -1"},
+	} {
+		if got := strings.Join(negativePayloads(parser.Model, strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("%s: got %s, want %s", tc.in, got, tc.want)
 		}
 	}
 }
