@@ -37,10 +37,12 @@ queue when that is empty and unused, and otherwise exits 1 saying how many
 messages it holds and what to do.`
 }
 
-// The bounds of --ping.
+// The bounds of --ping: the protocol allows pings down to
+// wire.MinPingInterval (10ms, for tests); from the command line, where the
+// default is 15s, a ping below 100ms is a mistake.
 const (
 	minPing = 100 * time.Millisecond
-	maxPing = time.Hour
+	maxPing = wire.MaxPingInterval
 )
 
 func (c *agentCmd) Run(g *Globals) error {
