@@ -326,10 +326,16 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 	m.mu.Unlock()
 	select {
 	case <-up:
-	case <-m.stopped:
-		return nil, nil, ErrNotRunning
-	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("mapper: %s: waiting for the broker: %w: %w", path, transport.ErrConnectionLost, ctx.Err())
+	default:
+		// Only a session that is down is a lost connection: with ctx
+		// done too, select would pick at random.
+		select {
+		case <-up:
+		case <-m.stopped:
+			return nil, nil, ErrNotRunning
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("mapper: %s: waiting for the broker: %w: %w", path, transport.ErrConnectionLost, ctx.Err())
+		}
 	}
 	body, err := m.encode(path, payload)
 	if err != nil {
