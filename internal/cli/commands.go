@@ -14,6 +14,8 @@ type commands struct {
 	Setup     setupCmd     `cmd:"" help:"Create a vhost, Warren's exchanges and least-privilege agent and mapper users (idempotent)."`
 	Bert      bertCmd      `cmd:"" help:"Run the Ernie-compatible BERT-RPC server, or talk to one (stats, reload-handlers, halt, bench)."`
 	Daemon    daemonCmd    `cmd:"" help:"Run the Warren daemon: plugins in any language from one YAML config (start, stop, status, reload, config)."`
+	Send      sendCmd      `cmd:"" help:"Send a message to a peer (HareDo's send); prints its id."`
+	Call      callCmd      `cmd:"" help:"Send a message to a peer and print its reply (HareDo's call)."`
 	Tower     towerCmd     `cmd:"" help:"Run the Control Tower: a live web page of the fabric (agents, services, send, dead letters) on 127.0.0.1:4000, with /metrics."`
 	Bench     benchCmd     `cmd:"" help:"Load the fabric and measure it: calls/s, latency quantiles, errors, CPU; --baseline compares with hand-written amqp091-go."`
 	Version   versionCmd   `cmd:"" help:"Print Warren's version."`
