@@ -1,11 +1,9 @@
 package setup
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 	"strings"
-	"unicode"
 
 	"github.com/warrenrpc/warren/wire"
 )
@@ -62,8 +60,8 @@ func (s AgentScope) Permissions() (Permissions, error) {
 	if len(s.Identities) > 0 {
 		quoted := make([]string, len(s.Identities))
 		for i, id := range s.Identities {
-			if err := checkIdentity(id); err != nil {
-				return Permissions{}, err
+			if err := wire.CheckIdentity(id); err != nil {
+				return Permissions{}, fmt.Errorf("setup: agent identity: %w", err)
 			}
 			quoted[i] = regexp.QuoteMeta(id)
 		}
@@ -127,18 +125,4 @@ func MapperPermissions() Permissions {
 
 func anchor(alts ...string) string {
 	return "^(" + strings.Join(alts, "|") + ")$"
-}
-
-// checkIdentity applies the protocol's rule: non-empty, no whitespace,
-// control characters or '/'.
-func checkIdentity(id string) error {
-	if id == "" {
-		return errors.New("setup: empty agent identity")
-	}
-	for _, r := range id {
-		if unicode.IsSpace(r) || unicode.IsControl(r) || r == '/' {
-			return fmt.Errorf("setup: agent identity %q: no whitespace, control characters or '/'", id)
-		}
-	}
-	return nil
 }
