@@ -1,0 +1,84 @@
+package secure
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/events"
+	"github.com/warrenrpc/warren/internal/fabrictest"
+	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
+)
+
+// TestEventsAndProgressSecure: events are signed by their publisher and
+// checked by their subscriber; progress is sealed to the caller like the
+// reply.
+func TestEventsAndProgressSecure(t *testing.T) {
+	p := testPKI(t)
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		wrap := func(name string) *Transport {
+			tr, err := Wrap(connect(t), p.caConfig(name), WithLogger(testenv.Logger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tr.Close() })
+			return tr
+		}
+		key := fabrictest.Actor() + ".signed"
+		sub, err := events.New(wrap("bob"), events.Config{Identity: "bob"}, events.WithLogger(testenv.Logger(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *events.Event, 1)
+		s, err := sub.Subscribe(t.Context(), key, func(_ context.Context, ev *events.Event) error {
+			got <- ev
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		pub, err := events.New(wrap("fred"), events.Config{Identity: "fred"}, events.WithLogger(testenv.Logger(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.Publish(t.Context(), key, "hi"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case ev := <-got:
+			if ev.From != "fred" || string(ev.Payload) != `"hi"` {
+				t.Fatalf("event from %s: %s", ev.From, ev.Payload)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("no signed event")
+		}
+
+		actor := fabrictest.Actor()
+		a, err := agent.New(wrap("eve"), agent.Config{Identity: "eve"}, agent.WithLogger(testenv.Logger(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Handle("/"+actor+"/job", agent.Func(func(ctx context.Context, n int) (int, error) {
+			for i := 1; i <= n; i++ {
+				_ = agent.Progress(ctx, "", i)
+			}
+			return n, nil
+		})); err != nil {
+			t.Fatal(err)
+		}
+		fabrictest.RunAgent(t, a)
+		m := fabrictest.RunMapper(t, wrap("mapper1"), mapper.Config{Identity: "mapper1"})
+		var seqs []int64
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			seqs = nil
+			_, err := m.Request(t.Context(), "/"+actor+"/job", 5, mapper.OnProgress(func(p mapper.Progress) { seqs = append(seqs, p.Seq) }))
+			return err
+		})
+		if len(seqs) != 5 || seqs[4] != 5 {
+			t.Fatalf("progress in secure mode: %v", seqs)
+		}
+	})
+}
