@@ -19,7 +19,9 @@ import (
 	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/transport/amqp"
 	"github.com/warrenrpc/warren/wire"
 )
 
@@ -492,3 +494,59 @@ func TestNegativePayloads(t *testing.T) {
 		}
 	}
 }
+
+// TestExplain checks the failure lines of request and push, stage by
+// stage, without a broker.
+func TestExplain(t *testing.T) {
+	expired, cancel := context.WithTimeout(t.Context(), -time.Second)
+	defer cancel()
+	sig, stop := context.WithCancelCause(t.Context())
+	stop(interruptSignal{})
+	cancelled, stop2 := context.WithCancel(t.Context())
+	stop2()
+	live := t.Context()
+	base := errors.New("base")
+	blocked := &amqp.BlockedError{Reason: "low on disk"}
+	for _, tc := range []struct {
+		name            string
+		ctx             context.Context
+		stage           stage
+		blocked         error
+		sent, confirmed int64
+		err             error
+		want            string
+	}{
+		{"timeout connecting", expired, stageConnect, nil, 0, 0, base,
+			"request /a/b: --timeout 5ms passed while connecting to the broker; nothing was sent: base"},
+		{"timeout starting", expired, stageStart, nil, 0, 0, base,
+			"request /a/b: --timeout 5ms passed while starting the mapper; nothing was sent: base"},
+		{"no agent yet", expired, stageCall, nil, 0, 0, fmt.Errorf("%w: x", mapper.ErrNoAgent),
+			"request /a/b: --timeout 5ms passed before an agent serving the path was heard from"},
+		{"signal while sending", sig, stageCall, nil, 1, 0, base,
+			"request /a/b: interrupted (interrupt signal received) while sending; the broker did not confirm it: it may or may not have been delivered: base"},
+		{"cancelled waiting", cancelled, stageCall, nil, 1, 1, base,
+			"request /a/b: interrupted while waiting for the reply; the broker took the request: it may have run: base"},
+		{"blocked, no timeout", live, stageCall, blocked, 0, 0, base,
+			"the broker is blocking publishes (low on disk): a disk alarm is raised; nothing can be published until it clears (rabbitmqctl status shows the alarms); nothing was sent: base"},
+		{"other failure", live, stageCall, nil, 1, 1, base, "base"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := &callState{stage: tc.stage, blocked: tc.blocked}
+			st.sends.sent.Store(tc.sent)
+			st.sends.confirmed.Store(tc.confirmed)
+			got := st.explain(tc.ctx, "request /a/b", "--timeout", 5*time.Millisecond, tc.err).Error()
+			if !strings.HasPrefix(got, tc.want) {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+	if err := (&callState{}).explain(expired, "push /a/b", "--timeout", time.Second, nil); err != nil {
+		t.Errorf("nil error explained as %v", err)
+	}
+}
+
+// interruptSignal is the cause signal.NotifyContext gives.
+type interruptSignal struct{}
+
+func (interruptSignal) Error() string        { return "interrupt signal received" }
+func (interruptSignal) Is(target error) bool { return target == context.Canceled }
