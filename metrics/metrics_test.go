@@ -1,0 +1,153 @@
+package metrics_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/simple"
+	"github.com/warrenrpc/warren/mapper"
+	"github.com/warrenrpc/warren/metrics"
+	"github.com/warrenrpc/warren/transport/mem"
+	"github.com/warrenrpc/warren/wire"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestCounts runs an instrumented agent and mapper through a known load
+// and checks that every counter moved by exactly as much.
+func TestCounts(t *testing.T) {
+	b := mem.NewBroker()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	agentReg := prometheus.NewRegistry()
+	atr := b.Connect()
+	defer atr.Close()
+	itr, err := metrics.Agent(atr, agentReg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := agent.New(itr, agent.Config{Identity: "fred", PingInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Expose("simple", simple.Simple{Identity: "fred"}); err != nil {
+		t.Fatal(err)
+	}
+	agentDone := make(chan struct{})
+	go func() { defer close(agentDone); _ = a.Run(ctx) }()
+	defer func() { cancel(); <-agentDone }()
+
+	mapperReg := prometheus.NewRegistry()
+	mtr := b.Connect()
+	defer mtr.Close()
+	imtr, err := metrics.Mapper(mtr, mapperReg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := mapper.New(imtr, mapper.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := metrics.Registry(m, mapperReg); err != nil {
+		t.Fatal(err)
+	}
+	mapperDone := make(chan struct{})
+	go func() { defer close(mapperDone); _ = m.Run(ctx) }()
+	defer func() { cancel(); <-mapperDone }()
+	<-m.Ready()
+	<-a.Ready()
+
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	const n = 7
+	for range n {
+		if _, err := m.Request(rctx, "/simple/echo", "hi"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		_, err := m.Request(rctx, "/simple/fail", "boom")
+		var re *wire.RemoteError
+		if !errors.As(err, &re) {
+			t.Fatalf("fail: %v", err)
+		}
+	}
+	if err := m.Push(rctx, "/simple/echo", "x"); err != nil {
+		t.Fatal(err)
+	}
+	// The push is acknowledged after its handler: wait for it.
+	deadline := time.Now().Add(10 * time.Second)
+	for histogramCount(t, agentReg, "warren_agent_request_duration_seconds") < n+3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the push was not settled")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	want := `
+# HELP warren_agent_requests_total Requests and pushes delivered to the agent, by service path and kind (request, push).
+# TYPE warren_agent_requests_total counter
+warren_agent_requests_total{kind="push",path="/simple/echo"} 1
+warren_agent_requests_total{kind="request",path="/simple/echo"} 7
+warren_agent_requests_total{kind="request",path="/simple/fail"} 2
+# HELP warren_agent_request_errors_total Error replies the agent sent, by path and error code.
+# TYPE warren_agent_request_errors_total counter
+warren_agent_request_errors_total{code="handler_error",path="/simple/fail"} 2
+# HELP warren_agent_requests_in_flight Requests and pushes delivered to the agent and not yet acknowledged.
+# TYPE warren_agent_requests_in_flight gauge
+warren_agent_requests_in_flight 0
+`
+	if err := testutil.GatherAndCompare(agentReg, strings.NewReader(want),
+		"warren_agent_requests_total", "warren_agent_request_errors_total", "warren_agent_requests_in_flight"); err != nil {
+		t.Error(err)
+	}
+	want = `
+# HELP warren_mapper_requests_total Requests and pushes the mapper sent, one per agent reached, by path and kind (request, push).
+# TYPE warren_mapper_requests_total counter
+warren_mapper_requests_total{kind="push",path="/simple/echo"} 1
+warren_mapper_requests_total{kind="request",path="/simple/echo"} 7
+warren_mapper_requests_total{kind="request",path="/simple/fail"} 2
+# HELP warren_mapper_request_errors_total Error replies the mapper received, by path and error code.
+# TYPE warren_mapper_request_errors_total counter
+warren_mapper_request_errors_total{code="handler_error",path="/simple/fail"} 2
+# HELP warren_mapper_requests_in_flight Replies the mapper awaits.
+# TYPE warren_mapper_requests_in_flight gauge
+warren_mapper_requests_in_flight 0
+# HELP warren_registry_agents Live agents in the mapper's registry.
+# TYPE warren_registry_agents gauge
+warren_registry_agents 1
+`
+	if err := testutil.GatherAndCompare(mapperReg, strings.NewReader(want),
+		"warren_mapper_requests_total", "warren_mapper_request_errors_total", "warren_mapper_requests_in_flight", "warren_registry_agents"); err != nil {
+		t.Error(err)
+	}
+	if c := histogramCount(t, mapperReg, "warren_mapper_request_duration_seconds"); c != n+2 {
+		t.Errorf("mapper latency observations %d, want %d", c, n+2)
+	}
+}
+
+func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			n += m.GetHistogram().GetSampleCount()
+		}
+	}
+	return n
+}
