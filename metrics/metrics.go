@@ -290,19 +290,30 @@ func Mapper(tr transport.Transport, reg prometheus.Registerer) (transport.Transp
 }
 
 func (m *mapperTransport) Publish(ctx context.Context, exchange, key string, msg transport.Message, opts transport.PublishOptions) error {
-	err := m.Transport.Publish(ctx, exchange, key, msg, opts)
-	if err != nil || (msg.Type != wire.TypeRequest && msg.Type != wire.TypePush) {
-		return err
+	if msg.Type != wire.TypeRequest && msg.Type != wire.TypePush {
+		return m.Transport.Publish(ctx, exchange, key, msg, opts)
 	}
 	path := m.paths.label(wire.String(msg.Headers, wire.HeaderPath))
+	// The reply can come before Publish returns: await it first.
+	awaits := msg.ReplyTo != "" && msg.CorrelationID != ""
+	if awaits {
+		m.await(msg, path)
+	}
+	if err := m.Transport.Publish(ctx, exchange, key, msg, opts); err != nil {
+		if awaits {
+			m.unawait(msg.CorrelationID)
+		}
+		return err
+	}
 	m.requests.WithLabelValues(path, kind(msg.Type)).Inc()
+	return nil
+}
+
+func (m *mapperTransport) await(msg transport.Message, path string) {
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.sweep(now)
-	if msg.ReplyTo == "" || msg.CorrelationID == "" {
-		return nil
-	}
 	p := m.pending[msg.CorrelationID]
 	if p == nil {
 		exp := now.Add(noDeadline)
@@ -314,7 +325,19 @@ func (m *mapperTransport) Publish(ctx context.Context, exchange, key string, msg
 	}
 	p.n++
 	m.waiting.Inc()
-	return nil
+}
+
+// unawait takes back an await whose publish failed.
+func (m *mapperTransport) unawait(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p := m.pending[id]; p != nil {
+		p.n--
+		m.waiting.Dec()
+		if p.n <= 0 {
+			delete(m.pending, id)
+		}
+	}
 }
 
 // sweep counts as unanswered the replies awaited past their deadline
