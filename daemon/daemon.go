@@ -325,7 +325,9 @@ func (d *Daemon) checkIdentity(ctx context.Context) error {
 // startService starts the pool of service name.
 func (d *Daemon) startService(name string, cfg *Config) error {
 	if sc := cfg.Services[name]; sc.Go {
-		actor, methods, err := newGoActor(d.o.goSvcs[name], sc.configJSON)
+		actor, methods, err := newGoActor(d.o.goSvcs[name], Env{
+			Name: name, Identity: cfg.Identity, Config: json.RawMessage(sc.configJSON), Log: d.o.log.With("service", name),
+		})
 		if err != nil {
 			return err
 		}

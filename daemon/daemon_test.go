@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warrenrpc/warren/internal/fabrictest"
+	"github.com/warrenrpc/warren/internal/simple"
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/secure"
@@ -437,7 +438,9 @@ func TestExampleConfigServes(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := mem.NewBroker()
-	start(t, cfg, b.Connect())
+	start(t, cfg, b.Connect(), WithGoServices(Service("simple", func(env Env) (any, error) {
+		return simple.Simple{Identity: env.Identity}, nil
+	})))
 	m := fabrictest.RunMapper(t, b.Connect(), mapper.Config{})
 	for _, c := range []struct {
 		path    string
@@ -449,6 +452,7 @@ func TestExampleConfigServes(t *testing.T) {
 		{"/calc/add", []int{2, 3}, `5`},
 		{"/calc/mean", []any{[]int{1, 2}}, `1.5`},
 		{"/sysinfo/disk_free", "/", ""},
+		{"/simple/whoami", nil, `"warren-example"`},
 	} {
 		res, err := request(t, m, c.path, c.payload)
 		if err != nil || (c.want != "" && string(res) != c.want) {
@@ -483,9 +487,12 @@ services:
     methods: [upcase]
 `, id, base, plug))
 	}
-	newAdder := func(config json.RawMessage) (any, error) {
+	newAdder := func(env Env) (any, error) {
+		if env.Identity != id || env.Name != "calc" {
+			return nil, fmt.Errorf("env %+v", env)
+		}
 		a := &adder{}
-		return a, json.Unmarshal(config, a)
+		return a, json.Unmarshal(env.Config, a)
 	}
 	if _, err := New(conf(1), b.Connect()); err == nil || !strings.Contains(err.Error(), `test.yaml:5:5: services.calc.go: this binary has no Go service "calc"`) {
 		t.Fatalf("New without the Go service: %v", err)

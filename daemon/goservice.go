@@ -3,6 +3,7 @@ package daemon
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/warrenrpc/warren/agent"
@@ -14,18 +15,30 @@ import (
 // `NAME: {go: true, config: ...}` serves it.
 type GoService struct {
 	name     string
-	newActor func(config json.RawMessage) (any, error)
+	newActor func(Env) (any, error)
 }
 
-// Service declares the Go service name: newActor gets the entry's config
-// section as JSON ({} without one) and returns the actor, whose exported
-// methods are served as /name/method by the rules of agent.Expose:
+// Env is what a Go service's constructor gets.
+type Env struct {
+	// Name is the service's name.
+	Name string
+	// Identity is the daemon's identity.
+	Identity string
+	// Config is the entry's config section as JSON ({} without one).
+	Config json.RawMessage
+	// Log is the daemon's logger.
+	Log *slog.Logger
+}
+
+// Service declares the Go service name: newActor gets its Env (the entry's
+// config among it) and returns the actor, whose exported methods are
+// served as /name/method by the rules of agent.Expose:
 //
 //	func(ctx context.Context, in In) (Out, error)
 //
 // Build a daemon binary with it with daemonmain.Main, or pass it to New
 // with WithGoServices.
-func Service(name string, newActor func(config json.RawMessage) (any, error)) GoService {
+func Service(name string, newActor func(Env) (any, error)) GoService {
 	return GoService{name: name, newActor: newActor}
 }
 
@@ -52,7 +65,7 @@ func checkGo(cfg *Config, svcs map[string]GoService) error {
 	for name, s := range cfg.Services {
 		if s.Go {
 			if _, ok := svcs[name]; !ok {
-				cfg.errAt(&es, []string{"services", name, "go"}, "this binary has no Go service %q (the warren binary has none: build yours with daemonmain.Main)", name)
+				cfg.errAt(&es, []string{"services", name, "go"}, "this binary has no Go service %q (the warren binary has only simple: build yours with daemonmain.Main)", name)
 			}
 		}
 	}
@@ -63,8 +76,8 @@ func checkGo(cfg *Config, svcs map[string]GoService) error {
 }
 
 // newGoActor makes the actor of Go service name and lists its methods.
-func newGoActor(gs GoService, configJSON []byte) (any, []string, error) {
-	actor, err := gs.newActor(json.RawMessage(configJSON))
+func newGoActor(gs GoService, env Env) (any, []string, error) {
+	actor, err := gs.newActor(env)
 	if err != nil {
 		return nil, nil, fmt.Errorf("daemon: Go service %s: %w", gs.name, err)
 	}

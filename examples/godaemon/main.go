@@ -45,11 +45,12 @@ func (b *billing) Quote(ctx context.Context, o order) (quote, error) {
 func (b *billing) GetCurrency(ctx context.Context) (string, error) { return b.Currency, nil }
 
 // newBilling builds the actor from its config section.
-func newBilling(config json.RawMessage) (any, error) {
+func newBilling(env daemon.Env) (any, error) {
 	b := &billing{Currency: "EUR"}
-	if err := json.Unmarshal(config, b); err != nil {
+	if err := json.Unmarshal(env.Config, b); err != nil {
 		return nil, err
 	}
+	env.Log.Info("billing ready", "currency", b.Currency, "daemon", env.Identity)
 	return b, nil
 }
 

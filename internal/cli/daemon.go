@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/warrenrpc/warren/daemon"
+	"github.com/warrenrpc/warren/internal/simple"
 	"github.com/warrenrpc/warren/internal/tlsflags"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/transport"
@@ -38,13 +39,22 @@ one YAML file (-c, default /etc/warren/warren.yaml; annotated example:
 examples/warren.yaml; reference: docs/plugins.md).`
 }
 
-// goServices are the Go services compiled into this binary
-// (daemonmain.Main); the warren binary has none.
-var goServices []daemon.GoService
+// builtinServices are the Go services of every warren binary: the
+// example actor /simple/* of `warren agent`.
+var builtinServices = []daemon.GoService{
+	daemon.Service("simple", func(env daemon.Env) (any, error) { return simple.Simple{Identity: env.Identity}, nil }),
+}
 
-// SetGoServices makes svcs available to `daemon start`. Call it before
-// Main (daemonmain.Main does).
-func SetGoServices(svcs ...daemon.GoService) { goServices = svcs }
+// goServices are the Go services compiled into this binary: the built-in
+// ones and those given to daemonmain.Main.
+var goServices = builtinServices
+
+// SetGoServices makes svcs available to `daemon start`, next to the
+// built-in ones (a service of the same name replaces a built-in). Call it
+// before Main (daemonmain.Main does).
+func SetGoServices(svcs ...daemon.GoService) {
+	goServices = append(append([]daemon.GoService(nil), builtinServices...), svcs...)
+}
 
 // daemonConfigFlag names the config file.
 type daemonConfigFlag struct {
