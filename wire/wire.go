@@ -9,8 +9,9 @@
 // ErrorReply, ReplyError), progress (AskProgress, WantsProgress,
 // NewProgress, ReadProgress), dead letters (DeadLetter, PublishDeadLetter
 // with DeadLetterOptions), heartbeats (NewHeartbeat, ReadHeartbeat,
-// which validates the record) and topic events (NewEvent, ReadEvent,
-// CheckEventKey, CheckEventPattern). Agents, mappers, the secure transport and
+// which validates the record), topic events (NewEvent, ReadEvent,
+// CheckEventKey, CheckEventPattern) and peer messages (NewPeerMessage;
+// peers reply with Reply and ErrorReply). Agents, mappers, the secure transport and
 // tools use these rather than writing headers by hand, so that the shapes
 // cannot drift apart.
 //
