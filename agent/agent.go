@@ -207,9 +207,8 @@ type HandlerOption func(*service)
 type service struct {
 	path     string
 	h        Handler
-	prefetch int         // 0: the agent's Prefetch
-	active   func() bool // nil: always active
-	durable  bool
+	prefetch int           // 0: the agent's Prefetch
+	active   func() bool   // nil: always active
 	sem      chan struct{} // bounds concurrent requests from the agent queue
 }
 
@@ -225,11 +224,12 @@ func Prefetch(n int) HandlerOption { return func(s *service) { s.prefetch = n } 
 // every ping and for every request, so it must be quick.
 func Active(pred func() bool) HandlerOption { return func(s *service) { s.active = pred } }
 
-// Durable makes the service's shared queue a durable quorum queue with a
-// delivery limit (Config.MaxDeliveries), so work parked there survives a
-// broker restart and a message that keeps crashing agents is dead-lettered
-// instead of looping. Every agent serving the path must agree.
-func Durable() HandlerOption { return func(s *service) { s.durable = true } }
+// Durable once made the service's shared queue a durable quorum queue with
+// a delivery limit (Config.MaxDeliveries). Every shared queue is now
+// declared that way (wire.DeclareShared), so it does nothing.
+//
+// Deprecated: shared queues are always quorum queues; drop the option.
+func Durable() HandlerOption { return func(*service) {} }
 
 func (s *service) isActive() bool { return s.active == nil || s.active() }
 

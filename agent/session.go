@@ -149,14 +149,10 @@ func (s *session) declare() error {
 		return nil
 	}
 	for _, p := range a.Services() {
-		svc := a.service(p)
 		name := wire.ServiceQueue(p)
-		q := transport.Queue{Name: name, Durable: true, DeadLetterExchange: wire.DeadLetterExchange}
-		if svc.durable {
-			q.Type, q.DeliveryLimit = transport.Quorum, a.cfg.MaxDeliveries
-		}
-		if _, err := tr.DeclareQueue(ctx, q); err != nil {
-			return fmt.Errorf("agent: declare %s: %w", name, err)
+		q := transport.Queue{Name: name, DeadLetterExchange: wire.DeadLetterExchange, DeliveryLimit: a.cfg.MaxDeliveries}
+		if err := wire.DeclareShared(ctx, tr, q); err != nil {
+			return fmt.Errorf("agent: %w", err)
 		}
 		if err := tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: name, Key: p}); err != nil {
 			return fmt.Errorf("agent: bind %s: %w", name, err)

@@ -93,8 +93,8 @@ func WithTags(tags ...string) CallOption { return func(c *call) { c.tags = appen
 
 // Persistent publishes the request or push as a persistent message and
 // waits for the broker's confirm, so once Push returns the work survives a
-// broker restart in a durable queue (agents with Config.Durable, services
-// with agent.Durable()).
+// broker restart in a durable queue (the queue of an agent with
+// Config.Durable, any service's shared queue).
 func Persistent() CallOption { return func(c *call) { c.persistent = true } }
 
 // Park is Nanite's offline failsafe: when no live agent serves the path at
@@ -112,11 +112,10 @@ func Persistent() CallOption { return func(c *call) { c.persistent = true } }
 // one agent is not parked in that agent's own queue either: that queue
 // expires with its agent, losing what it holds.)
 //
-// Park with Persistent declares a shared queue that does not exist yet as a
-// quorum queue with the default delivery limit, as an agent serving the
-// path with agent.Durable() does; plain Park declares it as a classic
-// queue, as other agents do. A shared queue that exists is used whatever
-// its type.
+// Park declares a shared queue that does not exist yet as agents serving
+// the path do: a quorum queue with the default delivery limit
+// (wire.DeclareShared). A shared queue that exists is used whatever its
+// type. Add Persistent for work that must survive a broker restart.
 func Park() CallOption { return func(c *call) { c.park = true } }
 
 // RetryOnConnectionLoss re-sends a Request whose connection to the broker
@@ -263,7 +262,7 @@ func (m *Mapper) push(ctx context.Context, path string, payload any, c call, ski
 		msg := m.message(ctx, wire.TypePush, path, body)
 		msg.Persistent = true
 		c.withTTL(&msg)
-		return true, m.park(ctx, path, msg, c.persistent)
+		return true, m.park(ctx, path, msg)
 	}
 	if err != nil {
 		return true, err
@@ -680,7 +679,7 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 	}
 	msg := m.message(ctx, wire.TypeRequest, path, body)
 	msg.Persistent = true
-	refused, err := m.ensureServiceQueue(ctx, path, c.persistent)
+	refused, err := m.ensureServiceQueue(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -696,8 +695,8 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 
 // park publishes msg to the service's shared queue, declaring it when no
 // agent ever did.
-func (m *Mapper) park(ctx context.Context, path string, msg transport.Message, durable bool) error {
-	refused, err := m.ensureServiceQueue(ctx, path, durable)
+func (m *Mapper) park(ctx context.Context, path string, msg transport.Message) error {
+	refused, err := m.ensureServiceQueue(ctx, path)
 	if err != nil {
 		return err
 	}
@@ -709,34 +708,28 @@ func (m *Mapper) park(ctx context.Context, path string, msg transport.Message, d
 }
 
 // parkDeliveryLimit is the delivery limit of a shared queue a mapper
-// declares as a quorum queue: agents' default MaxDeliveries, so that an
-// agent with agent.Durable() declares it the same way.
+// declares: agents' default MaxDeliveries, so that agents declare it the
+// same way.
 const parkDeliveryLimit = 5
 
-// ensureServiceQueue declares the shared queue of path as agents declare it:
-// with durable (Persistent), a quorum queue with the default delivery limit,
-// as for a handler with agent.Durable(); else a durable classic queue. A
-// queue that exists is used as it is, whatever its type (the declaration is
-// refused as inequivalent, and nothing else changes).
+// ensureServiceQueue declares the shared queue of path as agents declare it
+// (wire.DeclareShared: a quorum queue, with the agents' default delivery
+// limit). A queue that exists is used as it is, whatever its type.
 //
 // A user that may not declare or bind service queues (warren setup's
 // least-privilege mapper user: transport.ErrAccessRefused) can still park
 // in a queue that an agent serving path declared and bound: refused is
 // then true and the caller's mandatory publish finds out whether there is
 // one (see noSharedQueue).
-func (m *Mapper) ensureServiceQueue(ctx context.Context, path string, durable bool) (refused bool, err error) {
+func (m *Mapper) ensureServiceQueue(ctx context.Context, path string) (refused bool, err error) {
 	q := wire.ServiceQueue(path)
-	decl := transport.Queue{Name: q, Durable: true, DeadLetterExchange: wire.DeadLetterExchange}
-	if durable {
-		decl.Type, decl.DeliveryLimit = transport.Quorum, parkDeliveryLimit
-	}
-	_, err = m.tr.DeclareQueue(ctx, decl)
+	err = wire.DeclareShared(ctx, m.tr, transport.Queue{Name: q, DeadLetterExchange: wire.DeadLetterExchange, DeliveryLimit: parkDeliveryLimit})
 	switch {
 	case errors.Is(err, transport.ErrAccessRefused):
 		m.log.Debug("park: this user may not declare the shared queue: parking only if an agent declared it", "queue", q, "err", err)
 		return true, nil
-	case err != nil && !errors.Is(err, transport.ErrPrecondition):
-		return false, fmt.Errorf("mapper: park %s: declare %s: %w", path, q, err)
+	case err != nil:
+		return false, fmt.Errorf("mapper: park %s: %w", path, err)
 	}
 	err = m.tr.Bind(ctx, transport.Binding{Exchange: wire.ServiceExchange, Queue: q, Key: path})
 	switch {

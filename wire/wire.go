@@ -181,7 +181,8 @@ func (e *RemoteError) Is(target error) bool {
 func (e *RemoteError) RemoteCode() string { return e.Code }
 
 // Topology declares the exchanges and the dead-letter queue every Warren
-// participant relies on. It is idempotent.
+// participant relies on (a quorum queue, see DeclareShared). It is
+// idempotent.
 func Topology(ctx context.Context, tr transport.Transport) error {
 	exs := []transport.Exchange{
 		{Name: RequestExchange, Kind: transport.Direct, Durable: true},
@@ -195,11 +196,33 @@ func Topology(ctx context.Context, tr transport.Transport) error {
 			return fmt.Errorf("declare exchange %s: %w", ex.Name, err)
 		}
 	}
-	if _, err := tr.DeclareQueue(ctx, transport.Queue{Name: DeadLetterQueue, Durable: true}); err != nil {
-		return fmt.Errorf("declare queue %s: %w", DeadLetterQueue, err)
+	if err := DeclareShared(ctx, tr, transport.Queue{Name: DeadLetterQueue}); err != nil {
+		return err
 	}
 	if err := tr.Bind(ctx, transport.Binding{Exchange: DeadLetterExchange, Queue: DeadLetterQueue}); err != nil {
 		return fmt.Errorf("bind %s: %w", DeadLetterQueue, err)
+	}
+	return nil
+}
+
+// DeclareShared declares one of the fabric's shared, long-lived queues:
+// the dead-letter queue, a service's shared queue, parked work. Such a
+// queue outlives every process that uses it, so it is a durable quorum
+// queue: replicated over a cluster's nodes, it stays available when the
+// node that created it dies, where a durable classic queue would refuse
+// every declaration and consumer until that node returns ("home node ...
+// is down or inaccessible"). q's Type and Durable are set here; its other
+// fields (DeliveryLimit, DeadLetterExchange) are the caller's.
+//
+// A queue that already exists with other arguments, such as a classic one
+// declared by an older Warren, or a quorum one with another delivery
+// limit, is used as it is: the broker refuses the declaration as
+// inequivalent (transport.ErrPrecondition) and nothing else changes.
+// docs/operations.md says how to move such a queue to a quorum queue.
+func DeclareShared(ctx context.Context, tr transport.Transport, q transport.Queue) error {
+	q.Type, q.Durable = transport.Quorum, true
+	if _, err := tr.DeclareQueue(ctx, q); err != nil && !errors.Is(err, transport.ErrPrecondition) {
+		return fmt.Errorf("declare queue %s: %w", q.Name, err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
@@ -48,6 +49,16 @@ type pubChannel struct {
 	pending map[uint64]*pending
 	byID    map[string]uint64 // message id → tag, to match returns without a token header
 	dead    bool              // the dispatcher has finished: nothing will be confirmed
+
+	// nacked: the broker nacked a publish on this channel. RabbitMQ does
+	// that when a queue it routed to could not take the message, and a
+	// channel that published to a quorum queue while its leader was being
+	// re-elected can keep being nacked for that queue after a new leader
+	// is up (seen on 3.10 when a cluster node died: every persistent push
+	// of a reconnected mapper was nacked for minutes while a fresh channel
+	// was acked at once). send publishes on a fresh channel from then on,
+	// and retire closes this one once nothing on it awaits a confirm.
+	nacked atomic.Bool
 }
 
 // pending is one publish awaiting its confirm.
@@ -169,6 +180,10 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 		if t.closed.Load() {
 			return transport.ErrClosed
 		}
+		if old := slot.pc; old != nil && old.l == l && old.nacked.Load() && !old.ch.IsClosed() {
+			p.retire(old)
+			slot.pc = nil
+		}
 		if slot.pc == nil || slot.pc.l != l || slot.pc.ch.IsClosed() {
 			pc, err := p.open(l, pd != nil)
 			if err != nil {
@@ -226,6 +241,33 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 		return brokerError("publish to exchange", exchange, err, t.closed.Load(), l.pub.c.IsClosed() || l.isLost())
 	}
 }
+
+// retire closes pc, a channel send no longer uses, once none of its
+// publishes awaits a confirm (or after retireWait, failing those that
+// still do), or when the transport closes.
+func (p *publisher) retire(pc *pubChannel) {
+	p.t.log.Debug("replacing a publish channel that had a publish nacked")
+	p.wg.Go(func() {
+		deadline := time.Now().Add(retireWait)
+		for time.Now().Before(deadline) {
+			pc.mu.Lock()
+			idle := len(pc.pending) == 0 || pc.dead
+			pc.mu.Unlock()
+			if idle {
+				break
+			}
+			select {
+			case <-time.After(10 * time.Millisecond):
+			case <-p.t.closing:
+				return
+			}
+		}
+		_ = pc.ch.Close()
+	})
+}
+
+// retireWait bounds how long a retired channel waits for its confirms.
+const retireWait = 30 * time.Second
 
 // open opens a channel of l, in confirm mode with its dispatcher when
 // confirm is set.
@@ -394,6 +436,7 @@ func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmatio
 			}
 			switch {
 			case !c.Ack:
+				pc.nacked.Store(true)
 				pd.resolve(fmt.Errorf("amqp: publish to exchange %q: %w", pd.exchange, transport.ErrNacked))
 			case pd.returned:
 				pd.resolve(fmt.Errorf("amqp: publish to exchange %q: %w", pd.exchange, transport.ErrUnroutable))
