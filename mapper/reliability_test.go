@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,14 +60,27 @@ func TestDeclineGoesToAnotherAgent(t *testing.T) {
 		})
 		m := startMapper(t, connect, mapper.Config{})
 		waitLive(t, m, actor, actor+"-full", actor+"-picky", actor+"-willing")
-		for range 6 {
-			r, err := m.Request(ctxT(t, 5*time.Second), path, nil, mapper.Select(mapper.Random()))
+		// Three requests sent to the picky agent first (a selector of the
+		// test's own, which pins nothing: it picks picky while it is a
+		// candidate, then the others), three to a random one.
+		onlyPicky := mapper.SelectorFunc(func(_ string, c []mapper.AgentInfo) []mapper.AgentInfo {
+			if i := slices.IndexFunc(c, func(a mapper.AgentInfo) bool { return a.Identity == actor+"-picky" }); i >= 0 {
+				return c[i : i+1]
+			}
+			return c
+		})
+		for i := range 6 {
+			sel := mapper.Random()
+			if i < 3 {
+				sel = onlyPicky
+			}
+			r, err := m.Request(ctxT(t, 5*time.Second), path, nil, mapper.Select(sel))
 			must(t, err)
 			if r.Agent != actor+"-willing" {
 				t.Fatalf("served by %s", r.Agent)
 			}
 		}
-		if served.Load() != 6 || declined.Load() == 0 {
+		if served.Load() != 6 || declined.Load() < 3 {
 			t.Fatalf("served %d, declined %d", served.Load(), declined.Load())
 		}
 		// The inactive agent is not even selected: its heartbeat says so.
