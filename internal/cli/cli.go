@@ -49,7 +49,10 @@ func (g *Globals) Logger() *slog.Logger {
 	_ = lvl.UnmarshalText([]byte(g.LogLevel))
 	o := &slog.HandlerOptions{Level: lvl}
 	if g.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(g.errOut, o))
+		// slog's JSON leaves DEL, C1 controls and bidi characters of
+		// remote values (an identity in a refused heartbeat) raw; its
+		// text handler quotes them.
+		return slog.New(slog.NewJSONHandler(jsonLines{g.errOut}, o))
 	}
 	return slog.New(slog.NewTextHandler(g.errOut, o))
 }

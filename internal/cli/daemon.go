@@ -490,7 +490,7 @@ func (c *daemonConfigBrokerCmd) Run(g *Globals) error {
 		tr, _, err := dialOne(ctx, g, cfg, u, "daemon config test")
 		if err != nil {
 			failed++
-			fmt.Fprintf(g.Out(), "%s: failed: %v\n", shown[i], err)
+			fmt.Fprintf(g.Out(), "%s: failed: %s\n", shown[i], escape(err.Error())) // may quote the broker
 			continue
 		}
 		tr.Close()

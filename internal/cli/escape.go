@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -106,4 +107,15 @@ func escapeJSON(b []byte) []byte {
 		i += n
 	}
 	return out
+}
+
+// jsonLines writes JSON text (a slog JSON handler's records, one per
+// Write) through escapeJSON.
+type jsonLines struct{ w io.Writer }
+
+func (j jsonLines) Write(p []byte) (int, error) {
+	if _, err := j.w.Write(escapeJSON(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

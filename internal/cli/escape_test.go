@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +54,15 @@ func TestEscape(t *testing.T) {
 			t.Errorf("escape(%q) = %q, want %q", in, got, want)
 		}
 		clean(t, "escape", escape(in))
+	}
+	// The JSON log handler's records.
+	var logs strings.Builder
+	log := slog.New(slog.NewJSONHandler(jsonLines{&logs}, nil))
+	log.Warn("heartbeat refused", "identity", hostile)
+	clean(t, "JSON log", logs.String())
+	var rec map[string]string
+	if err := json.Unmarshal([]byte(logs.String()), &rec); err != nil || !strings.HasPrefix(rec["identity"], "\x1b[2J") {
+		t.Errorf("JSON log record: %v %q", err, logs.String())
 	}
 	if got := escapeLines("a\nb\x1bc"); got != `a`+"\n"+`b\x1bc` {
 		t.Errorf("escapeLines: %q", got)
