@@ -60,7 +60,7 @@ type Config struct {
 type BrokerConfig struct {
 	// URL is one broker URL: amqp://user@host:port/vhost (no password).
 	URL string `yaml:"url"`
-	// URLs lists nodes to try in order, for failover at (re)start.
+	// URLs lists a cluster's nodes: tried in order at start, in turn at every reconnection.
 	URLs []string `yaml:"urls"`
 	// Vhost, when set, replaces the URLs' vhost.
 	Vhost string `yaml:"vhost"`

@@ -255,29 +255,15 @@ func readPidfile(path string) (int, error) {
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
-// dialConfig connects as the config says: its broker URLs in order, TLS,
-// secure mode. It reports whether secure mode is on.
+// dialConfig connects as the config says: its broker URLs (tried in order,
+// and failed over between at every reconnection: amqp.Dial takes the list),
+// TLS, secure mode. It reports whether secure mode is on.
 func dialConfig(ctx context.Context, g *Globals, cfg *daemon.Config, name string) (transport.Transport, bool, error) {
 	urls, err := cfg.BrokerURLs()
 	if err != nil {
 		return nil, false, err
 	}
-	var errs []error
-	for _, u := range urls {
-		tr, secureMode, err := dialOne(ctx, g, cfg, u, name)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", amqp.RedactURL(u), err))
-			if len(urls) > 1 {
-				g.Logger().Warn("broker unreachable: trying the next", "broker", amqp.RedactURL(u), "err", err)
-			}
-			continue
-		}
-		return tr, secureMode, nil
-	}
-	if len(errs) == 1 {
-		return nil, false, errs[0]
-	}
-	return nil, false, fmt.Errorf("no broker reachable: %w", errors.Join(errs...))
+	return dialOne(ctx, g, cfg, strings.Join(urls, ","), name)
 }
 
 // dialOne connects to the broker URL u (credentials included) with the
