@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -118,6 +119,71 @@ func TestSwitchDurable(t *testing.T) {
 		// Run as before, the agent serves it.
 		if err := run(false); err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// TestSecondDurableAgentTakesNothing: a second durable agent refused
+// because the queue is in use has not taken its ready messages and given
+// them back, which would count towards the quorum queue's delivery limit.
+func TestSecondDurableAgentTakesNothing(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		id := actor + "-a"
+		tr := connect(t)
+		newAgent := func() *agent.Agent {
+			a, err := agent.New(connect(t), agent.Config{Identity: id, PingInterval: time.Second, Durable: true, IdentityWait: 300 * time.Millisecond}, agent.WithLogger(testenv.Logger(t)))
+			must(t, err)
+			must(t, a.Handle("/"+actor+"/echo", agent.HandlerFunc(func(_ context.Context, r *agent.Request) (any, error) { return r.Payload, nil })))
+			return a
+		}
+		// The durable queue exists; another consumer holds one message of three.
+		ctx, cancel := context.WithCancel(context.Background())
+		a := newAgent()
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		<-a.Ready()
+		cancel()
+		must(t, <-done)
+		own := wire.AgentQueue(id)
+		testenv.WaitFor(t, 10*time.Second, func() error { // the embedded broker ends consumers asynchronously
+			if info, err := tr.InspectQueue(t.Context(), own); err != nil || info.Consumers != 0 {
+				return fmt.Errorf("queue %+v, %v", info, err)
+			}
+			return nil
+		})
+		cctx, stopOther := context.WithCancel(t.Context())
+		other, err := tr.Consume(cctx, own, transport.ConsumeOptions{Prefetch: 1})
+		must(t, err)
+		for i := range 3 {
+			msg := transport.Message{Type: wire.TypePush, MessageID: fmt.Sprint(i), Body: []byte(`1`), Persistent: true, Headers: map[string]any{wire.HeaderPath: "/" + actor + "/echo"}}
+			must(t, tr.Publish(t.Context(), wire.RequestExchange, id, msg, transport.PublishOptions{Mandatory: true}))
+		}
+		held := <-other
+		if err := newAgent().Run(t.Context()); !errors.Is(err, agent.ErrIdentityInUse) {
+			t.Fatalf("second agent: %v", err)
+		}
+		info, err := tr.InspectQueue(t.Context(), own)
+		if err != nil || info.Messages != 2 {
+			t.Fatalf("queue after the refusal: %+v, %v", info, err)
+		}
+		// The other consumer goes, giving back the one it held; the two
+		// others were never delivered.
+		stopOther()
+		for range other {
+		}
+		ch, err := tr.Consume(t.Context(), own, transport.ConsumeOptions{Prefetch: 3})
+		must(t, err)
+		for range 3 {
+			select {
+			case d := <-ch:
+				if n, _ := wire.Int(d.Headers, "x-delivery-count"); d.MessageID != held.MessageID && (n != 0 || d.Redelivered) {
+					t.Errorf("message %s: x-delivery-count %d, redelivered %v: the refused agent took it", d.MessageID, n, d.Redelivered)
+				}
+				must(t, d.Ack())
+			case <-time.After(10 * time.Second):
+				t.Fatal("a message is missing")
+			}
 		}
 	})
 }

@@ -126,9 +126,19 @@ func (s *session) declare() error {
 	if s.control, err = tr.Consume(ctx, cq, transport.ConsumeOptions{AutoAck: true, Exclusive: true}); err != nil {
 		return fmt.Errorf("agent: consume control queue: %w", err)
 	}
+	// One consumer per identity (see Config.IdentityWait). RabbitMQ
+	// ignores consumer exclusivity on quorum queues (durable agents), so
+	// the agent counts the consumers: first before it consumes, so that
+	// it takes nothing from a queue in use (what it took and gave back
+	// would count as a delivery, towards a quorum queue's delivery limit).
+	if info, err := tr.InspectQueue(ctx, own); err != nil {
+		return fmt.Errorf("agent: inspect %s: %w", own, err)
+	} else if info.Consumers > 0 {
+		return fmt.Errorf("%w: %s has %d consumer(s)", ErrIdentityInUse, own, info.Consumers)
+	}
 	// Exclusively: a second agent with this identity is refused, instead
-	// of sharing the queue unseen (see Config.IdentityWait). The queue was
-	// just declared, so a refusal here is another consumer.
+	// of sharing the queue unseen. The queue was just declared, so a
+	// refusal here is another consumer.
 	ch, err := tr.Consume(ctx, own, transport.ConsumeOptions{Prefetch: a.cfg.Prefetch, Exclusive: true})
 	if errors.Is(err, transport.ErrPrecondition) {
 		return fmt.Errorf("%w: %s has another consumer: %w", ErrIdentityInUse, own, err)
@@ -136,9 +146,8 @@ func (s *session) declare() error {
 	if err != nil {
 		return fmt.Errorf("agent: consume %s: %w", own, err)
 	}
-	// RabbitMQ ignores consumer exclusivity on quorum queues (durable
-	// agents): count the consumers instead. Two agents starting together
-	// both back off, and retry after a jittered backoff.
+	// And after: two agents starting together both back off, and retry
+	// after a jittered backoff.
 	if info, err := tr.InspectQueue(ctx, own); err != nil {
 		return fmt.Errorf("agent: inspect %s: %w", own, err)
 	} else if info.Consumers > 1 {
