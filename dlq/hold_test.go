@@ -208,15 +208,18 @@ func queued(t *testing.T, tr transport.Transport, queue string) []transport.Mess
 
 // TestStopsEarlyTakeTheirMarker: Show finding its letter first and List
 // reaching max leave nothing of theirs in the queue (their end marker used
-// to stay there until its deadline).
+// to stay there until its deadline, and later operations moved it along),
+// nor do Replay and Purge by id.
 func TestStopsEarlyTakeTheirMarker(t *testing.T) {
 	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
 		tr := connect(t)
 		actor := fabrictest.Actor()
 		dead := actor + ".dead"
 		deadQueue(t, tr, dead)
+		target := actor + ".target"
+		deadQueue(t, tr, target)
 		for _, id := range []string{"a", "b", "c"} {
-			letter(t, tr, dead, actor+"-"+id, "/x/y", wire.RequestExchange, actor)
+			letter(t, tr, dead, actor+"-"+id, "/x/y", transport.DefaultExchange, target)
 		}
 		l, err := dlq.Show(t.Context(), tr, actor+"-a", dlq.Queue(dead))
 		must(t, err)
@@ -228,11 +231,22 @@ func TestStopsEarlyTakeTheirMarker(t *testing.T) {
 		if got := ids(ls); !slices.Equal(got, []string{actor + "-a"}) {
 			t.Fatalf("list max 1: %v", got)
 		}
+		// Replay and purge by id leave no marker either.
+		n, err := dlq.Replay(t.Context(), tr, func(l dlq.Letter) bool { return l.MessageID == actor+"-b" }, dlq.Queue(dead))
+		must(t, err)
+		if n != 1 {
+			t.Fatalf("replayed %d", n)
+		}
+		n, err = dlq.Purge(t.Context(), tr, func(l dlq.Letter) bool { return l.MessageID == actor+"-c" }, dlq.Queue(dead))
+		must(t, err)
+		if n != 1 {
+			t.Fatalf("purged %d", n)
+		}
 		var left []string
 		for _, m := range queued(t, tr, dead) {
 			left = append(left, m.Type+":"+m.MessageID)
 		}
-		want := []string{wire.TypePush + ":" + actor + "-a", wire.TypePush + ":" + actor + "-b", wire.TypePush + ":" + actor + "-c"}
+		want := []string{wire.TypePush + ":" + actor + "-a"}
 		if !slices.Equal(left, want) {
 			t.Fatalf("queue holds %v, want %v", left, want)
 		}
