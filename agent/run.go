@@ -67,7 +67,7 @@ func (a *Agent) Run(ctx context.Context) error {
 					ErrIdentityInUse, wire.AgentQueue(a.cfg.Identity), a.cfg.IdentityWait, a.cfg.Identity)
 			}
 			a.log.Error("the agent's queue is consumed by someone else: another agent with this identity, a mapper moving what a dropped agent left there, or this agent's previous connection not yet closed by the broker; waiting for it to go",
-				"queue", wire.AgentQueue(a.cfg.Identity), "waited", time.Since(inUse).Round(time.Millisecond), "gives_up_after", a.cfg.IdentityWait, "err", err)
+				"queue", wire.AgentQueue(a.cfg.Identity), "waited", time.Since(inUse).Round(time.Millisecond), "gives_up", giveUp(first, a.cfg.IdentityWait), "err", err)
 			if !bo.Wait(ctx) {
 				if !first {
 					a.drain(cancelHandlers)
@@ -135,6 +135,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent stopped", "handled", a.handled.Load())
 	return nil
+}
+
+// giveUp says when an agent waiting for its queue gives up: at start,
+// after IdentityWait; after a reconnection, never.
+func giveUp(first bool, wait time.Duration) string {
+	if first {
+		return "after " + wait.String()
+	}
+	return "never (reconnecting)"
 }
 
 // drain waits for the requests in hand, cancelling their contexts after the
