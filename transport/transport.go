@@ -190,7 +190,8 @@ type ConsumeOptions struct {
 	// Prefetch bounds the number of unacknowledged deliveries this consumer
 	// holds (basic.qos); 0 means 1.
 	Prefetch int
-	// Exclusive makes this the queue's only consumer.
+	// Exclusive makes this the queue's only consumer. Quorum queues ignore
+	// it, as RabbitMQ (3.10) does: count their consumers with InspectQueue.
 	Exclusive bool
 	// AutoAck settles each delivery as it is sent; Ack and Nack then do
 	// nothing and return nil. Lost on a crash: use for replies and

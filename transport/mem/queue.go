@@ -321,6 +321,9 @@ func (q *queue) settle(c *consumer, qm *qmsg, ack, requeue bool) error {
 
 // addConsumer attaches c. Called with q.mu held.
 func (q *queue) addConsumer(c *consumer) error {
+	if q.quorum() {
+		c.exclusive = false // RabbitMQ (3.10) ignores consumer exclusivity on quorum queues
+	}
 	if c.exclusive && len(q.consumers) > 0 {
 		return fmt.Errorf("mem: exclusive consume on queue %q: queue has consumers: %w", q.name, transport.ErrPrecondition)
 	}

@@ -38,6 +38,7 @@ var scenarios = []scenario{
 	{name: "AutoAckNotRedelivered", fn: autoAckNotRedelivered},
 	{name: "AckTwiceErrAlreadySettled", fn: ackTwiceErrAlreadySettled},
 	{name: "ExclusiveConsumer", fn: exclusiveConsumer},
+	{name: "ExclusiveConsumerQuorum", fn: exclusiveConsumerQuorum},
 	{name: "ConsumeCtxCancelClosesChannel", fn: consumeCtxCancelClosesChannel},
 	{name: "DeleteQueueEndsConsumer", fn: deleteQueueEndsConsumer},
 	{name: "ConcurrentPublishConsume", fn: concurrentPublishConsume},

@@ -368,3 +368,21 @@ func concurrentPublishConsume(e *env) {
 		e.t.Errorf("received %d deliveries, want %d", total, n)
 	}
 }
+
+// exclusiveConsumerQuorum: a quorum queue ignores consumer exclusivity, as
+// RabbitMQ 3.10 does: an exclusive consumer does not keep others out, nor
+// is one refused when others consume. InspectQueue counts them all.
+func exclusiveConsumerQuorum(e *env) {
+	a, b := e.open(), e.open()
+	q := e.queue(a, transport.Queue{Name: e.name("qq"), Type: transport.Quorum, Durable: true})
+	e.consume(a, q, transport.ConsumeOptions{Exclusive: true})
+	e.consume(b, q, transport.ConsumeOptions{Exclusive: true})
+	e.consume(b, q, transport.ConsumeOptions{})
+	e.eventually("three consumers", func() error {
+		info, err := a.InspectQueue(e.ctx(), q)
+		if err == nil && info.Consumers != 3 {
+			err = fmt.Errorf("%d consumers", info.Consumers)
+		}
+		return err
+	})
+}
