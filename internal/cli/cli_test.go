@@ -36,7 +36,7 @@ func TestDemoOnEmbeddedBroker(t *testing.T) {
 		"loads fred=0.20 bob=0.70 → /simple/echo \"hello nanite\" answered by fred",
 		"loads fred=0.90 bob=0.10 → /simple/echo \"hello nanite\" answered by bob",
 		`{"bob":"hello nanite","fred":"hello nanite"}`,
-		"agent fred expired",
+		"agent fred lost",
 		"agent fred joined",
 		"agent bob left",
 		"no agent serves this service /simple/echo",
