@@ -1,0 +1,2 @@
+// Package peers compares Warren with other RPC systems; it has no API.
+package peers
