@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -117,7 +116,9 @@ func TestRoundTripSmoke(t *testing.T) {
 	}
 }
 
-var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+// discard is the logger of Warren's agent and mapper, as in Warren's own
+// benchmarks (without WARREN_TEST_LOG).
+var discard = slog.New(slog.DiscardHandler)
 
 // startWarren runs one agent serving an echo handler and one mapper on one
 // mem.Broker, as the "mem" fixture of Warren's own bench package does.
