@@ -280,6 +280,7 @@ func (b *Broker) publish(m *message, mandatory bool) error {
 	b.mu.RLock()
 	qs, err := b.routeLocked(m.exchange, m.key, qbuf[:0])
 	b.mu.RUnlock()
+	m.sole = len(qs) == 1
 	for _, q := range qs {
 		q.mu.Lock()
 		q.enqueue(m, &clk, &dl)

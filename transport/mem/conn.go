@@ -409,18 +409,14 @@ type consumer struct {
 
 // take gives qm to c. Called with q.mu held.
 func (c *consumer) take(qm *qmsg) {
-	var d *transport.Delivery
-	if c.autoAck {
-		d = c.delivery(qm, nil)
-	} else {
+	if !c.autoAck {
 		qm.c = c
 		qm.prev, qm.next = c.list.prev, &c.list
 		c.list.prev.next = qm
 		c.list.prev = qm
 		c.unacked++
-		s := &settlement{c: c, qm: qm}
-		d = c.delivery(qm, s)
 	}
+	d := c.delivery(qm)
 	if !c.pumping {
 		select {
 		case c.out <- d:
@@ -509,27 +505,41 @@ func (c *consumer) detach() {
 }
 
 // delivery builds what the caller receives: its own copy of the message.
-// Called with q.mu held.
-func (c *consumer) delivery(qm *qmsg, s *settlement) *transport.Delivery {
+// A message that went to no other queue, taken with AutoAck, is no longer
+// the broker's: the caller gets the broker's copy. Called with q.mu held.
+func (c *consumer) delivery(qm *qmsg) *transport.Delivery {
 	m := qm.m
 	msg := m.msg
-	if msg.Body != nil {
-		msg.Body = bytes.Clone(msg.Body)
-	}
-	if msg.Headers != nil || qm.returns > 0 {
-		msg.Headers = copyTable(msg.Headers, 1)
-		if qm.returns > 0 {
-			msg.Headers["x-delivery-count"] = qm.returns
+	if !c.autoAck || !m.sole {
+		if msg.Body != nil {
+			msg.Body = bytes.Clone(msg.Body)
+		}
+		if msg.Headers != nil {
+			msg.Headers = copyTable(msg.Headers, 1)
 		}
 	}
-	var d *transport.Delivery
-	if s == nil {
-		d = transport.NewDelivery(msg, nil)
-	} else {
-		// One allocation for the delivery and its settlement state.
-		s.d = *transport.NewDelivery(msg, s.settle)
-		d = &s.d
+	if qm.returns > 0 {
+		if msg.Headers == nil || (c.autoAck && m.sole) {
+			msg.Headers = copyTable(msg.Headers, 1)
+		}
+		msg.Headers["x-delivery-count"] = qm.returns
 	}
+	// One allocation for the delivery and its settlement state, none for
+	// the first delivery of a message from the first queue it went to.
+	var s *settlement
+	if qm == &m.first && !m.firstDelivered {
+		m.firstDelivered = true
+		s = &m.firstSettlement
+	} else {
+		s = new(settlement)
+	}
+	if c.autoAck {
+		s.d = *transport.NewDelivery(msg, nil)
+	} else {
+		s.c, s.qm = c, qm
+		s.d = *transport.NewDelivery(msg, s.settle)
+	}
+	d := &s.d
 	d.Exchange = m.exchange
 	d.RoutingKey = m.key
 	d.Redelivered = qm.redelivered

@@ -243,3 +243,97 @@ func TestLargePrefetch(t *testing.T) {
 		}
 	}
 }
+
+// Deliveries never share memory with the publisher, with each other, or
+// with what the broker keeps for a redelivery, whichever way they are
+// taken: with acks, with AutoAck from a queue that alone got the message
+// (which hands over the broker's copy), and with AutoAck beside another
+// queue.
+func TestDeliveriesShareNoMemory(t *testing.T) {
+	ctx := t.Context()
+	tr := mem.New()
+	defer tr.Close()
+	declare := func() string {
+		q, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q
+	}
+	consume := func(q string, autoAck bool) <-chan *transport.Delivery {
+		ch, err := tr.Consume(ctx, q, transport.ConsumeOptions{AutoAck: autoAck, Prefetch: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch
+	}
+	next := func(ch <-chan *transport.Delivery) *transport.Delivery {
+		select {
+		case d := <-ch:
+			return d
+		case <-time.After(10 * time.Second):
+			t.Fatal("no delivery after 10s")
+			return nil
+		}
+	}
+	publish := func(ex, key string) (body []byte, list []any) {
+		body, list = []byte("body"), []any{"x"}
+		msg := transport.Message{Body: body, Headers: map[string]any{"k": "v", "list": list}}
+		if err := tr.Publish(ctx, ex, key, msg, transport.PublishOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return body, list
+	}
+	// scribble overwrites what the caller holds of a message.
+	scribble := func(body []byte, h map[string]any) {
+		copy(body, "XXXX")
+		if l, ok := h["list"].([]any); ok {
+			l[0] = "scribbled"
+		}
+		h["k"] = "scribbled"
+	}
+	check := func(what string, d *transport.Delivery) {
+		t.Helper()
+		if string(d.Body) != "body" || d.Headers["k"] != "v" || d.Headers["list"].([]any)[0] != "x" {
+			t.Errorf("%s: got body %q headers %v, want the message as published", what, d.Body, d.Headers)
+		}
+	}
+
+	// AutoAck from the only queue: the publisher's buffers stay its own.
+	sole := declare()
+	body, list := publish("", sole)
+	d := next(consume(sole, true))
+	copy(body, "XXXX")
+	list[0] = "scribbled"
+	check("sole AutoAck delivery after the publisher scribbled", d)
+
+	// With acks: a requeued message comes back as published.
+	acked := declare()
+	publish("", acked)
+	ch := consume(acked, false)
+	d = next(ch)
+	scribble(d.Body, d.Headers)
+	if err := d.Nack(true); err != nil {
+		t.Fatal(err)
+	}
+	d = next(ch)
+	check("redelivery after the first consumer scribbled", d)
+	if err := d.Ack(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Fanout to two AutoAck queues: each gets its own copy.
+	if err := tr.DeclareExchange(ctx, transport.Exchange{Name: "fan", Kind: transport.Fanout}); err != nil {
+		t.Fatal(err)
+	}
+	qa, qb := declare(), declare()
+	for _, q := range []string{qa, qb} {
+		if err := tr.Bind(ctx, transport.Binding{Exchange: "fan", Queue: q}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("fan", "")
+	da := next(consume(qa, true))
+	scribble(da.Body, da.Headers)
+	check("fanout AutoAck delivery after the other queue's consumer scribbled", next(consume(qb, true)))
+}

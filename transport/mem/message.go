@@ -28,6 +28,15 @@ type message struct {
 	// to, allocated with it: most messages go to one queue.
 	first     qmsg
 	firstUsed bool // set by the one goroutine that enqueues the message
+
+	// sole is set, before the message is enqueued, when it is routed to
+	// one queue only: an AutoAck consumer then takes the broker's own copy,
+	// since once delivered nothing else can read it.
+	sole bool
+	// firstSettlement is the Delivery and settlement of first's first
+	// delivery, allocated with the message; used and guarded as first is.
+	firstSettlement settlement
+	firstDelivered  bool
 }
 
 // newMessage copies msg into a message the broker owns, normalised as an
@@ -266,6 +275,9 @@ const (
 // amqp091-go could not read, with transport.HeaderMalformed saying which,
 // as transport/amqp delivers them; h itself when all are readable.
 func unreadable(h map[string]any) map[string]any {
+	if readable(h) {
+		return h
+	}
 	var removed []string
 	keys := slices.Sorted(maps.Keys(h))
 	for _, k := range keys {
@@ -286,6 +298,19 @@ func unreadable(h map[string]any) map[string]any {
 	}
 	h[transport.HeaderMalformed] = "headers removed: " + strings.Join(removed, ", ")
 	return h
+}
+
+// readable reports whether amqp091 reads all of h, without allocating.
+func readable(h map[string]any) bool {
+	if len(h) > maxEntries {
+		return false
+	}
+	for _, v := range h {
+		if tooDeep(v, 1) != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // tooDeep says why amqp091 would refuse v, a value at depth (the depth of
