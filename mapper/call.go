@@ -340,24 +340,21 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 	if err != nil {
 		return nil, nil, err
 	}
-	cands, err := m.candidates(ctx, path)
-	if err != nil {
+	if err := m.candidates(ctx, path); err != nil {
 		if ctx.Err() == nil {
 			err = &noLiveAgent{err}
 		}
 		return nil, nil, err
 	}
-	declined := len(cands)
-	cands = slices.DeleteFunc(cands, func(a AgentInfo) bool { return skip[a.Identity] })
-	if len(cands) == 0 {
-		if declined > 0 {
-			return nil, nil, fmt.Errorf("%w %s", ErrNoAgent, path)
-		}
-		return nil, nil, &noLiveAgent{fmt.Errorf("%w %s", ErrNoAgent, path)}
-	}
-	targets := c.sel.Select(path, cands)
+	targets, cands := m.reg.pick(path, c.sel, skip, time.Now())
 	if len(targets) == 0 {
-		return nil, nil, fmt.Errorf("%w %s: none of %d live agents fits the selector", ErrNoAgent, path, len(cands))
+		switch {
+		case cands > 0:
+			return nil, nil, fmt.Errorf("%w %s: none of %d live agents fits the selector", ErrNoAgent, path, cands)
+		case len(skip) == 0: // the last one went since candidates
+			return nil, nil, &noLiveAgent{fmt.Errorf("%w %s", ErrNoAgent, path)}
+		}
+		return nil, nil, fmt.Errorf("%w %s", ErrNoAgent, path)
 	}
 	if len(targets) > m.cfg.MaxFanOut {
 		return nil, nil, fmt.Errorf("%w %s: %d agents, limit %d", ErrFanOutLimit, path, len(targets), m.cfg.MaxFanOut)
@@ -370,11 +367,11 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 // within a round trip.
 const announceQuiet = 100 * time.Millisecond
 
-// candidates returns the live agents serving path. A mapper that has just
+// candidates returns when a live agent serves path. A mapper that has just
 // started first lets the agents answering its announce come in (until none
 // has joined for announceQuiet), and waits up to AnnounceWait for one that
 // serves path.
-func (m *Mapper) candidates(ctx context.Context, path string) ([]AgentInfo, error) {
+func (m *Mapper) candidates(ctx context.Context, path string) error {
 	settled := m.readyAt.Add(m.cfg.AnnounceWait)
 	for {
 		now := time.Now()
@@ -386,11 +383,11 @@ func (m *Mapper) candidates(ctx context.Context, path string) ([]AgentInfo, erro
 			}
 		}
 		if until.IsZero() {
-			if c := m.reg.live(path, now); len(c) > 0 {
-				return c, nil
+			if m.reg.has(path, now) {
+				return nil
 			}
 			if !now.Before(settled) {
-				return nil, fmt.Errorf("%w %s", ErrNoAgent, path)
+				return fmt.Errorf("%w %s", ErrNoAgent, path)
 			}
 			until = settled
 		}
@@ -403,7 +400,7 @@ func (m *Mapper) candidates(ctx context.Context, path string) ([]AgentInfo, erro
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("%w %s: %w", ErrNoAgent, path, ctx.Err())
+			return fmt.Errorf("%w %s: %w", ErrNoAgent, path, ctx.Err())
 		}
 		t.Stop()
 	}

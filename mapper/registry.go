@@ -108,15 +108,30 @@ type Event struct {
 
 // registry holds the live agents. All methods are safe for concurrent use;
 // events are returned to the caller, which delivers them outside the lock.
+//
+// Besides the agents by identity it keeps an index by service (see
+// pathIndex), updated by heartbeats, so that a request's selection reads the
+// agents serving its path in place instead of copying and sorting them all.
 type registry struct {
 	timeout func(AgentInfo) time.Duration
 
 	mu     sync.Mutex
-	agents map[string]*AgentInfo
+	agents map[string]*agent
+	index  map[string]*pathIndex // service path → the agents taking work for it
+}
+
+// agent is a registry entry: the latest AgentInfo and what the index needs.
+// Its AgentInfo is replaced as a whole by each heartbeat, never mutated in
+// place, so copies handed out stay valid.
+type agent struct {
+	AgentInfo
+	load    loadKey
+	paths   []string      // the paths it is indexed under: Services less Inactive, sorted
+	timeout time.Duration // the registry's timeout of this agent
 }
 
 func newRegistry(timeout func(AgentInfo) time.Duration) *registry {
-	return &registry{timeout: timeout, agents: map[string]*AgentInfo{}}
+	return &registry{timeout: timeout, agents: map[string]*agent{}, index: map[string]*pathIndex{}}
 }
 
 // update applies a heartbeat received at now.
@@ -139,18 +154,118 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 		if !known {
 			return nil
 		}
-		delete(r.agents, hb.Identity)
-		return []Event{{Kind: AgentLeft, Agent: *old}}
+		r.remove(old)
+		return []Event{{Kind: AgentLeft, Agent: old.AgentInfo}}
 	}
-	r.agents[hb.Identity] = &info
-	if !known || r.expired(old, now) {
+	if !known {
+		a := &agent{AgentInfo: info, load: keyOf(info.Status), paths: takesWork(info), timeout: r.timeout(info)}
+		r.agents[a.Identity] = a
+		for _, p := range a.paths {
+			r.path(p).add(a)
+		}
+		return []Event{{Kind: AgentJoined, Agent: info}}
+	}
+	rejoined := r.expired(old, now)
+	r.change(old, info)
+	if rejoined {
 		return []Event{{Kind: AgentJoined, Agent: info}}
 	}
 	return nil
 }
 
-func (r *registry) expired(a *AgentInfo, now time.Time) bool {
-	return now.Sub(a.LastSeen) > r.timeout(*a)
+// change replaces a's AgentInfo with info, and moves it in the index as
+// its services, inactive services and status require.
+func (r *registry) change(a *agent, info AgentInfo) {
+	paths := a.paths
+	if !slices.Equal(a.Services, info.Services) || !slices.Equal(a.Inactive, info.Inactive) {
+		paths = takesWork(info)
+	}
+	load := a.load
+	if !sameStatus(a.Status, info.Status) {
+		load = keyOf(info.Status)
+	}
+	// Out of the paths it leaves, with its old load.
+	for _, p := range a.paths {
+		if _, ok := slices.BinarySearch(paths, p); !ok {
+			r.index[p].remove(a)
+			r.prune(p)
+		}
+	}
+	// Moved within the paths it stays in, when its load changed.
+	if load.compare(a.load) != 0 {
+		for _, p := range a.paths {
+			if _, ok := slices.BinarySearch(paths, p); ok {
+				r.index[p].reload(a, load)
+			}
+		}
+	}
+	a.AgentInfo = info
+	a.load = load
+	a.timeout = r.timeout(info)
+	// Into the paths it joins, with its new load.
+	for _, p := range paths {
+		if _, ok := slices.BinarySearch(a.paths, p); !ok {
+			r.path(p).add(a)
+		}
+	}
+	a.paths = paths
+}
+
+// takesWork returns the sorted paths a serves and does not list inactive.
+func takesWork(a AgentInfo) []string {
+	var out []string
+	for i, p := range a.Services { // sorted
+		if (i == 0 || p != a.Services[i-1]) && !slices.Contains(a.Inactive, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// sameStatus reports whether two statuses are the same value, cheaply for
+// the usual numbers and strings (false means "maybe not").
+func sameStatus(x, y any) bool {
+	switch x := x.(type) {
+	case float64:
+		y, ok := y.(float64)
+		return ok && x == y
+	case string:
+		y, ok := y.(string)
+		return ok && x == y
+	case nil:
+		return y == nil
+	}
+	return false
+}
+
+// path returns the index of p, creating it.
+func (r *registry) path(p string) *pathIndex {
+	ix := r.index[p]
+	if ix == nil {
+		ix = &pathIndex{}
+		r.index[p] = ix
+	}
+	return ix
+}
+
+// prune forgets the index of p when no agent is left in it.
+func (r *registry) prune(p string) {
+	if ix := r.index[p]; ix != nil && len(ix.byID) == 0 {
+		delete(r.index, p)
+	}
+}
+
+// remove takes a out of the registry and the index.
+func (r *registry) remove(a *agent) {
+	delete(r.agents, a.Identity)
+	for _, p := range a.paths {
+		r.index[p].remove(a)
+		r.prune(p)
+	}
+}
+
+func (r *registry) expired(a *agent, now time.Time) bool {
+	return now.Sub(a.LastSeen) > a.timeout
 }
 
 // drop removes the agent id, if known, with an event of kind.
@@ -161,8 +276,8 @@ func (r *registry) drop(id string, kind EventKind) []Event {
 	if !ok {
 		return nil
 	}
-	delete(r.agents, id)
-	return []Event{{Kind: kind, Agent: *a}}
+	r.remove(a)
+	return []Event{{Kind: kind, Agent: a.AgentInfo}}
 }
 
 // sweep removes expired agents and returns their events.
@@ -170,29 +285,62 @@ func (r *registry) sweep(now time.Time) []Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var evs []Event
-	for id, a := range r.agents {
+	for _, a := range r.agents {
 		if r.expired(a, now) {
-			delete(r.agents, id)
-			evs = append(evs, Event{Kind: AgentExpired, Agent: *a})
+			r.remove(a)
+			evs = append(evs, Event{Kind: AgentExpired, Agent: a.AgentInfo})
 		}
 	}
 	return evs
 }
 
 // live returns copies of the live agents, sorted by identity, that serve
-// path (every agent when path is "").
+// path (every agent when path is ""), less those inactive for path. With a
+// path it reads the index, already in identity order: no sort.
 func (r *registry) live(path string, now time.Time) []AgentInfo {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if path != "" {
+		return r.collect(path, now, nil)
+	}
 	out := make([]AgentInfo, 0, len(r.agents))
 	for _, a := range r.agents {
-		if r.expired(a, now) || (path != "" && (!a.Serves(path) || slices.Contains(a.Inactive, path))) {
-			continue
+		if !r.expired(a, now) {
+			out = append(out, a.AgentInfo)
 		}
-		out = append(out, *a)
 	}
 	slices.SortFunc(out, func(x, y AgentInfo) int { return cmp.Compare(x.Identity, y.Identity) })
 	return out
+}
+
+// collect returns copies of the live agents taking work for path that fit
+// ok (any when ok is nil), in identity order. The caller holds r.mu.
+func (r *registry) collect(path string, now time.Time, ok func(*agent) bool) []AgentInfo {
+	ix := r.index[path]
+	if ix == nil {
+		return nil
+	}
+	out := make([]AgentInfo, 0, len(ix.byID))
+	for _, a := range ix.byID {
+		if !r.expired(a, now) && (ok == nil || ok(a)) {
+			out = append(out, a.AgentInfo)
+		}
+	}
+	return out
+}
+
+// has reports whether a live agent takes work for path.
+func (r *registry) has(path string, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if ix := r.index[path]; ix != nil {
+		for _, a := range ix.byID {
+			if !r.expired(a, now) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // serving reports whether id is a live agent serving path.

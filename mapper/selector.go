@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/warrenrpc/warren/wire"
 )
@@ -14,8 +15,70 @@ import (
 // serve its path (sorted by identity, never empty). It returns a subset; an
 // empty result means no agent fits. Selectors must be safe for concurrent
 // use and must not keep the slice.
+//
+// The built-in selectors (LeastLoaded, Random, RoundRobin, All, Identity,
+// and Tagged over one of them) do not need that slice: a mapper runs them
+// over its registry's index by service, in place, without copying an agent
+// it does not pick (see docs/scaling.md). A custom selector (a SelectorFunc,
+// or Tagged over one) gets the slice, built for it at each call from the
+// index, which keeps it in identity order: a copy of each live candidate,
+// but no sort. Their Select methods still work on any slice, for custom
+// selectors that delegate to them.
 type Selector interface {
 	Select(path string, candidates []AgentInfo) []AgentInfo
+}
+
+// indexed is a selector that picks from a registry's index in place. pick
+// is called with the registry locked; it returns copies of the agents of ix
+// that fit f that it picks.
+type indexed interface {
+	pick(path string, ix *pathIndex, f filter) []AgentInfo
+}
+
+// filter is what makes an indexed agent a candidate for a request: live,
+// not among the agents to skip (they declined it), and carrying tags.
+type filter struct {
+	r    *registry
+	now  time.Time
+	skip map[string]bool
+	tags []string
+}
+
+func (f *filter) fits(a *agent) bool {
+	return !f.r.expired(a, f.now) && !f.skip[a.Identity] && a.HasTags(f.tags...)
+}
+
+// randomTries is how many random draws a pick makes before it counts the
+// agents that fit: with expired or declining agents a draw may miss.
+const randomTries = 8
+
+// pick returns the agents sel picks among the live agents taking work for
+// path, less those in skip; n is the number of those candidates, counted
+// only when no agent is picked (or for a custom selector, which gets them).
+func (r *registry) pick(path string, sel Selector, skip map[string]bool, now time.Time) (picked []AgentInfo, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ix := r.index[path]
+	if ix == nil {
+		return nil, 0
+	}
+	f := filter{r: r, now: now, skip: skip}
+	if s, ok := sel.(indexed); ok {
+		if picked = s.pick(path, ix, f); len(picked) > 0 {
+			return picked, 0
+		}
+		for _, a := range ix.byID {
+			if f.fits(a) {
+				n++
+			}
+		}
+		return nil, n
+	}
+	c := r.collect(path, now, f.fits)
+	if len(c) == 0 {
+		return nil, 0
+	}
+	return sel.Select(path, c), len(c)
 }
 
 // SelectorFunc adapts a function to a Selector.
@@ -26,54 +89,133 @@ func (f SelectorFunc) Select(path string, c []AgentInfo) []AgentInfo { return f(
 
 // LeastLoaded picks the agent with the smallest status (see CompareStatus);
 // ties go to a random one of the least loaded, so equal agents share work.
-func LeastLoaded() Selector {
-	return SelectorFunc(func(_ string, c []AgentInfo) []AgentInfo {
-		best := []AgentInfo{c[0]}
-		for _, a := range c[1:] {
-			switch d := CompareStatus(a.Status, best[0].Status); {
-			case d < 0:
-				best = append(best[:0], a)
-			case d == 0:
-				best = append(best, a)
-			}
+// Over the index it finds the least loaded as the head of the agents kept
+// sorted by status: O(log n).
+func LeastLoaded() Selector { return leastLoaded{} }
+
+type leastLoaded struct{}
+
+func (leastLoaded) Select(_ string, c []AgentInfo) []AgentInfo {
+	best := []AgentInfo{c[0]}
+	for _, a := range c[1:] {
+		switch d := CompareStatus(a.Status, best[0].Status); {
+		case d < 0:
+			best = append(best[:0], a)
+		case d == 0:
+			best = append(best, a)
 		}
-		return []AgentInfo{best[rand.IntN(len(best))]}
-	})
+	}
+	return []AgentInfo{best[rand.IntN(len(best))]}
+}
+
+func (leastLoaded) pick(_ string, ix *pathIndex, f filter) []AgentInfo {
+	lo, hi := ix.leastLoaded(f.fits)
+	if lo < 0 {
+		return nil
+	}
+	return []AgentInfo{oneOf(ix.byLoad[lo:hi], f).AgentInfo}
+}
+
+// oneOf returns a random agent of s that fits f, uniformly; one must.
+func oneOf(s []*agent, f filter) *agent {
+	for range randomTries {
+		if a := s[rand.IntN(len(s))]; f.fits(a) {
+			return a
+		}
+	}
+	n := 0
+	for _, a := range s {
+		if f.fits(a) {
+			n++
+		}
+	}
+	k := rand.IntN(max(n, 1))
+	for _, a := range s {
+		if f.fits(a) {
+			if k == 0 {
+				return a
+			}
+			k--
+		}
+	}
+	return nil
 }
 
 // All picks every candidate: fan-out.
-func All() Selector {
-	return SelectorFunc(func(_ string, c []AgentInfo) []AgentInfo { return c })
+func All() Selector { return all{} }
+
+type all struct{}
+
+func (all) Select(_ string, c []AgentInfo) []AgentInfo { return c }
+
+func (all) pick(_ string, ix *pathIndex, f filter) []AgentInfo {
+	var out []AgentInfo
+	for _, a := range ix.byID {
+		if f.fits(a) {
+			out = append(out, a.AgentInfo)
+		}
+	}
+	return out
 }
 
 // Random picks one candidate uniformly.
-func Random() Selector {
-	return SelectorFunc(func(_ string, c []AgentInfo) []AgentInfo {
-		return []AgentInfo{c[rand.IntN(len(c))]}
-	})
+func Random() Selector { return random{} }
+
+type random struct{}
+
+func (random) Select(_ string, c []AgentInfo) []AgentInfo {
+	return []AgentInfo{c[rand.IntN(len(c))]}
+}
+
+func (random) pick(_ string, ix *pathIndex, f filter) []AgentInfo {
+	if a := oneOf(ix.byID, f); a != nil {
+		return []AgentInfo{a.AgentInfo}
+	}
+	return nil
 }
 
 // RoundRobin returns a selector that takes the candidates in turn, per path.
 // Each call to RoundRobin has its own counters.
-func RoundRobin() Selector {
-	var mu sync.Mutex
-	next := map[string]string{} // path → identity served last
-	return SelectorFunc(func(path string, c []AgentInfo) []AgentInfo {
-		mu.Lock()
-		defer mu.Unlock()
-		last := next[path]
-		// The first identity after the last one served, in sorted order,
-		// so agents joining or leaving do not reset the rotation.
-		i, _ := slices.BinarySearchFunc(c, last, func(a AgentInfo, id string) int { return strings.Compare(a.Identity, id) })
-		if i < len(c) && c[i].Identity == last {
-			i++
+func RoundRobin() Selector { return &roundRobin{next: map[string]string{}} }
+
+type roundRobin struct {
+	mu   sync.Mutex
+	next map[string]string // path → identity served last
+}
+
+func (rr *roundRobin) Select(path string, c []AgentInfo) []AgentInfo {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	last := rr.next[path]
+	// The first identity after the last one served, in sorted order,
+	// so agents joining or leaving do not reset the rotation.
+	i, _ := slices.BinarySearchFunc(c, last, func(a AgentInfo, id string) int { return strings.Compare(a.Identity, id) })
+	if i < len(c) && c[i].Identity == last {
+		i++
+	}
+	if i >= len(c) {
+		i = 0
+	}
+	rr.next[path] = c[i].Identity
+	return []AgentInfo{c[i]}
+}
+
+func (rr *roundRobin) pick(path string, ix *pathIndex, f filter) []AgentInfo {
+	rr.mu.Lock()
+	defer rr.mu.Unlock()
+	last := rr.next[path]
+	i, found := slices.BinarySearchFunc(ix.byID, last, byID)
+	if found {
+		i++
+	}
+	for k := range len(ix.byID) {
+		a := ix.byID[(i+k)%len(ix.byID)]
+		if f.fits(a) {
+			rr.next[path] = a.Identity
+			return []AgentInfo{a.AgentInfo}
 		}
-		if i >= len(c) {
-			i = 0
-		}
-		next[path] = c[i].Identity
-		return []AgentInfo{c[i]}
-	})
+	}
+	return nil
 }
 
 // Identity picks the agent with this identity, if it serves the path.
@@ -87,6 +229,13 @@ func (id identity) Select(_ string, c []AgentInfo) []AgentInfo {
 		if a.Identity == string(id) {
 			return []AgentInfo{a}
 		}
+	}
+	return nil
+}
+
+func (id identity) pick(_ string, ix *pathIndex, f filter) []AgentInfo {
+	if i, ok := slices.BinarySearchFunc(ix.byID, string(id), byID); ok && f.fits(ix.byID[i]) {
+		return []AgentInfo{ix.byID[i].AgentInfo}
 	}
 	return nil
 }
@@ -111,6 +260,23 @@ func (t tagged) Select(path string, c []AgentInfo) []AgentInfo {
 	for _, a := range c {
 		if a.HasTags(t.tags...) {
 			keep = append(keep, a)
+		}
+	}
+	if len(keep) == 0 {
+		return nil
+	}
+	return t.next.Select(path, keep)
+}
+
+func (t tagged) pick(path string, ix *pathIndex, f filter) []AgentInfo {
+	f.tags = append(slices.Clip(f.tags), t.tags...)
+	if next, ok := t.next.(indexed); ok {
+		return next.pick(path, ix, f)
+	}
+	var keep []AgentInfo
+	for _, a := range ix.byID {
+		if f.fits(a) {
+			keep = append(keep, a.AgentInfo)
 		}
 	}
 	if len(keep) == 0 {
