@@ -52,6 +52,9 @@ func checkIndex(t *testing.T, r *registry, m model) {
 	for id, a := range m {
 		for _, p := range takesWork(a) {
 			want[p] = append(want[p], id)
+			for _, tag := range slices.Compact(slices.Sorted(slices.Values(a.Tags))) {
+				want[tagKey(p, tag)] = append(want[tagKey(p, tag)], id)
+			}
 		}
 	}
 	if len(r.index) != len(want) {
@@ -191,9 +194,17 @@ func checkSelectors(t *testing.T, r *registry, m model, path string, now time.Ti
 	one("least_loaded", LeastLoaded(), in(least(cands)), cands)
 	one("tagged least_loaded", Tagged(nil, tag), in(least(tagCands)), tagCands)
 	one("random", Random(), in(ids(cands)), cands)
+	var both []AgentInfo
+	for _, a := range cands {
+		if a.HasTags("eu", "gpu") {
+			both = append(both, a)
+		}
+	}
+	one("tagged random, two tags", Tagged(Random(), "eu", "gpu"), in(ids(both)), both)
+	one("tagged tagged least_loaded", Tagged(Tagged(nil, "gpu"), "eu"), in(least(both)), both)
 	one("all", All(), func(g []AgentInfo) bool { return slices.Equal(ids(g), ids(cands)) }, cands)
 	var seen []AgentInfo
-	custom := SelectorFunc(func(_ string, c []AgentInfo) []AgentInfo { seen = c; return c[:1] })
+	custom := SelectorFunc(func(_ string, c []AgentInfo) []AgentInfo { seen = slices.Clone(c); return c[:1] })
 	one("custom", custom, func(g []AgentInfo) bool {
 		return slices.EqualFunc(seen, cands, func(x, y AgentInfo) bool {
 			return x.Identity == y.Identity && x.LastSeen.Equal(y.LastSeen) && slices.Equal(x.Tags, y.Tags)
@@ -286,5 +297,19 @@ func TestRegistryPickSkipsAndCounts(t *testing.T) {
 	}
 	if got, _ := r.pick("/s/none", LeastLoaded(), nil, now); len(got) != 0 {
 		t.Fatalf("unknown path: %v", ids(got))
+	}
+	// A custom selector runs outside the registry lock: it may read the
+	// registry (as one reading Mapper.Agents does), alone or under Tagged.
+	reads := SelectorFunc(func(_ string, c []AgentInfo) []AgentInfo {
+		if len(r.identities()) != 3 {
+			return nil
+		}
+		return c[len(c)-1:]
+	})
+	if got, n := r.pick("/s/p", reads, nil, now); len(got) != 1 || got[0].Identity != "c" || n != 3 {
+		t.Fatalf("custom: %v of %d", ids(got), n)
+	}
+	if got, _ := r.pick("/s/p", Tagged(reads, "B"), nil, now); len(got) != 1 || got[0].Identity != "b" {
+		t.Fatalf("tagged custom: %v", ids(got))
 	}
 }

@@ -117,7 +117,7 @@ type registry struct {
 
 	mu     sync.Mutex
 	agents map[string]*agent
-	index  map[string]*pathIndex // service path → the agents taking work for it
+	index  map[string]*pathIndex // service path, or tagKey → the agents taking work for it
 }
 
 // agent is a registry entry: the latest AgentInfo and what the index needs.
@@ -126,7 +126,7 @@ type registry struct {
 type agent struct {
 	AgentInfo
 	load    loadKey
-	paths   []string      // the paths it is indexed under: Services less Inactive, sorted
+	keys    []string      // the index keys it is under (see indexKeys), sorted
 	timeout time.Duration // the registry's timeout of this agent
 }
 
@@ -158,10 +158,10 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 		return []Event{{Kind: AgentLeft, Agent: old.AgentInfo}}
 	}
 	if !known {
-		a := &agent{AgentInfo: info, load: keyOf(info.Status), paths: takesWork(info), timeout: r.timeout(info)}
+		a := &agent{AgentInfo: info, load: keyOf(info.Status), keys: indexKeys(info), timeout: r.timeout(info)}
 		r.agents[a.Identity] = a
-		for _, p := range a.paths {
-			r.path(p).add(a)
+		for _, k := range a.keys {
+			r.path(k).add(a)
 		}
 		return []Event{{Kind: AgentJoined, Agent: info}}
 	}
@@ -174,41 +174,41 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 }
 
 // change replaces a's AgentInfo with info, and moves it in the index as
-// its services, inactive services and status require.
+// its services, inactive services, tags and status require.
 func (r *registry) change(a *agent, info AgentInfo) {
-	paths := a.paths
-	if !slices.Equal(a.Services, info.Services) || !slices.Equal(a.Inactive, info.Inactive) {
-		paths = takesWork(info)
+	keys := a.keys
+	if !slices.Equal(a.Services, info.Services) || !slices.Equal(a.Inactive, info.Inactive) || !slices.Equal(a.Tags, info.Tags) {
+		keys = indexKeys(info)
 	}
 	load := a.load
 	if !sameStatus(a.Status, info.Status) {
 		load = keyOf(info.Status)
 	}
-	// Out of the paths it leaves, with its old load.
-	for _, p := range a.paths {
-		if _, ok := slices.BinarySearch(paths, p); !ok {
-			r.index[p].remove(a)
-			r.prune(p)
+	// Out of the keys it leaves, with its old load.
+	for _, k := range a.keys {
+		if _, ok := slices.BinarySearch(keys, k); !ok {
+			r.index[k].remove(a)
+			r.prune(k)
 		}
 	}
-	// Moved within the paths it stays in, when its load changed.
+	// Moved within the keys it stays under, when its load changed.
 	if load.compare(a.load) != 0 {
-		for _, p := range a.paths {
-			if _, ok := slices.BinarySearch(paths, p); ok {
-				r.index[p].reload(a, load)
+		for _, k := range a.keys {
+			if _, ok := slices.BinarySearch(keys, k); ok {
+				r.index[k].reload(a, load)
 			}
 		}
 	}
 	a.AgentInfo = info
 	a.load = load
 	a.timeout = r.timeout(info)
-	// Into the paths it joins, with its new load.
-	for _, p := range paths {
-		if _, ok := slices.BinarySearch(a.paths, p); !ok {
-			r.path(p).add(a)
+	// Under the keys it joins, with its new load.
+	for _, k := range keys {
+		if _, ok := slices.BinarySearch(a.keys, k); !ok {
+			r.path(k).add(a)
 		}
 	}
-	a.paths = paths
+	a.keys = keys
 }
 
 // takesWork returns the sorted paths a serves and does not list inactive.
@@ -221,6 +221,25 @@ func takesWork(a AgentInfo) []string {
 	}
 	return out
 }
+
+// indexKeys returns the sorted keys of the index that a is under: each
+// path it takes work for, and that path with each of its tags (tagKey), so
+// that Tagged finds the agents with a tag without walking past the others.
+func indexKeys(a AgentInfo) []string {
+	paths := takesWork(a)
+	out := slices.Clone(paths)
+	for _, p := range paths {
+		for _, t := range a.Tags {
+			out = append(out, tagKey(p, t))
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// tagKey is the index key of the agents taking work for path that carry
+// tag. A path holds no NUL byte, so no key of one path is another's.
+func tagKey(path, tag string) string { return path + "\x00" + tag }
 
 // sameStatus reports whether two statuses are the same value, cheaply for
 // the usual numbers and strings (false means "maybe not").
@@ -258,9 +277,9 @@ func (r *registry) prune(p string) {
 // remove takes a out of the registry and the index.
 func (r *registry) remove(a *agent) {
 	delete(r.agents, a.Identity)
-	for _, p := range a.paths {
-		r.index[p].remove(a)
-		r.prune(p)
+	for _, k := range a.keys {
+		r.index[k].remove(a)
+		r.prune(k)
 	}
 }
 
@@ -316,11 +335,16 @@ func (r *registry) live(path string, now time.Time) []AgentInfo {
 // collect returns copies of the live agents taking work for path that fit
 // ok (any when ok is nil), in identity order. The caller holds r.mu.
 func (r *registry) collect(path string, now time.Time, ok func(*agent) bool) []AgentInfo {
+	return r.appendLive(nil, path, now, ok)
+}
+
+// appendLive is collect appending to out.
+func (r *registry) appendLive(out []AgentInfo, path string, now time.Time, ok func(*agent) bool) []AgentInfo {
 	ix := r.index[path]
 	if ix == nil {
-		return nil
+		return out
 	}
-	out := make([]AgentInfo, 0, len(ix.byID))
+	out = slices.Grow(out, len(ix.byID))
 	for _, a := range ix.byID {
 		if !r.expired(a, now) && (ok == nil || ok(a)) {
 			out = append(out, a.AgentInfo)

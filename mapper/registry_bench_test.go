@@ -7,12 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/wire"
 )
 
 // Selection benchmarks: the registry with n agents all serving one path,
-// with statuses 0..9 (so a tenth of them tie for least loaded) and two
-// tags, one of them on a tenth of the agents. Each op is one request's
+// with statuses 0..9 (so a tenth of them tie for least loaded), the tag
+// "eu" on all, "gpu" on the least loaded tenth and "hot" on the most loaded. Each op is one request's
 // selection: what mapper.Request runs under the registry lock.
 //
 // "copy+sort" is the baseline, the selection before the index: every live
@@ -25,8 +26,11 @@ func benchRegistry(n int) (*registry, time.Time) {
 	now := time.Now()
 	for i := range n {
 		tags := []string{"eu"}
-		if i%10 == 0 {
+		switch i % 10 {
+		case 0: // among the least loaded
 			tags = append(tags, "gpu")
+		case 9: // the most loaded
+			tags = append(tags, "hot")
 		}
 		r.update(wire.TypePing, wire.Heartbeat{
 			Identity: fmt.Sprintf("agent-%06d", (i*7919)%n), Services: []string{"/bench/echo", "/bench/other"},
@@ -62,6 +66,9 @@ func BenchmarkSelect(b *testing.B) {
 		{"random", Random},
 		{"identity", func() Selector { return Identity("agent-000003") }},
 		{"tagged_gpu", func() Selector { return Tagged(nil, "gpu") }},
+		// The worst case of Tagged: its agents are the most loaded, so
+		// least_loaded walks past the nine tenths that are not.
+		{"tagged_hot", func() Selector { return Tagged(nil, "hot") }},
 		{"custom", func() Selector { return custom }},
 	}
 	for _, n := range []int{10, 1000, 10000} {
@@ -108,4 +115,34 @@ func BenchmarkHeartbeat(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkReadBeat: what a mapper does with each heartbeat it receives,
+// from the delivery: read and check it (wire.ReadHeartbeat), then update
+// the registry, at 10,000 agents, the status changing each time.
+func BenchmarkReadBeat(b *testing.B) {
+	r, _ := benchRegistry(10000)
+	var msgs []transport.Message
+	for i := range 10 {
+		msg, err := wire.NewHeartbeat(wire.TypePing, wire.Heartbeat{
+			Identity: "agent-000003", Queue: wire.AgentQueue("agent-000003"),
+			Services: []string{"/bench/echo", "/bench/other"}, Tags: []string{"eu"},
+			Status: float64(i), PingInterval: 15000, Started: time.Now(),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs = append(msgs, msg)
+	}
+	i := 0
+	for b.Loop() {
+		d := transport.Delivery{Message: msgs[i%len(msgs)]}
+		i++
+		hb, err := wire.ReadHeartbeat(&d)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.update(d.Type, hb, time.Now())
+	}
+	b.ReportMetric(float64(len(msgs[0].Body)), "body-bytes")
 }
