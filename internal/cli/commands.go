@@ -17,6 +17,7 @@ type commands struct {
 	Send      sendCmd      `cmd:"" help:"Send a message to a peer (HareDo's send); prints its id."`
 	Call      callCmd      `cmd:"" help:"Send a message to a peer and print its reply (HareDo's call)."`
 	Tower     towerCmd     `cmd:"" help:"Run the Control Tower: a live web page of the fabric (agents, services, send, dead letters) on 127.0.0.1:4000, with /metrics."`
+	Console   consoleCmd   `cmd:"" help:"Drive the fabric by hand at a prompt (Nanite's mapper console): agents, services, request, push, watch."`
 	Bench     benchCmd     `cmd:"" help:"Load the fabric and measure it: calls/s, latency quantiles, errors, CPU; --baseline compares with hand-written amqp091-go."`
 	Version   versionCmd   `cmd:"" help:"Print Warren's version."`
 }
