@@ -150,6 +150,11 @@ type Agent struct {
 	// draining is set when Run's context ended: every service is then
 	// advertised as inactive and what reaches the agent is passed on.
 	draining atomic.Bool
+	// staleOwn is how many consumers of the agent's own queue may be its
+	// own lost sessions' (Run's goroutine only): a quorum queue (durable
+	// agent) keeps counting the consumer of a connection whose node went
+	// down until that node returns.
+	staleOwn int
 }
 
 // New returns an agent on tr. It does not touch the broker until Run.

@@ -85,6 +85,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				return err
 			}
 			a.log.Warn("cannot re-establish the session; retrying", "err", err)
+			a.staleOwn++ // it may have consumed before the loss
 			if !bo.Wait(ctx) {
 				break
 			}
@@ -128,6 +129,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		a.log.Warn("connection lost: re-establishing the session")
 		s.stop()
+		// Its consumer may still count on the own queue (see declare).
+		a.staleOwn++
 		if !bo.Wait(ctx) {
 			a.drain(cancelHandlers)
 			break

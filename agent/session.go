@@ -131,9 +131,13 @@ func (s *session) declare() error {
 	// the agent counts the consumers: first before it consumes, so that
 	// it takes nothing from a queue in use (what it took and gave back
 	// would count as a delivery, towards a quorum queue's delivery limit).
+	// After a lost connection, the consumers of this agent's lost sessions
+	// may still count: a quorum queue keeps the consumer of a connection
+	// whose node went down (it delivers nothing to it) until that node is
+	// back, which may be never. Those are allowed, one per lost session.
 	if info, err := tr.InspectQueue(ctx, own); err != nil {
 		return fmt.Errorf("agent: inspect %s: %w", own, err)
-	} else if info.Consumers > 0 {
+	} else if info.Consumers > a.staleOwn {
 		return fmt.Errorf("%w: %s has %d consumer(s)", ErrIdentityInUse, own, info.Consumers)
 	}
 	// Exclusively: a second agent with this identity is refused, instead
@@ -150,8 +154,14 @@ func (s *session) declare() error {
 	// after a jittered backoff.
 	if info, err := tr.InspectQueue(ctx, own); err != nil {
 		return fmt.Errorf("agent: inspect %s: %w", own, err)
-	} else if info.Consumers > 1 {
-		return fmt.Errorf("%w: %s has %d other consumer(s)", ErrIdentityInUse, own, info.Consumers-1)
+	} else if other := info.Consumers - 1; other > a.staleOwn {
+		return fmt.Errorf("%w: %s has %d other consumer(s)", ErrIdentityInUse, own, other)
+	} else {
+		if other > 0 {
+			a.log.Warn("the agent's queue counts other consumers: taken to be this agent's previous connections, lost with a node the queue still waits for",
+				"queue", own, "other_consumers", other)
+		}
+		a.staleOwn = max(other, 0)
 	}
 	s.own.Go(func() { s.consumeLoop(ctx, ch, true, s.ownStop, nil) })
 	if a.cfg.NoSharedQueues {
