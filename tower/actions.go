@@ -9,7 +9,9 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/warrenrpc/warren/dlq"
@@ -138,6 +140,28 @@ func (t *Tower) serveSend(w http.ResponseWriter, r *http.Request) {
 	t.metrics.requests.WithLabelValues(label, kind).Inc()
 	t.metrics.inFlight.Inc()
 	v := sendView{Kind: kind, Path: f.Path, Selector: f.Selector}
+	// Progress is written as it comes, each report a fragment of its own,
+	// before the result (the page shows the response as it streams).
+	var mu sync.Mutex
+	rc := http.NewResponseController(w)
+	started := false
+	if kind != "push" {
+		opts = append(opts, mapper.OnProgress(func(p mapper.Progress) {
+			b, err := t.render("progress", progressOf(p))
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !started {
+				w.Header().Set("Content-Type", "text/html; charset=utf-8")
+				w.WriteHeader(http.StatusOK)
+				started = true
+			}
+			_, _ = w.Write(b)
+			_ = rc.Flush()
+		}))
+	}
 	start := time.Now()
 	var codes []string
 	switch kind {
@@ -182,7 +206,38 @@ func (t *Tower) serveSend(w http.ResponseWriter, r *http.Request) {
 	}
 	v.Codes = countCodes(codes)
 	t.state.observe(f.Path, took, len(codes) > 0, time.Now())
-	t.writeFragment(w, http.StatusOK, "send", v)
+	mu.Lock()
+	defer mu.Unlock()
+	if !started {
+		t.writeFragment(w, http.StatusOK, "send", v)
+		return
+	}
+	b, err := t.render("send", v)
+	if err != nil {
+		t.log.Error("render", "template", "send", "err", err)
+		return
+	}
+	_, _ = w.Write(b)
+}
+
+type progressView struct {
+	Agent, Key string
+	Percent    string // a fraction, as a percentage
+	Value      string // anything else, as JSON
+	Seq        int64
+}
+
+// progressOf shows a progress report: a fraction (a number with a
+// decimal point from 0 to 1) as a percentage, else its JSON.
+func progressOf(p mapper.Progress) progressView {
+	v := progressView{Agent: p.Agent, Key: p.Key, Seq: p.Seq}
+	var f float64
+	if json.Unmarshal(p.Value, &f) == nil && f >= 0 && f <= 1 && strings.ContainsRune(string(p.Value), '.') {
+		v.Percent = strconv.FormatFloat(100*f, 'f', 0, 64) + "%"
+		return v
+	}
+	v.Value = shorten(jsonText(json.RawMessage(p.Value)), 2000)
+	return v
 }
 
 func replyOf(rep *mapper.Reply) replyRow {

@@ -284,6 +284,19 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("results: fred %q, bob %q, summary %q", fredResult, bobResult, summary)
 	}
 	shot("tower-send.png")
+	// A long request: its progress shows before its result.
+	do("send a request that reports progress",
+		chromedp.SetValue(css(`#send-form [name=path]`), "/simple/sleep"),
+		chromedp.SetValue(css(`#send-form [name=selector]`), "least_loaded"),
+		chromedp.SetValue(css(`#send-form [name=target]`), fred),
+		chromedp.SetValue(css(`#send-form [name=payload]`), "0.5"),
+		chromedp.Click(css(`#send-button`)),
+		chromedp.WaitVisible(css(`#send-result p.progress[data-agent=%q]`, fred)),
+		chromedp.WaitVisible(css(`#send-result tr[data-agent=%q] pre`, fred)),
+	)
+	if r := text(fmt.Sprintf(`#send-result tr[data-agent=%q] pre`, fred)); !strings.Contains(r, "slept") {
+		t.Fatalf("sleep result %q", r)
+	}
 	do("services", chromedp.Click(css(`nav a[data-tab="services"]`)),
 		chromedp.WaitVisible(css(`#services tr[data-path="/simple/whoami"]`)))
 	shot("tower-services.png")

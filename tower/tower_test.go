@@ -513,3 +513,48 @@ func TestDeadLetters(t *testing.T) {
 		t.Fatal("dead-letter metrics")
 	}
 }
+
+// TestSendProgress: the progress a handler reports reaches the page before
+// the result, in the same response.
+func TestSendProgress(t *testing.T) {
+	f := newFixture(t, tower.Config{})
+	tr := f.b.Connect()
+	defer tr.Close()
+	a, err := agent.New(tr, agent.Config{Identity: "worker", PingInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Handle("/job/run", agent.Func(func(ctx context.Context, n int) (string, error) {
+		if err := agent.Progress(ctx, "", 0.5); err != nil {
+			return "", err
+		}
+		if err := agent.Progress(ctx, "files", map[string]any{"done": 1, "total": n, "name": "<b>x</b>"}); err != nil {
+			return "", err
+		}
+		return "done", nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	tok := f.csrf(t)
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if n := len(f.tw.Mapper().Agents()); n != 1 {
+			return fmt.Errorf("%d agents", n)
+		}
+		return nil
+	})
+	code, text := f.post(t, "/api/send", tok, map[string]string{"kind": "request", "path": "/job/run", "payload": "2"})
+	if code != 200 {
+		t.Fatalf("%d %s", code, text)
+	}
+	p1 := strings.Index(text, `data-seq="1"`)
+	p2 := strings.Index(text, `data-seq="2"`)
+	res := strings.Index(text, `<div class="result">`)
+	if p1 < 0 || p2 < p1 || res < p2 || !has("50%", "files", "name", `&#34;done&#34;`)(text) || strings.Contains(text, "<b>") {
+		t.Fatalf("progress then result wanted:\n%s", text)
+	}
+}

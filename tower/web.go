@@ -19,7 +19,8 @@ import (
 var assets embed.FS
 
 var templates = template.Must(template.New("").Funcs(template.FuncMap{
-	"join": strings.Join,
+	"join":        strings.Join,
+	"trimPercent": func(s string) string { return strings.TrimSuffix(s, "%") },
 }).ParseFS(assets, "assets/*.html"))
 
 // sessionCookie holds the session after ?token= (Token mode).

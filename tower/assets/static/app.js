@@ -57,6 +57,37 @@ async function call(method, url, body) {
   }
 }
 
+// stream posts body and shows the response as it arrives: progress
+// reports first, each a fragment, then the result.
+async function stream(url, body, show) {
+  let r;
+  try {
+    r = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json", "X-Warren-CSRF": csrf }, body: JSON.stringify(body) });
+  } catch (err) {
+    const p = document.createElement("p");
+    p.className = "err";
+    p.textContent = "the Tower did not answer: " + err;
+    show(p.outerHTML);
+    return;
+  }
+  const type = r.headers.get("Content-Type") || "";
+  if (!type.startsWith("text/html") || !r.body) {
+    const p = document.createElement("p");
+    p.className = "err";
+    p.textContent = r.status + ": " + await r.text();
+    show(p.outerHTML);
+    return;
+  }
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let html = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) { break; }
+    html += value;
+    show(html);
+  }
+}
+
 // Send.
 $("send-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
@@ -66,7 +97,7 @@ $("send-form").addEventListener("submit", async (ev) => {
   const button = $("send-button");
   button.disabled = true;
   $("send-result").innerHTML = '<p class="note">sending…</p>';
-  $("send-result").innerHTML = await call("POST", "api/send", body);
+  await stream("api/send", body, (html) => { $("send-result").innerHTML = html; });
   button.disabled = false;
 });
 
