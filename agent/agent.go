@@ -119,6 +119,7 @@ type Option func(*options)
 type options struct {
 	log    *slog.Logger
 	status func() any
+	stream StreamConfig
 }
 
 // WithLogger sets the logger; the default discards.
@@ -155,6 +156,7 @@ type Agent struct {
 	// agent) keeps counting the consumer of a connection whose node went
 	// down until that node returns.
 	staleOwn int
+	streams  streamTable // streamed requests being received (stream.go)
 }
 
 // New returns an agent on tr. It does not touch the broker until Run.
@@ -193,6 +195,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Agent, error) {
 		handlers:  map[string]*service{},
 		addressed: wire.WantsRecipient(tr),
 		ready:     make(chan struct{}),
+		streams:   streamTable{cfg: o.stream},
 	}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/warrenrpc/warren/wire"
@@ -22,6 +23,12 @@ type Request struct {
 	Headers     map[string]any
 	// Push is true when no reply is expected.
 	Push bool
+	// Stream reads the data of a streamed request (mapper.Stream), whole
+	// and checked, of StreamSize bytes; nil for any other request. It is
+	// valid until the handler returns. Payload is then the JSON the
+	// caller sent with it (a file name, say).
+	Stream     io.Reader
+	StreamSize int64
 }
 
 // Decode unmarshals the payload into v. A payload that does not decode is

@@ -16,6 +16,10 @@ import (
 
 // serve handles one delivery from start to settlement.
 func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
+	if d.Type == wire.TypeChunk {
+		a.chunk(ctx, d) // a piece of a streamed request (stream.go)
+		return
+	}
 	defer a.handled.Add(1)
 	// Logger.With allocates even when nothing is logged: only when it is.
 	log := a.log
@@ -30,6 +34,18 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 	}
 	if log != a.log {
 		log = log.With("service", req.Path)
+	}
+	if st, ok, err := wire.ReadStream(d); ok {
+		var done func()
+		if err == nil {
+			done, err = a.attachStream(req, st)
+		}
+		if err != nil {
+			log.Warn("stream broken: handler not run", "err", err)
+			a.fail(ctx, d, req, wire.CodeStreamBroken, err.Error())
+			return
+		}
+		defer done()
 	}
 	if expired(req) {
 		a.expire(ctx, log, d, req)

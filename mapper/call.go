@@ -60,6 +60,7 @@ type call struct {
 	retry      bool
 	ttl        time.Duration
 	progress   func(Progress) // OnProgress
+	chunk      int            // ChunkSize
 }
 
 // TTL gives a push a time to live of its own, independent of the context
@@ -525,6 +526,10 @@ type waiter struct {
 	sent    time.Time // when it was sent to target (see probeAgents)
 	// progress queues progress for the callback; nil when not asked for.
 	progress *progressQueue
+	// A stream's (Stream): credit says stored changed (the chunks its
+	// agent has stored, guarded by the mapper's mu); nil for others.
+	credit chan struct{}
+	stored int64
 }
 
 // keep remembers a reply that w does not accept (yet).

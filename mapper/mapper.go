@@ -358,8 +358,12 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 
 func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
-		if d.Type == wire.TypeProgress {
+		switch d.Type {
+		case wire.TypeProgress:
 			m.readProgress(d) // not a reply: the waiter stays
+			continue
+		case wire.TypeCredit:
+			m.readCredit(d) // a stream's flow control (stream.go)
 			continue
 		}
 		agent := d.AppID

@@ -134,3 +134,12 @@ func (m *Mapper) runProgress(w *waiter) {
 		w.progress.f(p)
 	}
 }
+
+// progressSignal is the channel that says w has progress queued (nil when
+// it takes none: never ready).
+func (w *waiter) progressSignal() <-chan struct{} {
+	if w.progress == nil {
+		return nil
+	}
+	return w.progress.sig
+}

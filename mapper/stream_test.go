@@ -1,0 +1,268 @@
+package mapper_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/fabrictest"
+	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/mapper"
+	"github.com/warrenrpc/warren/transport"
+	"github.com/warrenrpc/warren/wire"
+)
+
+// stored is what the store handler answers.
+type stored struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// storeAgent runs an agent serving /<actor>/store, which reads a streamed
+// request to its end and answers its name, size and SHA-256.
+func storeAgent(t *testing.T, connect fabrictest.Connect, id, actor string, cfg agent.StreamConfig, calls *atomic.Int64) *agent.Agent {
+	t.Helper()
+	a, err := agent.New(connect(t), agent.Config{Identity: id}, agent.WithLogger(testenv.Logger(t)), agent.WithStreams(cfg))
+	must(t, err)
+	must(t, a.Handle("/"+actor+"/store", agent.HandlerFunc(func(ctx context.Context, r *agent.Request) (any, error) {
+		calls.Add(1)
+		var name string
+		if err := r.Decode(&name); err != nil {
+			return nil, err
+		}
+		if r.Stream == nil {
+			return nil, errors.New("not a stream")
+		}
+		h := sha256.New()
+		n, err := io.Copy(h, r.Stream) // a handler that stores would copy to a file
+		if err != nil {
+			return nil, err
+		}
+		if n != r.StreamSize {
+			return nil, fmt.Errorf("read %d bytes of %d", n, r.StreamSize)
+		}
+		return stored{name, n, hex.EncodeToString(h.Sum(nil))}, nil
+	})))
+	fabrictest.RunAgent(t, a)
+	return a
+}
+
+// randReader reads n pseudo-random bytes without holding them.
+type randReader struct {
+	rng *rand.ChaCha8
+	n   int64
+}
+
+func (r *randReader) Read(p []byte) (int, error) {
+	if r.n == 0 {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), r.n)]
+	r.rng.Read(p)
+	r.n -= int64(len(p))
+	return len(p), nil
+}
+
+func newRand(seed byte, n int64) *randReader {
+	var s [32]byte
+	s[0] = seed
+	return &randReader{rand.NewChaCha8(s), n}
+}
+
+func sum(r io.Reader) string {
+	h := sha256.New()
+	_, _ = io.Copy(h, r)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func emptyDir(t *testing.T, dir string) error {
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	if len(es) != 0 {
+		return fmt.Errorf("%d files left in the stream dir", len(es))
+	}
+	return nil
+}
+
+// TestStream streams data of several sizes through a handler that reads
+// it, and checks that nothing is left behind.
+func TestStream(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		dir := t.TempDir()
+		var calls atomic.Int64
+		a := storeAgent(t, connect, actor+"-a", actor, agent.StreamConfig{Dir: dir}, &calls)
+		m := fabrictest.RunMapper(t, connect(t), mapper.Config{})
+		waitAgents(t, m, "/"+actor+"/store", 1)
+		for _, n := range []int64{0, 1, 64 << 10, 5<<20 + 17} {
+			r, err := m.Stream(t.Context(), "/"+actor+"/store", "f.dat", newRand(byte(n), n), mapper.ChunkSize(64<<10))
+			must(t, err)
+			var got stored
+			must(t, r.Decode(&got))
+			if want := (stored{"f.dat", n, sum(newRand(byte(n), n))}); got != want {
+				t.Fatalf("stream of %d bytes: got %+v, want %+v", n, got, want)
+			}
+		}
+		if a.Streams() != 0 {
+			t.Errorf("%d streams left", a.Streams())
+		}
+		must(t, emptyDir(t, dir))
+	})
+}
+
+// TestStreamBroken sends chunks by hand: a missing chunk, a duplicate, a
+// wrong checksum, a stream the agent never saw, and one whose sender
+// dies. Each broken one gets stream_broken and never reaches the handler;
+// the duplicate is dropped; the abandoned one is cleaned up.
+func TestStreamBroken(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		id := actor + "-a"
+		dir := t.TempDir()
+		var calls atomic.Int64
+		a := storeAgent(t, connect, id, actor, agent.StreamConfig{Dir: dir, IdleTimeout: 500 * time.Millisecond}, &calls)
+		c := connect(t)
+		q, err := c.DeclareQueue(t.Context(), transport.Queue{Exclusive: true})
+		must(t, err)
+		replies, err := c.Consume(t.Context(), q, transport.ConsumeOptions{AutoAck: true})
+		must(t, err)
+		path := "/" + actor + "/store"
+		send := func(stream string, chunks []int64, data [][]byte, final *wire.Stream) {
+			t.Helper()
+			for i, seq := range chunks {
+				msg := wire.NewChunk(path, "raw", stream, seq, q, data[i])
+				must(t, c.Publish(t.Context(), wire.RequestExchange, id, msg, transport.PublishOptions{Mandatory: true, Confirm: true}))
+			}
+			if final != nil {
+				msg := wire.NewRequest(wire.TypeRequest, path, "raw", stream, []byte(`"x"`), time.Time{})
+				msg.ReplyTo, msg.CorrelationID = q, stream
+				wire.SetStream(&msg, *final)
+				must(t, c.Publish(t.Context(), wire.RequestExchange, id, msg, transport.PublishOptions{Mandatory: true}))
+			}
+		}
+		// reply waits for the reply (not a credit) to stream.
+		reply := func(stream string) *transport.Delivery {
+			t.Helper()
+			timeout := time.After(20 * time.Second)
+			for {
+				select {
+				case d := <-replies:
+					if d.CorrelationID == stream && d.Type == wire.TypeReply {
+						return d
+					}
+				case <-timeout:
+					t.Fatalf("no reply to %s", stream)
+				}
+			}
+		}
+		code := func(d *transport.Delivery) string { return wire.String(d.Headers, wire.HeaderCode) }
+		parts := [][]byte{[]byte("hello "), []byte("big "), []byte("world")}
+		whole := wire.Stream{Chunks: 3, Size: 15, SHA256: func() []byte { s := sha256.Sum256([]byte("hello big world")); return s[:] }()}
+		with := func(id string) *wire.Stream { s := whole; s.ID = id; return &s }
+
+		send("missing", []int64{0, 2}, [][]byte{parts[0], parts[2]}, with("missing"))
+		if d := reply("missing"); code(d) != wire.CodeStreamBroken || !bytes.Contains([]byte(wire.String(d.Headers, wire.HeaderError)), []byte("chunk 1")) {
+			t.Errorf("missing chunk: %v", d.Headers)
+		}
+		send("dup", []int64{0, 0, 1, 2, 1}, [][]byte{parts[0], parts[0], parts[1], parts[2], parts[1]}, with("dup"))
+		if d := reply("dup"); code(d) != "" || !bytes.Contains(d.Body, []byte(`"size":15`)) {
+			t.Errorf("duplicates: %s %v", d.Body, d.Headers)
+		}
+		bad := with("sum")
+		bad.SHA256 = make([]byte, 32)
+		send("sum", []int64{0, 1, 2}, parts, bad)
+		if d := reply("sum"); code(d) != wire.CodeStreamBroken || !bytes.Contains([]byte(wire.String(d.Headers, wire.HeaderError)), []byte("SHA-256")) {
+			t.Errorf("wrong checksum: %v", d.Headers)
+		}
+		send("unknown", nil, nil, with("unknown"))
+		if d := reply("unknown"); code(d) != wire.CodeStreamBroken {
+			t.Errorf("unknown stream: %v", d.Headers)
+		}
+		send("abandoned", []int64{0}, parts[:1], nil) // the sender dies
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			if n := a.Streams(); n != 0 {
+				return fmt.Errorf("%d streams held", n)
+			}
+			return emptyDir(t, dir)
+		})
+		if n := calls.Load(); n != 1 {
+			t.Errorf("the handler ran %d times, want 1 (the stream with duplicates)", n)
+		}
+	})
+}
+
+// TestStreamMemory streams WARREN_STREAM_MIB MiB (default 64) through the
+// store handler and reports the peak heap of the process, which holds the
+// caller, the agent and (on mem) the broker: bounded by the window, not
+// by the size.
+func TestStreamMemory(t *testing.T) {
+	mib := int64(64)
+	if v := os.Getenv("WARREN_STREAM_MIB"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		must(t, err)
+		mib = n
+	}
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		var calls atomic.Int64
+		storeAgent(t, connect, actor+"-a", actor, agent.StreamConfig{Dir: t.TempDir()}, &calls)
+		m := fabrictest.RunMapper(t, connect(t), mapper.Config{})
+		waitAgents(t, m, "/"+actor+"/store", 1)
+		runtime.GC()
+		var base runtime.MemStats
+		runtime.ReadMemStats(&base)
+		var peak atomic.Uint64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			var ms runtime.MemStats
+			for {
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > peak.Load() {
+					peak.Store(ms.HeapInuse)
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}()
+		n := mib << 20
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+		defer cancel()
+		r, err := m.Stream(ctx, "/"+actor+"/store", "big", newRand(7, n))
+		close(stop)
+		<-sampled
+		must(t, err)
+		var got stored
+		must(t, r.Decode(&got))
+		if got.Size != n {
+			t.Fatalf("stored %d bytes of %d", got.Size, n)
+		}
+		el := time.Since(start)
+		grew := int64(peak.Load()) - int64(base.HeapInuse)
+		t.Logf("%d MiB in %v (%.1f MiB/s); heap in use %d MiB before, peak %d MiB (+%d MiB)",
+			mib, el.Round(time.Millisecond), float64(mib)/el.Seconds(), base.HeapInuse>>20, peak.Load()>>20, grew>>20)
+		if grew > 64<<20 {
+			t.Errorf("heap grew by %d MiB streaming %d MiB: not bounded", grew>>20, mib)
+		}
+	})
+}
