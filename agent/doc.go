@@ -34,6 +34,14 @@
 // a caller that asked for them (mapper.OnProgress) receives each, in
 // order, before the result. Others receive none.
 //
+// # Streams
+//
+// A streamed request (mapper.Stream) arrives in chunks in the agent's own
+// queue; the agent stores them in a file (WithStreams) and runs the handler
+// once the data is whole and checked, with Request.Stream reading it. A
+// broken stream is answered with code stream_broken without running the
+// handler.
+//
 // # Shutdown
 //
 // When Run's context ends the agent pings with every service inactive, so

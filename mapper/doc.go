@@ -62,6 +62,11 @@
 // (agent.Progress) and hands each to a callback, in order, before Request
 // or FanOut returns.
 //
+// # Streams
+//
+// Stream sends data of any size to one agent in chunks, paced by the
+// agent's credits, with a checksum (docs/streams.md).
+//
 // # Shutdown
 //
 // When Run's context ends, pending calls fail with ErrNotRunning and Run

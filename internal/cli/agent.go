@@ -24,8 +24,8 @@ type agentCmd struct {
 
 func (c *agentCmd) Help() string {
 	return `Runs an agent serving the example actor: /simple/echo, /simple/load,
-/simple/sleep, /simple/whoami and /simple/fail. SIGINT or SIGTERM drains it:
-it stops taking work, finishes what is in hand (up to --drain-timeout),
+/simple/sleep, /simple/whoami, /simple/digest and /simple/fail. SIGINT or
+SIGTERM drains it: it stops taking work, finishes what is in hand (up to --drain-timeout),
 unregisters and exits 0. With --durable its queue is a quorum queue whose
 requests survive a broker restart (send them with --persistent).
 

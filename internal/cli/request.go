@@ -103,6 +103,7 @@ type requestCmd struct {
 	Timeout  time.Duration `name:"timeout" default:"10s" help:"Give up after this long. It travels with the request as its deadline: an agent does not start it later. At most 1193h."`
 	Retry    bool          `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
 	Progress bool          `name:"progress" help:"Ask for the handler's progress and print it on stderr, a line each, before the result (a fraction or {\"done\":n,\"total\":m} as a bar) (mapper.OnProgress)."`
+	Stream   string        `name:"stream" placeholder:"FILE" help:"Send FILE (- for standard input), of any size, as the request's data, in chunks with flow control and a checksum; the payload goes with it (a name, say). The handler reads it whole from Request.Stream (mapper.Stream)."`
 }
 
 func (c *requestCmd) Help() string {
@@ -130,6 +131,9 @@ func (c *requestCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
+	if c.Stream != "" && (c.Selector == "all" || c.Park || c.Retry || c.Stream == "-" && c.Payload == "-") {
+		return usageError{errors.New("--stream goes to one agent, without --park or --retry-on-connection-loss, and not with a payload from standard input too")}
+	}
 	if c.Selector == "all" && (c.Park || c.Retry) {
 		return usageError{errors.New("--park and --retry-on-connection-loss apply to a request to one agent, not to --selector all")}
 	}
@@ -153,6 +157,9 @@ func (c *requestCmd) Run(g *Globals) error {
 				out[id] = replyJSON(r)
 			}
 			return printJSON(g.Out(), out)
+		}
+		if c.Stream != "" {
+			return streamRequest(ctx, g, m, c.Path, payload, c.Stream, opts)
 		}
 		r, err := m.Request(ctx, c.Path, payload, opts...)
 		if err != nil {

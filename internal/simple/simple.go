@@ -1,11 +1,16 @@
 // Package simple holds the example actor that `warren agent` and
-// `warren demo` serve as /simple/echo, /simple/load and /simple/sleep.
+// `warren demo` serve as /simple/echo, /simple/load, /simple/sleep,
+// /simple/digest and the rest.
 package simple
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/warrenrpc/warren/agent"
@@ -15,6 +20,28 @@ import (
 type Simple struct {
 	// Identity is returned by Whoami.
 	Identity string
+}
+
+// Digest is the size and SHA-256 of the data of a streamed request
+// (warren request /simple/digest --stream FILE), or of the payload.
+type Digest struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Digest reads a streamed request's data to its end (or the payload of
+// another request) and returns its size and SHA-256.
+func (Simple) Digest(_ context.Context, req *agent.Request) (Digest, error) {
+	var r io.Reader = bytes.NewReader(req.Payload)
+	if req.Stream != nil {
+		r = req.Stream
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return Digest{}, err
+	}
+	return Digest{n, hex.EncodeToString(h.Sum(nil))}, nil
 }
 
 // Echo returns its payload unchanged.

@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/fabrictest"
+	"github.com/warrenrpc/warren/internal/simple"
+	"github.com/warrenrpc/warren/internal/testenv"
+	"github.com/warrenrpc/warren/wire"
+)
+
+// TestRequestStream sends a file with warren request --stream and from
+// standard input with --stream -, to /ACTOR/digest.
+func TestRequestStream(t *testing.T) {
+	tr, url := rabbit(t)
+	actor := fabrictest.Actor()
+	id := actor + "-a"
+	fabrictest.DeleteQueues(t, url, wire.ServiceQueue("/"+actor+"/digest"), wire.AgentQueue(id))
+	a, err := agent.New(tr, agent.Config{Identity: id, PingInterval: time.Second}, agent.WithLogger(testenv.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Expose(actor, simple.Simple{}); err != nil {
+		t.Fatal(err)
+	}
+	fabrictest.RunAgent(t, a)
+	data := make([]byte, 3<<20+5)
+	_, _ = rand.Read(data)
+	sum := sha256.Sum256(data)
+	file := filepath.Join(t.TempDir(), "data.bin")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check := func(out string) {
+		t.Helper()
+		var d simple.Digest
+		if err := json.Unmarshal([]byte(out), &d); err != nil || d.Size != int64(len(data)) || d.SHA256 != hex.EncodeToString(sum[:]) {
+			t.Fatalf("digest %q (%v)", out, err)
+		}
+	}
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		code, out, errOut := run(t, t.Context(), "request", "/"+actor+"/digest", `"data.bin"`, "--stream", file, "--broker", url, "--log-level", "error")
+		if code != 0 {
+			return fmt.Errorf("exit %d: %s", code, errOut)
+		}
+		check(out)
+		return nil
+	})
+	// Standard input is the file: Main reads os.Stdin.
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stdin := os.Stdin
+	os.Stdin = f
+	code, out, errOut := run(t, t.Context(), "request", "/"+actor+"/digest", "--stream", "-", "--broker", url, "--log-level", "error")
+	os.Stdin = stdin
+	if code != 0 {
+		t.Fatalf("--stream -: exit %d %s", code, errOut)
+	}
+	check(out)
+	for _, args := range [][]string{
+		{"request", "/" + actor + "/digest", "--stream", file, "--selector", "all"},
+		{"request", "/" + actor + "/digest", "-", "--stream", "-"},
+		{"request", "/" + actor + "/digest", "--stream", filepath.Join(t.TempDir(), "nope")},
+	} {
+		if code, _, errOut := run(t, t.Context(), append(args, "--broker", url, "--log-level", "error")...); code != 2 {
+			t.Errorf("%v: exit %d %s; want usage error", args, code, errOut)
+		}
+	}
+}
