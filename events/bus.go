@@ -119,14 +119,8 @@ func declareTopology(ctx context.Context, tr transport.Transport) error {
 	if err := tr.DeclareExchange(ctx, transport.Exchange{Name: wire.EventExchange, Kind: transport.Topic, Durable: true}); err != nil {
 		return fmt.Errorf("events: declare exchange %s: %w", wire.EventExchange, err)
 	}
-	if err := tr.DeclareExchange(ctx, transport.Exchange{Name: wire.DeadLetterExchange, Kind: transport.Fanout, Durable: true}); err != nil {
-		return fmt.Errorf("events: declare exchange %s: %w", wire.DeadLetterExchange, err)
-	}
-	if _, err := tr.DeclareQueue(ctx, transport.Queue{Name: wire.DeadLetterQueue, Durable: true}); err != nil {
-		return fmt.Errorf("events: declare queue %s: %w", wire.DeadLetterQueue, err)
-	}
-	if err := tr.Bind(ctx, transport.Binding{Exchange: wire.DeadLetterExchange, Queue: wire.DeadLetterQueue}); err != nil {
-		return fmt.Errorf("events: bind %s: %w", wire.DeadLetterQueue, err)
+	if err := wire.DeclareDeadLetters(ctx, tr); err != nil {
+		return fmt.Errorf("events: %w", err)
 	}
 	return nil
 }

@@ -196,6 +196,16 @@ func Topology(ctx context.Context, tr transport.Transport) error {
 			return fmt.Errorf("declare exchange %s: %w", ex.Name, err)
 		}
 	}
+	return DeclareDeadLetters(ctx, tr)
+}
+
+// DeclareDeadLetters declares the dead-letter exchange, its queue and the
+// binding between them: what Topology declares for dead letters, for a
+// participant that needs only those (package events). It is idempotent.
+func DeclareDeadLetters(ctx context.Context, tr transport.Transport) error {
+	if err := tr.DeclareExchange(ctx, transport.Exchange{Name: DeadLetterExchange, Kind: transport.Fanout, Durable: true}); err != nil {
+		return fmt.Errorf("declare exchange %s: %w", DeadLetterExchange, err)
+	}
 	if err := DeclareShared(ctx, tr, transport.Queue{Name: DeadLetterQueue}); err != nil {
 		return err
 	}
