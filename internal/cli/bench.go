@@ -306,21 +306,6 @@ func (c *benchFlags) start(ctx context.Context, g *Globals) (*fabric, error) {
 	return f, nil
 }
 
-// classify names an error for the errors-by-code count.
-func classify(err error) string {
-	var re *wire.RemoteError
-	switch {
-	case errors.As(err, &re):
-		return re.Code
-	case errors.Is(err, mapper.ErrNoAgent):
-		return "no_agent"
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, mapper.ErrTimeout):
-		return "timeout"
-	case errors.Is(err, transport.ErrConnectionLost):
-		return "connection_lost"
-	}
-	return "error"
-}
 
 // brokerCPU returns a reader of the local broker's CPU time, or nil when
 // the broker is not on this machine or cannot be read.
@@ -409,7 +394,7 @@ func failedRun(r loadgen.Result) error {
 
 // measure runs one timed workload with progress and broker CPU.
 func (c *benchFlags) measure(g *Globals, label string, call loadgen.Call) (benchReport, error) {
-	opts := loadgen.Options{Clients: c.Clients, Duration: c.Duration, Classify: classify}
+	opts := loadgen.Options{Clients: c.Clients, Duration: c.Duration, Classify: mapper.ErrorCode}
 	if c.showProgress(g) {
 		opts.Progress = progressLine(g.ErrOut(), label, c.Duration)
 		defer fmt.Fprint(g.ErrOut(), "\r\033[K")

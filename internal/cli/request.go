@@ -179,16 +179,7 @@ func replyJSON(r *mapper.Reply) any {
 	if errors.As(r.Err, &re) {
 		return map[string]any{"error": map[string]string{"code": re.Code, "message": re.Message}}
 	}
-	code := "error"
-	switch {
-	case errors.Is(r.Err, mapper.ErrTimeout):
-		code = "timeout"
-	case errors.Is(r.Err, transport.ErrUnroutable):
-		code = "unroutable" // the agent's queue is gone; the mapper dropped it
-	case errors.Is(r.Err, transport.ErrConnectionLost):
-		code = "connection_lost"
-	}
-	return map[string]any{"error": map[string]string{"code": code, "message": r.Err.Error()}}
+	return map[string]any{"error": map[string]string{"code": mapper.ErrorCode(r.Err), "message": r.Err.Error()}}
 }
 
 func printJSON(w io.Writer, v any) error {
