@@ -306,7 +306,6 @@ func (c *benchFlags) start(ctx context.Context, g *Globals) (*fabric, error) {
 	return f, nil
 }
 
-
 // brokerCPU returns a reader of the local broker's CPU time, or nil when
 // the broker is not on this machine or cannot be read.
 func (c *benchFlags) brokerCPU() func() (time.Duration, bool) {
