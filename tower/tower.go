@@ -212,6 +212,8 @@ func (t *Tower) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           t.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	ctx, cancel := context.WithCancel(ctx)
