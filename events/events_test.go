@@ -501,3 +501,21 @@ func TestNoSubscriber(t *testing.T) {
 		}
 	})
 }
+
+// TestPlainAMQPPublisher: an event published as docs/protocol.md says,
+// without Warren (no type, no content type, a header of its own), reaches
+// a Warren subscriber.
+func TestPlainAMQPPublisher(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		key := fabrictest.Actor() + ".plain"
+		got := &collector{}
+		subscribe(t, newBus(t, connect, events.Config{}), key, got.handle)
+		raw := connect(t)
+		msg := transport.Message{Body: []byte(`{"file":"f.dat"}`), AppID: "py-1", MessageID: "m1", Headers: map[string]any{"x-mine": "1"}}
+		must(t, raw.Publish(t.Context(), wire.EventExchange, key, msg, transport.PublishOptions{Confirm: true}))
+		waitLen(t, "plain", 1, got.len)
+		if ev := got.evs[0]; ev.From != "py-1" || ev.ID != "m1" || string(ev.Payload) != `{"file":"f.dat"}` || ev.Headers["x-mine"] != "1" {
+			t.Fatalf("event %+v", ev)
+		}
+	})
+}
