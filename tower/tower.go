@@ -129,6 +129,7 @@ type Tower struct {
 	hub     *hub
 	metrics *metrics
 	handler http.Handler
+	kick    chan struct{} // a registry event to push (coalesced)
 
 	runOnce sync.Once
 }
@@ -150,7 +151,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Tower, error) {
 	if cfg.Update == 0 {
 		cfg.Update = time.Second
 	}
-	t := &Tower{tr: tr, cfg: cfg, started: time.Now()}
+	t := &Tower{tr: tr, cfg: cfg, started: time.Now(), kick: make(chan struct{}, 1)}
 	for _, o := range opts {
 		if o != nil {
 			o(t)
@@ -245,11 +246,27 @@ func (t *Tower) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
+// minPush is the shortest time between two pushes prompted by registry
+// events: a storm of joins (a thousand agents starting) is shown in a few
+// updates, not one per agent.
+const minPush = 200 * time.Millisecond
+
 // loop samples the registry into the status history and pushes live
-// updates to the pages while any is open.
+// updates to the pages while any is open: every Update, when a page opens,
+// and soon after a join or drop.
 func (t *Tower) loop(ctx context.Context) {
 	tick := time.NewTicker(t.cfg.Update)
 	defer tick.Stop()
+	var last time.Time
+	soon := time.NewTimer(time.Hour)
+	soon.Stop()
+	armed := false
+	push := func(now time.Time) {
+		if t.hub.clients() > 0 {
+			t.push(t.m.Agents(), now)
+		}
+		last = now
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -261,19 +278,34 @@ func (t *Tower) loop(ctx context.Context) {
 			if t.hub.clients() > 0 {
 				t.push(agents, now)
 			}
+			last = now
 		case <-t.hub.joined:
 			// A new page: give it everything now rather than in a second.
-			t.push(t.m.Agents(), time.Now())
+			push(time.Now())
+		case <-t.kick:
+			if armed {
+				continue
+			}
+			if wait := minPush - time.Since(last); wait > 0 {
+				soon.Reset(wait)
+				armed = true
+				continue
+			}
+			push(time.Now())
+		case now := <-soon.C:
+			armed = false
+			push(now)
 		}
 	}
 }
 
-// onEvent records a join or drop and pushes it to the pages at once.
+// onEvent records a join or drop and has it pushed to the pages soon.
 func (t *Tower) onEvent(e mapper.Event) {
 	t.metrics.events.WithLabelValues(string(e.Kind)).Inc()
 	t.state.event(e, time.Now())
-	if t.hub.clients() > 0 {
-		t.push(t.m.Agents(), time.Now())
+	select {
+	case t.kick <- struct{}{}:
+	default:
 	}
 }
 
