@@ -151,6 +151,8 @@ func (con *console) run(ctx context.Context, in io.Reader, out io.Writer, t *ter
 	}
 	lines := make(chan string)
 	errc := make(chan error, 1)
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
 		for {
 			l, err := next()
@@ -158,7 +160,11 @@ func (con *console) run(ctx context.Context, in io.Reader, out io.Writer, t *ter
 				errc <- err
 				return
 			}
-			lines <- l
+			select {
+			case lines <- l:
+			case <-done:
+				return
+			}
 		}
 	}()
 	for {
