@@ -42,7 +42,7 @@ func TestCheckPath(t *testing.T) {
 			t.Errorf("CheckPath(%q): %v", p, err)
 		}
 	}
-	for _, p := range []string{"", "/", "a/b", "/a", "/a/b/c", "//b", "/a/", "/a b/c",
+	for _, p := range []string{"", "/", "a/b", "/a", "/a/b/c", "//b", "/a/", "/a b/c", "//", "///", "/a//b", "/a/b/",
 		"/a/b\x00", "/a\x1b[31m/b", "/a/b\x7f", "/a/\u0085b", "/a/\xffb", "/\xc3/b"} {
 		if err := CheckPath(p); !errors.Is(err, ErrInvalidPath) {
 			t.Errorf("CheckPath(%q) = %v", p, err)
@@ -50,6 +50,10 @@ func TestCheckPath(t *testing.T) {
 	}
 	if err := CheckPath("/é/ü"); err != nil {
 		t.Errorf("CheckPath(non-ASCII UTF-8): %v", err)
+	}
+	// It is on the path of every request and reply.
+	if n := testing.AllocsPerRun(100, func() { _ = CheckPath("/simple/echo") }); n != 0 {
+		t.Errorf("CheckPath of a valid path: %v allocations, want 0", n)
 	}
 }
 
