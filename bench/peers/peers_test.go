@@ -190,7 +190,8 @@ func startNATS(tb testing.TB, inProcess bool) roundTrip {
 		tb.Cleanup(nc.Close)
 		return nc
 	}
-	svc, err := micro.AddService(connect(), micro.Config{
+	snc := connect()
+	svc, err := micro.AddService(snc, micro.Config{
 		Name:    "bench",
 		Version: "1.0.0",
 		Endpoint: &micro.EndpointConfig{
@@ -202,6 +203,12 @@ func startNATS(tb testing.TB, inProcess bool) roundTrip {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = svc.Stop() })
+	// The server has the service's subscription once it answered a ping
+	// sent after it: without that, the first request may find no
+	// responder.
+	if err := snc.Flush(); err != nil {
+		tb.Fatal(err)
+	}
 	nc := connect()
 	rt := func(ctx context.Context) error {
 		msg, err := nc.RequestWithContext(ctx, "bench.echo", wantBody)
