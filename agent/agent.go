@@ -157,6 +157,9 @@ type Agent struct {
 	// down until that node returns.
 	staleOwn int
 	streams  streamTable // streamed requests being received (stream.go)
+	// replyCtx is the context replies are published with (see
+	// replyContext).
+	replyCtx atomic.Pointer[replyCtx]
 }
 
 // New returns an agent on tr. It does not touch the broker until Run.
