@@ -160,6 +160,7 @@ type Agent struct {
 	// replyCtx is the context replies are published with (see
 	// replyContext).
 	replyCtx atomic.Pointer[replyCtx]
+	sending  senders // streamed results being sent (result.go)
 }
 
 // New returns an agent on tr. It does not touch the broker until Run.

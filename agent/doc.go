@@ -40,7 +40,8 @@
 // queue; the agent stores them in a file (WithStreams) and runs the handler
 // once the data is whole and checked, with Request.Stream reading it. A
 // broken stream is answered with code stream_broken without running the
-// handler.
+// handler. A handler may also return a *StreamResult, which goes to a
+// caller that takes streamed results (mapper.AcceptStream) in chunks.
 //
 // # Shutdown
 //

@@ -16,8 +16,12 @@ import (
 
 // serve handles one delivery from start to settlement.
 func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
-	if d.Type == wire.TypeChunk {
+	switch d.Type {
+	case wire.TypeChunk:
 		a.chunk(ctx, d) // a piece of a streamed request (stream.go)
+		return
+	case wire.TypeCredit:
+		a.resultCredit(d) // a caller's credit for a streamed result (result.go)
 		return
 	}
 	defer a.handled.Add(1)
@@ -133,6 +137,10 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 	}
 	if d.ReplyTo == "" {
 		a.settle(d, true, false)
+		return
+	}
+	if sr, ok := result.(*StreamResult); ok {
+		a.replyStream(ctx, log, d, req, sr)
 		return
 	}
 	body, err := json.Marshal(result)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -23,6 +24,10 @@ type Reply struct {
 	// Err is a *wire.RemoteError when the handler failed, or wraps
 	// ErrTimeout when the agent did not answer in time.
 	Err error
+	// Stream reads a streamed result (AcceptStream), whole and checked,
+	// of StreamSize bytes; nil otherwise. Close the Reply to remove it.
+	Stream     io.ReadCloser
+	StreamSize int64
 }
 
 // Decode unmarshals the result into v, or returns the reply's error.
@@ -61,6 +66,8 @@ type call struct {
 	ttl        time.Duration
 	progress   func(Progress) // OnProgress
 	chunk      int            // ChunkSize
+	// acceptStream: AcceptStream.
+	acceptStream bool
 }
 
 // TTL gives a push a time to live of its own, independent of the context
@@ -163,6 +170,7 @@ func (e *noLiveAgent) Unwrap() error { return e.err }
 func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...CallOption) (*Reply, error) {
 	c := m.options(LeastLoaded(), opts)
 	ctx = withProgress(ctx, c.progress)
+	ctx = withAcceptStream(ctx, c.acceptStream)
 	declined := map[string]bool{}
 	skip := map[string]bool{} // declined, or unroutable (their queue is gone)
 	for {
@@ -461,6 +469,7 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 		w.sentTo = []string{target}
 	}
 	watchProgress(ctx, w, &msg)
+	watchResult(ctx, &msg)
 	// Reading the reply queue and registering happen under one lock, so a
 	// connection loss either fails this waiter (failPending) or is seen
 	// here as no reply queue.

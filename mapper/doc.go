@@ -65,7 +65,8 @@
 // # Streams
 //
 // Stream sends data of any size to one agent in chunks, paced by the
-// agent's credits, with a checksum (docs/streams.md).
+// agent's credits, with a checksum; AcceptStream takes a result streamed
+// the same way (Reply.Stream) (docs/streams.md).
 //
 // # Shutdown
 //

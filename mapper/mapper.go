@@ -93,6 +93,7 @@ type Mapper struct {
 
 	mu      sync.Mutex
 	pending map[string]*waiter
+	results results       // streamed results being received (result.go)
 	joined  chan struct{} // closed and replaced when an agent joins
 	up      chan struct{} // closed while a session is established
 
@@ -365,6 +366,9 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 		case wire.TypeCredit:
 			m.readCredit(d) // a stream's flow control (stream.go)
 			continue
+		case wire.TypeChunk:
+			m.readResultChunk(d) // a piece of a streamed result (result.go)
+			continue
 		}
 		agent := d.AppID
 		m.mu.Lock()
@@ -382,13 +386,18 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 			continue
 		}
 		delete(m.pending, d.CorrelationID)
+		streamed := w != nil && w.msg.Headers[wire.HeaderAcceptStream] == true
 		m.mu.Unlock()
 		if w == nil {
 			m.late.Add(1)
 			m.log.Debug("late or unknown reply discarded", "correlation_id", d.CorrelationID)
 			continue
 		}
-		w.ch <- replyFrom(d, w.path)
+		r := replyFrom(d, w.path)
+		if streamed {
+			m.finishResult(d, r, w.path) // a streamed result's data (result.go)
+		}
+		w.ch <- r
 	}
 	if ctx.Err() == nil {
 		s.markLost()

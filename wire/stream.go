@@ -167,3 +167,59 @@ func ReadCredit(d *transport.Delivery) (int64, error) {
 	}
 	return n, nil
 }
+
+// Streamed results: a handler's result too big for one message goes to
+// the caller as chunks on its reply queue, then the reply that closes the
+// stream; the caller credits the agent as the agent credits a streamed
+// request's sender.
+
+// HeaderAcceptStream (true) on a request says the caller takes a result
+// streamed in chunks. Without it an agent never streams a result: a
+// caller that does not know chunks never sees one.
+const HeaderAcceptStream = "warren-accept-stream"
+
+// AcceptStream marks request msg as taking a streamed result.
+func AcceptStream(msg *transport.Message) {
+	if msg.Headers == nil {
+		msg.Headers = map[string]any{}
+	}
+	msg.Headers[HeaderAcceptStream] = true
+}
+
+// AcceptsStream reports whether the caller of request d takes a streamed
+// result.
+func AcceptsStream(d *transport.Delivery) bool {
+	b, ok := d.Headers[HeaderAcceptStream].(bool)
+	return ok && b && d.ReplyTo != ""
+}
+
+// NewResultChunk builds chunk seq of the streamed result of request d,
+// for its reply queue; the stream id is the reply's correlation id.
+func NewResultChunk(d *transport.Delivery, from, to string, seq int64, data []byte) transport.Message {
+	msg := replyTo(d, from)
+	msg.Type = TypeChunk
+	msg.ContentType = ContentOctets
+	msg.Body = data
+	msg.Headers = map[string]any{HeaderStream: msg.CorrelationID, HeaderChunk: seq}
+	if to != "" {
+		msg.Headers[HeaderTo] = to
+	}
+	return msg
+}
+
+// NewStreamCredit builds the credit of the caller from for the streamed
+// result id that agent to sends: stored chunks stored so far. It goes to
+// RequestExchange with the agent's identity as routing key.
+func NewStreamCredit(id, from, to string, stored int64) transport.Message {
+	msg := transport.Message{
+		Type:          TypeCredit,
+		CorrelationID: id,
+		AppID:         from,
+		Timestamp:     time.Now(),
+		Headers:       map[string]any{HeaderStream: id, HeaderCredit: stored, HeaderPinned: true},
+	}
+	if to != "" {
+		msg.Headers[HeaderTo] = to
+	}
+	return msg
+}
