@@ -2,6 +2,8 @@ package secure
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"testing"
 	"time"
 
@@ -81,4 +83,65 @@ func TestEventsAndProgressSecure(t *testing.T) {
 			t.Fatalf("progress in secure mode: %v", seqs)
 		}
 	})
+}
+
+// TestStreamsSecure: a streamed request and a streamed result, with every
+// chunk, credit and reply signed and sealed to its recipient.
+func TestStreamsSecure(t *testing.T) {
+	p := testPKI(t)
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		wrap := func(name string) *Transport {
+			tr, err := Wrap(connect(t), p.caConfig(name), WithLogger(testenv.Logger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { tr.Close() })
+			return tr
+		}
+		actor := fabrictest.Actor()
+		a, err := agent.New(wrap("eve"), agent.Config{Identity: "eve"}, agent.WithLogger(testenv.Logger(t)), agent.WithStreams(agent.StreamConfig{Dir: t.TempDir()}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Handle("/"+actor+"/len", agent.HandlerFunc(func(ctx context.Context, r *agent.Request) (any, error) {
+			n, err := io.Copy(io.Discard, r.Stream)
+			return n, err
+		})); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Handle("/"+actor+"/zeros", agent.Func(func(ctx context.Context, n int64) (*agent.StreamResult, error) {
+			return &agent.StreamResult{Data: io.LimitReader(zeros{}, n), Meta: n}, nil
+		})); err != nil {
+			t.Fatal(err)
+		}
+		fabrictest.RunAgent(t, a)
+		m := fabrictest.RunMapper(t, wrap("mapper1"), mapper.Config{Identity: "mapper1"})
+		const n = 2<<20 + 3
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			r, err := m.Stream(t.Context(), "/"+actor+"/len", nil, io.LimitReader(zeros{}, n), mapper.ChunkSize(64<<10))
+			if err != nil {
+				return err
+			}
+			if string(r.Body) != fmt.Sprint(n) {
+				return fmt.Errorf("stream: %s", r.Body)
+			}
+			return nil
+		})
+		r, err := m.Request(t.Context(), "/"+actor+"/zeros", n, mapper.AcceptStream())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		got, err := io.Copy(io.Discard, r.Stream)
+		if err != nil || got != n {
+			t.Fatalf("streamed result: %d bytes, %v", got, err)
+		}
+	})
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
