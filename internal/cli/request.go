@@ -104,6 +104,7 @@ type requestCmd struct {
 	Retry    bool          `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
 	Progress bool          `name:"progress" help:"Ask for the handler's progress and print it on stderr, a line each, before the result (a fraction or {\"done\":n,\"total\":m} as a bar) (mapper.OnProgress)."`
 	Stream   string        `name:"stream" placeholder:"FILE" help:"Send FILE (- for standard input), of any size, as the request's data, in chunks with flow control and a checksum; the payload goes with it (a name, say). The handler reads it whole from Request.Stream (mapper.Stream)."`
+	Output   string        `name:"output" short:"o" placeholder:"FILE" help:"Take a streamed result (mapper.AcceptStream) and write its data to FILE (- for standard output, the result's JSON then going to standard error)."`
 }
 
 func (c *requestCmd) Help() string {
@@ -143,6 +144,12 @@ func (c *requestCmd) Run(g *Globals) error {
 	if c.Progress {
 		opts = append(opts, mapper.OnProgress(func(p mapper.Progress) { printProgress(g.ErrOut(), p) }))
 	}
+	if c.Output != "" {
+		if c.Selector == "all" {
+			return usageError{errors.New("--output takes the result of one agent, not of --selector all")}
+		}
+		opts = append(opts, mapper.AcceptStream())
+	}
 	ctx, cancel := context.WithTimeout(g.Context(), c.Timeout)
 	defer cancel()
 	var st callState
@@ -164,6 +171,9 @@ func (c *requestCmd) Run(g *Globals) error {
 		r, err := m.Request(ctx, c.Path, payload, opts...)
 		if err != nil {
 			return err
+		}
+		if c.Output != "" {
+			return writeResult(g, r, c.Output)
 		}
 		return printJSON(g.Out(), r.Body)
 	})

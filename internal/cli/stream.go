@@ -34,3 +34,38 @@ func streamRequest(ctx context.Context, g *Globals, m *mapper.Mapper, path strin
 	}
 	return printJSON(g.Out(), rep.Body)
 }
+
+// writeResult writes the data of a streamed result to the file named by
+// arg (- for standard output) and prints the result's JSON (to standard
+// error when the data goes to standard output). A result that is not
+// streamed is printed as usual, and the file is not written.
+func writeResult(g *Globals, r *mapper.Reply, arg string) error {
+	defer r.Close()
+	if r.Stream == nil {
+		return printJSON(g.Out(), r.Body)
+	}
+	if arg == "-" {
+		if f, ok := g.Out().(*os.File); ok {
+			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+				// Remote bytes, raw, would drive the terminal.
+				return usageError{errors.New("-o -: standard output is a terminal; write the streamed result to a file or a pipe")}
+			}
+		}
+		if _, err := io.Copy(g.Out(), r.Stream); err != nil {
+			return fmt.Errorf("write the result: %w", err)
+		}
+		return printJSON(g.ErrOut(), r.Body)
+	}
+	f, err := os.Create(arg)
+	if err != nil {
+		return usageError{fmt.Errorf("--output: %w", err)}
+	}
+	if _, err := io.Copy(f, r.Stream); err != nil {
+		f.Close()
+		return fmt.Errorf("--output %s: %w", arg, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("--output %s: %w", arg, err)
+	}
+	return printJSON(g.Out(), r.Body)
+}

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -8,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,5 +80,49 @@ func TestRequestStream(t *testing.T) {
 		if code, _, errOut := run(t, t.Context(), append(args, "--broker", url, "--log-level", "error")...); code != 2 {
 			t.Errorf("%v: exit %d %s; want usage error", args, code, errOut)
 		}
+	}
+}
+
+// TestRequestOutput takes a streamed result with warren request --output.
+func TestRequestOutput(t *testing.T) {
+	tr, url := rabbit(t)
+	actor := fabrictest.Actor()
+	id := actor + "-a"
+	fabrictest.DeleteQueues(t, url, wire.ServiceQueue("/"+actor+"/get"), wire.AgentQueue(id))
+	data := make([]byte, 1<<20+7)
+	_, _ = rand.Read(data)
+	a, err := agent.New(tr, agent.Config{Identity: id, PingInterval: time.Second}, agent.WithLogger(testenv.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Handle("/"+actor+"/get", agent.Func(func(_ context.Context, name string) (*agent.StreamResult, error) {
+		return &agent.StreamResult{Data: bytes.NewReader(data), Meta: name}, nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	fabrictest.RunAgent(t, a)
+	file := filepath.Join(t.TempDir(), "out.bin")
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		code, out, errOut := run(t, t.Context(), "request", "/"+actor+"/get", `"f.bin"`, "--output", file, "--broker", url, "--log-level", "error")
+		if code != 0 {
+			return fmt.Errorf("exit %d: %s", code, errOut)
+		}
+		if out != "\"f.bin\"\n" {
+			return fmt.Errorf("stdout %q", out)
+		}
+		return nil
+	})
+	got, err := os.ReadFile(file)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("--output wrote %d bytes (%v), want %d", len(got), err, len(data))
+	}
+	code, out, errOut := run(t, t.Context(), "request", "/"+actor+"/get", `"f.bin"`, "-o", "-", "--broker", url, "--log-level", "error")
+	if code != 0 || out != string(data) || errOut != "\"f.bin\"\n" {
+		t.Fatalf("-o -: exit %d, %d bytes on stdout, stderr %q", code, len(out), errOut)
+	}
+	// Without --output the caller does not take streams: a clear error.
+	code, _, errOut = run(t, t.Context(), "request", "/"+actor+"/get", `"f.bin"`, "--broker", url, "--log-level", "error")
+	if code != 1 || !strings.Contains(errOut, "AcceptStream") {
+		t.Errorf("without --output: exit %d %s", code, errOut)
 	}
 }
