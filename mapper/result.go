@@ -20,7 +20,7 @@ import (
 // Reply.Stream reads it once it is whole and its SHA-256 checked; the
 // reply's Body is the handler's Meta. Close the Reply to remove the file.
 // A stream that breaks is a *wire.RemoteError of code
-// wire.CodeStreamBroken.
+// wire.CodeStreamBroken. It applies to Request and Stream, not to FanOut.
 func AcceptStream() CallOption { return func(c *call) { c.acceptStream = true } }
 
 // resultCreditEvery is how many chunks of a result the mapper stores

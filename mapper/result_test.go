@@ -114,11 +114,11 @@ func TestStreamedResultCallerGone(t *testing.T) {
 		<-m2.Ready()
 		waitAgents(t, m2, "/"+actor+"/source", 1)
 		h0 := a.Handled()
-		rctx, rcancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-		_, err = m2.Request(rctx, "/"+actor+"/source", int64(1<<30), mapper.AcceptStream())
+		rctx, rcancel := context.WithTimeout(t.Context(), 2*time.Second)
+		_, err = m2.Request(rctx, "/"+actor+"/source", int64(100<<30), mapper.AcceptStream())
 		rcancel()
 		if !errors.Is(err, mapper.ErrTimeout) {
-			t.Fatalf("1 GiB in 200ms: %v", err)
+			t.Fatalf("100 GiB in 2s: %v", err)
 		}
 		cancel()
 		must(t, <-done)
@@ -136,5 +136,27 @@ func TestStreamedResultCallerGone(t *testing.T) {
 			}
 			return nil
 		})
+	})
+}
+
+// TestStreamBothWays: a streamed request whose result is streamed too.
+func TestStreamBothWays(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		a, err := agent.New(connect(t), agent.Config{Identity: actor + "-a"}, agent.WithLogger(testenv.Logger(t)))
+		must(t, err)
+		must(t, a.Handle("/"+actor+"/copy", agent.HandlerFunc(func(ctx context.Context, r *agent.Request) (any, error) {
+			return &agent.StreamResult{Data: r.Stream, Meta: r.StreamSize}, nil
+		})))
+		fabrictest.RunAgent(t, a)
+		m := fabrictest.RunMapper(t, connect(t), mapper.Config{})
+		waitAgents(t, m, "/"+actor+"/copy", 1)
+		const n = 1<<20 + 9
+		r, err := m.Stream(t.Context(), "/"+actor+"/copy", nil, newRand(5, n), mapper.AcceptStream(), mapper.ChunkSize(100<<10))
+		must(t, err)
+		defer r.Close()
+		if string(r.Body) != fmt.Sprint(n) || sum(r.Stream) != sum(newRand(5, n)) {
+			t.Fatalf("copy: %s", r.Body)
+		}
 	})
 }

@@ -47,6 +47,7 @@ func (m *Mapper) Stream(ctx context.Context, path string, meta any, r io.Reader,
 		size = DefaultChunkSize
 	}
 	ctx = withProgress(ctx, c.progress)
+	ctx = withAcceptStream(ctx, c.acceptStream)
 	targets, body, err := m.prepare(ctx, path, meta, c, nil)
 	if err != nil {
 		return nil, err
@@ -60,6 +61,7 @@ func (m *Mapper) Stream(ctx context.Context, path string, meta any, r io.Reader,
 	m.address(&final, t)
 	w := &waiter{ch: make(chan *Reply, 1), path: path, target: t, sentTo: []string{t}, credit: make(chan struct{}, 1)}
 	watchProgress(ctx, w, &final)
+	watchResult(ctx, &final)
 	m.mu.Lock()
 	replyQ := m.replyQ
 	final.ReplyTo = replyQ
