@@ -61,6 +61,9 @@ type Config struct {
 	// crashed host: two heartbeats). 0 means 30s. After a reconnection the
 	// agent waits as long as it takes, logging an error each time.
 	IdentityWait time.Duration `yaml:"identity_wait"`
+	// Version is the version of the actors the agent hosts, as discovery
+	// reports it (SemVer, like NATS micro's); "" means 0.0.0.
+	Version string `yaml:"version"`
 }
 
 // ErrIdentityInUse is returned by Run when the agent's own queue kept
@@ -95,6 +98,9 @@ func (c *Config) setDefaults() {
 	if c.IdentityWait <= 0 {
 		c.IdentityWait = 30 * time.Second
 	}
+	if c.Version == "" {
+		c.Version = "0.0.0"
+	}
 }
 
 // Validate reports the first invalid field.
@@ -106,6 +112,9 @@ func (c Config) Validate() error {
 	}
 	if c.PingInterval < 0 || c.Prefetch < 0 || c.DrainTimeout < 0 || c.MaxDeliveries < 0 || c.MaxMessageSize < 0 || c.MaxDepth < 0 || c.IdentityWait < 0 {
 		return errors.New("agent: ping_interval, prefetch, drain_timeout, max_deliveries, max_message_size, max_depth and identity_wait must not be negative")
+	}
+	if c.Version != "" && !semver.MatchString(c.Version) {
+		return fmt.Errorf("agent: version %q: want SemVer (1.2.3)", c.Version)
 	}
 	if c.PingInterval != 0 && (c.PingInterval < wire.MinPingInterval || c.PingInterval > wire.MaxPingInterval) {
 		return fmt.Errorf("agent: ping_interval %v: want %v to %v", c.PingInterval, wire.MinPingInterval, wire.MaxPingInterval)
@@ -222,6 +231,7 @@ type service struct {
 	prefetch int           // 0: the agent's Prefetch
 	active   func() bool   // nil: always active
 	sem      chan struct{} // bounds concurrent requests from the agent queue
+	stats    endpointStats // for discovery (discovery.go)
 }
 
 // Prefetch bounds how many requests of this service the agent works on at

@@ -202,7 +202,7 @@ func (a *Agent) pingWhileDraining(ctx context.Context) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-// serveSession pings and answers announces until ctx ends (false) or the
+// serveSession pings and answers announces and discovery questions until ctx ends (false) or the
 // session's connection is lost (true).
 func (a *Agent) serveSession(ctx, bg context.Context, s *session) bool {
 	ticker := time.NewTicker(a.cfg.PingInterval)
@@ -225,10 +225,13 @@ func (a *Agent) serveSession(ctx, bg context.Context, s *session) bool {
 			if !ok {
 				return true
 			}
-			if d.Type == wire.TypeAnnounce {
+			switch d.Type {
+			case wire.TypeAnnounce:
 				if err := a.beatWithin(ctx, wire.TypePing); err != nil {
 					a.log.Warn("announce reply failed", "err", err)
 				}
+			case wire.TypeDiscover:
+				a.discover(ctx, d) // discovery.go
 			}
 		}
 	}

@@ -109,7 +109,9 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		defer cancel()
 	}
 	hctx, flushProgress := a.withProgress(hctx, d)
+	start := time.Now()
 	result, herr := call(hctx, svc.h, req)
+	svc.stats.record(time.Since(start), herr)
 	flushProgress() // the progress goes before the reply
 	if debug {
 		log.Debug("handler returned", "push", req.Push, "err", herr)
