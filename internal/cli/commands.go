@@ -10,6 +10,7 @@ type commands struct {
 	Publish   publishCmd   `cmd:"" help:"Publish an event to a topic key (confirmed by the broker)."`
 	Subscribe subscribeCmd `cmd:"" help:"Tail the events matching a pattern as JSON lines."`
 	Agents    agentsCmd    `cmd:"" help:"List the live agents: identity, services, status, tags, last heartbeat."`
+	Services  servicesCmd  `cmd:"" help:"Discover the fabric's services in NATS micro's schema (ls, info, stats), with --json."`
 	DLQ       dlqCmd       `cmd:"" name:"dlq" help:"Inspect, replay and purge dead letters (list, show, replay, purge)."`
 	Setup     setupCmd     `cmd:"" help:"Create a vhost, Warren's exchanges and least-privilege agent and mapper users (idempotent)."`
 	Bert      bertCmd      `cmd:"" help:"Run the Ernie-compatible BERT-RPC server, or talk to one (stats, reload-handlers, halt, bench)."`
