@@ -94,9 +94,7 @@ func (a *Agent) resultCredit(d *transport.Delivery) {
 // SHA-256 and Meta as body. A caller that stops crediting for the idle
 // timeout has gone: the rest is dropped and d acked.
 func (a *Agent) replyStream(ctx context.Context, log *slog.Logger, d *transport.Delivery, req *Request, sr *StreamResult) {
-	if c, ok := sr.Data.(io.Closer); ok {
-		defer c.Close()
-	}
+	defer closeData(sr)
 	if !wire.AcceptsStream(d) {
 		a.fail(ctx, d, req, wire.CodeHandler, "the result is a stream, and the caller does not take streamed results (mapper.AcceptStream)")
 		return
@@ -175,5 +173,12 @@ func (a *Agent) awaitCredit(ctx context.Context, s *sender, sent int64, idle tim
 		case <-ctx.Done():
 			return false
 		}
+	}
+}
+
+// closeData closes sr's Data when it is an io.Closer.
+func closeData(sr *StreamResult) {
+	if c, ok := sr.Data.(io.Closer); ok {
+		c.Close()
 	}
 }

@@ -136,6 +136,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			break
 		}
 	}
+	a.streams.removeAll() // what was received of streams nobody will close
 	a.log.Info("agent stopped", "handled", a.handled.Load())
 	return nil
 }

@@ -138,6 +138,9 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		return
 	}
 	if d.ReplyTo == "" {
+		if sr, ok := result.(*StreamResult); ok {
+			closeData(sr) // a push: nobody to stream it to
+		}
 		a.settle(d, true, false)
 		return
 	}

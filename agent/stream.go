@@ -135,6 +135,19 @@ func (t *streamTable) remove(s *assembly) {
 	os.Remove(s.file.Name())
 }
 
+// removeAll removes every stream being received, when the agent stops.
+func (t *streamTable) removeAll() {
+	t.mu.Lock()
+	all := make([]*assembly, 0, len(t.m))
+	for _, s := range t.m {
+		all = append(all, s)
+	}
+	t.mu.Unlock()
+	for _, s := range all {
+		t.remove(s)
+	}
+}
+
 // Streams returns the number of streams being received, for tests and
 // stats.
 func (a *Agent) Streams() int {

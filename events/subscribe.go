@@ -242,7 +242,8 @@ func (s *Subscription) Err() error {
 // return), and cancels the consumer: events it was sent but had not
 // started go back to the queue. A durable subscription's queue stays, and
 // keeps what is published until it is subscribed again. Close is
-// idempotent.
+// idempotent. Do not call it from the subscription's own handler: it
+// waits for that handler to return.
 func (s *Subscription) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)

@@ -266,3 +266,38 @@ func TestStreamMemory(t *testing.T) {
 		}
 	})
 }
+
+// TestStreamAgentStops: an agent that stops removes the streams it was
+// receiving.
+func TestStreamAgentStops(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		dir := t.TempDir()
+		var calls atomic.Int64
+		a, err := agent.New(connect(t), agent.Config{Identity: actor + "-a"}, agent.WithLogger(testenv.Logger(t)), agent.WithStreams(agent.StreamConfig{Dir: dir}))
+		must(t, err)
+		must(t, a.Handle("/"+actor+"/store", agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) {
+			calls.Add(1)
+			return nil, nil
+		})))
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		<-a.Ready()
+		c := connect(t)
+		msg := wire.NewChunk("/"+actor+"/store", "raw", "s1", 0, "", []byte("half"))
+		must(t, c.Publish(t.Context(), wire.RequestExchange, actor+"-a", msg, transport.PublishOptions{Mandatory: true, Confirm: true}))
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			if a.Streams() != 1 {
+				return errors.New("the chunk is not stored yet")
+			}
+			return nil
+		})
+		cancel()
+		must(t, <-done)
+		if a.Streams() != 0 {
+			t.Errorf("%d streams left after Run", a.Streams())
+		}
+		must(t, emptyDir(t, dir))
+	})
+}
