@@ -28,6 +28,13 @@
 // finds an agent's queue gone (unroutable: a stale or forged heartbeat)
 // drops that agent and goes to the next one.
 //
+// The registry is indexed by service path (and by path and tag), each
+// index kept sorted by identity and by status as heartbeats arrive, so the
+// built-in selectors pick an agent in place, in well under a microsecond at
+// 10,000 agents, without copying the others; a custom Selector gets a copy
+// of the candidates, in identity order, made only for it (see Selector and
+// docs/scaling.md).
+//
 // # Delivery guarantees
 //
 // Context deadlines are the timeouts, and travel with each request as its

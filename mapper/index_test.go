@@ -210,6 +210,10 @@ func checkSelectors(t *testing.T, r *registry, m model, path string, now time.Ti
 			return x.Identity == y.Identity && x.LastSeen.Equal(y.LastSeen) && slices.Equal(x.Tags, y.Tags)
 		})
 	}, cands)
+	seen = nil
+	one("tagged custom", Tagged(custom, tag), func(g []AgentInfo) bool {
+		return slices.Equal(ids(seen), ids(tagCands)) && len(g) == 1 && g[0].Identity == tagCands[0].Identity
+	}, tagCands)
 	if len(cands) > 0 {
 		id := cands[rng.IntN(len(cands))].Identity
 		one("identity", Identity(id), in([]string{id}), cands)

@@ -335,16 +335,11 @@ func (r *registry) live(path string, now time.Time) []AgentInfo {
 // collect returns copies of the live agents taking work for path that fit
 // ok (any when ok is nil), in identity order. The caller holds r.mu.
 func (r *registry) collect(path string, now time.Time, ok func(*agent) bool) []AgentInfo {
-	return r.appendLive(nil, path, now, ok)
-}
-
-// appendLive is collect appending to out.
-func (r *registry) appendLive(out []AgentInfo, path string, now time.Time, ok func(*agent) bool) []AgentInfo {
 	ix := r.index[path]
 	if ix == nil {
-		return out
+		return nil
 	}
-	out = slices.Grow(out, len(ix.byID))
+	out := make([]AgentInfo, 0, len(ix.byID))
 	for _, a := range ix.byID {
 		if !r.expired(a, now) && (ok == nil || ok(a)) {
 			out = append(out, a.AgentInfo)

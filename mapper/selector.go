@@ -85,14 +85,59 @@ func (r *registry) pick(path string, sel Selector, skip map[string]bool, now tim
 	}()
 	r.mu.Lock()
 	f := filter{r: r, now: now, skip: skip}
-	*buf = r.appendLive(*buf, path, now, f.fits)
+	ix := r.index[path]
+	if ix == nil {
+		r.mu.Unlock()
+		return nil, 0
+	}
+	// Tagged over a custom selector: only the agents with the tags, from
+	// the index of the rarest one (Tagged's Select filters them again).
+	src, tags := ix, tagsOf(sel)
+	for _, tag := range tags {
+		sub := r.index[tagKey(path, tag)]
+		if sub == nil {
+			src = &pathIndex{}
+			break
+		}
+		if len(sub.byID) < len(src.byID) {
+			src = sub
+		}
+	}
+	f.tags = tags
+	for _, a := range src.byID {
+		if f.fits(a) {
+			*buf = append(*buf, a.AgentInfo)
+		}
+	}
+	n = len(*buf)
+	if len(tags) > 0 {
+		f.tags, n = nil, 0
+		for _, a := range ix.byID {
+			if f.fits(a) {
+				n++
+			}
+		}
+	}
 	r.mu.Unlock()
 	if len(*buf) == 0 {
-		return nil, 0
+		return nil, n
 	}
 	// The selector must not keep the slice, but what it returns may be
 	// part of it: copied out before the buffer is reused.
-	return slices.Clone(sel.Select(path, *buf)), len(*buf)
+	return slices.Clone(sel.Select(path, *buf)), n
+}
+
+// tagsOf returns the tags a chain of Tagged requires.
+func tagsOf(sel Selector) []string {
+	var tags []string
+	for {
+		t, ok := sel.(tagged)
+		if !ok {
+			return tags
+		}
+		tags = append(tags, t.tags...)
+		sel = t.next
+	}
 }
 
 // inPlace reports whether sel picks from the index: a built-in selector,
