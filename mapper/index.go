@@ -20,6 +20,9 @@ import (
 type pathIndex struct {
 	byID   []*agent
 	byLoad []*agent
+	// headEnd caches where the first load group of byLoad ends (0 when
+	// unknown): requests outnumber the pings that move agents.
+	headEnd int
 }
 
 func byID(a *agent, id string) int { return strings.Compare(a.Identity, id) }
@@ -32,6 +35,7 @@ func byLoad(a, b *agent) int {
 }
 
 func (ix *pathIndex) add(a *agent) {
+	ix.headEnd = 0
 	i, _ := slices.BinarySearchFunc(ix.byID, a.Identity, byID)
 	ix.byID = slices.Insert(ix.byID, i, a)
 	j, _ := slices.BinarySearchFunc(ix.byLoad, a, byLoad)
@@ -40,6 +44,7 @@ func (ix *pathIndex) add(a *agent) {
 
 // remove takes a out; a.load must be the load it was added or reloaded with.
 func (ix *pathIndex) remove(a *agent) {
+	ix.headEnd = 0
 	if i, ok := slices.BinarySearchFunc(ix.byID, a.Identity, byID); ok {
 		ix.byID = slices.Delete(ix.byID, i, i+1)
 	}
@@ -58,6 +63,7 @@ func (ix *pathIndex) reload(a *agent, load loadKey) {
 	if !ok {
 		return
 	}
+	ix.headEnd = 0
 	moved := &agent{AgentInfo: AgentInfo{Identity: a.Identity}, load: load}
 	j, _ := slices.BinarySearchFunc(ix.byLoad, moved, byLoad) // a itself still at i
 	s := ix.byLoad
@@ -79,6 +85,14 @@ func (ix *pathIndex) leastLoaded(ok func(*agent) bool) (lo, hi int) {
 	if lo < 0 {
 		return -1, -1
 	}
+	if lo == 0 && ix.headEnd > 0 {
+		return 0, ix.headEnd
+	}
+	defer func() {
+		if lo == 0 {
+			ix.headEnd = hi
+		}
+	}()
 	first := ix.byLoad[lo].load
 	rest := ix.byLoad[lo:]
 	n, _ := slices.BinarySearchFunc(rest, first, func(a *agent, k loadKey) int {

@@ -252,17 +252,24 @@ func (random) pick(_ string, ix *pathIndex, f filter) []AgentInfo {
 
 // RoundRobin returns a selector that takes the candidates in turn, per path.
 // Each call to RoundRobin has its own counters.
-func RoundRobin() Selector { return &roundRobin{next: map[string]string{}} }
+func RoundRobin() Selector { return &roundRobin{next: map[string]turn{}} }
 
 type roundRobin struct {
 	mu   sync.Mutex
-	next map[string]string // path → identity served last
+	next map[string]turn // path → the agent served last
+}
+
+// turn is the agent a round robin served last, and where it was: a hint
+// that saves the binary search while the index has not changed there.
+type turn struct {
+	id string
+	at int
 }
 
 func (rr *roundRobin) Select(path string, c []AgentInfo) []AgentInfo {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
-	last := rr.next[path]
+	last := rr.next[path].id
 	// The first identity after the last one served, in sorted order,
 	// so agents joining or leaving do not reset the rotation.
 	i, _ := slices.BinarySearchFunc(c, last, func(a AgentInfo, id string) int { return strings.Compare(a.Identity, id) })
@@ -272,7 +279,7 @@ func (rr *roundRobin) Select(path string, c []AgentInfo) []AgentInfo {
 	if i >= len(c) {
 		i = 0
 	}
-	rr.next[path] = c[i].Identity
+	rr.next[path] = turn{id: c[i].Identity, at: -1}
 	return []AgentInfo{c[i]}
 }
 
@@ -280,14 +287,20 @@ func (rr *roundRobin) pick(path string, ix *pathIndex, f filter) []AgentInfo {
 	rr.mu.Lock()
 	defer rr.mu.Unlock()
 	last := rr.next[path]
-	i, found := slices.BinarySearchFunc(ix.byID, last, byID)
-	if found {
-		i++
+	var i int
+	if last.at >= 0 && last.at < len(ix.byID) && ix.byID[last.at].Identity == last.id {
+		i = last.at + 1
+	} else {
+		var found bool
+		i, found = slices.BinarySearchFunc(ix.byID, last.id, byID)
+		if found {
+			i++
+		}
 	}
 	for k := range len(ix.byID) {
-		a := ix.byID[(i+k)%len(ix.byID)]
-		if f.fits(a) {
-			rr.next[path] = a.Identity
+		at := (i + k) % len(ix.byID)
+		if a := ix.byID[at]; f.fits(a) {
+			rr.next[path] = turn{id: a.Identity, at: at}
 			return []AgentInfo{a.AgentInfo}
 		}
 	}
