@@ -6,4 +6,8 @@
 // flight. docs/benchmarks.md has the figures and the command that produced
 // them. TestRoundTripSmoke runs one round trip of each kind, so that
 // `go test ./bench` checks the benchmark's fixtures without running it.
+//
+// bench/peers, a Go module of its own so that what it compares Warren with
+// never becomes a dependency of Warren's module, runs the embedded broker's
+// round trip beside NATS micro in the same process.
 package bench

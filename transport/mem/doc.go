@@ -31,7 +31,9 @@
 // bubble's fake clock: tests of TTLs, heartbeats and timeouts take no time.
 //
 // Every delivery carries its own copy of the body and headers, so
-// consumers, publishers and other queues never share memory.
+// consumers, publishers and other queues never share memory. (A message
+// routed to one queue only and taken by an AutoAck consumer carries the
+// broker's own copy: once delivered, nothing else can read it.)
 //
 // # Semantics
 //
