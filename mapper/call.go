@@ -65,7 +65,9 @@ type call struct {
 	retry      bool
 	ttl        time.Duration
 	progress   func(Progress) // OnProgress
-	chunk      int            // ChunkSize
+	// progressIdle: ProgressTimeout.
+	progressIdle time.Duration
+	chunk        int // ChunkSize
 	// acceptStream: AcceptStream.
 	acceptStream bool
 }
@@ -169,7 +171,7 @@ func (e *noLiveAgent) Unwrap() error { return e.err }
 // skipped and the request goes to the next candidate.
 func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...CallOption) (*Reply, error) {
 	c := m.options(LeastLoaded(), opts)
-	ctx = withProgress(ctx, c.progress)
+	ctx = withProgress(ctx, c.progress, c.progressIdle)
 	ctx = withAcceptStream(ctx, c.acceptStream)
 	declined := map[string]bool{}
 	skip := map[string]bool{} // declined, or unroutable (their queue is gone)
@@ -216,7 +218,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 // nothing could be sent.
 func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...CallOption) (Results, error) {
 	c := m.options(All(), opts)
-	ctx = withProgress(ctx, serialised(c.progress))
+	ctx = withProgress(ctx, serialised(c.progress), c.progressIdle)
 	targets, body, err := m.prepare(ctx, path, payload, c, nil)
 	if err != nil {
 		return nil, err

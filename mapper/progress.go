@@ -3,6 +3,7 @@ package mapper
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync"
 	"time"
 
@@ -36,12 +37,29 @@ const maxQueuedProgress = 1024
 type progressKey struct{}
 
 // withProgress passes f to await through ctx.
-func withProgress(ctx context.Context, f func(Progress)) context.Context {
-	if f == nil {
+func withProgress(ctx context.Context, f func(Progress), idle time.Duration) context.Context {
+	if f == nil && idle <= 0 {
 		return ctx
 	}
-	return context.WithValue(ctx, progressKey{}, f)
+	if f == nil {
+		f = func(Progress) {}
+	}
+	return context.WithValue(ctx, progressKey{}, progressOpts{f, idle})
 }
+
+// progressOpts are what OnProgress and ProgressTimeout asked for.
+type progressOpts struct {
+	f    func(Progress)
+	idle time.Duration
+}
+
+// ProgressTimeout fails a Request, a leg of a FanOut or a Stream with
+// ErrTimeout when its agent sent neither progress (agent.Progress) nor
+// its result for d: a long job that reports how far it got may run as
+// long as the context allows, one that went quiet is given up early. It
+// asks for progress (as OnProgress does). It does not extend the
+// context's deadline, which travels with the request as its deadline.
+func ProgressTimeout(d time.Duration) CallOption { return func(c *call) { c.progressIdle = d } }
 
 // serialised wraps f so that the legs of a fan-out call it one at a time.
 func serialised(f func(Progress)) func(Progress) {
@@ -59,20 +77,21 @@ func serialised(f func(Progress)) func(Progress) {
 // progressQueue holds the progress of one waiter until await hands it to
 // the callback. q is guarded by the mapper's mu.
 type progressQueue struct {
-	f   func(Progress)
-	q   []Progress
-	sig chan struct{} // buffered 1: something was queued
+	f    func(Progress)
+	idle time.Duration // ProgressTimeout; 0: none
+	q    []Progress
+	sig  chan struct{} // buffered 1: something was queued
 }
 
 // watchProgress makes w take progress when ctx carries a callback, and
 // marks msg as asking for it.
 func watchProgress(ctx context.Context, w *waiter, msg *transport.Message) {
-	f, _ := ctx.Value(progressKey{}).(func(Progress))
-	if f == nil {
+	o, ok := ctx.Value(progressKey{}).(progressOpts)
+	if !ok {
 		return
 	}
 	wire.AskProgress(msg)
-	w.progress = &progressQueue{f: f, sig: make(chan struct{}, 1)}
+	w.progress = &progressQueue{f: o.f, idle: o.idle, sig: make(chan struct{}, 1)}
 }
 
 // awaitProgress hands w's progress to its callback until the reply is
@@ -81,6 +100,29 @@ func watchProgress(ctx context.Context, w *waiter, msg *transport.Message) {
 func (m *Mapper) awaitProgress(ctx context.Context, w *waiter) {
 	if w.progress == nil {
 		return
+	}
+	var quiet <-chan time.Time
+	if w.progress.idle > 0 {
+		t := time.NewTimer(w.progress.idle)
+		defer t.Stop()
+		quiet = t.C
+		for {
+			select {
+			case <-w.progress.sig:
+				m.runProgress(w)
+				t.Reset(w.progress.idle)
+				continue
+			case r := <-w.ch:
+				m.runProgress(w)
+				w.ch <- r // buffered 1, and answered once: room for it
+				return
+			case <-ctx.Done():
+				return
+			case <-quiet:
+				m.quiet(w)
+				return
+			}
+		}
 	}
 	for {
 		select {
@@ -94,6 +136,21 @@ func (m *Mapper) awaitProgress(ctx context.Context, w *waiter) {
 			return
 		}
 	}
+}
+
+// quiet answers w with ErrTimeout after its ProgressTimeout, unless its
+// reply came first.
+func (m *Mapper) quiet(w *waiter) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id := w.msg.CorrelationID
+	if m.pending[id] != w {
+		return // answered meanwhile: the reply is in w.ch
+	}
+	delete(m.pending, id)
+	// Nothing was sent on w.ch: whoever answers deletes it from pending
+	// first, under mu.
+	w.ch <- &Reply{Agent: w.target, Err: fmt.Errorf("request %s to %s: %w: no progress for %v", w.path, w.target, ErrTimeout, w.progress.idle)}
 }
 
 // readProgress queues a progress message for its waiter. Progress for no

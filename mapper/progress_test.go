@@ -224,3 +224,42 @@ func waitAgents(t *testing.T, m *mapper.Mapper, path string, n int) {
 		return nil
 	})
 }
+
+// TestProgressTimeout: a job that keeps reporting runs past the progress
+// timeout; one that goes quiet fails at it, long before the deadline.
+func TestProgressTimeout(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		a, err := agent.New(connect(t), agent.Config{Identity: actor + "-a"}, agent.WithLogger(testenv.Logger(t)))
+		must(t, err)
+		must(t, a.Handle("/"+actor+"/job", agent.Func(func(ctx context.Context, report bool) (string, error) {
+			for i := range 40 { // 2s
+				if report {
+					_ = agent.Progress(ctx, "", i)
+				}
+				select {
+				case <-time.After(50 * time.Millisecond):
+				case <-ctx.Done():
+					return "", ctx.Err()
+				}
+			}
+			return "done", nil
+		})))
+		fabrictest.RunAgent(t, a)
+		m := fabrictest.RunMapper(t, connect(t), mapper.Config{})
+		waitAgents(t, m, "/"+actor+"/job", 1)
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		r, err := m.Request(ctx, "/"+actor+"/job", true, mapper.ProgressTimeout(time.Second))
+		must(t, err)
+		if string(r.Body) != `"done"` {
+			t.Fatalf("result %s", r.Body)
+		}
+		// The quiet job would answer "done" after 2s, well within ctx:
+		// a timeout can only be the progress timeout.
+		_, err = m.Request(ctx, "/"+actor+"/job", false, mapper.ProgressTimeout(300*time.Millisecond))
+		if !errors.Is(err, mapper.ErrTimeout) {
+			t.Fatalf("a quiet job: %v, want ErrTimeout", err)
+		}
+	})
+}

@@ -46,7 +46,7 @@ func (m *Mapper) Stream(ctx context.Context, path string, meta any, r io.Reader,
 	if size == 0 {
 		size = DefaultChunkSize
 	}
-	ctx = withProgress(ctx, c.progress)
+	ctx = withProgress(ctx, c.progress, c.progressIdle)
 	ctx = withAcceptStream(ctx, c.acceptStream)
 	targets, body, err := m.prepare(ctx, path, meta, c, nil)
 	if err != nil {
