@@ -5,8 +5,9 @@
 //
 //	tr = tracing.Wrap(tr, otel.GetTracerProvider()) // before agent.New or mapper.New
 //
-// The program configures the tracer provider (an exporter, a sampler;
-// the OpenTelemetry SDK reads the standard OTEL_* environment variables).
+// The program configures the tracer provider (an exporter, a sampler),
+// or takes the one the standard OTEL_* environment variables describe
+// with FromEnv, as the warren command does.
 //
 // What the wrapper does:
 //

@@ -111,6 +111,10 @@ func (b brokerFlags) dialAMQP(ctx context.Context, g *Globals, name string) (tra
 		tr.Close()
 		return nil, "", nil, err
 	}
+	if str, err = g.traced(ctx, str, name); err != nil {
+		tr.Close()
+		return nil, "", nil, err
+	}
 	return str, id, tr, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/alecthomas/kong"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // Globals are flags every subcommand accepts.
@@ -31,6 +32,11 @@ type Globals struct {
 	// in it once.
 	brokerOnCommandLine bool
 	brokerWarning       sync.Once
+	// tracer is the tracer provider of the OTEL_* variables (nil: off),
+	// made by the first dial (tracing.go).
+	tracerOnce sync.Once
+	tracer     *sdktrace.TracerProvider
+	tracerErr  error
 }
 
 // Context is the command's context: cancelled on SIGINT/SIGTERM.
@@ -112,6 +118,7 @@ func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 			r.brokerOnCommandLine = true
 		}
 	}
+	defer r.shutdownTracing()
 	if err := kctx.Run(&r.Globals); err != nil {
 		msg := strings.TrimPrefix(err.Error(), "warren: ")
 		// Errors may quote remote strings (an agent's error message, a
