@@ -181,6 +181,24 @@ func markerTTL(ctx context.Context) time.Duration {
 	return max(ttl, time.Second)
 }
 
+// awaitReturned waits, up to returnWait, until queue holds at least want
+// ready letters: the broker puts back what a closed consumer held
+// asynchronously, after the close, and the next operation (a script's
+// `warren dlq purge` right after `replay`) must find them in place.
+func awaitReturned(ctx context.Context, tr transport.Transport, queue string, want int) {
+	deadline := time.Now().Add(returnWait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		info, err := tr.InspectQueue(ctx, queue)
+		if err != nil || info.Messages >= want {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// returnWait bounds awaitReturned.
+const returnWait = 2 * time.Second
+
 // quiet is how long visit waits for the next delivery before it concludes
 // that its end marker is not coming back (another consumer holds or took it).
 const quiet = 3 * time.Second
@@ -219,8 +237,17 @@ func visit(ctx context.Context, tr transport.Transport, c config, settling bool,
 		// Ending the consumer gives back what it holds, each to its place;
 		// nacking first would deliver them to it again. Its channel is
 		// closed once that is done.
+		ready := -1
+		if len(hold) > 0 {
+			if info, err := tr.InspectQueue(ctx, c.queue); err == nil {
+				ready = info.Messages
+			}
+		}
 		cancel()
 		for range ch {
+		}
+		if ready >= 0 {
+			awaitReturned(ctx, tr, c.queue, ready+len(hold))
 		}
 	}()
 	ttl := markerTTL(ctx)
