@@ -226,9 +226,12 @@ func TestConsolePTY(t *testing.T) {
 	testenv.WaitFor(t, 30*time.Second, func() error {
 		mu.Lock()
 		before := screen.Len()
+		prompts := strings.Count(screen.String(), "warren> ")
 		mu.Unlock()
 		send("agents\r")
-		expect("warren> ", strings.Count(screenText(&mu, &screen), "warren> ")+1)
+		// Counted before sending: the answer and its prompt may be
+		// on the screen before the count is taken.
+		expect("warren> ", prompts+1)
 		mu.Lock()
 		defer mu.Unlock()
 		if !strings.Contains(screen.String()[before:], tag+"-fred") {
@@ -267,10 +270,4 @@ type consoleWait struct{ what, screen string }
 
 func (e *consoleWait) Error() string {
 	return "waiting for " + e.what + "; screen:\n" + e.screen[max(0, len(e.screen)-2000):]
-}
-
-func screenText(mu *sync.Mutex, b *bytes.Buffer) string {
-	mu.Lock()
-	defer mu.Unlock()
-	return b.String()
 }
