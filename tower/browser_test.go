@@ -6,8 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,58 +58,12 @@ func buildWarren(t *testing.T) string {
 	return bin
 }
 
-// privateVHost returns the broker URL of a vhost of the test's own,
-// created through the management API when WARREN_ADMIN_URL is set (and
-// deleted at the end), so that the page shows only the test's agents and
+// privateVHost returns the broker URL of a vhost of the test's own
+// (testenv.PrivateVHost), so that the page shows only the test's agents and
 // dead letters; else the shared default vhost.
 func privateVHost(t *testing.T, amqpURL string) (string, bool) {
 	t.Helper()
-	admin := os.Getenv("WARREN_ADMIN_URL")
-	if admin == "" {
-		return amqpURL, false
-	}
-	user, pw := os.Getenv("WARREN_ADMIN_USER"), os.Getenv("WARREN_ADMIN_PASSWORD")
-	if user == "" {
-		user, pw = "guest", "guest"
-	}
-	u, err := url.Parse(amqpURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vhost := uniqueName("warren-test-tower-")
-	api := func(method, path, body string) error {
-		req, err := http.NewRequestWithContext(context.Background(), method, strings.TrimRight(admin, "/")+path, strings.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Close = true // no idle connection outlives the test
-		req.SetBasicAuth(user, pw)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
-			return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-		}
-		return nil
-	}
-	if err := api(http.MethodPut, "/api/vhosts/"+url.PathEscape(vhost), `{}`); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := api(http.MethodDelete, "/api/vhosts/"+url.PathEscape(vhost), ""); err != nil {
-			t.Errorf("delete vhost: %v", err)
-		}
-	})
-	amqpUser := u.User.Username()
-	if err := api(http.MethodPut, "/api/permissions/"+url.PathEscape(vhost)+"/"+url.PathEscape(amqpUser),
-		`{"configure":".*","write":".*","read":".*"}`); err != nil {
-		t.Fatal(err)
-	}
-	u.Path, u.RawPath = "/"+vhost, "/"+url.PathEscape(vhost)
-	return u.String(), true
+	return testenv.PrivateVHost(t, amqpURL, "warren-test-tower-")
 }
 
 // process is a warren command run by the test.

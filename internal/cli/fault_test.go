@@ -136,7 +136,9 @@ func (f faultFigures) String() string {
 // It waits for the requests, then for every confirmed push to be executed,
 // and returns the figures; a is the caller's to wait for.
 func faultRun(t *testing.T, n int, fault func(a *agentProc)) faultFigures {
-	url := testenv.AMQPURL(t)
+	// A vhost of the test's own: other tests' agents serving /simple/*
+	// would take work passed on to the shared queue, unseen by the count.
+	url, _ := testenv.PrivateVHost(t, testenv.AMQPURL(t), "warren-test-fault-")
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)

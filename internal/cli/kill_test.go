@@ -56,7 +56,8 @@ func TestFaultSIGKILLDefaults(t *testing.T) {
 			t.Fatalf("WARREN_FAULT_KILLS=%q: want a positive count", v)
 		}
 	}
-	url := testenv.AMQPURL(t)
+	// A vhost of the test's own, as for faultRun.
+	url, _ := testenv.PrivateVHost(t, testenv.AMQPURL(t), "warren-test-kill-")
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)

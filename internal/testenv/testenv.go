@@ -11,9 +11,14 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -242,4 +247,63 @@ func repoRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// PrivateVHost returns the URL of a vhost of the test's own on the broker
+// of amqpURL, created through RabbitMQ's management API when
+// WARREN_ADMIN_URL is set (as guest, or WARREN_ADMIN_USER and
+// WARREN_ADMIN_PASSWORD) and deleted when the test ends, with every
+// permission for amqpURL's user; ok is false, and the URL amqpURL, without
+// WARREN_ADMIN_URL. Tests whose processes serve the example actor /simple/*
+// use one: in the shared vhost, other tests' agents would consume the
+// shared queue warren.service./simple/... and run work the test counts.
+func PrivateVHost(t testing.TB, amqpURL, prefix string) (vhostURL string, ok bool) {
+	t.Helper()
+	admin := os.Getenv("WARREN_ADMIN_URL")
+	if admin == "" {
+		return amqpURL, false
+	}
+	user, pw := os.Getenv("WARREN_ADMIN_USER"), os.Getenv("WARREN_ADMIN_PASSWORD")
+	if user == "" {
+		user, pw = "guest", "guest"
+	}
+	u, err := url.Parse(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	vhost := prefix + hex.EncodeToString(b)
+	api := func(method, path, body string) error {
+		req, err := http.NewRequestWithContext(context.Background(), method, strings.TrimRight(admin, "/")+path, strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Close = true // no idle connection outlives the test
+		req.SetBasicAuth(user, pw)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("%s %s: %s", method, path, resp.Status)
+		}
+		return nil
+	}
+	if err := api(http.MethodPut, "/api/vhosts/"+url.PathEscape(vhost), `{}`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := api(http.MethodDelete, "/api/vhosts/"+url.PathEscape(vhost), ""); err != nil {
+			t.Errorf("delete vhost: %v", err)
+		}
+	})
+	if err := api(http.MethodPut, "/api/permissions/"+url.PathEscape(vhost)+"/"+url.PathEscape(u.User.Username()),
+		`{"configure":".*","write":".*","read":".*"}`); err != nil {
+		t.Fatal(err)
+	}
+	u.Path, u.RawPath = "/"+vhost, "/"+url.PathEscape(vhost)
+	return u.String(), true
 }
