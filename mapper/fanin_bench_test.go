@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -43,8 +44,12 @@ import (
 // every agent: its announce makes every simulated agent ping at once, as
 // real agents do.
 //
-// WARREN_BENCH_AGENTS, WARREN_BENCH_INTERVAL (a duration), WARREN_BENCH_ROUNDS
-// and WARREN_BENCH_WINDOW change the defaults (10000, 15s, 3, one interval).
+// With WARREN_BENCH_BROKER_PID (the pid of a RabbitMQ node of its own, not
+// shared: beam.smp), the broker's CPU is measured in both windows too.
+//
+// WARREN_BENCH_AGENTS, WARREN_BENCH_MAPPERS, WARREN_BENCH_INTERVAL (a
+// duration), WARREN_BENCH_ROUNDS and WARREN_BENCH_WINDOW change the defaults
+// (10000, 2, 15s, 3, one interval).
 // The figures are medians and quartiles over the rounds.
 func BenchmarkFanIn(b *testing.B) {
 	b.Run("mem", func(b *testing.B) {
@@ -83,6 +88,26 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU returns the CPU time of process pid from /proc (utime + stime,
+// in clock ticks of 10 ms), or 0 when pid is 0 or unreadable.
+func procCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command (which may hold spaces), from state on.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 func liveHeap() uint64 {
@@ -187,7 +212,7 @@ func fanIn(b *testing.B, connect func() (transport.Transport, error)) {
 	interval := envDuration("WARREN_BENCH_INTERVAL", 15*time.Second)
 	rounds := envInt("WARREN_BENCH_ROUNDS", 3)
 	window := envDuration("WARREN_BENCH_WINDOW", interval)
-	const mappers = 2
+	mappers := envInt("WARREN_BENCH_MAPPERS", 2)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	simTr, err := connect()
@@ -206,13 +231,15 @@ func fanIn(b *testing.B, connect func() (transport.Transport, error)) {
 	// fill from pings as well as announces.
 	time.Sleep(min(interval, 2*time.Second))
 
-	var cpuPct, heapMB, knowMs, bytesPerAgent []float64
+	brokerPid := envInt("WARREN_BENCH_BROKER_PID", 0)
+	var cpuPct, heapMB, knowMs, bytesPerAgent, brokerA, brokerB []float64
 	for round := range rounds {
 		// Window A: the simulator alone.
 		heap0 := liveHeap()
-		c0, t0 := cpuTime(), time.Now()
+		c0, b0, t0 := cpuTime(), procCPU(brokerPid), time.Now()
 		time.Sleep(window)
 		simRate := float64(cpuTime()-c0) / float64(time.Since(t0))
+		brokerA = append(brokerA, 100*float64(procCPU(brokerPid)-b0)/float64(time.Since(t0)))
 
 		// Start the mappers; time until each knows every agent.
 		var ms []*mapper.Mapper
@@ -262,13 +289,14 @@ func fanIn(b *testing.B, connect func() (transport.Transport, error)) {
 
 		// Window B: the simulator and the mappers.
 		time.Sleep(time.Second) // the announce bursts are done
-		c1, t1 := cpuTime(), time.Now()
+		c1, b1, t1 := cpuTime(), procCPU(brokerPid), time.Now()
 		time.Sleep(window)
 		wall := time.Since(t1)
+		brokerB = append(brokerB, 100*float64(procCPU(brokerPid)-b1)/float64(wall))
 		extra := float64(cpuTime()-c1)/float64(wall) - simRate
-		cpuPct = append(cpuPct, 100*extra/mappers)
+		cpuPct = append(cpuPct, 100*extra/float64(mappers))
 		heap1 := liveHeap()
-		perMapper := (float64(heap1) - float64(heap0)) / mappers
+		perMapper := (float64(heap1) - float64(heap0)) / float64(mappers)
 		heapMB = append(heapMB, perMapper/(1<<20))
 		bytesPerAgent = append(bytesPerAgent, perMapper/float64(n))
 		for _, m := range ms {
@@ -293,4 +321,8 @@ func fanIn(b *testing.B, connect func() (transport.Transport, error)) {
 	report("heap per mapper", "MB/mapper", heapMB)
 	report("heap per agent per mapper", "B/agent", bytesPerAgent)
 	report("time for a new mapper to know every agent", "ms-to-know", knowMs)
+	if brokerPid != 0 {
+		report("broker CPU, simulator alone", "%core-broker-alone", brokerA)
+		report("broker CPU, with the mappers", "%core-broker", brokerB)
+	}
 }
