@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -37,6 +38,10 @@ type Config struct {
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// Pidfile, when set, is written at start and removed at exit.
 	Pidfile string `yaml:"pidfile"`
+	// MetricsAddr, when set (host:port), serves Prometheus metrics on
+	// http://MetricsAddr/metrics, without authentication (`warren daemon
+	// start`; docs/operations.md).
+	MetricsAddr string `yaml:"metrics_addr"`
 	// Broker says where and how to connect.
 	Broker BrokerConfig `yaml:"broker"`
 	// Status is what the agent advertises to mappers with every ping.
@@ -321,6 +326,11 @@ func (c *Config) check() ConfigErrors {
 	}
 	if c.Prefetch < 0 {
 		c.errAt(&es, []string{"prefetch"}, "must not be negative")
+	}
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil || port == "" {
+			c.errAt(&es, []string{"metrics_addr"}, "%q: want host:port, such as 127.0.0.1:9464", c.MetricsAddr)
+		}
 	}
 	c.Pidfile = c.abs(c.Pidfile)
 	c.checkBroker(&es)

@@ -18,7 +18,10 @@
 // reply. Wrap outside secure mode (metrics.Agent(secure.Wrap(...))) so
 // that they see the messages in clear. Paths become labels only up to
 // MaxPaths distinct paths per process; later ones count as "other".
-// docs/operations.md lists the metrics.
+//
+// Connection adds an AMQP transport's reconnections and blocking, Daemon
+// a daemon's plugin workers (restarts, calls), BERT a BERT-RPC server's
+// statistics. docs/operations.md lists the metrics.
 package metrics
 
 import (

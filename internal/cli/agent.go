@@ -7,6 +7,7 @@ import (
 
 	"github.com/warrenrpc/warren/agent"
 	"github.com/warrenrpc/warren/internal/simple"
+	"github.com/warrenrpc/warren/metrics"
 	"github.com/warrenrpc/warren/wire"
 )
 
@@ -20,6 +21,7 @@ type agentCmd struct {
 	Durable  bool          `name:"durable" help:"Make the agent's own queue a durable quorum queue: requests addressed to it survive a broker restart (send them with --persistent), and one that keeps crashing the agent is dead-lettered after --max-deliveries."`
 	MaxDeliv int           `name:"max-deliveries" default:"5" help:"How often one message is delivered (with --durable) or declined and passed on, before it is dead-lettered with reason delivery_limit."`
 	IDWait   time.Duration `name:"identity-wait" default:"30s" help:"When the agent's queue already has a consumer (another agent with this --token, or the broker not yet rid of this agent's previous connection), wait this long for it to go, then exit 1."`
+	Metrics  string        `name:"metrics-addr" placeholder:"HOST:PORT" help:"Serve Prometheus metrics on http://HOST:PORT/metrics (requests, errors, latency, dead letters, reconnects; no authentication: bind a private address)."`
 }
 
 func (c *agentCmd) Help() string {
@@ -68,11 +70,25 @@ func (c *agentCmd) Run(g *Globals) error {
 		return usageError{errors.New("--prefetch and --max-deliveries must be at least 1")}
 	}
 	ctx := g.Context()
-	tr, certID, err := c.dialAs(ctx, g, "agent")
+	tr, certID, plain, err := c.dialAMQP(ctx, g, "agent")
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
+	if c.Metrics != "" {
+		reg := newMetricsRegistry()
+		if tr, err = metrics.Agent(tr, reg); err != nil {
+			return err
+		}
+		if err := metrics.Connection(plain, reg); err != nil {
+			return err
+		}
+		ms, err := serveMetrics(g, c.Metrics, reg)
+		if err != nil {
+			return err
+		}
+		defer ms.stop()
+	}
 	if certID != "" {
 		if c.Token != "" && c.Token != certID {
 			return usageError{fmt.Errorf("--token %q differs from the certificate's identity %q", c.Token, certID)}

@@ -17,9 +17,11 @@ import (
 	"time"
 
 	"github.com/alecthomas/kong"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/warrenrpc/warren/bertrpc"
 	"github.com/warrenrpc/warren/bertrpc/nat"
+	"github.com/warrenrpc/warren/metrics"
 )
 
 // bertCmd is `warren bert`: Ernie's command line on Warren's BERT-RPC
@@ -68,6 +70,7 @@ type bertServeCmd struct {
 	MaxPendingCasts int           `name:"max-pending-casts" placeholder:"N" help:"Most casts acknowledged and not yet finished (default 1024; negative: no bound). Casts over it are answered with a BusyError and not run."`
 	FrameTimeout    time.Duration `name:"frame-timeout" placeholder:"DURATION" help:"Time a frame may take to arrive once its first byte has (default 1m; negative: none)."`
 	IdleTimeout     time.Duration `name:"idle-timeout" placeholder:"DURATION" help:"Close a kept-open connection that sends no request for this long (default 5m; negative: never)."`
+	MetricsAddr     string        `name:"metrics-addr" placeholder:"HOST:PORT" help:"Serve Prometheus metrics on http://HOST:PORT/metrics: requests, connections, queues, idle workers, and the fabric mapper's (no authentication: bind a private address)."`
 
 	Name   string     `placeholder:"NAME" help:"Erlang node name (accepted for Ernie compatibility; ignored)."`
 	Sname  string     `placeholder:"SNAME" help:"Erlang short node name (accepted; ignored)."`
@@ -174,9 +177,13 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 	if err := nat.Register(reg); err != nil {
 		return err
 	}
+	var mreg *prometheus.Registry
+	if c.MetricsAddr != "" {
+		mreg = newMetricsRegistry()
+	}
 	opts := []bertrpc.Option{bertrpc.WithLogger(log), bertrpc.WithNative(reg), bertrpc.WithWorkerOutput(os.Stderr)}
 	if cfg.HasFabric() {
-		fab, stop, err := newBertFabric(g.Context(), g, c.Broker)
+		fab, stop, err := newBertFabric(g.Context(), g, c.Broker, mreg)
 		if err != nil {
 			return err
 		}
@@ -186,6 +193,16 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 	srv, err := bertrpc.New(cfg, opts...)
 	if err != nil {
 		return err
+	}
+	if mreg != nil {
+		if err := metrics.BERT(srv.Stats, mreg); err != nil {
+			return err
+		}
+		ms, err := serveMetrics(g, c.MetricsAddr, mreg)
+		if err != nil {
+			return err
+		}
+		defer ms.stop()
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(g.Context()) }()
@@ -208,20 +225,37 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 
 // newBertFabric connects to the broker at url and runs a mapper that
 // serves fabric modules. stop stops the mapper and closes the connection.
-func newBertFabric(ctx context.Context, g *Globals, url string) (bertrpc.Fabric, func(), error) {
+func newBertFabric(ctx context.Context, g *Globals, url string, reg *prometheus.Registry) (bertrpc.Fabric, func(), error) {
 	if url == "" {
 		return nil, nil, usageError{errors.New("fabric modules need --broker")}
 	}
-	tr, err := brokerFlags{Broker: url}.dial(ctx, g, "bert")
+	tr, _, plain, err := brokerFlags{Broker: url}.dialAMQP(ctx, g, "bert")
 	if err != nil {
 		return nil, nil, err
+	}
+	closeTr := tr.Close
+	if reg != nil {
+		if err := metrics.Connection(plain, reg); err == nil {
+			tr, err = metrics.Mapper(tr, reg)
+		}
+		if err != nil {
+			closeTr()
+			return nil, nil, err
+		}
 	}
 	fab, stop, err := startFabric(ctx, g, tr)
 	if err != nil {
-		tr.Close()
+		closeTr()
 		return nil, nil, err
 	}
-	return fab, func() { stop(); tr.Close() }, nil
+	if reg != nil {
+		if err := metrics.Registry(fab.m, reg); err != nil {
+			stop()
+			closeTr()
+			return nil, nil, err
+		}
+	}
+	return fab, func() { stop(); closeTr() }, nil
 }
 
 // ernieLevel maps Ernie's 0-4 log levels to slog level names.

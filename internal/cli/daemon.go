@@ -16,10 +16,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/warrenrpc/warren/daemon"
 	"github.com/warrenrpc/warren/internal/simple"
 	"github.com/warrenrpc/warren/internal/tlsflags"
 	"github.com/warrenrpc/warren/mapper"
+	"github.com/warrenrpc/warren/metrics"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/amqp"
 	"github.com/warrenrpc/warren/wire"
@@ -130,12 +133,22 @@ func (c *daemonStartCmd) Run(g *Globals) error {
 		defer os.Remove(cfg.Pidfile)
 	}
 	ctx := g.Context()
-	tr, secureMode, err := dialConfig(ctx, g, cfg, "daemon "+cfg.Identity)
+	tr, plain, secureMode, err := dialConfig(ctx, g, cfg, "daemon "+cfg.Identity)
 	if err != nil {
 		notify("error " + err.Error())
 		return err
 	}
 	defer tr.Close()
+	var reg *prometheus.Registry
+	if cfg.MetricsAddr != "" {
+		reg = newMetricsRegistry()
+		if err := metrics.Connection(plain, reg); err != nil {
+			return err
+		}
+		if tr, err = metrics.Agent(tr, reg); err != nil {
+			return err
+		}
+	}
 	opts := []daemon.Option{daemon.WithGoServices(goServices...)}
 	if secureMode {
 		opts = append(opts, daemon.WithSecureMode())
@@ -143,6 +156,17 @@ func (c *daemonStartCmd) Run(g *Globals) error {
 	d, err := daemon.New(cfg, tr, append(opts, daemon.WithLogger(g.Logger()))...)
 	if err != nil {
 		return err
+	}
+	if reg != nil {
+		if err := metrics.Daemon(d, reg); err != nil {
+			return err
+		}
+		ms, err := serveMetrics(g, cfg.MetricsAddr, reg)
+		if err != nil {
+			notify("error " + err.Error())
+			return err
+		}
+		defer ms.stop()
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -258,32 +282,32 @@ func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 // dialConfig connects as the config says: its broker URLs (tried in order,
 // and failed over between at every reconnection: amqp.Dial takes the list),
 // TLS, secure mode. It reports whether secure mode is on.
-func dialConfig(ctx context.Context, g *Globals, cfg *daemon.Config, name string) (transport.Transport, bool, error) {
+func dialConfig(ctx context.Context, g *Globals, cfg *daemon.Config, name string) (transport.Transport, *amqp.Transport, bool, error) {
 	urls, err := cfg.BrokerURLs()
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	return dialOne(ctx, g, cfg, strings.Join(urls, ","), name)
 }
 
 // dialOne connects to the broker URL u (credentials included) with the
 // config's TLS and secure mode.
-func dialOne(ctx context.Context, g *Globals, cfg *daemon.Config, u, name string) (transport.Transport, bool, error) {
+func dialOne(ctx context.Context, g *Globals, cfg *daemon.Config, u, name string) (transport.Transport, *amqp.Transport, bool, error) {
 	t, s := cfg.Broker.TLS, cfg.Secure
 	b := brokerFlags{
 		Broker: u,
 		TLS:    tlsflags.Flags{CA: t.CA, Cert: t.Cert, Key: t.Key, ServerName: t.ServerName, Insecure: t.InsecureSkipVerify},
 		Secure: secureFlags{Cert: s.Cert, Key: s.Key, CA: s.CA, Deny: s.Deny, SignOnly: s.SignOnly},
 	}
-	tr, certID, err := b.dialAs(ctx, g, name)
+	tr, certID, plain, err := b.dialAMQP(ctx, g, name)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	if certID != "" && certID != cfg.Identity {
 		tr.Close()
-		return nil, false, fmt.Errorf("%s: identity %q differs from the secure certificate's %q", cfg.File, cfg.Identity, certID)
+		return nil, nil, false, fmt.Errorf("%s: identity %q differs from the secure certificate's %q", cfg.File, cfg.Identity, certID)
 	}
-	return tr, certID != "", nil
+	return tr, plain, certID != "", nil
 }
 
 // controlFlags are the flags of the commands that talk to a running daemon.
@@ -303,7 +327,7 @@ func (f controlFlags) call(g *Globals, verb string, then func(ctx context.Contex
 	}
 	ctx, cancel := context.WithTimeout(g.Context(), f.Timeout)
 	defer cancel()
-	tr, secureMode, err := dialConfig(ctx, g, cfg, "daemon control")
+	tr, _, secureMode, err := dialConfig(ctx, g, cfg, "daemon control")
 	if err != nil {
 		return err
 	}
@@ -473,7 +497,7 @@ func (c *daemonConfigBrokerCmd) Run(g *Globals) error {
 	defer cancel()
 	failed := 0
 	for i, u := range urls {
-		tr, _, err := dialOne(ctx, g, cfg, u, "daemon config test")
+		tr, _, _, err := dialOne(ctx, g, cfg, u, "daemon config test")
 		if err != nil {
 			failed++
 			fmt.Fprintf(g.Out(), "%s: failed: %s\n", shown[i], escape(err.Error())) // may quote the broker
