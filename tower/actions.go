@@ -16,7 +16,6 @@ import (
 
 	"github.com/warrenrpc/warren/dlq"
 	"github.com/warrenrpc/warren/mapper"
-	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/wire"
 )
 
@@ -190,7 +189,7 @@ func (t *Tower) serveSend(w http.ResponseWriter, r *http.Request) {
 	t.metrics.latency.WithLabelValues(label, kind).Observe(took.Seconds())
 	v.Took = roundDuration(took)
 	if err != nil {
-		v.ErrorCode = errorCode(err)
+		v.ErrorCode = mapper.ErrorCode(err)
 		v.Error = err.Error()
 		codes = append(codes, v.ErrorCode)
 	}
@@ -243,7 +242,7 @@ func progressOf(p mapper.Progress) progressView {
 func replyOf(rep *mapper.Reply) replyRow {
 	row := replyRow{Agent: rep.Agent}
 	if rep.Err != nil {
-		row.Code = errorCode(rep.Err)
+		row.Code = mapper.ErrorCode(rep.Err)
 		row.Message = shorten(rep.Err.Error(), 2000)
 		var re *wire.RemoteError
 		if errors.As(rep.Err, &re) {
@@ -254,27 +253,6 @@ func replyOf(rep *mapper.Reply) replyRow {
 	row.OK = true
 	row.Result = prettyJSON(rep.Body)
 	return row
-}
-
-// errorCode names a failure by its code: the agent's for a remote error,
-// else one of the mapper's.
-func errorCode(err error) string {
-	var re *wire.RemoteError
-	switch {
-	case errors.As(err, &re):
-		return re.Code
-	case errors.Is(err, mapper.ErrNoAgent):
-		return "no_agent"
-	case errors.Is(err, mapper.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	case errors.Is(err, mapper.ErrTooLarge):
-		return "too_large"
-	case errors.Is(err, mapper.ErrFanOutLimit):
-		return "fan_out_limit"
-	case errors.Is(err, transport.ErrConnectionLost):
-		return "connection_lost"
-	}
-	return "error"
 }
 
 // pathLabel is path as a metric label: the path when a live agent serves
