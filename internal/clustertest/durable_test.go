@@ -15,7 +15,7 @@ import (
 // on another node, and what is pushed to it is run.
 func TestClusterDurableAgentNodeKilled(t *testing.T) {
 	urls := testenv.ClusterURLs(t)
-	testenv.Cluster(t, "up")
+	clusterUp(t)
 	t.Cleanup(func() { testenv.Cluster(t, "start", "1") })
 	f := newFabric(t, urls)
 	f.onNode(urls, 1)

@@ -43,7 +43,7 @@ func dial(t *testing.T, urls []string, role string) *amqp.Transport {
 // are answered again.
 func TestClusterNodeKilled(t *testing.T) {
 	urls := testenv.ClusterURLs(t)
-	testenv.Cluster(t, "up")
+	clusterUp(t)
 	t.Cleanup(func() { testenv.Cluster(t, "start", "1") })
 
 	actor := fabrictest.Actor()
@@ -105,7 +105,7 @@ func TestClusterNodeKilled(t *testing.T) {
 // its deadline.
 func TestClusterNodeKilledUnderLoad(t *testing.T) {
 	urls := testenv.ClusterURLs(t)
-	testenv.Cluster(t, "up")
+	clusterUp(t)
 	t.Cleanup(func() { testenv.Cluster(t, "start", "1") })
 
 	actor := fabrictest.Actor()
