@@ -136,6 +136,16 @@ func propertyRun(t *testing.T, seed uint64) {
 			}
 		}
 		checkIndex(t, r, m)
+		var everyone []AgentInfo
+		for _, a := range m {
+			if now.Sub(a.LastSeen) <= 3*a.PingInterval {
+				everyone = append(everyone, a)
+			}
+		}
+		slices.SortFunc(everyone, func(x, y AgentInfo) int { return cmp.Compare(x.Identity, y.Identity) })
+		if got, want := ids(r.live("", now)), ids(everyone); !slices.Equal(got, want) {
+			t.Fatalf("step %d: live(\"\") = %v, want %v", step, got, want)
+		}
 		for _, path := range propPaths {
 			if got, want := ids(r.live(path, now)), ids(m.candidates(path, now, nil)); !slices.Equal(got, want) {
 				t.Fatalf("step %d: live(%s) = %v, want %v", step, path, got, want)

@@ -117,6 +117,7 @@ type registry struct {
 
 	mu     sync.Mutex
 	agents map[string]*agent
+	all    []*agent              // every agent, sorted by identity (for live(""): Agents)
 	index  map[string]*pathIndex // service path, or tagKey → the agents taking work for it
 }
 
@@ -160,6 +161,8 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 	if !known {
 		a := &agent{AgentInfo: info, load: keyOf(info.Status), keys: indexKeys(info), timeout: r.timeout(info)}
 		r.agents[a.Identity] = a
+		i, _ := slices.BinarySearchFunc(r.all, a.Identity, byID)
+		r.all = slices.Insert(r.all, i, a)
 		for _, k := range a.keys {
 			r.path(k).add(a)
 		}
@@ -277,6 +280,9 @@ func (r *registry) prune(p string) {
 // remove takes a out of the registry and the index.
 func (r *registry) remove(a *agent) {
 	delete(r.agents, a.Identity)
+	if i, ok := slices.BinarySearchFunc(r.all, a.Identity, byID); ok {
+		r.all = slices.Delete(r.all, i, i+1)
+	}
 	for _, k := range a.keys {
 		r.index[k].remove(a)
 		r.prune(k)
@@ -314,21 +320,20 @@ func (r *registry) sweep(now time.Time) []Event {
 }
 
 // live returns copies of the live agents, sorted by identity, that serve
-// path (every agent when path is ""), less those inactive for path. With a
-// path it reads the index, already in identity order: no sort.
+// path (every agent when path is ""), less those inactive for path. It
+// reads the index, already in identity order: no sort.
 func (r *registry) live(path string, now time.Time) []AgentInfo {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if path != "" {
 		return r.collect(path, now, nil)
 	}
-	out := make([]AgentInfo, 0, len(r.agents))
-	for _, a := range r.agents {
+	out := make([]AgentInfo, 0, len(r.all))
+	for _, a := range r.all {
 		if !r.expired(a, now) {
 			out = append(out, a.AgentInfo)
 		}
 	}
-	slices.SortFunc(out, func(x, y AgentInfo) int { return cmp.Compare(x.Identity, y.Identity) })
 	return out
 }
 

@@ -146,3 +146,32 @@ func BenchmarkReadBeat(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(msgs[0].Body)), "body-bytes")
 }
+
+// BenchmarkAgents: Mapper.Agents (registry.live("")), every live agent in
+// identity order, as the Control Tower and the metrics read it; against
+// the copy and sort it was.
+func BenchmarkAgents(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		r, now := benchRegistry(n)
+		b.Run(fmt.Sprintf("agents=%d/index", n), func(b *testing.B) {
+			for b.Loop() {
+				if len(r.live("", now)) != n {
+					b.Fatal("missing agents")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("agents=%d/copy+sort", n), func(b *testing.B) {
+			for b.Loop() {
+				r.mu.Lock()
+				out := make([]AgentInfo, 0, len(r.agents))
+				for _, a := range r.agents {
+					if !r.expired(a, now) {
+						out = append(out, a.AgentInfo)
+					}
+				}
+				r.mu.Unlock()
+				slices.SortFunc(out, func(x, y AgentInfo) int { return cmp.Compare(x.Identity, y.Identity) })
+			}
+		})
+	}
+}
