@@ -261,8 +261,8 @@ func TestRescueStopsWhenTheAgentReturns(t *testing.T) {
 		x := startFakeAgent(t, connect, actor+"-x", 0, path)
 		m := startMapper(t, connect, mapper.Config{PingTimeout: 400 * time.Millisecond})
 		waitLive(t, m, actor, actor+"-x")
-		must(t, m.Push(ctxT(t, 5*time.Second), path, "mine"))
-		// x drops and comes back at once; its queue is consumed by x only.
+		// x goes silent and is dropped: the mapper starts rescuing its
+		// (empty) queue, which idles for a second before it ends.
 		x.silence()
 		testenv.WaitFor(t, 5*time.Second, func() error {
 			if got := live(m, actor); len(got) != 0 {
@@ -270,11 +270,16 @@ func TestRescueStopsWhenTheAgentReturns(t *testing.T) {
 			}
 			return nil
 		})
+		// x comes back at once: the rescue must stop, so that work sent
+		// to x now stays in x's queue for x. (Had it kept running, it
+		// would take the push and dead-letter it: no shared queue.)
+		x.beat(t, wire.TypeRegister)
+		waitLive(t, m, actor, actor+"-x")
+		must(t, m.Push(ctxT(t, 5*time.Second), path, "mine"))
 		ch, err := x.tr.Consume(t.Context(), wire.AgentQueue(actor+"-x"), transport.ConsumeOptions{})
 		must(t, err)
 		select {
 		case d := <-ch:
-			// No shared queue exists: a rescue would have dead-lettered it.
 			if string(d.Body) != `"mine"` {
 				t.Fatalf("got %s", d.Body)
 			}
