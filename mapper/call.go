@@ -635,11 +635,8 @@ func (m *Mapper) redispatchNow(gone string, stop chan struct{}) {
 // deadline; with rescued, gone's queue is being moved to the shared queue,
 // so any agent's reply is taken.
 func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
-	cands := slices.DeleteFunc(m.reg.live(w.path, time.Now()), func(a AgentInfo) bool { return a.Identity == gone })
-	var picked []AgentInfo
-	if len(cands) > 0 {
-		picked = w.sel.Select(w.path, cands) // the caller's choice still holds (To, tags, ...)
-	}
+	// The caller's choice still holds (To, tags, ...), among the others.
+	picked, _ := m.reg.pick(w.path, w.sel, map[string]bool{gone: true}, time.Now())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pending[w.msg.CorrelationID] != w || w.target != gone {
