@@ -42,6 +42,9 @@ type Config struct {
 	// http://MetricsAddr/metrics, without authentication (`warren daemon
 	// start`; docs/operations.md).
 	MetricsAddr string `yaml:"metrics_addr"`
+	// Tower, when its listen is set, runs the Control Tower in the daemon
+	// (docs/tower.md).
+	Tower TowerConfig `yaml:"tower"`
 	// Broker says where and how to connect.
 	Broker BrokerConfig `yaml:"broker"`
 	// Status is what the agent advertises to mappers with every ping.
@@ -57,6 +60,62 @@ type Config struct {
 	// dir resolves relative paths: the config file's directory.
 	dir  string
 	root *yaml.Node
+}
+
+// TowerConfig is the tower section: the Control Tower served by the
+// daemon. Like the broker's password, its secrets are never in the file.
+type TowerConfig struct {
+	// Listen is the address (host:port); "" leaves the Tower off. Beyond
+	// loopback it needs a token or basic auth.
+	Listen string `yaml:"listen"`
+	// TokenEnv or TokenFile holds the access token.
+	TokenEnv  string `yaml:"token_env"`
+	TokenFile string `yaml:"token_file"`
+	// User, with the password in PasswordEnv or PasswordFile, allows
+	// basic auth.
+	User         string `yaml:"user"`
+	PasswordEnv  string `yaml:"password_env"`
+	PasswordFile string `yaml:"password_file"`
+	// History is how far back the status charts reach; 0 means 5m.
+	History time.Duration `yaml:"history"`
+	// Token and Password are refused: secrets come from the environment
+	// or a file.
+	Token    string `yaml:"token"`
+	Password string `yaml:"password"`
+}
+
+// TowerSecrets returns the Tower's token and basic auth password, read
+// from the environment variables or files the tower section names.
+func (c *Config) TowerSecrets() (token, password string, err error) {
+	t := c.Tower
+	read := func(key, env, file string) (string, error) {
+		switch {
+		case env != "":
+			v, ok := os.LookupEnv(env)
+			if !ok || v == "" {
+				return "", fmt.Errorf("daemon: tower.%s_env: the environment variable %s is not set", key, env)
+			}
+			return v, nil
+		case file != "":
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return "", fmt.Errorf("daemon: tower.%s_file: %w", key, err)
+			}
+			v := strings.TrimRight(string(b), "\r\n")
+			if v == "" {
+				return "", fmt.Errorf("daemon: tower.%s_file: the file is empty", key)
+			}
+			return v, nil
+		}
+		return "", nil
+	}
+	if token, err = read("token", t.TokenEnv, t.TokenFile); err != nil {
+		return "", "", err
+	}
+	if password, err = read("password", t.PasswordEnv, t.PasswordFile); err != nil {
+		return "", "", err
+	}
+	return token, password, nil
 }
 
 // BrokerConfig is the broker section. The password is never in the file:
@@ -332,6 +391,7 @@ func (c *Config) check() ConfigErrors {
 			c.errAt(&es, []string{"metrics_addr"}, "%q: want host:port, such as 127.0.0.1:9464", c.MetricsAddr)
 		}
 	}
+	c.checkTower(&es)
 	c.Pidfile = c.abs(c.Pidfile)
 	c.checkBroker(&es)
 	switch c.Status.Source {
@@ -387,6 +447,40 @@ func (c *Config) checkFile(es *ConfigErrors, path []string, p string) {
 	}
 	if _, err := os.Stat(p); err != nil {
 		c.errAt(es, path, "%v", err)
+	}
+}
+
+func (c *Config) checkTower(es *ConfigErrors) {
+	t := &c.Tower
+	if t.Token != "" {
+		c.errAt(es, []string{"tower", "token"}, "tokens are not read from the config file: use token_env or token_file")
+	}
+	if t.Password != "" {
+		c.errAt(es, []string{"tower", "password"}, "passwords are not read from the config file: use password_env or password_file")
+	}
+	if t.TokenEnv != "" && t.TokenFile != "" {
+		c.errAt(es, []string{"tower", "token_file"}, "give token_env or token_file, not both")
+	}
+	if t.PasswordEnv != "" && t.PasswordFile != "" {
+		c.errAt(es, []string{"tower", "password_file"}, "give password_env or password_file, not both")
+	}
+	if (t.User == "") != (t.PasswordEnv == "" && t.PasswordFile == "") {
+		c.errAt(es, []string{"tower", "user"}, "basic auth needs user and password_env or password_file")
+	}
+	if t.History < 0 {
+		c.errAt(es, []string{"tower", "history"}, "must not be negative")
+	}
+	t.TokenFile, t.PasswordFile = c.abs(t.TokenFile), c.abs(t.PasswordFile)
+	c.checkFile(es, []string{"tower", "token_file"}, t.TokenFile)
+	c.checkFile(es, []string{"tower", "password_file"}, t.PasswordFile)
+	if t.Listen == "" {
+		if t.TokenEnv != "" || t.TokenFile != "" || t.User != "" {
+			c.errAt(es, []string{"tower", "listen"}, "not set: the Tower needs an address (127.0.0.1:4000)")
+		}
+		return
+	}
+	if _, port, err := net.SplitHostPort(t.Listen); err != nil || port == "" {
+		c.errAt(es, []string{"tower", "listen"}, "%q: want host:port, such as 127.0.0.1:4000", t.Listen)
 	}
 }
 

@@ -41,6 +41,11 @@ func TestConfigErrors(t *testing.T) {
 		{"status command missing", "status:\n  source: command\n" + svc, 2, "needs a command"},
 		{"secure incomplete", "secure:\n  cert: testdata/faulty.py\n" + svc, 1, "secure mode needs cert, key and ca"},
 		{"bad identity", "identity: a b\n" + svc, 1, "letters, digits"},
+		{"metrics_addr not host:port", "metrics_addr: 9464\n" + svc, 1, "want host:port"},
+		{"tower token in file", "tower:\n  listen: 127.0.0.1:4000\n  token: hunter2\n" + svc, 3, "tokens are not read from the config file"},
+		{"tower without listen", "tower:\n  token_env: T\n" + svc, 1, "tower.listen: not set"},
+		{"tower bad listen", "tower:\n  listen: nowhere\n" + svc, 2, "want host:port"},
+		{"tower user without password", "tower:\n  listen: 127.0.0.1:4000\n  user: admin\n" + svc, 3, "basic auth needs user and password_env"},
 		{"config not json", "services:\n  echo:\n    command: [python3, x.py]\n    methods: [echo]\n    config: {1: x}\n", 5, "not representable as JSON"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -717,7 +717,7 @@ func (d *Daemon) Reload(cfg *Config) (*ReloadResult, error) {
 	// Keep what needs a restart as it was.
 	cfg.Identity, cfg.Tags, cfg.PingInterval, cfg.Prefetch = old.Identity, old.Tags, old.PingInterval, old.Prefetch
 	cfg.DrainTimeout, cfg.Broker, cfg.Secure, cfg.Pidfile = old.DrainTimeout, old.Broker, old.Secure, old.Pidfile
-	cfg.MetricsAddr = old.MetricsAddr
+	cfg.MetricsAddr, cfg.Tower = old.MetricsAddr, old.Tower
 	cfg.File = old.File
 	// Go services are compiled in and bound to the agent: a reload keeps
 	// them as they are.
@@ -906,6 +906,7 @@ func restartKeys(old, cfg *Config) []string {
 		{"broker", !reflect.DeepEqual(old.Broker, cfg.Broker)},
 		{"secure", old.Secure != cfg.Secure},
 		{"metrics_addr", old.MetricsAddr != cfg.MetricsAddr},
+		{"tower", old.Tower != cfg.Tower},
 	} {
 		if c.differ {
 			ks = append(ks, c.key)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -23,6 +24,7 @@ import (
 	"github.com/warrenrpc/warren/internal/tlsflags"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/metrics"
+	"github.com/warrenrpc/warren/tower"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/amqp"
 	"github.com/warrenrpc/warren/wire"
@@ -139,6 +141,7 @@ func (c *daemonStartCmd) Run(g *Globals) error {
 		return err
 	}
 	defer tr.Close()
+	base := tr // for the Tower: not counted as the agents' work
 	var reg *prometheus.Registry
 	if cfg.MetricsAddr != "" {
 		reg = newMetricsRegistry()
@@ -167,6 +170,14 @@ func (c *daemonStartCmd) Run(g *Globals) error {
 			return err
 		}
 		defer ms.stop()
+	}
+	if cfg.Tower.Listen != "" {
+		stop, err := startDaemonTower(ctx, g, cfg, base, secureMode)
+		if err != nil {
+			notify("error " + err.Error())
+			return err
+		}
+		defer stop()
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -510,4 +521,42 @@ func (c *daemonConfigBrokerCmd) Run(g *Globals) error {
 		return fmt.Errorf("%d of %d brokers failed", failed, len(urls))
 	}
 	return nil
+}
+
+// startDaemonTower serves the Control Tower the config's tower section
+// describes, on tr, until ctx ends; stop waits for it. In secure mode its
+// mapper signs as the daemon.
+func startDaemonTower(ctx context.Context, g *Globals, cfg *daemon.Config, tr transport.Transport, secureMode bool) (func(), error) {
+	token, password, err := cfg.TowerSecrets()
+	if err != nil {
+		return nil, err
+	}
+	tcfg := tower.Config{Token: token, User: cfg.Tower.User, Password: password, History: cfg.Tower.History}
+	if err := tower.CheckAddr(cfg.Tower.Listen, tcfg); err != nil {
+		return nil, fmt.Errorf("%s: tower.listen: %w", cfg.File, err)
+	}
+	if urls, err := cfg.BrokerURLs(); err == nil {
+		tcfg.Broker = amqp.RedactURL(strings.Join(urls, ","))
+	}
+	if secureMode {
+		tcfg.Mapper.Identity = cfg.Identity
+	}
+	t, err := tower.New(tr, tcfg, tower.WithLogger(g.Logger()))
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Tower.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("tower.listen: %w", err)
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := t.Serve(tctx, ln); err != nil && tctx.Err() == nil {
+			g.Logger().Error("Control Tower stopped", "err", err)
+		}
+	}()
+	g.Logger().Warn("Control Tower serving", "url", "http://"+ln.Addr().String()+"/")
+	return func() { cancel(); <-done }, nil
 }

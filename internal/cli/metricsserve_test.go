@@ -244,3 +244,94 @@ func TestBertMetricsAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonTower: a daemon with a tower section serves the Control Tower,
+// behind its token, listing the daemon's own agent; beyond loopback
+// without auth it refuses to start.
+func TestDaemonTower(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 not installed")
+	}
+	amqpURL := testenv.AMQPURL(t)
+	id, a := fabrictest.Actor(), fabrictest.Actor()
+	fabrictest.DeleteQueues(t, amqpURL, "warren.service./"+a+"/upcase",
+		"warren.service."+daemon.ControlPath(id, "status"), "warren.service."+daemon.ControlPath(id, "reload"),
+		"warren.service."+daemon.ControlPath(id, "stop"))
+	addr := freeAddr(t)
+	svc := fmt.Sprintf("  %s:\n    command: [python3, PLUGINS/echo.py]\n    methods: [upcase]\n", a)
+	cfg := daemonConfig(t, amqpURL, id, svc)
+	body, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	if err := os.WriteFile(cfg, append(body, "tower:\n  listen: 0.0.0.0:"+port+"\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := run(t, t.Context(), "daemon", "start", "-c", cfg); code == 0 || !strings.Contains(errOut, "refusing to listen beyond loopback") {
+		t.Fatalf("tower beyond loopback without auth: exit %d\n%s", code, errOut)
+	}
+	t.Setenv("WARREN_TEST_TOWER_TOKEN", "s3cret-token")
+	if err := os.WriteFile(cfg, append(body, "tower:\n  listen: "+addr+"\n  token_env: WARREN_TEST_TOWER_TOKEN\n"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		c, _, e := run(t, ctx, "daemon", "start", "-c", cfg)
+		if c != 0 {
+			t.Logf("daemon stderr:\n%s", e)
+		}
+		done <- c
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if c := <-done; c != 0 {
+			t.Errorf("daemon: exit %d", c)
+		}
+	})
+	get := func(auth bool, path string) (int, string, error) {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", "http://"+addr+path, nil)
+		if auth {
+			req.Header.Set("Authorization", "Bearer s3cret-token")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	testenv.WaitFor(t, 60*time.Second, func() error {
+		select {
+		case c := <-done:
+			done <- c
+			t.Fatalf("daemon start exited %d", c)
+		default:
+		}
+		if code, _, errOut := run(t, t.Context(), "daemon", "status", "-c", cfg); code != 0 {
+			return fmt.Errorf("status: exit %d: %s", code, errOut)
+		}
+		code, page, err := get(true, "/")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || !strings.Contains(page, "Control Tower") {
+			return fmt.Errorf("tower page: %d", code)
+		}
+		// The Tower's registry sees the daemon's agent (and any other
+		// on the shared broker).
+		code, text, err := get(true, "/metrics")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || value(t, text, "warren_registry_agents") < 1 {
+			return fmt.Errorf("tower metrics: %d, no agents yet", code)
+		}
+		return nil
+	})
+	if code, _, err := get(false, "/"); err != nil || code != http.StatusUnauthorized {
+		t.Errorf("without the token: %d %v, want 401", code, err)
+	}
+}
