@@ -26,6 +26,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -77,6 +78,7 @@ func kind(typ string) string {
 type agentTransport struct {
 	transport.Transport
 	paths    paths
+	confirms *prometheus.CounterVec   // result
 	requests *prometheus.CounterVec   // path, kind
 	errors   *prometheus.CounterVec   // path, code
 	dead     *prometheus.CounterVec   // path, reason
@@ -118,9 +120,10 @@ func Agent(tr transport.Transport, reg prometheus.Registerer) (transport.Transpo
 			Name: "warren_agent_requests_in_flight",
 			Help: "Requests and pushes delivered to the agent and not yet acknowledged.",
 		}),
-		replyTo: map[string]string{},
+		replyTo:  map[string]string{},
+		confirms: confirmsVec("warren_agent_publish_confirms_total"),
 	}
-	for _, c := range []prometheus.Collector{a.requests, a.errors, a.dead, a.redeliv, a.duration, a.inFlight} {
+	for _, c := range []prometheus.Collector{a.requests, a.errors, a.dead, a.redeliv, a.duration, a.inFlight, a.confirms} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -183,6 +186,7 @@ func (a *agentTransport) WantsRecipient() bool { return wire.WantsRecipient(a.Tr
 
 func (a *agentTransport) Publish(ctx context.Context, exchange, key string, msg transport.Message, opts transport.PublishOptions) error {
 	err := a.Transport.Publish(ctx, exchange, key, msg, opts)
+	countConfirm(a.confirms, opts, err)
 	if err != nil {
 		return err
 	}
@@ -202,6 +206,32 @@ func (a *agentTransport) Publish(ctx context.Context, exchange, key string, msg 
 		}
 	}
 	return nil
+}
+
+// confirmsVec counts the outcome of publishes that wait for the broker.
+func confirmsVec(name string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: name,
+		Help: "Publishes that waited for the broker (publisher confirms, mandatory), by result: ack, nack (the broker refused it), returned (no queue took a mandatory message), error (connection lost, timeout).",
+	}, []string{"result"})
+}
+
+// countConfirm counts the outcome of a publish made with opts.
+func countConfirm(c *prometheus.CounterVec, opts transport.PublishOptions, err error) {
+	if !opts.Confirm && !opts.Mandatory {
+		return
+	}
+	result := "ack"
+	switch {
+	case err == nil:
+	case errors.Is(err, transport.ErrNacked):
+		result = "nack"
+	case errors.Is(err, transport.ErrUnroutable):
+		result = "returned"
+	default:
+		result = "error"
+	}
+	c.WithLabelValues(result).Inc()
 }
 
 // relay forwards deliveries from in through f until in closes or ctx
@@ -229,6 +259,7 @@ func relay(ctx context.Context, in <-chan *transport.Delivery, f func(*transport
 type mapperTransport struct {
 	transport.Transport
 	paths    paths
+	confirms *prometheus.CounterVec   // result
 	requests *prometheus.CounterVec   // path, kind
 	errors   *prometheus.CounterVec   // path, code
 	missing  *prometheus.CounterVec   // path
@@ -282,9 +313,10 @@ func Mapper(tr transport.Transport, reg prometheus.Registerer) (transport.Transp
 			Name: "warren_mapper_requests_in_flight",
 			Help: "Replies the mapper awaits.",
 		}),
-		pending: map[string]*pending{},
+		pending:  map[string]*pending{},
+		confirms: confirmsVec("warren_mapper_publish_confirms_total"),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.errors, m.missing, m.duration, m.late, m.waiting} {
+	for _, c := range []prometheus.Collector{m.requests, m.errors, m.missing, m.duration, m.late, m.waiting, m.confirms} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -294,7 +326,9 @@ func Mapper(tr transport.Transport, reg prometheus.Registerer) (transport.Transp
 
 func (m *mapperTransport) Publish(ctx context.Context, exchange, key string, msg transport.Message, opts transport.PublishOptions) error {
 	if msg.Type != wire.TypeRequest && msg.Type != wire.TypePush {
-		return m.Transport.Publish(ctx, exchange, key, msg, opts)
+		err := m.Transport.Publish(ctx, exchange, key, msg, opts)
+		countConfirm(m.confirms, opts, err)
+		return err
 	}
 	path := m.paths.label(wire.String(msg.Headers, wire.HeaderPath))
 	// The reply can come before Publish returns: await it first.
@@ -302,7 +336,9 @@ func (m *mapperTransport) Publish(ctx context.Context, exchange, key string, msg
 	if awaits {
 		m.await(msg, path)
 	}
-	if err := m.Transport.Publish(ctx, exchange, key, msg, opts); err != nil {
+	err := m.Transport.Publish(ctx, exchange, key, msg, opts)
+	countConfirm(m.confirms, opts, err)
+	if err != nil {
 		if awaits {
 			m.unawait(msg.CorrelationID)
 		}

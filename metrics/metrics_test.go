@@ -13,6 +13,7 @@ import (
 	"github.com/warrenrpc/warren/internal/simple"
 	"github.com/warrenrpc/warren/mapper"
 	"github.com/warrenrpc/warren/metrics"
+	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/mem"
 	"github.com/warrenrpc/warren/wire"
 	"go.uber.org/goleak"
@@ -150,4 +151,47 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 
 		}
 	}
 	return n
+}
+
+// TestPublishConfirms: publishes that wait for the broker are counted by
+// result; the others are not.
+func TestPublishConfirms(t *testing.T) {
+	b := mem.NewBroker()
+	tr := b.Connect()
+	defer tr.Close()
+	ctx := context.Background()
+	if err := wire.Topology(ctx, tr); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		wrap func(transport.Transport, prometheus.Registerer) (transport.Transport, error)
+	}{{"warren_agent_publish_confirms_total", metrics.Agent}, {"warren_mapper_publish_confirms_total", metrics.Mapper}} {
+		reg := prometheus.NewRegistry()
+		itr, err := c.wrap(tr, reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := transport.Message{Type: wire.TypeReply, Body: []byte("{}")}
+		must := func(err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(itr.Publish(ctx, transport.DefaultExchange, q, msg, transport.PublishOptions{Confirm: true}))
+		must(itr.Publish(ctx, transport.DefaultExchange, q, msg, transport.PublishOptions{Mandatory: true}))
+		must(itr.Publish(ctx, transport.DefaultExchange, q, msg, transport.PublishOptions{})) // not counted
+		if err := itr.Publish(ctx, transport.DefaultExchange, "no-such-queue", msg, transport.PublishOptions{Mandatory: true}); !errors.Is(err, transport.ErrUnroutable) {
+			t.Fatalf("%s: unroutable publish: %v", c.name, err)
+		}
+		want := c.name + "{result=\"ack\"} 2\n" + c.name + "{result=\"returned\"} 1\n"
+		if err := testutil.GatherAndCompare(reg, strings.NewReader("# HELP "+c.name+" Publishes that waited for the broker (publisher confirms, mandatory), by result: ack, nack (the broker refused it), returned (no queue took a mandatory message), error (connection lost, timeout).\n# TYPE "+c.name+" counter\n"+want), c.name); err != nil {
+			t.Error(err)
+		}
+	}
 }
