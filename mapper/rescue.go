@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -326,9 +325,12 @@ func (m *Mapper) cycle(gone string, d *transport.Delivery, log *slog.Logger) boo
 func (m *Mapper) forward(gone string, d *transport.Delivery, log *slog.Logger) (ok, sent bool) {
 	path := wire.String(d.Headers, wire.HeaderPath)
 	tags := strings.Split(wire.String(d.Headers, wire.HeaderTags), ",")
-	cands := slices.DeleteFunc(m.reg.live(path, time.Now()), func(a AgentInfo) bool { return a.Identity == gone })
-	picked := Tagged(LeastLoaded(), tags...).Select(path, cands)
-	if wire.CheckPath(path) != nil || len(picked) == 0 {
+	if wire.CheckPath(path) != nil {
+		return true, false
+	}
+	// From the registry's index: no copy of every agent serving the path.
+	picked, _ := m.reg.pick(path, Tagged(LeastLoaded(), tags...), map[string]bool{gone: true}, time.Now())
+	if len(picked) == 0 {
 		return true, false
 	}
 	to := picked[0].Identity
