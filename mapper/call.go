@@ -285,7 +285,7 @@ func (m *Mapper) push(ctx context.Context, path string, payload any, c call, ski
 		msg.Persistent = c.persistent
 		c.withTTL(&msg)
 		m.address(&msg, t.Identity)
-		err := m.tr.Publish(ctx, wire.RequestExchange, t.Identity, msg, transport.PublishOptions{Mandatory: true})
+		err := m.publishOne(ctx, wire.RequestExchange, t.Identity, msg)
 		if errors.Is(err, transport.ErrUnroutable) && ctx.Err() == nil {
 			m.unroutable(t.Identity, err)
 			skip[t.Identity] = true
@@ -491,7 +491,7 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 		delete(m.pending, msg.CorrelationID)
 		m.mu.Unlock()
 	}
-	if err := m.tr.Publish(ctx, exchange, key, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+	if err := m.publishOne(ctx, exchange, key, msg); err != nil {
 		forget()
 		if target != "" {
 			m.unroutable(target, err)
@@ -665,7 +665,7 @@ func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 	wire.RefreshExpiration(&msg)
 	m.mu.Unlock()
 	m.log.Warn("agent gone: request sent to another agent", "service", w.path, "from_agent", gone, "agent", next.Identity, "correlation_id", msg.CorrelationID)
-	err := m.tr.Publish(m.runCtx, wire.RequestExchange, next.Identity, msg, transport.PublishOptions{Mandatory: true})
+	err := m.publishOne(m.runCtx, wire.RequestExchange, next.Identity, msg)
 	if err != nil {
 		m.log.Warn("redispatch failed", "err", err, "correlation_id", msg.CorrelationID)
 	}
@@ -710,7 +710,7 @@ func (m *Mapper) park(ctx context.Context, path string, msg transport.Message) e
 	if err != nil {
 		return err
 	}
-	if err := m.tr.Publish(ctx, wire.ServiceExchange, path, msg, transport.PublishOptions{Mandatory: true}); err != nil {
+	if err := m.publishOne(ctx, wire.ServiceExchange, path, msg); err != nil {
 		return noSharedQueue(path, refused, fmt.Errorf("mapper: park %s: %w", path, err))
 	}
 	m.log.Info("no agent: parked in the shared queue", "service", path, "message_id", msg.MessageID)
@@ -792,3 +792,35 @@ func pin(msg *transport.Message, sel Selector, fanOut bool) {
 		}
 	}
 }
+
+// publishOne publishes msg, mandatory, to the one queue that exchange and
+// key route it to (an agent's own queue, a service's shared queue), and
+// publishes it again when the broker nacks it: a nack from a single queue
+// means it did not take the message (RabbitMQ nacks a quorum queue's
+// publishes while its leader is being elected), so a second copy cannot
+// run twice. It tries nackRetries times in all, pausing a little longer
+// each time, within ctx; the transport publishes each retry on a fresh
+// channel.
+func (m *Mapper) publishOne(ctx context.Context, exchange, key string, msg transport.Message) error {
+	var err error
+	for attempt := range nackRetries {
+		if err = m.tr.Publish(ctx, exchange, key, msg, transport.PublishOptions{Mandatory: true}); !errors.Is(err, transport.ErrNacked) {
+			return err
+		}
+		if attempt+1 == nackRetries {
+			break
+		}
+		m.log.Debug("publish nacked by the broker: publishing again", "exchange", exchange, "key", key, "attempt", attempt+1)
+		t := time.NewTimer(time.Duration(attempt+1) * 50 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+	}
+	return err
+}
+
+// nackRetries bounds publishOne's attempts.
+const nackRetries = 4
