@@ -157,6 +157,7 @@ type Agent struct {
 	ready    chan struct{}
 	inflight sync.WaitGroup
 	handled  atomic.Int64
+	inFlight atomic.Int64 // deliveries in serve
 	// draining is set when Run's context ended: every service is then
 	// advertised as inactive and what reaches the agent is passed on.
 	draining atomic.Bool

@@ -245,7 +245,10 @@ func retryable(err error) bool {
 
 // heartbeat returns this agent's heartbeat record.
 func (a *Agent) heartbeat() wire.Heartbeat {
+	inFlight, handled := a.inFlight.Load(), a.handled.Load()
 	return wire.Heartbeat{
+		InFlight:     &inFlight,
+		Handled:      &handled,
 		Identity:     a.cfg.Identity,
 		Queue:        wire.AgentQueue(a.cfg.Identity),
 		Services:     a.Services(),

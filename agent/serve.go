@@ -24,7 +24,11 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.resultCredit(d) // a caller's credit for a streamed result (result.go)
 		return
 	}
-	defer a.handled.Add(1)
+	a.inFlight.Add(1)
+	defer func() {
+		a.inFlight.Add(-1)
+		a.handled.Add(1)
+	}()
 	// Logger.With allocates even when nothing is logged: only when it is.
 	log := a.log
 	if log.Enabled(ctx, slog.LevelError) {

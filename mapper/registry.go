@@ -25,6 +25,10 @@ type AgentInfo struct {
 	// Inactive lists services the agent serves but does not take work for
 	// now (their Active predicate is false); it is not selected for them.
 	Inactive []string
+	// InFlight and Handled are the agent's counts of requests and pushes
+	// in hand and handled since it started, as of its latest heartbeat;
+	// -1 when it does not report them (an agent outside Warren may not).
+	InFlight, Handled int64
 }
 
 // Serves reports whether the agent offers path.
@@ -147,6 +151,8 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 		LastSeen:     now,
 		Started:      hb.Started,
 		Inactive:     slices.Clone(hb.Inactive),
+		InFlight:     count(hb.InFlight),
+		Handled:      count(hb.Handled),
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -386,4 +392,12 @@ func (r *registry) identities() []string {
 // so that a bogus value can neither overflow nor make the agent flap.
 func pingInterval(ms int64) time.Duration {
 	return time.Duration(min(max(ms, 100), 24*3600*1000)) * time.Millisecond
+}
+
+// count is a heartbeat's optional count, or -1 when absent.
+func count(n *int64) int64 {
+	if n == nil {
+		return -1
+	}
+	return *n
 }

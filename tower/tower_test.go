@@ -387,7 +387,8 @@ func TestLiveAgentsAndEscaping(t *testing.T) {
 	if !strings.Contains(html, `<span class="tag">blue</span>`) || !strings.Contains(html, "/simple/echo") {
 		t.Fatalf("tags or services missing: %s", html)
 	}
-	ev.wait(t, "agents", has(`<polyline points=`)) // fred's numeric status is charted
+	ev.wait(t, "agents", has(`<polyline points=`))      // fred's numeric status is charted
+	ev.wait(t, "agents", has(`<td class="num">0</td>`)) // in flight and handled, from the heartbeat
 	ev.wait(t, "services", has(`data-path="/simple/echo"`, `>bob<`, `>fred<`))
 	stopBob()
 	ev.wait(t, "events", has("bob</span> left"))

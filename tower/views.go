@@ -33,6 +33,8 @@ type agentRow struct {
 	Stale    bool   // more than two ping intervals since its latest heartbeat
 	Ping     string
 	Uptime   string
+	InFlight string // "" when the agent does not report it
+	Handled  string
 }
 
 type serviceRef struct {
@@ -62,6 +64,8 @@ func (t *Tower) agentsView(agents []mapper.AgentInfo, now time.Time) agentsView 
 			LastSeen: ago(now.Sub(a.LastSeen)),
 			Stale:    a.PingInterval > 0 && now.Sub(a.LastSeen) > 2*a.PingInterval,
 			Ping:     a.PingInterval.String(),
+			InFlight: countText(a.InFlight),
+			Handled:  countText(a.Handled),
 		}
 		if !a.Started.IsZero() {
 			row.Uptime = strings.TrimSuffix(ago(now.Sub(a.Started)), " ago")
@@ -284,4 +288,12 @@ func countCodes(codes []string) []codeCount {
 	}
 	slices.SortFunc(out, func(a, b codeCount) int { return cmp.Compare(a.Code, b.Code) })
 	return out
+}
+
+// countText shows an agent's count, or nothing when it reports none.
+func countText(n int64) string {
+	if n < 0 {
+		return ""
+	}
+	return strconv.FormatInt(n, 10)
 }

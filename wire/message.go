@@ -357,5 +357,8 @@ func ReadHeartbeat(d *transport.Delivery) (Heartbeat, error) {
 	if hb.PingInterval < MinPingInterval.Milliseconds() || hb.PingInterval > MaxPingInterval.Milliseconds() {
 		return hb, fmt.Errorf("%w: agent %s: ping_interval_ms %d: want %d to %d", ErrBadHeartbeat, hb.Identity, hb.PingInterval, MinPingInterval.Milliseconds(), MaxPingInterval.Milliseconds())
 	}
+	if hb.InFlight != nil && *hb.InFlight < 0 || hb.Handled != nil && *hb.Handled < 0 {
+		return hb, fmt.Errorf("%w: agent %s: negative in_flight or handled", ErrBadHeartbeat, hb.Identity)
+	}
 	return hb, nil
 }

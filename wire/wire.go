@@ -154,6 +154,11 @@ type Heartbeat struct {
 	Inactive []string `json:"inactive,omitempty"`
 	// Started is when the agent started (RFC 3339).
 	Started time.Time `json:"started"`
+	// InFlight and Handled, optional, count the requests and pushes the
+	// agent is handling now and has handled since it started, as of
+	// this heartbeat (Warren's agents send both; nil: not reported).
+	InFlight *int64 `json:"in_flight,omitempty"`
+	Handled  *int64 `json:"handled,omitempty"`
 }
 
 // RemoteError is a failure reported by the agent that handled a request.

@@ -275,11 +275,19 @@ func printAgents(w io.Writer, as []mapper.AgentInfo, asJSON bool) error {
 			Status   any       `json:"status"`
 			Tags     []string  `json:"tags"`
 			LastSeen time.Time `json:"last_heartbeat"`
+			InFlight *int64    `json:"in_flight,omitempty"` // absent when the agent reports none
+			Handled  *int64    `json:"handled,omitempty"`
 		}
 		rows := []row{}
 		for _, a := range as {
 			// Lists are [] when empty, never null.
-			r := row{a.Identity, a.Services, a.Status, a.Tags, a.LastSeen}
+			r := row{Identity: a.Identity, Services: a.Services, Status: a.Status, Tags: a.Tags, LastSeen: a.LastSeen}
+			if a.InFlight >= 0 {
+				r.InFlight = &a.InFlight
+			}
+			if a.Handled >= 0 {
+				r.Handled = &a.Handled
+			}
 			if r.Services == nil {
 				r.Services = []string{}
 			}
