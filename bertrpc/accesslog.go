@@ -1,6 +1,7 @@
 package bertrpc
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"strings"
@@ -69,23 +70,74 @@ func (e *accessEntry) format() string {
 // accessLog appends lines to a file and reopens it when it has been moved
 // or deleted (checked at most once per checkEvery), so logrotate works
 // without signals, as in Ernie.
+//
+// Lines are buffered and written at most accessFlushEvery after they were
+// logged (or when the buffer fills, the file is rotated, or the log is
+// closed): a write per line cost a system call per request. Ernie's logger
+// is asynchronous too (a gen_server cast).
 type accessLog struct {
 	path       string
 	checkEvery time.Duration
 
 	mu        sync.Mutex
 	f         *os.File
+	bw        *bufio.Writer
 	fi        os.FileInfo
 	lastCheck time.Time
 	lastErr   error
+	onErr     func(error)
+
+	stop chan struct{}
+	done chan struct{}
 }
 
-func openAccessLog(path string, checkEvery time.Duration) (*accessLog, error) {
-	l := &accessLog{path: path, checkEvery: checkEvery}
+// accessFlushEvery bounds how long a line stays in the buffer.
+const accessFlushEvery = 100 * time.Millisecond
+
+// openAccessLog opens the log; onErr is told of a failed periodic flush
+// (once per distinct failure).
+func openAccessLog(path string, checkEvery time.Duration, onErr func(error)) (*accessLog, error) {
+	l := &accessLog{path: path, checkEvery: checkEvery, onErr: onErr,
+		bw: bufio.NewWriterSize(nil, 64<<10), stop: make(chan struct{}), done: make(chan struct{})}
 	if err := l.open(); err != nil {
 		return nil, err
 	}
+	go l.flusher()
 	return l, nil
+}
+
+func (l *accessLog) flusher() {
+	defer close(l.done)
+	t := time.NewTicker(accessFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			l.mu.Lock()
+			err := l.flushLocked()
+			l.mu.Unlock()
+			if err != nil && l.onErr != nil {
+				l.onErr(err)
+			}
+		}
+	}
+}
+
+// flushLocked writes the buffered lines; it reports a failure once.
+func (l *accessLog) flushLocked() error {
+	if l.f == nil || l.bw.Buffered() == 0 {
+		return nil
+	}
+	if err := l.bw.Flush(); err != nil {
+		// A failed write leaves the buffer stuck on its error: start
+		// over (the lines in it are lost, as they would have been).
+		l.bw.Reset(l.f)
+		return l.report(fmt.Errorf("bertrpc: write access log: %w", err))
+	}
+	l.lastErr = nil
+	return nil
 }
 
 func (l *accessLog) open() error {
@@ -99,9 +151,13 @@ func (l *accessLog) open() error {
 		return fmt.Errorf("bertrpc: open access log: %w", err)
 	}
 	if l.f != nil {
+		// The lines so far go to the file they were logged to
+		// (logrotate's copy).
+		_ = l.flushLocked()
 		l.f.Close()
 	}
 	l.f, l.fi, l.lastCheck = f, fi, time.Now()
+	l.bw.Reset(f)
 	return nil
 }
 
@@ -120,10 +176,12 @@ func (l *accessLog) write(line string) error {
 			}
 		}
 	}
-	if _, err := l.f.WriteString(line); err != nil {
-		return l.report(fmt.Errorf("bertrpc: write access log: %w", err))
+	if l.bw.Available() < len(line) {
+		if err := l.flushLocked(); err != nil {
+			return err
+		}
 	}
-	l.lastErr = nil
+	_, _ = l.bw.WriteString(line) // to the file when it is bigger than the buffer
 	return nil
 }
 
@@ -135,14 +193,21 @@ func (l *accessLog) report(err error) error {
 	return err
 }
 
+// close writes what is buffered and closes the file.
 func (l *accessLog) close() error {
+	close(l.stop)
+	<-l.done
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
 		return nil
 	}
+	ferr := l.flushLocked()
 	err := l.f.Close()
 	l.f = nil
+	if ferr != nil {
+		return ferr
+	}
 	return err
 }
 

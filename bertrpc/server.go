@@ -230,7 +230,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("bertrpc: listen: %w", err)
 	}
 	if s.cfg.AccessLog != "" {
-		s.acc, err = openAccessLog(s.cfg.AccessLog, s.o.accessCheck)
+		s.acc, err = openAccessLog(s.cfg.AccessLog, s.o.accessCheck, func(err error) { s.log.Error("access log", "err", err) })
 		if err != nil {
 			ln.Close()
 			return err
