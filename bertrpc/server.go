@@ -124,6 +124,8 @@ type Server struct {
 // while it has no call in hand.
 type connState struct {
 	c       net.Conn
+	br      *bufio.Reader // requests
+	bw      *bufio.Writer // replies: flushed when no whole request is waiting in br
 	elem    *list.Element // in Server.idle; nil while busy
 	evicted bool          // closed to make room; its requests are not run
 	active  uint64        // Server.seq when accepted or last answered: Server.idle's order
@@ -458,12 +460,54 @@ func (s *Server) end(st *connState) {
 // answer stamps st as active and writes a reply frame to it. The stamp is
 // taken before the write, so that it precedes anything the client does
 // after reading the reply; st stays busy (not evictable) until end.
+//
+// The reply is buffered while another whole request is already waiting in
+// the connection's input (a pipelining client), and written with the last
+// of them: a write per reply was a system call per request.
 func (s *Server) answer(st *connState, payload []byte) {
 	s.mu.Lock()
 	s.seq++
 	st.active = s.seq
+	halting := s.halting
 	s.mu.Unlock()
-	s.writeFrame(st.c, payload)
+	s.writeReply(st, payload, halting)
+}
+
+// writeReply appends a reply frame to st's output, and writes the output
+// unless more is true and another whole request is waiting in st's input.
+func (s *Server) writeReply(st *connState, payload []byte, now bool) {
+	var h [4]byte
+	binary.BigEndian.PutUint32(h[:], uint32(len(payload)))
+	_, _ = st.bw.Write(h[:])
+	_, _ = st.bw.Write(payload)
+	if !now && st.requestWaiting() {
+		return
+	}
+	s.flush(st)
+}
+
+// requestWaiting reports whether a whole request frame is in st's input
+// buffer, so that reading it does not wait for the client.
+func (st *connState) requestWaiting() bool {
+	n := st.br.Buffered()
+	if n < 4 {
+		return false
+	}
+	h, _ := st.br.Peek(4)
+	return uint64(n) >= 4+uint64(binary.BigEndian.Uint32(h))
+}
+
+// flush writes st's buffered replies.
+func (s *Server) flush(st *connState) {
+	if st.bw.Buffered() == 0 {
+		return
+	}
+	_ = st.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if err := st.bw.Flush(); err != nil {
+		s.log.Debug("write reply", "remote", st.c.RemoteAddr().String(), "err", err)
+		// The connection is broken: drop what is buffered from now on.
+		st.bw.Reset(io.Discard)
+	}
 }
 
 func (s *Server) answerTerm(st *connState, t any) {
@@ -566,16 +610,24 @@ type request struct {
 // frame has the frame timeout to arrive whole.
 func (s *Server) serveConn(st *connState, accepted time.Time) {
 	c := st.c
+	br := bufio.NewReaderSize(c, 4096)
+	st.br, st.bw = br, bufio.NewWriterSize(c, 4096)
 	defer func() {
+		s.flush(st)
 		s.drop(st)
 		c.Close()
 	}()
-	br := bufio.NewReaderSize(c, 4096)
 	prio := high
 	start := accepted // the current request's accept time
 	hq, lq := s.queueLens()
 	idleSince := accepted
 	for {
+		if st.bw.Buffered() > 0 && !st.requestWaiting() {
+			// The replies held for a pipelining client (see answer) go
+			// out before waiting for its next request.
+			s.flush(st)
+			s.end(st)
+		}
 		setReadDeadline(c, idleSince, s.cfg.IdleTimeout)
 		if _, err := br.Peek(1); err != nil {
 			return // closed, idle too long, or evicted
@@ -588,7 +640,7 @@ func (s *Server) serveConn(st *connState, accepted time.Time) {
 				e = protocolErr(rerr.partial, "the frame did not arrive whole within %v (frame_timeout)", s.cfg.FrameTimeout)
 			}
 			if e != nil {
-				s.writeTerm(c, e.term())
+				s.replyTerm(st, e.term())
 				s.log.Debug("bad packet", "remote", c.RemoteAddr().String(), "err", e.Detail)
 			}
 			return
@@ -600,7 +652,7 @@ func (s *Server) serveConn(st *connState, accepted time.Time) {
 		}
 		term, err := bert.UnmarshalLimits(payload, s.limits)
 		if err != nil {
-			s.writeTerm(c, protocolErr(CodeUndesignated, "invalid BERT: %v", err).term())
+			s.replyTerm(st, protocolErr(CodeUndesignated, "invalid BERT: %v", err).term())
 			if s.cfg.CloseAfterReply {
 				return
 			}
@@ -626,7 +678,7 @@ func (s *Server) serveConn(st *connState, accepted time.Time) {
 		case (kind == "call" || kind == "cast") && len(tup) == 4:
 			req, perr := parseRequest(tup)
 			if perr != nil {
-				s.writeTerm(c, perr.term())
+				s.replyTerm(st, perr.term())
 				break
 			}
 			if !s.begin(st) {
@@ -641,10 +693,13 @@ func (s *Server) serveConn(st *connState, accepted time.Time) {
 				}
 				s.serveRequest(st, req)
 			}
-			s.end(st)
+			if st.bw.Buffered() == 0 {
+				// Not evictable while replies wait in the buffer.
+				s.end(st)
+			}
 			idleSince = time.Now()
 		default:
-			s.writeTerm(c, protocolErr(CodeUndesignated, "invalid request: %s", bert.FormatLimit(term, maxQuoteLen)).term())
+			s.replyTerm(st, protocolErr(CodeUndesignated, "invalid request: %s", bert.FormatLimit(term, maxQuoteLen)).term())
 		}
 		if s.cfg.CloseAfterReply {
 			return
@@ -751,7 +806,8 @@ func (s *Server) serveRequest(st *connState, req *request) {
 	defer s.inflight.Done()
 	reply, errLog := s.execute(req)
 	// Counted and logged before the reply goes out, so a client that has
-	// its reply finds it in the stats and the access log.
+	// its reply finds it in the stats (and, once the access log's buffer
+	// is written, at most accessFlushEvery later, in the access log).
 	s.finishRequest(req, errLog)
 	s.answer(st, reply)
 }
@@ -1145,22 +1201,12 @@ func readFrame(r io.Reader, max int) ([]byte, *frameError) {
 
 const writeTimeout = 30 * time.Second
 
-func (s *Server) writeTerm(c net.Conn, t any) {
+// replyTerm sends t on st (buffered as in answer, without the stamp).
+func (s *Server) replyTerm(st *connState, t any) {
 	b, err := bert.Marshal(t)
 	if err != nil {
 		s.log.Error("encoding reply", "err", err)
 		return
 	}
-	s.writeFrame(c, b)
-}
-
-// writeFrame sends one BERP in a single write.
-func (s *Server) writeFrame(c net.Conn, payload []byte) {
-	buf := make([]byte, 4+len(payload))
-	binary.BigEndian.PutUint32(buf, uint32(len(payload)))
-	copy(buf[4:], payload)
-	_ = c.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := c.Write(buf); err != nil {
-		s.log.Debug("write reply", "remote", c.RemoteAddr().String(), "err", err)
-	}
+	s.writeReply(st, b, false)
 }
