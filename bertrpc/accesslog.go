@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,25 +47,47 @@ func (e *accessEntry) format() string {
 			action = action[:maxActionLen] + "..."
 		}
 	}
-	var b strings.Builder
-	b.Grow(96 + len(action) + len(e.err))
+	// Appended by hand: fmt costs a third of the line's time.
+	b := make([]byte, 0, 96+len(action)+len(e.err))
 	if e.err != "" {
-		b.WriteString("ERR [")
+		b = append(b, "ERR ["...)
 	} else {
-		b.WriteString("ACC [")
+		b = append(b, "ACC ["...)
 	}
-	b.WriteString(e.accept.Local().Format(accessTimeLayout))
-	fmt.Fprintf(&b, "] %.6f %.6f - %d %d %3.3s %s - ",
-		e.process.Sub(e.accept).Seconds(), e.done.Sub(e.process).Seconds(),
-		e.hq, e.lq, e.kind, e.prio)
+	b = e.accept.Local().AppendFormat(b, accessTimeLayout)
+	b = append(b, "] "...)
+	b = strconv.AppendFloat(b, e.process.Sub(e.accept).Seconds(), 'f', 6, 64)
+	b = append(b, ' ')
+	b = strconv.AppendFloat(b, e.done.Sub(e.process).Seconds(), 'f', 6, 64)
+	b = append(b, " - "...)
+	b = strconv.AppendInt(b, int64(e.hq), 10)
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, int64(e.lq), 10)
+	b = append(b, ' ')
+	b = appendField3(b, e.kind)
+	b = append(b, ' ')
+	b = append(b, e.prio.String()...)
+	b = append(b, " - "...)
 	if e.err != "" {
 		// The error can quote a client's atoms: one entry, one line.
-		b.WriteString(lineSafe.Replace(e.err))
-		b.WriteString(" : ")
+		b = append(b, lineSafe.Replace(e.err)...)
+		b = append(b, " : "...)
 	}
-	b.WriteString(action)
-	b.WriteByte('\n')
-	return b.String()
+	b = append(b, action...)
+	b = append(b, '\n')
+	return string(b)
+}
+
+// appendField3 appends s as fmt's %3.3s does: cut to 3 bytes, padded on
+// the left to 3.
+func appendField3(b []byte, s string) []byte {
+	if len(s) > 3 {
+		s = s[:3]
+	}
+	for range 3 - len(s) {
+		b = append(b, ' ')
+	}
+	return append(b, s...)
 }
 
 // accessLog appends lines to a file and reopens it when it has been moved

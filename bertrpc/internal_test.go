@@ -3,6 +3,7 @@ package bertrpc
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"regexp"
@@ -241,5 +242,29 @@ func TestStalledFrameHoldsLittle(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	if per := (after.TotalAlloc - before.TotalAlloc) / n; per > 8192 {
 		t.Fatalf("a stalled 16 MiB frame allocated %d bytes", per)
+	}
+}
+
+// TestAccessFormatAsFmt: the hand-appended line is the one fmt wrote.
+func TestAccessFormatAsFmt(t *testing.T) {
+	at := time.Date(2026, 11, 24, 13, 1, 16, 346366000, time.Local)
+	for _, e := range []accessEntry{
+		{accept: at, process: at.Add(114 * time.Microsecond), done: at.Add(241 * time.Microsecond), kind: "nat", prio: high, action: "{call,nat,add,[1,2]}"},
+		{accept: at, process: at.Add(3 * time.Second), done: at.Add(4 * time.Second), hq: 12, lq: 345, kind: "un", prio: low, action: "{call,nope,x,[]}", err: "No such module 'nope'\nx"},
+		{accept: at, process: at, done: at, kind: "toolong", prio: high, action: strings.Repeat("x", 200)},
+	} {
+		action := e.action
+		if len(action) > maxActionLen {
+			action = action[:maxActionLen] + "..."
+		}
+		typ, errPart := "ACC", ""
+		if e.err != "" {
+			typ, errPart = "ERR", lineSafe.Replace(e.err)+" : "
+		}
+		want := fmt.Sprintf("%s [%s] %.6f %.6f - %d %d %3.3s %s - %s%s\n", typ, e.accept.Local().Format(accessTimeLayout),
+			e.process.Sub(e.accept).Seconds(), e.done.Sub(e.process).Seconds(), e.hq, e.lq, e.kind, e.prio, errPart, action)
+		if got := e.format(); got != want {
+			t.Errorf("format:\n got %q\nwant %q", got, want)
+		}
 	}
 }

@@ -628,11 +628,17 @@ func (s *Server) serveConn(st *connState, accepted time.Time) {
 			s.flush(st)
 			s.end(st)
 		}
-		setReadDeadline(c, idleSince, s.cfg.IdleTimeout)
-		if _, err := br.Peek(1); err != nil {
-			return // closed, idle too long, or evicted
+		// A request already in the buffer needs no deadline to be read
+		// (a deadline costs a timer update per request).
+		if br.Buffered() == 0 {
+			setReadDeadline(c, idleSince, s.cfg.IdleTimeout)
+			if _, err := br.Peek(1); err != nil {
+				return // closed, idle too long, or evicted
+			}
 		}
-		setReadDeadline(c, time.Now(), s.cfg.FrameTimeout)
+		if !st.requestWaiting() {
+			setReadDeadline(c, time.Now(), s.cfg.FrameTimeout)
+		}
 		payload, rerr := readFrame(br, s.cfg.MaxPacket)
 		if rerr != nil {
 			e := rerr.err
@@ -1188,7 +1194,18 @@ func readFrame(r io.Reader, max int) ([]byte, *frameError) {
 	// Memory follows the data that arrives, not the length announced: a
 	// lying header must not cost size bytes per connection, nor a stalled
 	// frame more than what it sent (the buffer starts at 512 bytes and
-	// doubles as data comes).
+	// doubles as data comes). A small frame, the usual request, is read
+	// into a buffer of its size at once.
+	if size <= smallFrame {
+		buf := make([]byte, size)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return nil, &frameError{err: protocolErr(CodeNoData, "unable to read the %d bytes of data the header announced", size), cause: err}
+			}
+			return nil, &frameError{cause: err, partial: CodeNoData}
+		}
+		return buf, nil
+	}
 	var buf bytes.Buffer
 	if _, err := io.CopyN(&buf, r, int64(size)); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
@@ -1200,6 +1217,10 @@ func readFrame(r io.Reader, max int) ([]byte, *frameError) {
 }
 
 const writeTimeout = 30 * time.Second
+
+// smallFrame is the largest frame readFrame allocates whole before its data
+// has arrived.
+const smallFrame = 4096
 
 // replyTerm sends t on st (buffered as in answer, without the stamp).
 func (s *Server) replyTerm(st *connState, t any) {
