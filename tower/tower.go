@@ -1,8 +1,9 @@
 // Package tower is Warren's Control Tower: a web page of the live fabric,
 // Nanite's nanite-admin grown up. It shows the agents (identity, tags,
 // services, status with a chart of the last minutes, last heartbeat, joins
-// and drops as they happen), the services (who serves each path; request
-// rate, error rate and latency of the requests sent through the Tower), a
+// and drops as they happen), the services (who serves each path; the
+// fabric-wide request rate, error rate and latency, from discovery STATS,
+// and those of the requests sent through the Tower), a
 // form that sends a request or push to any path with any selector, target
 // or tags and shows each responder's result, and the dead letters (list,
 // show, replay, purge: package dlq, the operations of `warren dlq`).
@@ -61,6 +62,10 @@ type Config struct {
 	// Update is how often live pages are refreshed when something changed;
 	// 0 means 1 second.
 	Update time.Duration
+	// Stats is how often the Tower asks the fabric discovery STATS for
+	// the Services page's fabric-wide figures, while a page is open; 0
+	// means 5 seconds.
+	Stats time.Duration
 	// DLQHold bounds how many dead letters one operation holds (dlq.Hold);
 	// 0 means dlq.DefaultHold.
 	DLQHold int
@@ -126,6 +131,7 @@ type Tower struct {
 	started time.Time
 
 	state   *state
+	fabric  *fabric
 	hub     *hub
 	metrics *metrics
 	handler http.Handler
@@ -142,14 +148,17 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Tower, error) {
 	if (cfg.User == "") != (cfg.Password == "") {
 		return nil, errors.New("tower: basic auth needs both a user and a password")
 	}
-	if cfg.History < 0 || cfg.Update < 0 || cfg.DLQHold < 0 {
-		return nil, errors.New("tower: history, update and dlq hold must not be negative")
+	if cfg.History < 0 || cfg.Update < 0 || cfg.Stats < 0 || cfg.DLQHold < 0 {
+		return nil, errors.New("tower: history, update, stats and dlq hold must not be negative")
 	}
 	if cfg.History == 0 {
 		cfg.History = 5 * time.Minute
 	}
 	if cfg.Update == 0 {
 		cfg.Update = time.Second
+	}
+	if cfg.Stats == 0 {
+		cfg.Stats = 5 * time.Second
 	}
 	t := &Tower{tr: tr, cfg: cfg, started: time.Now(), kick: make(chan struct{}, 1)}
 	for _, o := range opts {
@@ -167,6 +176,7 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Tower, error) {
 		t.session = hex.EncodeToString(sum[:])
 	}
 	t.state = newState(cfg.History)
+	t.fabric = newFabric()
 	t.hub = newHub()
 	t.metrics = newMetrics(t)
 	m, err := mapper.New(tr, cfg.Mapper, mapper.WithLogger(t.log), mapper.WithEvents(t.onEvent))
@@ -201,6 +211,7 @@ func (t *Tower) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { t.loop(ctx) })
+	wg.Go(func() { t.statsLoop(ctx) })
 	err := t.m.Run(ctx)
 	cancel()
 	t.hub.close()

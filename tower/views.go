@@ -127,6 +127,8 @@ func (t *Tower) chart(id string) chart {
 
 type servicesView struct {
 	Services []serviceRow
+	Asked    bool   // the fabric was asked STATS at least once
+	Every    string // how often it is asked
 }
 
 type serviceRow struct {
@@ -140,6 +142,14 @@ type serviceRow struct {
 	ErrorRate string
 	Mean      string
 	P95       string
+	// The fabric-wide figures, from discovery STATS: totals since each
+	// serving agent started, and rates since the previous STATS.
+	Fabric     bool // some agent answered STATS for the path
+	FabTotal   int64
+	FabErrors  int64
+	FabRate    string // "" until two answers came
+	FabErrRate string
+	FabMean    string // over the last interval, else since each agent started
 }
 
 func (t *Tower) servicesView(agents []mapper.AgentInfo, now time.Time) servicesView {
@@ -165,9 +175,20 @@ func (t *Tower) servicesView(agents []mapper.AgentInfo, now time.Time) servicesV
 	for _, p := range t.state.paths() {
 		row(p)
 	}
-	var v servicesView
+	v := servicesView{Asked: t.fabric.wasAsked(), Every: t.cfg.Stats.String()}
 	for _, p := range slices.Sorted(maps.Keys(by)) {
 		r := by[p]
+		if f, ok := t.fabric.summary(p); ok {
+			r.Fabric, r.FabTotal, r.FabErrors = true, f.Requests, f.Errors
+			r.FabMean = roundDuration(f.Mean)
+			if f.Rated {
+				r.FabRate = strconv.FormatFloat(f.Rate, 'f', 2, 64)
+				r.FabErrRate = strconv.FormatFloat(100*f.ErrorRate, 'f', 1, 64) + "%"
+				if f.RecentMean > 0 {
+					r.FabMean = roundDuration(f.RecentMean)
+				}
+			}
+		}
 		s := t.state.summary(p, now)
 		r.Seen, r.Total, r.Errors = s.Seen, s.Total, s.Errors
 		if s.Seen {

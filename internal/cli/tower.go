@@ -20,6 +20,7 @@ type towerCmd struct {
 	User         string        `name:"user" env:"WARREN_TOWER_USER" help:"Basic auth user (its password in WARREN_TOWER_PASSWORD or --password-file)."`
 	PasswordFile string        `name:"password-file" placeholder:"FILE" help:"Read the basic auth password from this file (or set WARREN_TOWER_PASSWORD)."`
 	History      time.Duration `name:"history" default:"5m" help:"How far back the status charts reach."`
+	Stats        time.Duration `name:"stats" default:"5s" help:"How often the Services page's fabric-wide figures are asked (discovery STATS), while a page is open."`
 }
 
 func (c *towerCmd) Help() string {
@@ -73,7 +74,10 @@ func (c *towerCmd) Run(g *Globals) error {
 	if c.History <= 0 {
 		return usageError{fmt.Errorf("--history %v: want a positive duration", c.History)}
 	}
-	cfg := tower.Config{Token: token, User: c.User, Password: password, History: c.History}
+	if c.Stats <= 0 {
+		return usageError{fmt.Errorf("--stats %v: want a positive duration", c.Stats)}
+	}
+	cfg := tower.Config{Token: token, User: c.User, Password: password, History: c.History, Stats: c.Stats}
 	if err := tower.CheckAddr(c.Addr, cfg); err != nil {
 		return usageError{err}
 	}
