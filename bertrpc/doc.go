@@ -27,7 +27,8 @@
 //     client gets a WorkerError and the worker is restarted.
 //   - fabric: calls forwarded to Warren services through a [Fabric]:
 //     {call, simple, echo, [X]} becomes a request to /simple/echo with X as
-//     JSON ([ArgsToJSON], [JSONToTerm]).
+//     JSON ([ArgsToJSON], [JSONToTerm]). With [WithTracerProvider] each
+//     such call has a span, the parent of the fabric request's.
 //
 // Shadowing: a native and an external module of the same name (native first
 // in the config) are tried in order. The native function is used when it is

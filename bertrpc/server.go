@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/warrenrpc/warren/bert"
 )
 
@@ -51,6 +53,7 @@ type options struct {
 	workerOut    io.Writer
 	drainTimeout time.Duration
 	accessCheck  time.Duration
+	tracer       trace.Tracer // nil: no spans
 }
 
 // WithLogger sets the server's logger. The default discards everything.
@@ -871,7 +874,9 @@ func (s *Server) execute(req *request) (reply []byte, errLog string) {
 		case TypeFabric:
 			s.markProcess(req, "fab")
 			ctx, cancel := s.callContext(req)
+			ctx, span := startFabricSpan(ctx, s.o.tracer, req, r.selector)
 			v, e := fabricCall(ctx, s.o.fabric, req.module, req.function, r.selector, req.args)
+			endFabricSpan(span, e)
 			cancel()
 			if e != nil {
 				return s.errorReply(req, "fab", e)

@@ -189,6 +189,9 @@ func (c *bertServeCmd) Run(g *Globals, parent *bertCmd) error {
 		}
 		defer stop()
 		opts = append(opts, bertrpc.WithFabric(fab))
+		if g.tracer != nil { // set up by the fabric's dial when OTEL_* ask for tracing
+			opts = append(opts, bertrpc.WithTracerProvider(g.tracer))
+		}
 	}
 	srv, err := bertrpc.New(cfg, opts...)
 	if err != nil {
