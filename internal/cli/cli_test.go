@@ -36,7 +36,6 @@ func TestDemoOnEmbeddedBroker(t *testing.T) {
 		"loads fred=0.20 bob=0.70 → /simple/echo \"hello nanite\" answered by fred",
 		"loads fred=0.90 bob=0.10 → /simple/echo \"hello nanite\" answered by bob",
 		`{"bob":"hello nanite","fred":"hello nanite"}`,
-		"agent fred lost",
 		"agent fred joined",
 		"agent bob left",
 		"no agent serves this service /simple/echo",
@@ -44,6 +43,11 @@ func TestDemoOnEmbeddedBroker(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q\n%s", want, out)
 		}
+	}
+	// fred's crash: dropped as lost (the broker shows its queue without a
+	// consumer) or as expired, whichever the mapper saw first.
+	if !strings.Contains(out, "agent fred lost") && !strings.Contains(out, "agent fred expired") {
+		t.Errorf("demo output shows fred neither lost nor expired\n%s", out)
 	}
 }
 
