@@ -248,7 +248,7 @@ func (c *demoCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "   /simple/echo answered by %s after %v (sent to fred, re-sent to bob once the broker showed fred's queue without a consumer)\n", escape(who), time.Since(t0).Round(time.Millisecond))
+	fmt.Fprintf(out, "   /simple/echo answered by %s after %v (sent to fred, re-sent to bob when the mapper dropped fred)\n", escape(who), time.Since(t0).Round(time.Millisecond))
 	if err := waitGone(ctx, m, "fred"); err != nil {
 		return err
 	}
