@@ -65,6 +65,13 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.fail(ctx, d, req, wire.CodeNoSuchService, fmt.Sprintf("agent %s does not serve %s", a.cfg.Identity, req.Path))
 		return
 	}
+	if d.Type == wire.TypePush && d.ReplyTo != "" && req.Stream != nil {
+		// A streamed push (mapper.PushStream): its sender waits only
+		// until the data is here, whole and checked; from now on it is a
+		// push (failures are dead-lettered).
+		d = a.held(ctx, log, d)
+		req.Push = true
+	}
 	if a.passOn(ctx, log, svc, d, req) {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -305,4 +306,18 @@ func (a *Agent) attachStream(req *Request, st wire.Stream) (done func(), err err
 	}
 	req.Stream, req.StreamSize = s.file, s.size
 	return func() { a.streams.remove(s) }, nil
+}
+
+// held tells the sender of streamed push d that the agent holds its whole,
+// checked data, and returns d without its reply queue: a push. When the
+// notice cannot be sent the sender fails on its own (its timeout), and
+// the handler still runs: the push is here.
+func (a *Agent) held(ctx context.Context, log *slog.Logger, d *transport.Delivery) *transport.Delivery {
+	pctx := a.replyContext(ctx)
+	if err := a.tr.Publish(pctx, transport.DefaultExchange, d.ReplyTo, wire.StreamHeld(d, a.cfg.Identity, a.recipient(d)), transport.PublishOptions{}); err != nil {
+		log.Warn("streamed push: the notice that it is held was not sent", "err", err)
+	}
+	p := *d
+	p.ReplyTo = ""
+	return &p
 }

@@ -72,8 +72,9 @@
 // # Streams
 //
 // Stream sends data of any size to one agent in chunks, paced by the
-// agent's credits, with a checksum; AcceptStream takes a result streamed
-// the same way (Reply.Stream) (docs/streams.md).
+// agent's credits, with a checksum; PushStream does so as a push,
+// returning once the agent holds the data; AcceptStream takes a result
+// streamed the same way (Reply.Stream) (docs/streams.md).
 //
 // # Shutdown
 //

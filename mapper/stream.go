@@ -38,6 +38,26 @@ func ChunkSize(n int) CallOption { return func(c *call) { c.chunk = n } }
 // run. A stream is not re-sent to another agent: if its agent leaves, the
 // call fails. r is read once, to its end.
 func (m *Mapper) Stream(ctx context.Context, path string, meta any, r io.Reader, opts ...CallOption) (*Reply, error) {
+	return m.stream(ctx, path, meta, r, false, opts)
+}
+
+// PushStream sends the data r reads, of any size, as a push to one agent
+// serving path (picked by the selector, least_loaded by default), with
+// meta as the push's JSON payload. It goes as Stream's data does, in
+// chunks with flow control, and PushStream returns once the agent reports
+// that it holds the whole data, its size and SHA-256 checked: the handler
+// then runs on it (agent.Request.Stream, Request.Push true) without
+// anyone waiting for its result; its failure is dead-lettered as a
+// push's. A broken stream fails with a *wire.RemoteError of code
+// wire.CodeStreamBroken, and the handler does not run. r is read once, to
+// its end.
+func (m *Mapper) PushStream(ctx context.Context, path string, meta any, r io.Reader, opts ...CallOption) error {
+	_, err := m.stream(ctx, path, meta, r, true, opts)
+	return err
+}
+
+// stream is Stream, or PushStream when push.
+func (m *Mapper) stream(ctx context.Context, path string, meta any, r io.Reader, push bool, opts []CallOption) (*Reply, error) {
 	c := m.options(LeastLoaded(), opts)
 	if c.chunk < 0 || c.chunk > wire.DefaultMaxMessageSize {
 		return nil, fmt.Errorf("mapper: chunk size %d: want 1 to %d", c.chunk, wire.DefaultMaxMessageSize)
@@ -46,15 +66,23 @@ func (m *Mapper) Stream(ctx context.Context, path string, meta any, r io.Reader,
 	if size == 0 {
 		size = DefaultChunkSize
 	}
-	ctx = withProgress(ctx, c.progress, c.progressIdle)
-	ctx = withAcceptStream(ctx, c.acceptStream)
+	if !push {
+		ctx = withProgress(ctx, c.progress, c.progressIdle)
+		ctx = withAcceptStream(ctx, c.acceptStream)
+	}
 	targets, body, err := m.prepare(ctx, path, meta, c, nil)
 	if err != nil {
 		return nil, err
 	}
 	t := targets[0].Identity
 	id := newID()
-	final := m.message(ctx, wire.TypeRequest, path, body)
+	typ := wire.TypeRequest
+	if push {
+		// A push with a reply queue: the agent answers once it holds the
+		// data, then runs the handler as a push's.
+		typ = wire.TypePush
+	}
+	final := m.message(ctx, typ, path, body)
 	final.MessageID, final.CorrelationID = id, id
 	final.Headers[wire.HeaderPinned] = true // the chunks are in this agent's queue only
 	final.Persistent = c.persistent

@@ -301,3 +301,82 @@ func TestStreamAgentStops(t *testing.T) {
 		must(t, emptyDir(t, dir))
 	})
 }
+
+// TestPushStream: PushStream returns once the agent holds the whole,
+// checked data, while the handler (a push's) still runs; a streamed push
+// whose checksum does not match fails with stream_broken and never
+// reaches the handler; nothing is left behind.
+func TestPushStream(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		actor := fabrictest.Actor()
+		id := actor + "-a"
+		dir := t.TempDir()
+		a, err := agent.New(connect(t), agent.Config{Identity: id}, agent.WithLogger(testenv.Logger(t)), agent.WithStreams(agent.StreamConfig{Dir: dir}))
+		must(t, err)
+		release := make(chan struct{})
+		got := make(chan string, 2)
+		must(t, a.Handle("/"+actor+"/keep", agent.HandlerFunc(func(ctx context.Context, r *agent.Request) (any, error) {
+			<-release // PushStream returned before the handler ends
+			var name string
+			if err := r.Decode(&name); err != nil || r.Stream == nil || !r.Push {
+				got <- fmt.Sprintf("bad push: %v %v %v", err, r.Stream != nil, r.Push)
+				return nil, nil
+			}
+			got <- name + " " + sum(r.Stream)
+			return nil, nil
+		})))
+		fabrictest.RunAgent(t, a)
+		m := fabrictest.RunMapper(t, connect(t), mapper.Config{})
+		waitAgents(t, m, "/"+actor+"/keep", 1)
+		n := int64(3<<20 + 11)
+		must(t, m.PushStream(t.Context(), "/"+actor+"/keep", "f.dat", newRand(3, n), mapper.ChunkSize(64<<10)))
+		close(release)
+		select {
+		case s := <-got:
+			if want := "f.dat " + sum(newRand(3, n)); s != want {
+				t.Fatalf("handler got %q, want %q", s, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the handler did not run")
+		}
+		// A streamed push with a wrong checksum, by hand.
+		c := connect(t)
+		q, err := c.DeclareQueue(t.Context(), transport.Queue{Exclusive: true})
+		must(t, err)
+		replies, err := c.Consume(t.Context(), q, transport.ConsumeOptions{AutoAck: true})
+		must(t, err)
+		path := "/" + actor + "/keep"
+		must(t, c.Publish(t.Context(), wire.RequestExchange, id, wire.NewChunk(path, "raw", "bad", 0, q, []byte("data")), transport.PublishOptions{Mandatory: true, Confirm: true}))
+		msg := wire.NewRequest(wire.TypePush, path, "raw", "bad", []byte(`"x"`), time.Time{})
+		msg.ReplyTo, msg.CorrelationID = q, "bad"
+		wire.SetStream(&msg, wire.Stream{ID: "bad", Chunks: 1, Size: 4, SHA256: make([]byte, 32)})
+		must(t, c.Publish(t.Context(), wire.RequestExchange, id, msg, transport.PublishOptions{Mandatory: true, Confirm: true}))
+		timeout := time.After(20 * time.Second)
+	wait:
+		for {
+			select {
+			case d := <-replies:
+				if d.Type != wire.TypeReply {
+					continue
+				}
+				if code := wire.String(d.Headers, wire.HeaderCode); code != wire.CodeStreamBroken {
+					t.Fatalf("wrong checksum: code %q, want %s", code, wire.CodeStreamBroken)
+				}
+				break wait
+			case <-timeout:
+				t.Fatal("no answer to a streamed push with a wrong checksum")
+			}
+		}
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			if n := a.Streams(); n != 0 {
+				return fmt.Errorf("%d streams held", n)
+			}
+			return emptyDir(t, dir)
+		})
+		select {
+		case s := <-got:
+			t.Errorf("the handler ran on a broken stream: %s", s)
+		default:
+		}
+	})
+}

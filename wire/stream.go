@@ -223,3 +223,11 @@ func NewStreamCredit(id, from, to string, stored int64) transport.Message {
 	}
 	return msg
 }
+
+// StreamHeld builds the answer of from to streamed push d (a push with a
+// reply queue closing a stream): an empty reply (JSON null) saying that
+// the agent holds the whole data, checked, and runs the handler as a
+// push's.
+func StreamHeld(d *transport.Delivery, from, to string) transport.Message {
+	return Reply(d, from, to, []byte("null"))
+}

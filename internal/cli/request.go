@@ -205,6 +205,7 @@ type pushCmd struct {
 	callFlags
 	Timeout time.Duration `name:"timeout" default:"10s" help:"Give up sending after this long: connecting, finding an agent, the broker's confirm. It does not travel with the push (--ttl does)."`
 	TTL     time.Duration `name:"ttl" default:"10s" help:"The push's time to live, from its sending: an agent does not start it later, and a queue dead-letters it (reason expired) when nobody took it in time (mapper.TTL). At most 1193h."`
+	Stream  string        `name:"stream" placeholder:"FILE" help:"Send FILE (- for standard input), of any size, as the push's data, in chunks with flow control and a checksum; the payload goes with it (a name, say). Returns once the agent holds the whole data, checked (mapper.PushStream); --timeout then bounds the whole sending."`
 }
 
 func (c *pushCmd) Help() string {
@@ -214,7 +215,11 @@ func (c *pushCmd) Help() string {
   warren push /simple/sleep 1 --park --persistent --ttl 1h
 
 parks the push, persistent, in the service's shared queue when no agent
-serves it, where it waits up to an hour for one.
+serves it, where it waits up to an hour for one. With --stream FILE (- for
+standard input) the data goes to one agent in chunks, and warren push
+exits once that agent holds it whole and checked:
+
+  warren push /simple/digest '"backup.tar"' --stream backup.tar --timeout 10m
 
 Exit status 0 means the broker confirmed the push. On a failure, --timeout
 or SIGINT included, the exit status is 1 and one line says how far the push
@@ -232,6 +237,9 @@ func (c *pushCmd) Run(g *Globals) error {
 	if err != nil {
 		return err
 	}
+	if c.Stream != "" && (c.Selector == "all" || c.Park || c.Stream == "-" && c.Payload == "-") {
+		return usageError{errors.New("--stream goes to one agent, without --park, and not with a payload from standard input too")}
+	}
 	opts = append(opts, mapper.TTL(c.TTL))
 	// A deadline on the context would travel with the push: a timer bounds
 	// the sending instead.
@@ -241,6 +249,9 @@ func (c *pushCmd) Run(g *Globals) error {
 	defer t.Stop()
 	var st callState
 	err = withMapper(ctx, g, c.brokerFlags, "push", &st, func(m *mapper.Mapper) error {
+		if c.Stream != "" {
+			return streamPush(ctx, g, m, c.Path, payload, c.Stream, opts)
+		}
 		return m.Push(ctx, c.Path, payload, opts...)
 	})
 	return st.explain(ctx, "push "+c.Path, "--timeout", c.Timeout, err)

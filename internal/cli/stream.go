@@ -14,25 +14,43 @@ import (
 // streamRequest sends the file named by arg (- for standard input) as a
 // streamed request (mapper.Stream) with payload, and prints the result.
 func streamRequest(ctx context.Context, g *Globals, m *mapper.Mapper, path string, payload json.RawMessage, arg string, opts []mapper.CallOption) error {
-	var r io.Reader
-	if arg == "-" {
-		if g.in == nil {
-			return usageError{errors.New("--stream -: no standard input")}
-		}
-		r = g.in
-	} else {
-		f, err := os.Open(arg)
-		if err != nil {
-			return usageError{fmt.Errorf("--stream: %w", err)}
-		}
-		defer f.Close()
-		r = f
+	r, closeIn, err := streamInput(g, arg)
+	if err != nil {
+		return err
 	}
+	defer closeIn()
 	rep, err := m.Stream(ctx, path, payload, r, opts...)
 	if err != nil {
 		return err
 	}
 	return printJSON(g.Out(), rep.Body)
+}
+
+// streamPush sends the file named by arg (- for standard input) as a
+// streamed push (mapper.PushStream) with payload.
+func streamPush(ctx context.Context, g *Globals, m *mapper.Mapper, path string, payload json.RawMessage, arg string, opts []mapper.CallOption) error {
+	r, closeIn, err := streamInput(g, arg)
+	if err != nil {
+		return err
+	}
+	defer closeIn()
+	return m.PushStream(ctx, path, payload, r, opts...)
+}
+
+// streamInput opens the data of --stream arg: a file, or standard input
+// for -.
+func streamInput(g *Globals, arg string) (io.Reader, func(), error) {
+	if arg == "-" {
+		if g.in == nil {
+			return nil, nil, usageError{errors.New("--stream -: no standard input")}
+		}
+		return g.in, func() {}, nil
+	}
+	f, err := os.Open(arg)
+	if err != nil {
+		return nil, nil, usageError{fmt.Errorf("--stream: %w", err)}
+	}
+	return f, func() { f.Close() }, nil
 }
 
 // writeResult writes the data of a streamed result to the file named by

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,5 +125,60 @@ func TestRequestOutput(t *testing.T) {
 	code, _, errOut = run(t, t.Context(), "request", "/"+actor+"/get", `"f.bin"`, "--broker", url, "--log-level", "error")
 	if code != 1 || !strings.Contains(errOut, "AcceptStream") {
 		t.Errorf("without --output: exit %d %s", code, errOut)
+	}
+}
+
+// TestPushStream sends a file with warren push --stream, which exits once
+// the agent holds it; the handler gets the whole data.
+func TestPushStream(t *testing.T) {
+	tr, url := rabbit(t)
+	actor := fabrictest.Actor()
+	id := actor + "-a"
+	fabrictest.DeleteQueues(t, url, wire.ServiceQueue("/"+actor+"/keep"), wire.AgentQueue(id))
+	a, err := agent.New(tr, agent.Config{Identity: id, PingInterval: time.Second}, agent.WithLogger(testenv.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 4)
+	if err := a.Handle("/"+actor+"/keep", agent.HandlerFunc(func(_ context.Context, r *agent.Request) (any, error) {
+		h := sha256.New()
+		if r.Stream != nil {
+			_, _ = io.Copy(h, r.Stream)
+		}
+		got <- fmt.Sprintf("%s %t %x", r.Payload, r.Push, h.Sum(nil))
+		return nil, nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	fabrictest.RunAgent(t, a)
+	data := make([]byte, 2<<20+3)
+	_, _ = rand.Read(data)
+	file := filepath.Join(t.TempDir(), "data.bin")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		code, out, errOut := run(t, t.Context(), "push", "/"+actor+"/keep", `"data.bin"`, "--stream", file, "--broker", url, "--log-level", "error")
+		if code != 0 || out != "" {
+			return fmt.Errorf("exit %d: %q %s", code, out, errOut)
+		}
+		return nil
+	})
+	select {
+	case s := <-got:
+		if want := fmt.Sprintf(`"data.bin" true %x`, sha256.Sum256(data)); s != want {
+			t.Fatalf("handler got %q, want %q", s, want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler did not run")
+	}
+	for _, args := range [][]string{
+		{"push", "/" + actor + "/keep", "--stream", file, "--selector", "all"},
+		{"push", "/" + actor + "/keep", "-", "--stream", "-"},
+		{"push", "/" + actor + "/keep", "--stream", filepath.Join(t.TempDir(), "nope")},
+	} {
+		if code, _, errOut := run(t, t.Context(), append(args, "--broker", url, "--log-level", "error")...); code != 2 {
+			t.Errorf("%v: exit %d %s; want usage error", args, code, errOut)
+		}
 	}
 }
