@@ -102,6 +102,10 @@ type Mapper struct {
 	rescues map[string]chan struct{} // by agent: closed when it comes back
 	probes  map[string]*probe        // by agent: liveness probes of agents with requests pending (see probe.go)
 
+	// rescueIdleFor, when set (by tests, to hold a rescue open), replaces
+	// rescueIdle. Under mu.
+	rescueIdleFor time.Duration
+
 	events  chan Event
 	onEvent func(Event)
 

@@ -98,6 +98,12 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 		return // back already
 	default:
 	}
+	m.mu.Lock()
+	idleFor := m.rescueIdleFor
+	m.mu.Unlock()
+	if idleFor == 0 {
+		idleFor = rescueIdle
+	}
 	queue := wire.AgentQueue(gone)
 	log := m.log.With("agent", gone, "queue", queue)
 	ctx, cancel := context.WithCancel(m.runCtx)
@@ -124,7 +130,7 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 	// would fill the prefetch window and stall the rescue); meeting one of
 	// those again means everything else has been seen.
 	cycled := map[string]bool{}
-	idle := time.NewTimer(rescueIdle)
+	idle := time.NewTimer(idleFor)
 	defer idle.Stop()
 	limit := time.NewTimer(rescueMax)
 	defer limit.Stop()
@@ -163,7 +169,7 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 					return
 				case sent:
 					st.moved++
-					idle.Reset(rescueIdle)
+					idle.Reset(idleFor)
 					continue
 				}
 			}
@@ -178,14 +184,14 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 					return
 				}
 				cycled[d.MessageID] = true
-				idle.Reset(rescueIdle)
+				idle.Reset(idleFor)
 				continue
 			}
 			if !m.rescueOne(gone, d, &st, log) {
 				why = "publish failed; the message is back in the queue"
 				return
 			}
-			idle.Reset(rescueIdle)
+			idle.Reset(idleFor)
 		}
 	}
 }

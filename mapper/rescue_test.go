@@ -260,13 +260,23 @@ func TestRescueStopsWhenTheAgentReturns(t *testing.T) {
 		path := "/" + actor + "/job"
 		x := startFakeAgent(t, connect, actor+"-x", 0, path)
 		m := startMapper(t, connect, mapper.Config{PingTimeout: 400 * time.Millisecond})
+		// The rescue stays open on the empty queue until x returns,
+		// rather than ending after a second of idling on its own.
+		mapper.SetRescueIdle(m, time.Minute)
 		waitLive(t, m, actor, actor+"-x")
 		// x goes silent and is dropped: the mapper starts rescuing its
-		// (empty) queue, which idles for a second before it ends.
+		// (empty) queue, as its consumer.
 		x.silence()
 		testenv.WaitFor(t, 5*time.Second, func() error {
 			if got := live(m, actor); len(got) != 0 {
 				return fmt.Errorf("live %v", got)
+			}
+			info, err := x.tr.InspectQueue(t.Context(), wire.AgentQueue(actor+"-x"))
+			if err != nil {
+				return err
+			}
+			if info.Consumers != 1 {
+				return fmt.Errorf("%d consumers on x's queue, want the rescue's", info.Consumers)
 			}
 			return nil
 		})
@@ -275,6 +285,16 @@ func TestRescueStopsWhenTheAgentReturns(t *testing.T) {
 		// would take the push and dead-letter it: no shared queue.)
 		x.beat(t, wire.TypeRegister)
 		waitLive(t, m, actor, actor+"-x")
+		testenv.WaitFor(t, 5*time.Second, func() error {
+			info, err := x.tr.InspectQueue(t.Context(), wire.AgentQueue(actor+"-x"))
+			if err != nil {
+				return err
+			}
+			if info.Consumers != 0 {
+				return fmt.Errorf("the rescue still consumes x's queue (%d consumers)", info.Consumers)
+			}
+			return nil
+		})
 		must(t, m.Push(ctxT(t, 5*time.Second), path, "mine"))
 		ch, err := x.tr.Consume(t.Context(), wire.AgentQueue(actor+"-x"), transport.ConsumeOptions{})
 		must(t, err)
