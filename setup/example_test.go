@@ -34,7 +34,7 @@ func ExampleMapperPermissions() {
 	fmt.Println("write:    ", p.Write)
 	fmt.Println("read:     ", p.Read)
 	// Output:
-	// configure: ^(warren\.(request|service|heartbeat|control|dlx|dead)|amq\.gen-.+)$
-	// write:     ^(warren\.(request|service|control|dead)|amq\.gen-.+)$
-	// read:      ^(warren\.(heartbeat|dlx)|amq\.gen-.+)$
+	// configure: ^(warren\.(request|service|heartbeat|control|dlx|dead|events)|amq\.gen-.+|warren\.events\.(one|host|all)\..+)$
+	// write:     ^(warren\.(request|service|control|dead|dlx|events)|amq\.gen-.+|warren\.events\.(one|host|all)\..+)$
+	// read:      ^(warren\.(heartbeat|dlx|events)|amq\.gen-.+|warren\.events\.(one|host|all)\..+)$
 }

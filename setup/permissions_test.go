@@ -21,6 +21,22 @@ func TestPermissionTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	mapper := MapperPermissions()
+	grouped, err := AgentScope{Identities: []string{"fred"}, Events: EventScope{Groups: []string{"enc", "a.b"}}}.Permissions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapperGrouped, err := MapperScope{Events: EventScope{Groups: []string{"enc"}}}.Permissions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	noEvents, err := AgentScope{Events: EventScope{NoEvents: true}}.Permissions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapperNoEvents, err := MapperScope{Events: EventScope{NoEvents: true}}.Permissions()
+	if err != nil {
+		t.Fatal(err)
+	}
 	type row struct {
 		perm         Permissions
 		name         string
@@ -63,12 +79,53 @@ func TestPermissionTable(t *testing.T) {
 		{mapper, "warren.service", true, true, false},
 		{mapper, "warren.heartbeat", true, false, true},
 		{mapper, "warren.control", true, true, false},
-		{mapper, "warren.dlx", true, false, true},
 		{mapper, "warren.dead", true, true, false},
 		{mapper, "warren.agent.fred", false, false, false},
 		{mapper, "warren.service./simple/echo", false, false, false},
 		{mapper, "amq.gen-JzTY20BRgKO-HjmUJj0wLg", true, true, true},
 		{mapper, "amq.default", false, false, false},
+		// Events: declare, publish to and bind from warren.events; declare,
+		// bind and consume the subscriber queues; declare them with
+		// warren.dlx as dead-letter exchange (write) and publish dead
+		// letters there.
+		{agent, "warren.events", true, true, true},
+		{agent, "warren.events.one.enc", true, true, true},
+		{agent, "warren.events.host.enc.h1", true, true, true},
+		{agent, "warren.events.all.web-1", true, true, true},
+		{agent, "warren.events.one.", false, false, false},
+		{agent, "warren.events.other.x", false, false, false},
+		{agent, "warren.eventsx", false, false, false},
+		{fred, "warren.events.all.fred", true, true, true},
+		{fred, "warren.events.all.bob", false, false, false},
+		{fred, "warren.events.one.anything", true, true, true},
+		{grouped, "warren.events.one.enc", true, true, true},
+		{grouped, "warren.events.one.a.b", true, true, true},
+		{grouped, "warren.events.one.aXb", false, false, false},
+		{grouped, "warren.events.one.encx", false, false, false},
+		{grouped, "warren.events.one.billing", false, false, false},
+		{grouped, "warren.events.host.enc.h1", true, true, true},
+		{grouped, "warren.events.host.enc.h1.example.com", true, true, true},
+		{grouped, "warren.events.host.enc.", false, false, false},
+		{grouped, "warren.events.host.billing.h1", false, false, false},
+		{grouped, "warren.events.all.fred", true, true, true},
+		{grouped, "warren.events.all.bob", false, false, false},
+		{grouped, "warren.events", true, true, true},
+		{mapper, "warren.events", true, true, true},
+		{mapper, "warren.dlx", true, true, true},
+		{mapper, "warren.events.one.enc", true, true, true},
+		{mapper, "warren.events.host.enc.h1", true, true, true},
+		{mapper, "warren.events.all.fred", true, true, true},
+		{mapperGrouped, "warren.events.one.enc", true, true, true},
+		{mapperGrouped, "warren.events.one.billing", false, false, false},
+		{mapperGrouped, "warren.events.host.billing.h1", false, false, false},
+		{mapperGrouped, "warren.events.all.fred", true, true, true},
+		{noEvents, "warren.events", false, false, false},
+		{noEvents, "warren.events.one.enc", false, false, false},
+		{noEvents, "warren.events.all.fred", false, false, false},
+		{noEvents, "warren.dlx", true, true, true},
+		{mapperNoEvents, "warren.events", false, false, false},
+		{mapperNoEvents, "warren.events.one.enc", false, false, false},
+		{mapperNoEvents, "warren.dlx", true, false, true},
 	} {
 		got := [3]bool{
 			regexp.MustCompile(r.perm.Configure).MatchString(r.name),
@@ -82,6 +139,14 @@ func TestPermissionTable(t *testing.T) {
 	for _, bad := range []string{"", "a b", "a/b", "a\tb", "a\x00"} {
 		if _, err := AgentPermissions(bad); err == nil {
 			t.Errorf("identity %q accepted", bad)
+		}
+	}
+	for _, bad := range []EventScope{{Groups: []string{"a b"}}, {Groups: []string{""}}, {Groups: []string{"enc"}, NoEvents: true}} {
+		if _, err := (MapperScope{Events: bad}).Permissions(); err == nil {
+			t.Errorf("event scope %+v accepted", bad)
+		}
+		if _, err := (AgentScope{Events: bad}).Permissions(); err == nil {
+			t.Errorf("event scope %+v accepted", bad)
 		}
 	}
 	for _, bad := range []string{"", "/", "//", "bank", "/bank", "bank/", "/bank/a/b", "/bank//", "/ba nk/", "/bank/x\n"} {
@@ -114,6 +179,9 @@ func TestTopologyMatchesWire(t *testing.T) {
 	want := map[string]string{
 		"warren.request": "direct", "warren.service": "direct", "warren.heartbeat": "fanout",
 		"warren.control": "fanout", "warren.dlx": "fanout",
+	}
+	if eventExchange.name != "warren.events" || eventExchange.kind != "topic" {
+		t.Errorf("event exchange %+v, want the topic exchange warren.events", eventExchange)
 	}
 	if len(topologyExchanges) != len(want) {
 		t.Fatalf("%d exchanges, want %d", len(topologyExchanges), len(want))

@@ -37,6 +37,13 @@ type Plan struct {
 	// AgentServices, when set, limit the agent user to the shared queues
 	// of these services or actors (see AgentScope).
 	AgentServices []string
+	// EventGroups, when set, limit both users to the queues of these
+	// groups of event subscribers (see EventScope).
+	EventGroups []string
+	// NoEvents withholds from both users every permission on events
+	// (warren.events and its subscriber queues), and skips declaring
+	// warren.events.
+	NoEvents bool
 	// NoTopology skips declaring Warren's exchanges and warren.dead (every
 	// agent and mapper declares them anyway when it starts).
 	NoTopology bool
@@ -104,7 +111,7 @@ func (r *Result) String() string {
 // would do. On error, the result holds the steps done so far.
 func Apply(ctx context.Context, admin *Admin, p Plan, dryRun bool) (*Result, error) {
 	r := &Result{DryRun: dryRun}
-	agentPerm, err := p.check(admin)
+	agentPerm, mapperPerm, err := p.check(admin)
 	if err != nil {
 		return r, err
 	}
@@ -113,14 +120,14 @@ func Apply(ctx context.Context, admin *Admin, p Plan, dryRun bool) (*Result, err
 		return r, err
 	}
 	if !p.NoTopology {
-		if err := s.topology(ctx, p.VHost); err != nil {
+		if err := s.topology(ctx, p.VHost, !p.NoEvents); err != nil {
 			return r, err
 		}
 	}
 	for _, u := range []struct {
 		user User
 		perm Permissions
-	}{{p.Agent, agentPerm}, {p.Mapper, MapperPermissions()}} {
+	}{{p.Agent, agentPerm}, {p.Mapper, mapperPerm}} {
 		if err := s.user(ctx, u.user); err != nil {
 			return r, err
 		}
@@ -136,22 +143,28 @@ func Apply(ctx context.Context, admin *Admin, p Plan, dryRun bool) (*Result, err
 // before talking to the broker.
 var ErrInvalidPlan = errors.New("setup: invalid plan")
 
-func (p Plan) check(admin *Admin) (Permissions, error) {
+func (p Plan) check(admin *Admin) (agent, mapper Permissions, err error) {
 	switch {
 	case p.VHost == "":
-		return Permissions{}, fmt.Errorf("%w: empty vhost", ErrInvalidPlan)
+		err = fmt.Errorf("%w: empty vhost", ErrInvalidPlan)
 	case p.Agent.Name == "" || p.Mapper.Name == "":
-		return Permissions{}, fmt.Errorf("%w: agent and mapper users must be named", ErrInvalidPlan)
+		err = fmt.Errorf("%w: agent and mapper users must be named", ErrInvalidPlan)
 	case p.Agent.Name == p.Mapper.Name:
-		return Permissions{}, fmt.Errorf("%w: agent and mapper users are both %q: they need different permissions", ErrInvalidPlan, p.Agent.Name)
+		err = fmt.Errorf("%w: agent and mapper users are both %q: they need different permissions", ErrInvalidPlan, p.Agent.Name)
 	case p.Agent.Name == admin.user || p.Mapper.Name == admin.user:
-		return Permissions{}, fmt.Errorf("%w: the admin user %q cannot be the agent or mapper user", ErrInvalidPlan, admin.user)
+		err = fmt.Errorf("%w: the admin user %q cannot be the agent or mapper user", ErrInvalidPlan, admin.user)
 	}
-	perm, err := AgentScope{Identities: p.AgentIdentities, Services: p.AgentServices}.Permissions()
 	if err != nil {
-		return Permissions{}, fmt.Errorf("%w: %s", ErrInvalidPlan, strings.TrimPrefix(err.Error(), "setup: "))
+		return agent, mapper, err
 	}
-	return perm, nil
+	ev := EventScope{Groups: p.EventGroups, NoEvents: p.NoEvents}
+	if agent, err = (AgentScope{Identities: p.AgentIdentities, Services: p.AgentServices, Events: ev}).Permissions(); err == nil {
+		mapper, err = MapperScope{Events: ev}.Permissions()
+	}
+	if err != nil {
+		return agent, mapper, fmt.Errorf("%w: %s", ErrInvalidPlan, strings.TrimPrefix(err.Error(), "setup: "))
+	}
+	return agent, mapper, nil
 }
 
 type applier struct {
@@ -196,9 +209,14 @@ func (s *applier) vhost(ctx context.Context, name string) error {
 	return nil
 }
 
-// topology mirrors wire.Topology (kept in step by TestTopologyMatchesWire).
-func (s *applier) topology(ctx context.Context, vhost string) error {
-	for _, ex := range topologyExchanges {
+// topology mirrors wire.Topology and, with events, the exchange of
+// package events (kept in step by TestTopologyMatchesWire).
+func (s *applier) topology(ctx context.Context, vhost string, events bool) error {
+	exs := topologyExchanges
+	if events {
+		exs = append(slices.Clip(exs), eventExchange)
+	}
+	for _, ex := range exs {
 		obj := "exchange " + ex.name
 		path := apiPath("exchanges", vhost, ex.name)
 		want := exchangeInfo{Type: ex.kind, Durable: true, Arguments: map[string]any{}}
@@ -288,6 +306,9 @@ var topologyExchanges = []struct{ name, kind string }{
 	{wire.ControlExchange, "fanout"},
 	{deadExchange, "fanout"},
 }
+
+// eventExchange is the exchange of package events.
+var eventExchange = struct{ name, kind string }{wire.EventExchange, "topic"}
 
 func (s *applier) user(ctx context.Context, u User) error {
 	obj := "user " + u.Name

@@ -22,6 +22,8 @@ type setupCmd struct {
 	MapperUser        string        `name:"mapper-user" placeholder:"NAME" help:"User for mappers (default: the vhost's name with -mapper)."`
 	AgentIdentity     []string      `name:"agent-identity" placeholder:"ID" help:"Limit the agent user to the queues of these agent identities (repeatable; one user per agent)."`
 	AgentService      []string      `name:"agent-service" placeholder:"PATH" help:"Limit the agent user to the shared queues of these services (/actor/method) or actors (/actor/) (repeatable)."`
+	EventGroup        []string      `name:"event-group" placeholder:"GROUP" help:"Limit both users to the queues of these groups of event subscribers (events.One, events.PerHost) (repeatable)."`
+	NoEvents          bool          `name:"no-events" help:"Give neither user any permission on events (warren publish, warren subscribe, package events)."`
 	SecretsDir        string        `name:"secrets-dir" default:"." placeholder:"DIR" help:"Where passwords are read from and generated ones written to: DIR/USER.password, mode 0600."`
 	NoTopology        bool          `name:"no-topology" help:"Do not declare Warren's exchanges and warren.dead (agents and mappers do when they start)."`
 	DryRun            bool          `name:"dry-run" short:"n" help:"Change nothing; print what would be done."`
@@ -30,8 +32,10 @@ type setupCmd struct {
 
 func (c *setupCmd) Help() string {
 	return `Creates (or checks) what an application needs on the broker: a virtual
-host, Warren's exchanges and dead-letter queue, an agent user and a mapper
-user with least-privilege permissions (docs/operations.md lists them).
+host, Warren's exchanges (warren.events too) and dead-letter queue, an agent
+user and a mapper user with least-privilege permissions (docs/operations.md
+lists them). Both users may publish events and subscribe to them, unless
+--no-events; --event-group limits the groups they may subscribe in.
 Running it again changes nothing and says so.
 
 Passwords never go on the command line. The admin password comes from
@@ -80,6 +84,8 @@ func (c *setupCmd) Run(g *Globals) error {
 		Mapper:          setup.User{Name: mapperName, Password: os.Getenv("WARREN_MAPPER_PASSWORD"), PasswordFile: filepath.Join(c.SecretsDir, mapperName+".password")},
 		AgentIdentities: c.AgentIdentity,
 		AgentServices:   c.AgentService,
+		EventGroups:     c.EventGroup,
+		NoEvents:        c.NoEvents,
 		NoTopology:      c.NoTopology,
 	}
 	r, err := setup.Apply(ctx, admin, plan, c.DryRun)
