@@ -2,12 +2,14 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/warrenrpc/warren/agent"
+	"github.com/warrenrpc/warren/internal/fabrictest"
 	"github.com/warrenrpc/warren/internal/testenv"
 	"github.com/warrenrpc/warren/transport"
 	"github.com/warrenrpc/warren/transport/mem"
@@ -118,5 +120,43 @@ func TestStopDuringOutage(t *testing.T) {
 		}
 	case <-time.After(3 * time.Second):
 		t.Fatal("Run did not return within 3s of its context ending during an outage")
+	}
+}
+
+// TestStartSurvivesConnectionLoss: a connection lost while the agent
+// starts (a cluster node going down, the transport failing over) makes it
+// start again, a bounded number of times; past that, Run returns the error.
+func TestStartSurvivesConnectionLoss(t *testing.T) {
+	for _, tc := range []struct {
+		losses int
+		ok     bool
+	}{{losses: 2, ok: true}, {losses: 100, ok: false}} {
+		t.Run(fmt.Sprint(tc.losses), func(t *testing.T) {
+			tr := fabrictest.LosingDeclares(mem.New(), tc.losses)
+			defer tr.Close()
+			a, err := agent.New(tr, agent.Config{Identity: "unlucky"}, agent.WithLogger(testenv.Logger(t)))
+			must(t, err)
+			must(t, a.Handle("/x/y", agent.HandlerFunc(func(context.Context, *agent.Request) (any, error) { return nil, nil })))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			select {
+			case <-a.Ready():
+				if !tc.ok {
+					t.Fatal("ready, though every start lost its connection")
+				}
+				cancel()
+				if err := <-done; err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+			case err := <-done:
+				if tc.ok || !errors.Is(err, transport.ErrConnectionLost) {
+					t.Fatalf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("neither ready nor returned")
+			}
+		})
 	}
 }

@@ -48,6 +48,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	bo := backoff.New()
 	first := true
+	startLosses := 0    // of the first session (see backoff.StartRetries)
 	var inUse time.Time // when the own queue was first found in use
 	for {
 		s, err := a.startSession(ctx, bg, handlerCtx)
@@ -78,13 +79,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		inUse = time.Time{}
 		if err != nil {
-			if first || !retryable(err) {
+			if !retryable(err) || (first && startLosses == backoff.StartRetries) {
 				if !first {
 					a.drain(cancelHandlers)
 				}
 				return err
 			}
-			a.log.Warn("cannot re-establish the session; retrying", "err", err)
+			if first {
+				startLosses++
+				a.log.Warn("connection lost while starting; starting again", "err", err, "attempt", startLosses, "of", backoff.StartRetries)
+			} else {
+				a.log.Warn("cannot re-establish the session; retrying", "err", err)
+			}
 			a.staleOwn++ // it may have consumed before the loss
 			if !bo.Wait(ctx) {
 				break

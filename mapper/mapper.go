@@ -245,16 +245,22 @@ func (m *Mapper) Run(ctx context.Context) error {
 	defer sweep.Stop()
 	bo := backoff.New()
 	first := true
+	startLosses := 0
 	for {
 		s, err := m.startSession(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if first || !errors.Is(err, transport.ErrConnectionLost) {
+			if !errors.Is(err, transport.ErrConnectionLost) || (first && startLosses == backoff.StartRetries) {
 				return err
 			}
-			m.log.Warn("cannot re-establish the session; retrying", "err", err)
+			if first {
+				startLosses++
+				m.log.Warn("connection lost while starting; starting again", "err", err, "attempt", startLosses, "of", backoff.StartRetries)
+			} else {
+				m.log.Warn("cannot re-establish the session; retrying", "err", err)
+			}
 			if !bo.Wait(ctx) {
 				return nil
 			}

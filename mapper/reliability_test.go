@@ -406,3 +406,40 @@ func TestEndedContextIsNotAConnectionLoss(t *testing.T) {
 		}
 	}
 }
+
+// TestStartSurvivesConnectionLoss: a connection lost while the mapper
+// starts makes it start again, a bounded number of times; past that, Run
+// returns the error.
+func TestStartSurvivesConnectionLoss(t *testing.T) {
+	for _, tc := range []struct {
+		losses int
+		ok     bool
+	}{{losses: 2, ok: true}, {losses: 100, ok: false}} {
+		t.Run(fmt.Sprint(tc.losses), func(t *testing.T) {
+			tr := fabrictest.LosingDeclares(mem.New(), tc.losses)
+			defer tr.Close()
+			m, err := mapper.New(tr, mapper.Config{Identity: "unlucky"}, mapper.WithLogger(testenv.Logger(t)))
+			must(t, err)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- m.Run(ctx) }()
+			select {
+			case <-m.Ready():
+				if !tc.ok {
+					t.Fatal("ready, though every start lost its connection")
+				}
+				cancel()
+				if err := <-done; err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+			case err := <-done:
+				if tc.ok || !errors.Is(err, transport.ErrConnectionLost) {
+					t.Fatalf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("neither ready nor returned")
+			}
+		})
+	}
+}

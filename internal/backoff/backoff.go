@@ -14,6 +14,13 @@ const (
 	limit = 10 * time.Second
 )
 
+// StartRetries is how many times an agent or a mapper starts its first
+// session again when the connection is lost while it starts (about 3 s
+// of backoff in all). The broker was reached, so the loss is taken as
+// passing (a node of a cluster going down, the transport failing over
+// to the next); a start that keeps failing still ends with the error.
+const StartRetries = 5
+
 // Backoff is not safe for concurrent use; each reconnect loop has its own.
 type Backoff struct{ next time.Duration }
 
