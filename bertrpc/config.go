@@ -77,7 +77,9 @@ type Config struct {
 	// IdleTimeout closes a kept-open client connection that sends no
 	// request for this long, counted from its last request's answer (or
 	// its accept). Info BERPs and rejected frames do not renew it.
-	// 0 → 5m; negative → never.
+	// 0 → 5m; negative → never. With a timeout, accepted connections
+	// have no TCP keep-alive (the timeout finds dead clients); without
+	// one they have Go's default keep-alive.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// FrameTimeout bounds the time a frame takes to arrive once its first
 	// byte has; a connection that is slower is answered with a protocol

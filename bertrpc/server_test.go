@@ -799,3 +799,28 @@ func TestHaltDoesNotHangOnAStuckCast(t *testing.T) {
 		t.Fatal("Run still blocked 10s after halt by a cast that ignores its context")
 	}
 }
+
+// TestConnectionsReuseNothing: connections served one after another (on
+// reused goroutines and buffers) see nothing of the ones before, whatever
+// those left unread or unsent.
+func TestConnectionsReuseNothing(t *testing.T) {
+	s := startServer(t, natConfig(), bertrpc.WithNative(natRegistry(t)))
+	for i := range 20 {
+		r := dialRaw(t, s)
+		r.send(callTerm("nat", "add", i, 1))
+		wantTerm(t, r.recv(), bert.Tuple{bert.Atom("reply"), i + 1})
+		switch i % 3 {
+		case 0: // half a header left in the server's input
+			if _, err := r.c.Write([]byte{0, 0}); err != nil {
+				t.Fatal(err)
+			}
+		case 1: // pipelined requests whose replies are never read
+			r.send(callTerm("nat", "add", 1, 1))
+			r.send(callTerm("nat", "add", 2, 2))
+		}
+		r.c.Close()
+	}
+	r := dialRaw(t, s)
+	r.send(callTerm("nat", "add", 40, 2))
+	wantTerm(t, r.recv(), bert.Tuple{bert.Atom("reply"), 42})
+}
