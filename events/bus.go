@@ -34,6 +34,9 @@ type Config struct {
 	// DrainTimeout bounds how long Close waits for handlers in hand
 	// before cancelling their contexts; 0 means 30s.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// Streams tunes streamed events (PublishStream): their chunk size,
+	// and where and how long subscribers assemble them.
+	Streams StreamConfig `yaml:"streams"`
 }
 
 // Option tunes a Bus.
@@ -88,6 +91,13 @@ func New(tr transport.Transport, cfg Config, opts ...Option) (*Bus, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 30 * time.Second
 	}
+	if cfg.Streams.ChunkSize < 0 || cfg.Streams.MaxSize < 0 || cfg.Streams.IdleTimeout < 0 {
+		return nil, errors.New("events: streams: chunk_size, max_size and idle_timeout must not be negative")
+	}
+	cfg.Streams = cfg.Streams.withDefaults()
+	if cfg.Streams.ChunkSize > cfg.MaxMessageSize {
+		return nil, fmt.Errorf("events: streams: chunk_size %d is over the message size limit %d", cfg.Streams.ChunkSize, cfg.MaxMessageSize)
+	}
 	b := &Bus{tr: tr, cfg: cfg, log: slog.Default(), generated: generated}
 	for _, o := range opts {
 		o(b)
@@ -136,6 +146,7 @@ type publish struct {
 	persistent bool
 	mandatory  bool
 	ttl        time.Duration
+	chunk      int // PublishStream's chunk size; 0: the Bus's
 }
 
 // Persistent publishes the event persistent (delivery mode 2), so that
@@ -159,24 +170,8 @@ func TTL(d time.Duration) PublishOption { return func(p *publish) { p.ttl = d } 
 // (wire.CheckEventKey). An event no subscription takes is dropped, and
 // Publish returns nil, unless Mandatory.
 func (b *Bus) Publish(ctx context.Context, key string, payload any, opts ...PublishOption) error {
-	var p publish
-	for _, o := range opts {
-		o(&p)
-	}
-	if err := wire.CheckEventKey(key); err != nil {
-		return err
-	}
-	if p.ttl < 0 {
-		return fmt.Errorf("events: negative TTL %v", p.ttl)
-	}
-	body, err := encode(payload)
+	p, body, err := b.prepare(ctx, key, payload, opts)
 	if err != nil {
-		return fmt.Errorf("events: publish %s: %w", key, err)
-	}
-	if len(body) > b.cfg.MaxMessageSize {
-		return fmt.Errorf("events: publish %s: body of %d bytes is over the limit of %d", key, len(body), b.cfg.MaxMessageSize)
-	}
-	if err := b.declare(ctx); err != nil {
 		return err
 	}
 	msg := wire.NewEvent(key, b.cfg.Identity, newID(), body, p.ttl)
@@ -189,6 +184,35 @@ func (b *Bus) Publish(ctx context.Context, key string, payload any, opts ...Publ
 		return fmt.Errorf("events: publish %s: %w", key, err)
 	}
 	return nil
+}
+
+// prepare checks a publish of payload with key and opts, encodes the
+// payload and declares the exchange.
+func (b *Bus) prepare(ctx context.Context, key string, payload any, opts []PublishOption) (publish, []byte, error) {
+	var p publish
+	for _, o := range opts {
+		o(&p)
+	}
+	if err := wire.CheckEventKey(key); err != nil {
+		return p, nil, err
+	}
+	if p.ttl < 0 {
+		return p, nil, fmt.Errorf("events: negative TTL %v", p.ttl)
+	}
+	if p.chunk < 0 || p.chunk > b.cfg.MaxMessageSize {
+		return p, nil, fmt.Errorf("events: chunk size %d: want 1 to %d", p.chunk, b.cfg.MaxMessageSize)
+	}
+	body, err := encode(payload)
+	if err != nil {
+		return p, nil, fmt.Errorf("events: publish %s: %w", key, err)
+	}
+	if len(body) > b.cfg.MaxMessageSize {
+		return p, nil, fmt.Errorf("events: publish %s: body of %d bytes is over the limit of %d", key, len(body), b.cfg.MaxMessageSize)
+	}
+	if err := b.declare(ctx); err != nil {
+		return p, nil, err
+	}
+	return p, body, nil
 }
 
 // encode marshals a payload; raw JSON is checked, not re-encoded.

@@ -45,6 +45,19 @@
 // nameko's dispatch do the same): Publish succeeds. With Mandatory, Publish
 // fails with ErrNoSubscriber instead.
 //
+// # Streamed events
+//
+// PublishStream publishes an event whose data, of any size, an io.Reader
+// reads: it goes in chunks (StreamConfig.ChunkSize) to every subscription
+// of the key, each chunk confirmed before the next. The subscriber that
+// gets the event's first chunk assembles it in a file (StreamConfig.Dir),
+// the others of its group forwarding the chunks they get to it through a
+// collection queue; it checks the size and SHA-256 and runs the handler
+// once, on the whole data (Event.Stream). A stream whose chunks stop coming
+// (its publisher died) or do not match is dead-lettered with reason
+// stream_broken, and its file and queue removed. docs/streams.md has the
+// details and figures.
+//
 // Handlers may publish events and call actors (through a mapper) from
 // inside: the Bus and mappers are safe for concurrent use.
 //

@@ -1,8 +1,11 @@
 package events_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 
@@ -66,4 +69,48 @@ func Example() {
 	// file.encrypted {"file":"/gfs1/file.dat"}
 	// <nil>
 	// events: publish server.up: events: no subscriber took the event: transport: message unroutable
+}
+
+// ExampleBus_PublishStream publishes data too big for one message as a
+// streamed event: the backup group's two subscribers share its chunks,
+// and one of them runs the handler once, on the whole, checked data.
+func ExampleBus_PublishStream() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	broker := mem.NewBroker()
+	defer broker.Close()
+
+	stored := make(chan string, 2)
+	for _, name := range []string{"backup-1", "backup-2"} {
+		bus, _ := events.New(broker.Connect(), events.Config{Identity: name})
+		sub, err := bus.Subscribe(ctx, "file.uploaded", func(ctx context.Context, ev *events.Event) error {
+			var file string
+			if err := ev.Decode(&file); err != nil {
+				return err
+			}
+			// A handler that stores would copy ev.Stream to a file.
+			h := sha256.New()
+			n, err := io.Copy(h, ev.Stream)
+			if err != nil {
+				return err
+			}
+			stored <- fmt.Sprintf("%s: %d bytes, sha256 %x", file, n, h.Sum(nil)[:4])
+			return nil
+		}, events.One("backup"))
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer sub.Close()
+	}
+
+	web, _ := events.New(broker.Connect(), events.Config{Identity: "web-1"})
+	data := bytes.Repeat([]byte("warren "), 300_000) // 2.1 MB
+	if err := web.PublishStream(ctx, "file.uploaded", "f.dat", bytes.NewReader(data), events.ChunkSize(64<<10)); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(<-stored)
+	// Output:
+	// f.dat: 2100000 bytes, sha256 37e946b2
 }

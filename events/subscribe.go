@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,11 @@ type Event struct {
 	Redelivered bool            // the broker delivered it before
 	Deadline    time.Time       // zero when the publisher set no TTL
 	Headers     map[string]any
+	// Stream reads the data of a streamed event (Bus.PublishStream),
+	// whole and checked, of StreamSize bytes; nil for any other event. It
+	// is valid until the handler returns.
+	Stream     io.Reader
+	StreamSize int64
 }
 
 // Decode unmarshals the payload into v.
@@ -129,7 +135,10 @@ type Subscription struct {
 	name string // the queue consumed now
 	err  error  // why the subscription ended on its own
 
-	handled, deadLettered, retried atomic.Int64
+	handled, deadLettered, retried, forwarded atomic.Int64
+
+	fwd forwarded  // collection queues declared (stream.go)
+	asm assemblies // streams being assembled (stream.go)
 }
 
 // Subscribe subscribes h to the events whose key matches pattern (* is
@@ -219,11 +228,12 @@ type Stats struct {
 	Handled      int64 // events acked after their handler
 	DeadLettered int64 // events dead-lettered (bad input, handler error, expired)
 	Retried      int64 // events requeued (ErrRetry, or Close cancelled the handler)
+	Forwarded    int64 // chunks of streamed events forwarded to their assembler
 }
 
 // Stats returns the subscription's counters.
 func (s *Subscription) Stats() Stats {
-	return Stats{Handled: s.handled.Load(), DeadLettered: s.deadLettered.Load(), Retried: s.retried.Load()}
+	return Stats{Handled: s.handled.Load(), DeadLettered: s.deadLettered.Load(), Retried: s.retried.Load(), Forwarded: s.forwarded.Load()}
 }
 
 // Done is closed when the subscription has ended: after Close, or when
@@ -289,7 +299,7 @@ func (s *Subscription) setup(ctx context.Context) (<-chan *transport.Delivery, c
 		return nil, nil, fmt.Errorf("events: bind %s to %s: %w", name, s.pattern, err)
 	}
 	cctx, cancel := context.WithCancel(context.Background())
-	ch, err := tr.Consume(cctx, name, transport.ConsumeOptions{Prefetch: s.o.prefetch})
+	ch, err := tr.Consume(cctx, name, transport.ConsumeOptions{Prefetch: s.o.prefetch + streamHeads})
 	if err != nil {
 		cancel()
 		return nil, nil, fmt.Errorf("events: consume %s: %w", name, err)
@@ -344,8 +354,27 @@ func (s *Subscription) run(ch <-chan *transport.Delivery, cancel context.CancelF
 	}
 }
 
+// streamHeads is the room a subscription's consumer has, beyond its
+// prefetch, for the heads of streamed events it assembles (each is held
+// unacked until its handler returned).
+const streamHeads = 8
+
 // consume handles deliveries until Close (false) or the end of ch (true).
+// Chunks of streamed events are taken at once, in this loop (stream.go);
+// events go to dispatch, which runs the handlers, so that a long handler
+// does not hold up the chunks that other subscribers wait for.
 func (s *Subscription) consume(ch <-chan *transport.Delivery) bool {
+	// Never full: the broker sends at most the consumer's prefetch unacked.
+	queue := make(chan *transport.Delivery, s.o.prefetch+streamHeads+1)
+	dispatched := make(chan struct{})
+	go func() {
+		defer close(dispatched)
+		s.dispatch(queue)
+	}()
+	defer func() {
+		close(queue)
+		<-dispatched
+	}()
 	for {
 		select {
 		case <-s.stop:
@@ -359,19 +388,37 @@ func (s *Subscription) consume(ch <-chan *transport.Delivery) bool {
 					return true
 				}
 			}
-			select {
-			case s.sem <- struct{}{}:
-			case <-s.stop:
-				s.settle(d, false, true)
-				return false
-			}
-			s.inflight.Add(1)
-			if s.o.concurrency == 1 {
-				s.handle(d)
+			if wire.IsEventChunk(d) {
+				s.chunk(d)
 				continue
 			}
-			go s.handle(d)
+			queue <- d
 		}
+	}
+}
+
+// dispatch runs the handlers of the events in queue, up to the
+// concurrency at once (one: in order); after Close it requeues the rest.
+func (s *Subscription) dispatch(queue <-chan *transport.Delivery) {
+	for d := range queue {
+		select {
+		case <-s.stop:
+			s.settle(d, false, true)
+			continue
+		default:
+		}
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.stop:
+			s.settle(d, false, true)
+			continue
+		}
+		s.inflight.Add(1)
+		if s.o.concurrency == 1 {
+			s.handle(d)
+			continue
+		}
+		go s.handle(d)
 	}
 }
 
@@ -394,10 +441,17 @@ func (s *Subscription) handle(d *transport.Delivery) {
 		Key: w.Key, Payload: json.RawMessage(d.Body), From: d.AppID, ID: d.MessageID,
 		Time: d.Timestamp, Redelivered: d.Redelivered, Deadline: w.Deadline, Headers: d.Headers,
 	}
+	s.finish(d, w.Deadline, ev)
+}
+
+// finish runs the handler on ev, the event of delivery d, and settles d by
+// the outcome; it reports whether the event is done with (acked or
+// dead-lettered), not requeued.
+func (s *Subscription) finish(d *transport.Delivery, deadline time.Time, ev *Event) bool {
 	hctx := s.handlerCtx
-	if !w.Deadline.IsZero() {
+	if !deadline.IsZero() {
 		var cancel context.CancelFunc
-		hctx, cancel = context.WithDeadline(hctx, w.Deadline)
+		hctx, cancel = context.WithDeadline(hctx, deadline)
 		defer cancel()
 	}
 	herr := call(hctx, s.h, ev)
@@ -409,19 +463,22 @@ func (s *Subscription) handle(d *transport.Delivery) {
 	case errors.Is(herr, ErrRetry):
 		s.retried.Add(1)
 		s.settle(d, false, true)
+		return false
 	case s.handlerCtx.Err() != nil:
 		// Close gave up waiting: give the event back.
-		s.b.log.Warn("handler cancelled by Close: requeued", "key", w.Key, "err", herr)
+		s.b.log.Warn("handler cancelled by Close: requeued", "key", ev.Key, "err", herr)
 		s.retried.Add(1)
 		s.settle(d, false, true)
+		return false
 	case errors.As(herr, &pe):
-		s.b.log.Error("handler panicked", "key", w.Key, "panic", pe.msg, "stack", string(pe.stack))
+		s.b.log.Error("handler panicked", "key", ev.Key, "panic", pe.msg, "stack", string(pe.stack))
 		s.deadLetter(d, wire.CodePanic, pe.msg)
 	case errors.Is(herr, context.DeadlineExceeded):
 		s.deadLetter(d, wire.CodeExpired, herr.Error())
 	default:
 		s.deadLetter(d, wire.CodeHandler, herr.Error())
 	}
+	return true
 }
 
 func (s *Subscription) checkBody(body []byte) error {

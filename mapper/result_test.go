@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,37 +56,16 @@ func TestStreamedResult(t *testing.T) {
 			t.Errorf("a caller that does not take streams: %v", err)
 		}
 
-		runtime.GC()
-		var base runtime.MemStats
-		runtime.ReadMemStats(&base)
-		var peak atomic.Uint64
-		stop := make(chan struct{})
-		sampled := make(chan struct{})
-		go func() {
-			defer close(sampled)
-			var ms runtime.MemStats
-			for {
-				runtime.ReadMemStats(&ms)
-				if ms.HeapInuse > peak.Load() {
-					peak.Store(ms.HeapInuse)
-				}
-				select {
-				case <-stop:
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
-			}
-		}()
+		stopHeap := testenv.HeapPeak()
 		const big = 64 << 20
 		start := time.Now()
 		r, err := m.Request(t.Context(), "/"+actor+"/source", big, mapper.AcceptStream())
-		close(stop)
-		<-sampled
+		base, peak := stopHeap()
 		must(t, err)
 		defer r.Close()
 		n, err := io.Copy(io.Discard, r.Stream)
 		must(t, err)
-		grew := int64(peak.Load()) - int64(base.HeapInuse)
+		grew := int64(peak) - int64(base)
 		t.Logf("64 MiB result in %v; heap grew by %d MiB", time.Since(start).Round(time.Millisecond), grew>>20)
 		if n != big || grew > 64<<20 {
 			t.Errorf("read %d bytes; heap grew by %d MiB", n, grew>>20)

@@ -8,10 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
-	"runtime"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -60,33 +57,10 @@ func storeAgent(t *testing.T, connect fabrictest.Connect, id, actor string, cfg 
 	return a
 }
 
-// randReader reads n pseudo-random bytes without holding them.
-type randReader struct {
-	rng *rand.ChaCha8
-	n   int64
-}
-
-func (r *randReader) Read(p []byte) (int, error) {
-	if r.n == 0 {
-		return 0, io.EOF
-	}
-	p = p[:min(int64(len(p)), r.n)]
-	r.rng.Read(p)
-	r.n -= int64(len(p))
-	return len(p), nil
-}
-
-func newRand(seed byte, n int64) *randReader {
-	var s [32]byte
-	s[0] = seed
-	return &randReader{rand.NewChaCha8(s), n}
-}
-
-func sum(r io.Reader) string {
-	h := sha256.New()
-	_, _ = io.Copy(h, r)
-	return hex.EncodeToString(h.Sum(nil))
-}
+var (
+	newRand = testenv.NewRand
+	sum     = testenv.SHA256
+)
 
 func emptyDir(t *testing.T, dir string) error {
 	es, err := os.ReadDir(dir)
@@ -211,46 +185,20 @@ func TestStreamBroken(t *testing.T) {
 // caller, the agent and (on mem) the broker: bounded by the window, not
 // by the size.
 func TestStreamMemory(t *testing.T) {
-	mib := int64(64)
-	if v := os.Getenv("WARREN_STREAM_MIB"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		must(t, err)
-		mib = n
-	}
+	mib := testenv.StreamMiB(t)
 	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
 		actor := fabrictest.Actor()
 		var calls atomic.Int64
 		storeAgent(t, connect, actor+"-a", actor, agent.StreamConfig{Dir: t.TempDir()}, &calls)
 		m := fabrictest.RunMapper(t, connect(t), mapper.Config{})
 		waitAgents(t, m, "/"+actor+"/store", 1)
-		runtime.GC()
-		var base runtime.MemStats
-		runtime.ReadMemStats(&base)
-		var peak atomic.Uint64
-		stop := make(chan struct{})
-		sampled := make(chan struct{})
-		go func() {
-			defer close(sampled)
-			var ms runtime.MemStats
-			for {
-				runtime.ReadMemStats(&ms)
-				if ms.HeapInuse > peak.Load() {
-					peak.Store(ms.HeapInuse)
-				}
-				select {
-				case <-stop:
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
-			}
-		}()
+		stopHeap := testenv.HeapPeak()
 		n := mib << 20
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 		defer cancel()
 		r, err := m.Stream(ctx, "/"+actor+"/store", "big", newRand(7, n))
-		close(stop)
-		<-sampled
+		base, peak := stopHeap()
 		must(t, err)
 		var got stored
 		must(t, r.Decode(&got))
@@ -258,9 +206,9 @@ func TestStreamMemory(t *testing.T) {
 			t.Fatalf("stored %d bytes of %d", got.Size, n)
 		}
 		el := time.Since(start)
-		grew := int64(peak.Load()) - int64(base.HeapInuse)
+		grew := int64(peak) - int64(base)
 		t.Logf("%d MiB in %v (%.1f MiB/s); heap in use %d MiB before, peak %d MiB (+%d MiB)",
-			mib, el.Round(time.Millisecond), float64(mib)/el.Seconds(), base.HeapInuse>>20, peak.Load()>>20, grew>>20)
+			mib, el.Round(time.Millisecond), float64(mib)/el.Seconds(), base>>20, peak>>20, grew>>20)
 		if grew > 64<<20 {
 			t.Errorf("heap grew by %d MiB streaming %d MiB: not bounded", grew>>20, mib)
 		}

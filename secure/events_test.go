@@ -58,6 +58,38 @@ func TestEventsAndProgressSecure(t *testing.T) {
 			t.Fatal("no signed event")
 		}
 
+		// A streamed event: the subscribers of a group forward its chunks
+		// to the assembler, signing the copies themselves.
+		skey := fabrictest.Actor() + ".streamed"
+		group := fabrictest.Actor()
+		streamed := make(chan string, 2)
+		for _, name := range []string{"bob", "eve"} {
+			b, err := events.New(wrap(name), events.Config{Identity: name}, events.WithLogger(testenv.Logger(t)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := b.Subscribe(t.Context(), skey, func(_ context.Context, ev *events.Event) error {
+				data, err := io.ReadAll(ev.Stream)
+				streamed <- fmt.Sprintf("%s %s %d", ev.From, ev.Payload, len(data))
+				return err
+			}, events.One(group))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+		}
+		if err := pub.PublishStream(t.Context(), skey, "f", io.LimitReader(zeros{}, 1<<20), events.ChunkSize(32<<10)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-streamed:
+			if got != `fred "f" 1048576` {
+				t.Fatalf("streamed event: %s", got)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no signed streamed event")
+		}
+
 		actor := fabrictest.Actor()
 		a, err := agent.New(wrap("eve"), agent.Config{Identity: "eve"}, agent.WithLogger(testenv.Logger(t)))
 		if err != nil {

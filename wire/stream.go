@@ -82,22 +82,29 @@ var ErrBadStream = errors.New("warren: malformed stream message")
 
 // ReadChunk reads a chunk: its stream id, its number and its path.
 func ReadChunk(d *transport.Delivery) (Chunk, error) {
-	c := Chunk{Stream: String(d.Headers, HeaderStream), Path: String(d.Headers, HeaderPath)}
+	c := Chunk{Path: String(d.Headers, HeaderPath)}
+	var err error
+	c.Stream, c.Seq, err = readChunk(d)
+	return c, err
+}
+
+// readChunk reads what every chunk has: its stream id and its number.
+func readChunk(d *transport.Delivery) (stream string, seq int64, err error) {
+	stream = String(d.Headers, HeaderStream)
 	if why, ok := d.Headers[transport.HeaderMalformed].(string); ok {
-		return c, fmt.Errorf("%w: %s", ErrBadStream, why)
+		return stream, 0, fmt.Errorf("%w: %s", ErrBadStream, why)
 	}
 	if d.Type != TypeChunk {
-		return c, fmt.Errorf("%w: type %q, want %s", ErrBadStream, d.Type, TypeChunk)
+		return stream, 0, fmt.Errorf("%w: type %q, want %s", ErrBadStream, d.Type, TypeChunk)
 	}
-	if c.Stream == "" || len(c.Stream) > 128 {
-		return c, fmt.Errorf("%w: header %s: want an id of 1 to 128 bytes", ErrBadStream, HeaderStream)
+	if stream == "" || len(stream) > 128 {
+		return stream, 0, fmt.Errorf("%w: header %s: want an id of 1 to 128 bytes", ErrBadStream, HeaderStream)
 	}
 	seq, ok := Int(d.Headers, HeaderChunk)
 	if !ok || seq < 0 {
-		return c, fmt.Errorf("%w: header %s: want an integer from 0", ErrBadStream, HeaderChunk)
+		return stream, 0, fmt.Errorf("%w: header %s: want an integer from 0", ErrBadStream, HeaderChunk)
 	}
-	c.Seq = seq
-	return c, nil
+	return stream, seq, nil
 }
 
 // Stream describes the data of a streamed request, on the request that

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ type publishCmd struct {
 	TTL        time.Duration `name:"ttl" help:"The event's time to live: not handled later, dead-lettered when nobody took it in time (events.TTL). Default: none."`
 	Timeout    time.Duration `name:"timeout" default:"10s" help:"Give up publishing after this long (it does not bound the event's life)."`
 	Identity   string        `name:"identity" help:"The publisher's identity (app_id); default generated."`
+	Stream     string        `name:"stream" placeholder:"FILE" help:"Publish FILE (- for standard input), of any size, as the event's data, in chunks with a checksum; the payload goes with it (a name, say). Each subscription's handler reads it whole from Event.Stream (events.Bus.PublishStream); --timeout then bounds the whole publishing."`
 }
 
 func (c *publishCmd) Help() string {
@@ -28,7 +30,12 @@ func (c *publishCmd) Help() string {
 broker confirmed it. An event nobody subscribes to is dropped by design (exit 0),
 unless --mandatory:
 
-  warren publish file.encrypt '{"file": "/gfs1/file.dat"}' --persistent`
+  warren publish file.encrypt '{"file": "/gfs1/file.dat"}' --persistent
+
+With --stream FILE (- for standard input) the event carries FILE's data, of any
+size, streamed in chunks (docs/streams.md):
+
+  warren publish file.uploaded '"backup.tar"' --stream backup.tar --timeout 10m`
 }
 
 func (c *publishCmd) Run(g *Globals) error {
@@ -40,6 +47,15 @@ func (c *publishCmd) Run(g *Globals) error {
 	}
 	if c.TTL < 0 || c.Timeout <= 0 {
 		return usageError{errors.New("--ttl must not be negative, --timeout must be positive")}
+	}
+	var data io.Reader
+	if c.Stream != "" {
+		r, closeIn, err := streamInput(g, c.Stream)
+		if err != nil {
+			return err
+		}
+		defer closeIn()
+		data = r
 	}
 	ctx, cancel := context.WithTimeout(g.Context(), c.Timeout)
 	defer cancel()
@@ -65,6 +81,9 @@ func (c *publishCmd) Run(g *Globals) error {
 	if c.TTL > 0 {
 		opts = append(opts, events.TTL(c.TTL))
 	}
+	if data != nil {
+		return b.PublishStream(ctx, c.Key, json.RawMessage(c.Payload), data, opts...)
+	}
 	return b.Publish(ctx, c.Key, json.RawMessage(c.Payload), opts...)
 }
 
@@ -85,7 +104,8 @@ func (c *subscribeCmd) Help() string {
   {"key":"file.encrypt","payload":{"file":"f.dat"},"from":"web-1","id":"...","time":"...","redelivered":false}
 
 Each event is acked once its line is written. Strings are JSON-escaped, and
-control characters are never printed raw.
+control characters are never printed raw. A streamed event's line has its
+payload and "stream_size", the size of its data, which is not printed.
 
   warren subscribe 'file.*'
   warren subscribe 'log.#' --mode one --group auditors --durable`
@@ -99,6 +119,8 @@ type eventLine struct {
 	ID          string          `json:"id,omitempty"`
 	Time        time.Time       `json:"time,omitzero"`
 	Redelivered bool            `json:"redelivered"`
+	// StreamSize is the size of a streamed event's data (not printed).
+	StreamSize *int64 `json:"stream_size,omitempty"`
 }
 
 func (c *subscribeCmd) Run(g *Globals) error {
@@ -160,7 +182,11 @@ func (c *subscribeCmd) Run(g *Globals) error {
 			mu.Lock()
 			return events.ErrRetry
 		}
-		line, err := json.Marshal(eventLine{ev.Key, ev.Payload, ev.From, ev.ID, ev.Time, ev.Redelivered})
+		el := eventLine{ev.Key, ev.Payload, ev.From, ev.ID, ev.Time, ev.Redelivered, nil}
+		if ev.Stream != nil {
+			el.StreamSize = &ev.StreamSize
+		}
+		line, err := json.Marshal(el)
 		if err == nil {
 			_, err = fmt.Fprintf(g.Out(), "%s\n", escapeJSON(line))
 		}

@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -154,5 +157,56 @@ func TestPrintProgress(t *testing.T) {
 		if got := strings.TrimSuffix(b.String(), "\n"); got != tc.want {
 			t.Errorf("got  %q\nwant %q", got, tc.want)
 		}
+	}
+}
+
+// TestPublishStream: warren publish --stream sends a file as a streamed
+// event; warren subscribe prints its payload and the size of its data.
+func TestPublishStream(t *testing.T) {
+	_, url := rabbit(t)
+	p := fabrictest.Actor()
+	group := fabrictest.Actor()
+	fabrictest.DeleteQueues(t, url, "warren.events.one."+group)
+	warren := func(args ...string) (int, string, string) {
+		return run(t, t.Context(), append(args, "--broker", url, "--log-level", "error")...)
+	}
+	file := filepath.Join(t.TempDir(), "data.bin")
+	if err := os.WriteFile(file, bytes.Repeat([]byte("warren "), 200_000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errOut := warren("subscribe", p+".file", "--mode", "one", "--group", group, "--count", "1")
+		done <- result{code, out, errOut}
+	}()
+	var r result
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(60 * time.Second)
+	published := false
+wait:
+	for {
+		select {
+		case r = <-done:
+			break wait
+		case <-tick.C:
+			if !published {
+				// --mandatory fails while nobody subscribes yet.
+				code, _, _ := warren("publish", p+".file", `"data.bin"`, "--stream", file, "--mandatory")
+				published = code == 0
+			}
+		case <-timeout:
+			t.Fatal("warren subscribe --count 1 did not exit")
+		}
+	}
+	if r.code != 0 || !strings.Contains(r.out, `"payload":"data.bin"`) || !strings.Contains(r.out, `"stream_size":1400000`) {
+		t.Fatalf("subscribe: exit %d %q %s", r.code, r.out, r.err)
+	}
+	if code, _, errOut := warren("publish", p+".file", "--stream", filepath.Join(t.TempDir(), "nope")); code != 2 {
+		t.Errorf("--stream of a missing file: exit %d %s; want a usage error", code, errOut)
 	}
 }
