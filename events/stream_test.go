@@ -357,3 +357,64 @@ func TestStreamedEventMemory(t *testing.T) {
 		cleanedUp(t, connect(t), dir, k.all()[0].id, s)
 	})
 }
+
+// TestStreamedEventTakeover: the subscriber assembling a streamed event
+// dies midway (its connection goes); the head and the chunks it held go
+// back, and the other subscriber of the group assembles the stream and
+// runs the handler once, on the whole data.
+func TestStreamedEventTakeover(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		p := fabrictest.Actor()
+		group := fabrictest.Actor()
+		dir := t.TempDir()
+		var k streamSink
+		type sub struct {
+			tr transport.Transport
+			s  *events.Subscription
+		}
+		var subs []sub
+		for _, name := range []string{"a", "b"} {
+			tr := connect(t)
+			b, err := events.New(tr, events.Config{Streams: events.StreamConfig{Dir: dir}}, events.WithLogger(testenv.Logger(t)))
+			must(t, err)
+			subs = append(subs, sub{tr, subscribe(t, b, p+".big", k.handler(name), events.One(group))})
+		}
+		pub := connect(t)
+		r := rawStream{t, pub, p + ".big", "takeover-" + p}
+		r.head()
+		r.chunk(1, 0, "hello ", nil)
+		r.chunk(2, 6, "big ", nil)
+		// Wait for the assembler to hold both chunks.
+		var assembler, survivor sub
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			for i, s := range subs {
+				if s.s.Streams() == 1 {
+					assembler, survivor = s, subs[1-i]
+				}
+			}
+			if assembler.s == nil {
+				return errors.New("nobody assembles the stream yet")
+			}
+			if f := subs[0].s.Stats().Forwarded + subs[1].s.Stats().Forwarded; f != 2 {
+				return fmt.Errorf("%d chunks forwarded", f)
+			}
+			q := wire.EventStreamQueue(assembler.s.Queue(), r.id)
+			info, err := pub.InspectQueue(t.Context(), q)
+			if err != nil || info.Messages != 0 || info.Consumers != 1 {
+				return fmt.Errorf("collection queue %s: %+v %v: want both chunks taken", q, info, err)
+			}
+			return nil
+		})
+		must(t, assembler.tr.Close()) // the assembler's process dies
+		r.chunk(3, 10, "world", endOf(r.id, "hello big world", 4))
+		waitLen(t, "handled", 1, k.len)
+		g := k.all()[0]
+		if g.size != 15 || g.sha256 != sum(strings.NewReader("hello big world")) {
+			t.Fatalf("got %+v", g)
+		}
+		if survivor.s.Stats().Handled != 1 {
+			t.Errorf("the survivor handled %d", survivor.s.Stats().Handled)
+		}
+		cleanedUp(t, pub, dir, r.id, survivor.s)
+	})
+}
