@@ -253,8 +253,9 @@ func (s *Subscription) notForwarded(ctx context.Context, d *transport.Delivery, 
 
 // assemblies are the streams a subscription is assembling, by id.
 type assemblies struct {
-	mu sync.Mutex
-	m  map[string]bool
+	mu   sync.Mutex
+	m    map[string]*struct{} // being assembled here: a token per assembly
+	done map[string]time.Time // handled or broken here, and when
 }
 
 // Streams returns the number of streamed events the subscription is
@@ -266,30 +267,70 @@ func (s *Subscription) Streams() int {
 }
 
 // startAssembly assembles the stream whose head is d, in a goroutine of
-// its own; a second head of a stream this subscriber assembles already is
-// a duplicate, acked and dropped.
+// its own. A head of a stream handled (or broken) here a moment ago is a
+// duplicate, acked and dropped; one of a stream being assembled here (a
+// redelivery racing the end of the assembly that gave it back, or a
+// duplicate) is requeued a second later.
 func (s *Subscription) startAssembly(d *transport.Delivery, c wire.EventChunk) {
+	now := time.Now()
+	keep := 5 * s.b.cfg.Streams.IdleTimeout
 	s.asm.mu.Lock()
-	if s.asm.m[c.Stream] {
+	for id, t := range s.asm.done {
+		if now.Sub(t) > keep {
+			delete(s.asm.done, id)
+		}
+	}
+	if _, dup := s.asm.done[c.Stream]; dup {
 		s.asm.mu.Unlock()
+		s.b.log.Info("head of a streamed event handled already: dropped", "stream", c.Stream)
 		s.settle(d, true, false)
 		return
 	}
-	if s.asm.m == nil {
-		s.asm.m = map[string]bool{}
-	}
-	s.asm.m[c.Stream] = true
-	s.asm.mu.Unlock()
 	s.inflight.Add(1)
+	if s.asm.m[c.Stream] != nil {
+		s.asm.mu.Unlock()
+		go func() {
+			defer s.inflight.Done()
+			s.later(d)
+		}()
+		return
+	}
+	if s.asm.m == nil {
+		s.asm.m, s.asm.done = map[string]*struct{}{}, map[string]time.Time{}
+	}
+	tok := new(struct{})
+	s.asm.m[c.Stream] = tok
+	s.asm.mu.Unlock()
+	var once sync.Once
+	release := func(done bool) {
+		once.Do(func() {
+			s.asm.mu.Lock()
+			if s.asm.m[c.Stream] == tok {
+				delete(s.asm.m, c.Stream)
+			}
+			if done {
+				s.asm.done[c.Stream] = time.Now()
+			}
+			s.asm.mu.Unlock()
+		})
+	}
 	go func() {
 		defer s.inflight.Done()
-		defer func() {
-			s.asm.mu.Lock()
-			delete(s.asm.m, c.Stream)
-			s.asm.mu.Unlock()
-		}()
-		s.assemble(d, c)
+		defer release(false)
+		s.assemble(d, c, release)
 	}()
+}
+
+// later requeues head d a second from now (or at Close): for another
+// subscriber, or this one once it is free.
+func (s *Subscription) later(d *transport.Delivery) {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.stop:
+	}
+	s.settle(d, false, true)
 }
 
 // errBusy: another subscriber assembles the stream (a duplicated head).
@@ -309,7 +350,11 @@ type assembly struct {
 // assemble collects the stream whose head is d, runs the handler on it
 // and settles the head: acked after the handler, dead-lettered when the
 // stream broke, requeued when the subscription closes.
-func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk) {
+// release(true) records the stream as done with here (handled or broken),
+// release(false) only as no longer assembled; it is called before the
+// head is requeued, so that its redelivery here is not taken for a
+// duplicate.
+func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk, release func(done bool)) {
 	log := s.b.log.With("stream", c.Stream, "key", d.RoutingKey)
 	if !c.Deadline.IsZero() && !time.Now().Before(c.Deadline) {
 		s.deadLetter(d, wire.CodeExpired, "deadline passed before the subscriber started the event")
@@ -331,11 +376,8 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk) {
 	if err != nil {
 		// Another subscriber may take it: give it back, not at once.
 		log.Warn("cannot assemble a streamed event: requeued", "err", err)
-		select {
-		case <-time.After(time.Second):
-		case <-s.stop:
-		}
-		s.settle(d, false, true)
+		release(false)
+		s.later(d)
 		return
 	}
 	f, err := os.CreateTemp(cfg.Dir, "warren-event-*")
@@ -353,6 +395,7 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk) {
 	// with (handled or broken): not when the subscription closes, so
 	// that another subscriber takes over.
 	deleteQueue := func() {
+		release(true)
 		cancel()
 		dctx, dcancel := context.WithTimeout(context.Background(), streamSetupTimeout)
 		defer dcancel()
@@ -403,7 +446,13 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk) {
 		Time: d.Timestamp, Redelivered: d.Redelivered, Deadline: c.Deadline, Headers: d.Headers,
 		Stream: f, StreamSize: a.size,
 	}
-	if s.finish(d, c.Deadline, ev) {
+	// A retry: the chunks go back to the collection queue (the consumer
+	// ends) before the head goes back to the subscription queue.
+	requeue := func() {
+		cancel()
+		release(false)
+	}
+	if s.finish(d, c.Deadline, ev, requeue) {
 		deleteQueue()
 	}
 }

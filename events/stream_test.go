@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -416,5 +417,33 @@ func TestStreamedEventTakeover(t *testing.T) {
 			t.Errorf("the survivor handled %d", survivor.s.Stats().Handled)
 		}
 		cleanedUp(t, pub, dir, r.id, survivor.s)
+	})
+}
+
+// TestStreamedEventRetry: a handler that asks for a retry gets the whole
+// streamed event again (the chunks go back with the head), once.
+func TestStreamedEventRetry(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		key := fabrictest.Actor() + ".retry"
+		dir := t.TempDir()
+		var k streamSink
+		var tries atomic.Int64
+		h := k.handler("a")
+		s := subscribe(t, streamBus(t, connect, "", dir, 0), key, func(ctx context.Context, ev *events.Event) error {
+			if tries.Add(1) == 1 {
+				return fmt.Errorf("not yet: %w", events.ErrRetry)
+			}
+			return h(ctx, ev)
+		})
+		const n = 300<<10 + 1
+		must(t, newBus(t, connect, events.Config{}).PublishStream(t.Context(), key, "r", newRand(5, n), events.ChunkSize(16<<10)))
+		waitLen(t, "handled", 1, k.len)
+		if g := k.all()[0]; g.size != n || g.sha256 != sum(newRand(5, n)) {
+			t.Fatalf("got %+v", g)
+		}
+		if st := s.Stats(); st.Retried != 1 || st.Handled != 1 || tries.Load() != 2 {
+			t.Errorf("stats %+v, %d tries", st, tries.Load())
+		}
+		cleanedUp(t, connect(t), dir, k.all()[0].id, s)
 	})
 }

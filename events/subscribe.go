@@ -441,13 +441,14 @@ func (s *Subscription) handle(d *transport.Delivery) {
 		Key: w.Key, Payload: json.RawMessage(d.Body), From: d.AppID, ID: d.MessageID,
 		Time: d.Timestamp, Redelivered: d.Redelivered, Deadline: w.Deadline, Headers: d.Headers,
 	}
-	s.finish(d, w.Deadline, ev)
+	s.finish(d, w.Deadline, ev, nil)
 }
 
 // finish runs the handler on ev, the event of delivery d, and settles d by
 // the outcome; it reports whether the event is done with (acked or
-// dead-lettered), not requeued.
-func (s *Subscription) finish(d *transport.Delivery, deadline time.Time, ev *Event) bool {
+// dead-lettered), not requeued. beforeRequeue, when not nil, runs before
+// d is requeued.
+func (s *Subscription) finish(d *transport.Delivery, deadline time.Time, ev *Event, beforeRequeue func()) bool {
 	hctx := s.handlerCtx
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
@@ -460,14 +461,15 @@ func (s *Subscription) finish(d *transport.Delivery, deadline time.Time, ev *Eve
 	case herr == nil:
 		s.handled.Add(1)
 		s.settle(d, true, false)
-	case errors.Is(herr, ErrRetry):
+	case errors.Is(herr, ErrRetry) || s.handlerCtx.Err() != nil:
+		if !errors.Is(herr, ErrRetry) {
+			// Close gave up waiting: give the event back.
+			s.b.log.Warn("handler cancelled by Close: requeued", "key", ev.Key, "err", herr)
+		}
 		s.retried.Add(1)
-		s.settle(d, false, true)
-		return false
-	case s.handlerCtx.Err() != nil:
-		// Close gave up waiting: give the event back.
-		s.b.log.Warn("handler cancelled by Close: requeued", "key", ev.Key, "err", herr)
-		s.retried.Add(1)
+		if beforeRequeue != nil {
+			beforeRequeue()
+		}
 		s.settle(d, false, true)
 		return false
 	case errors.As(herr, &pe):
