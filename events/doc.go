@@ -24,6 +24,10 @@
 //   - All (the default): every subscriber has its own queue and gets every
 //     event (Vincent's :all, nameko's broadcast).
 //
+// The subscribers of a group share a queue bound to every pattern any of
+// them used, so each gets the events of all those patterns (Event.Key
+// tells them apart); a durable queue keeps its bindings after they go.
+//
 // A Durable subscription has a quorum queue that survives the subscriber
 // and the broker: events published while no subscriber of it runs wait
 // there (persistent events survive a broker restart too). A transient one

@@ -19,7 +19,7 @@ type publishCmd struct {
 	Payload    string        `arg:"" optional:"" name:"payload" default:"null" help:"JSON payload (default null)."`
 	Persistent bool          `name:"persistent" help:"Publish persistent, so that the event survives a broker restart in a durable subscription's queue (events.Persistent)."`
 	Mandatory  bool          `name:"mandatory" help:"Fail (exit 1) when no subscription takes the event, instead of dropping it (events.Mandatory)."`
-	TTL        time.Duration `name:"ttl" help:"The event's time to live: not handled later, dead-lettered when nobody took it in time (events.TTL). Default: none."`
+	TTL        time.Duration `name:"ttl" help:"The event's time to live: not handled later, dead-lettered when nobody took it in time (events.TTL). Default: none; at most 1193h."`
 	Timeout    time.Duration `name:"timeout" default:"10s" help:"Give up publishing after this long (it does not bound the event's life)."`
 	Identity   string        `name:"identity" help:"The publisher's identity (app_id); default generated."`
 	Stream     string        `name:"stream" placeholder:"FILE" help:"Publish FILE (- for standard input), of any size, as the event's data, in chunks with a checksum; the payload goes with it (a name, say). Each subscription's handler reads it whole from Event.Stream (events.Bus.PublishStream); --timeout then bounds the whole publishing."`
@@ -45,8 +45,13 @@ func (c *publishCmd) Run(g *Globals) error {
 	if !json.Valid([]byte(c.Payload)) {
 		return usageError{fmt.Errorf("payload %q is not JSON (quote strings: '\"hi\"')", c.Payload)}
 	}
-	if c.TTL < 0 || c.Timeout <= 0 {
-		return usageError{errors.New("--ttl must not be negative, --timeout must be positive")}
+	if c.TTL != 0 {
+		if err := checkDuration("--ttl", c.TTL, true); err != nil {
+			return err
+		}
+	}
+	if err := checkDuration("--timeout", c.Timeout, false); err != nil {
+		return err
 	}
 	var data io.Reader
 	if c.Stream != "" {
@@ -103,9 +108,12 @@ func (c *subscribeCmd) Help() string {
 
   {"key":"file.encrypt","payload":{"file":"f.dat"},"from":"web-1","id":"...","time":"...","redelivered":false}
 
-Each event is acked once its line is written. Strings are JSON-escaped, and
-control characters are never printed raw. A streamed event's line has its
-payload and "stream_size", the size of its data, which is not printed.
+A --mode one or host group shares one queue, bound to the patterns of all
+its subscribers, and a --durable queue keeps its bindings after they go:
+each line's key says which event came. Each event is acked once its line is
+written. Strings are JSON-escaped, and control characters are never printed
+raw. A streamed event's line has its payload and "stream_size", the size of
+its data, which is not printed.
 
   warren subscribe 'file.*'
   warren subscribe 'log.#' --mode one --group auditors --durable`
@@ -144,6 +152,16 @@ func (c *subscribeCmd) Run(g *Globals) error {
 	}
 	if c.Count < 0 {
 		return usageError{errors.New("--count must not be negative")}
+	}
+	for _, f := range []struct{ flag, v string }{{"--group", c.Group}, {"--identity", c.Identity}, {"--host", c.Host}} {
+		if f.v != "" {
+			if err := wire.CheckIdentity(f.v); err != nil {
+				return usageError{fmt.Errorf("%s: %w", f.flag, err)}
+			}
+		}
+	}
+	if c.Mode == "all" && c.Durable && c.Identity == "" && c.Secure.Cert == "" {
+		return usageError{errors.New("--durable --mode all needs --identity (or --secure-cert): it names the subscription's queue, warren.events.all.IDENTITY, which keeps the events until this identity subscribes again")}
 	}
 	ctx, cancel := context.WithCancel(g.Context())
 	defer cancel()

@@ -210,3 +210,25 @@ wait:
 		t.Errorf("--stream of a missing file: exit %d %s; want a usage error", code, errOut)
 	}
 }
+
+// TestEventUsageErrors: what publish and subscribe can tell is wrong
+// before dialling is a usage error (exit 2) naming the flag, never a
+// broker's refusal or a Go API's wording (exit 1).
+func TestEventUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"publish", "a.b", "1", "--ttl", "2000h"}, "--ttl 2000h0m0s: at most 1193h"},
+		{[]string{"publish", "a.b", "1", "--timeout", "0s"}, "--timeout 0s: want a positive duration"},
+		{[]string{"subscribe", "a.#", "--durable"}, "--durable --mode all needs --identity"},
+		{[]string{"subscribe", "a.#", "--mode", "one", "--group", "g/x"}, "--group: "},
+		{[]string{"subscribe", "a.#", "--mode", "host", "--group", "g", "--host", "a b"}, "--host: "},
+		{[]string{"subscribe", "a.#", "--identity", "a\x1bb"}, "--identity: "},
+	} {
+		code, out, errOut := run(t, t.Context(), append(tc.args, "--broker", "amqp://127.0.0.1:1/")...)
+		if code != 2 || !strings.Contains(errOut, tc.want) || out != "" {
+			t.Errorf("%q: exit %d, stderr %q; want exit 2 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+}
