@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -138,6 +139,57 @@ func TestRequestProgress(t *testing.T) {
 		if !strings.HasPrefix(l, want) || !strings.HasSuffix(l, fmt.Sprintf(" %d%%", 10*(i+1))) {
 			t.Errorf("line %d: %q, want %q...%d%%", i, l, want, 10*(i+1))
 		}
+	}
+}
+
+// TestRequestProgressTimeout: warren request --progress-timeout gives up
+// on a job that went quiet long before --timeout, and lets one that
+// reports run.
+func TestRequestProgressTimeout(t *testing.T) {
+	tr, url := rabbit(t)
+	actor := fabrictest.Actor()
+	id := actor + "-a"
+	fabrictest.DeleteQueues(t, url, wire.ServiceQueue("/"+actor+"/quiet"), wire.ServiceQueue("/"+actor+"/sleep"), wire.AgentQueue(id))
+	a, err := agent.New(tr, agent.Config{Identity: id, PingInterval: time.Second}, agent.WithLogger(testenv.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Expose(actor, simple.Simple{}); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	if err := a.Handle("/"+actor+"/quiet", agent.Func(func(ctx context.Context, _ any) (string, error) {
+		_ = agent.Progress(ctx, "", 0.5)
+		select { // quiet until the test ends
+		case <-release:
+		case <-ctx.Done():
+		}
+		return "done", nil
+	})); err != nil {
+		t.Fatal(err)
+	}
+	fabrictest.RunAgent(t, a)
+	t.Cleanup(func() { close(release) })
+	warren := func(args ...string) (int, string, string) {
+		return run(t, t.Context(), append(args, "--broker", url, "--log-level", "error")...)
+	}
+	// A job that reports runs to its result.
+	testenv.WaitFor(t, 15*time.Second, func() error {
+		if code, _, errOut := warren("request", "/"+actor+"/sleep", "0.3", "--progress-timeout", "10s", "--timeout", "60s"); code != 0 {
+			return fmt.Errorf("exit %d: %s", code, errOut)
+		}
+		return nil
+	})
+	start := time.Now()
+	code, out, errOut := warren("request", "/"+actor+"/quiet", "--progress", "--progress-timeout", "300ms", "--timeout", "10m")
+	if took := time.Since(start); code != 1 || out != "" || !strings.Contains(errOut, "no progress for 300ms") || took > 30*time.Second {
+		t.Errorf("a quiet job: exit %d after %v, stdout %q, stderr %q; want exit 1 with no progress for 300ms", code, took, out, errOut)
+	}
+	if !strings.HasPrefix(errOut, "progress "+id+": [##########..........] 50%\n") {
+		t.Errorf("the progress before the quiet: %q", errOut)
+	}
+	if code, _, errOut := warren("request", "/"+actor+"/quiet", "--progress-timeout=-1s"); code != 2 {
+		t.Errorf("negative --progress-timeout: exit %d %s", code, errOut)
 	}
 }
 

@@ -103,6 +103,7 @@ type requestCmd struct {
 	Timeout  time.Duration `name:"timeout" default:"10s" help:"Give up after this long. It travels with the request as its deadline: an agent does not start it later. At most 1193h."`
 	Retry    bool          `name:"retry-on-connection-loss" help:"When the connection to the broker drops while waiting, send the request again once reconnected, until --timeout; the handler may then run twice (mapper.RetryOnConnectionLoss)."`
 	Progress bool          `name:"progress" help:"Ask for the handler's progress and print it on stderr, a line each, before the result (a fraction or {\"done\":n,\"total\":m} as a bar) (mapper.OnProgress)."`
+	Quiet    time.Duration `name:"progress-timeout" placeholder:"D" help:"Fail when the handler sent neither progress nor its result for D (mapper.ProgressTimeout): with a long --timeout, a job that keeps reporting runs on, one that went quiet is given up early. Progress never extends --timeout."`
 	Stream   string        `name:"stream" placeholder:"FILE" help:"Send FILE (- for standard input), of any size, as the request's data, in chunks with flow control and a checksum; the payload goes with it (a name, say). The handler reads it whole from Request.Stream (mapper.Stream)."`
 	Output   string        `name:"output" short:"o" placeholder:"FILE" help:"Take a streamed result (mapper.AcceptStream) and write its data to FILE (- for standard output, the result's JSON then going to standard error)."`
 }
@@ -143,6 +144,12 @@ func (c *requestCmd) Run(g *Globals) error {
 	}
 	if c.Progress {
 		opts = append(opts, mapper.OnProgress(func(p mapper.Progress) { printProgress(g.ErrOut(), p) }))
+	}
+	if c.Quiet != 0 {
+		if err := checkDuration("--progress-timeout", c.Quiet, false); err != nil {
+			return err
+		}
+		opts = append(opts, mapper.ProgressTimeout(c.Quiet))
 	}
 	if c.Output != "" {
 		if c.Selector == "all" {
