@@ -100,7 +100,6 @@ func (b *Bus) PublishStream(ctx context.Context, key string, payload any, r io.R
 	id := newID()
 	head := wire.NewEventHead(b.cfg.Identity, id, body, p.ttl)
 	head.Persistent = p.persistent
-	deadline, _ := wire.Deadline(head.Headers)
 	err = b.tr.Publish(ctx, wire.EventExchange, key, head, transport.PublishOptions{Confirm: true, Mandatory: p.mandatory})
 	if errors.Is(err, transport.ErrUnroutable) {
 		return fmt.Errorf("events: publish %s: %w", key, ErrNoSubscriber)
@@ -129,12 +128,8 @@ func (b *Bus) PublishStream(ctx context.Context, key string, payload any, r io.R
 		if seq > MaxStreamChunks {
 			return fmt.Errorf("events: publish %s: more than %d chunks: raise the chunk size (subscribers dead-letter the stream)", key, MaxStreamChunks)
 		}
-		var ttl time.Duration
-		if !deadline.IsZero() {
-			ttl = max(time.Until(deadline), time.Millisecond)
-		}
 		// A copy: the embedded broker keeps the body it is given.
-		msg := wire.NewEventChunk(b.cfg.Identity, id, seq, off, bytes.Clone(cur[:n]), ttl)
+		msg := wire.NewEventChunk(b.cfg.Identity, id, seq, off, bytes.Clone(cur[:n]))
 		msg.Persistent = p.persistent
 		h.Write(cur[:n])
 		if last {

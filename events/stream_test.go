@@ -200,7 +200,7 @@ func (r rawStream) head() {
 
 func (r rawStream) chunk(seq, off int64, data string, end *wire.Stream) {
 	r.t.Helper()
-	msg := wire.NewEventChunk("raw", r.id, seq, off, []byte(data), 0)
+	msg := wire.NewEventChunk("raw", r.id, seq, off, []byte(data))
 	if end != nil {
 		wire.SetEventStreamEnd(&msg, *end)
 	}
@@ -445,5 +445,59 @@ func TestStreamedEventRetry(t *testing.T) {
 			t.Errorf("stats %+v, %d tries", st, tries.Load())
 		}
 		cleanedUp(t, connect(t), dir, k.all()[0].id, s)
+	})
+}
+
+// TestStreamedEventExpired: a streamed event whose TTL passes in the
+// queue of a durable group nobody consumes: the broker dead-letters its
+// head only; the data chunks, taken later, go to a collection queue that
+// nobody assembles and that expires. The handler never runs.
+func TestStreamedEventExpired(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		dead := tapDead(t, connect)
+		key := fabrictest.Actor() + ".expired"
+		group := fabrictest.Actor()
+		dir := t.TempDir()
+		var k streamSink
+		s, err := streamBus(t, connect, "", dir, 200*time.Millisecond).Subscribe(t.Context(), key, k.handler("a"), events.One(group), events.Durable())
+		must(t, err)
+		queue := s.Queue()
+		must(t, s.Close())
+		must(t, newBus(t, connect, events.Config{}).PublishStream(t.Context(), key, "x", newRand(6, 40<<10), events.ChunkSize(16<<10), events.TTL(20*time.Millisecond), events.Persistent()))
+		d := deadLetterBy(t, dead, func(d *transport.Delivery) bool { return d.RoutingKey == key })
+		c, err := wire.ReadEventChunk(d)
+		if err != nil || c.Seq != 0 || d.Headers["x-death"] == nil {
+			t.Fatalf("dead letter: chunk %+v (%v), headers %v: want the head, expired by the broker", c, err, d.Headers)
+		}
+		s = subscribe(t, streamBus(t, connect, "", dir, 200*time.Millisecond), key, k.handler("a"), events.One(group), events.Durable())
+		tr := connect(t)
+		testenv.WaitFor(t, 30*time.Second, func() error {
+			if f := s.Stats().Forwarded; f != 3 {
+				return fmt.Errorf("%d chunks forwarded, want 3", f)
+			}
+			// A publish is not a use of the queue (an inspection would
+			// keep it alive): unroutable once it expired.
+			q := wire.EventStreamQueue(queue, c.Stream)
+			err := tr.Publish(t.Context(), transport.DefaultExchange, q, transport.Message{}, transport.PublishOptions{Mandatory: true})
+			if !errors.Is(err, transport.ErrUnroutable) {
+				return fmt.Errorf("collection queue %s: publish %v, want it expired", q, err)
+			}
+			return nil
+		})
+		for {
+			select {
+			case d := <-dead:
+				if d.RoutingKey == key {
+					t.Errorf("another dead letter: %s %v", d.Type, d.Headers)
+				}
+				continue
+			default:
+			}
+			break
+		}
+		if n := k.len(); n != 0 {
+			t.Errorf("the handler ran %d times", n)
+		}
+		must(t, emptyDir(dir))
 	})
 }

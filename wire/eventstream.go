@@ -51,9 +51,11 @@ func NewEventHead(from, id string, meta []byte, ttl time.Duration) transport.Mes
 }
 
 // NewEventChunk builds data chunk seq (from 1) of streamed event id, whose
-// body goes at offset in the data. A ttl that is not zero expires the
-// chunk with its head.
-func NewEventChunk(from, id string, seq, offset int64, data []byte, ttl time.Duration) transport.Message {
+// body goes at offset in the data. It has no expiration, even when its
+// head has one: an expired chunk would be dead-lettered, data and all; the
+// chunks of a head that expired are forwarded to a collection queue that
+// nobody consumes, and go with it (x-expires).
+func NewEventChunk(from, id string, seq, offset int64, data []byte) transport.Message {
 	msg := transport.Message{
 		Body:          data,
 		ContentType:   ContentOctets,
@@ -62,7 +64,6 @@ func NewEventChunk(from, id string, seq, offset int64, data []byte, ttl time.Dur
 		CorrelationID: id,
 		AppID:         from,
 		Timestamp:     time.Now(),
-		Expiration:    ttl,
 		Headers: map[string]any{
 			HeaderStream:       id,
 			HeaderChunk:        seq,
