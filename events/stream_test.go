@@ -501,3 +501,44 @@ func TestStreamedEventExpired(t *testing.T) {
 		must(t, emptyDir(dir))
 	})
 }
+
+// TestStreamedEventBadInput: a stream over the subscriber's size limit is
+// broken at once; a chunk without its offset and a head that is not JSON
+// are dead-lettered as bad_request. The handler never runs.
+func TestStreamedEventBadInput(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		dead := tapDead(t, connect)
+		p := fabrictest.Actor()
+		dir := t.TempDir()
+		var k streamSink
+		b := newBus(t, connect, events.Config{Streams: events.StreamConfig{Dir: dir, MaxSize: 100}})
+		s := subscribe(t, b, p+".#", k.handler("a"))
+		pub := newBus(t, connect, events.Config{})
+		must(t, pub.PublishStream(t.Context(), p+".big", nil, newRand(8, 1000), events.ChunkSize(64)))
+		d := deadLetter(t, dead, p+".big")
+		if why := wire.String(d.Headers, wire.HeaderReason) + ": " + wire.String(d.Headers, wire.HeaderError); why != wire.CodeStreamBroken+": stream larger than 100 bytes" {
+			t.Errorf("too large: %s", why)
+		}
+		tr := connect(t)
+		msg := wire.NewEventChunk("raw", "nooffset", 1, 0, []byte("x"))
+		delete(msg.Headers, wire.HeaderStreamOffset)
+		must(t, tr.Publish(t.Context(), wire.EventExchange, p+".nooffset", msg, transport.PublishOptions{Confirm: true}))
+		if d := deadLetter(t, dead, p+".nooffset"); wire.String(d.Headers, wire.HeaderReason) != wire.CodeBadRequest {
+			t.Errorf("chunk without offset: %v", d.Headers)
+		}
+		head := wire.NewEventHead("raw", "notjson", []byte("{"), 0)
+		must(t, tr.Publish(t.Context(), wire.EventExchange, p+".notjson", head, transport.PublishOptions{Confirm: true}))
+		if d := deadLetter(t, dead, p+".notjson"); wire.String(d.Headers, wire.HeaderReason) != wire.CodeBadRequest {
+			t.Errorf("head not JSON: %v", d.Headers)
+		}
+		testenv.WaitFor(t, 20*time.Second, func() error {
+			if n := s.Streams(); n != 0 {
+				return fmt.Errorf("%d streams assembled", n)
+			}
+			return emptyDir(dir)
+		})
+		if n := k.len(); n != 0 {
+			t.Errorf("the handler ran %d times", n)
+		}
+	})
+}
