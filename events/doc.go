@@ -59,8 +59,9 @@
 // collection queue; it checks the size and SHA-256 and runs the handler
 // once, on the whole data (Event.Stream). A stream whose chunks stop coming
 // (its publisher died) or do not match is dead-lettered with reason
-// stream_broken, and its file and queue removed. docs/streams.md has the
-// details and figures.
+// stream_broken, and its file and queue removed. A streamed event is
+// handled once its last chunk is in, so maybe after events published
+// after it. docs/streams.md has the details and figures.
 //
 // Handlers may publish events and call actors (through a mapper) from
 // inside: the Bus and mappers are safe for concurrent use.

@@ -106,7 +106,9 @@ func Durable() SubscribeOption { return func(o *subOpts) { o.durable = true } }
 func Concurrency(n int) SubscribeOption { return func(o *subOpts) { o.concurrency = n } }
 
 // Prefetch bounds the events the broker sends ahead, unacked (default 16,
-// at least the concurrency).
+// at least the concurrency). The consumer's prefetch has room for 8 more:
+// the heads of streamed events being assembled, each held unacked until
+// its handler ran.
 func Prefetch(n int) SubscribeOption { return func(o *subOpts) { o.prefetch = n } }
 
 // DeliveryLimit dead-letters an event of a durable subscription delivered
