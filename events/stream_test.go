@@ -542,3 +542,43 @@ func TestStreamedEventBadInput(t *testing.T) {
 		}
 	})
 }
+
+// TestStreamedEventsAtOnce: 30 streamed events published at once to a
+// lone subscriber: each is handled once, whole.
+func TestStreamedEventsAtOnce(t *testing.T) {
+	const streams = 30
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		key := fabrictest.Actor() + ".many"
+		dir := t.TempDir()
+		var k streamSink
+		s := subscribe(t, streamBus(t, connect, "", dir, 0), key, k.handler("a"))
+		errs := make(chan error, streams)
+		for i := range streams {
+			pub := newBus(t, connect, events.Config{})
+			go func() {
+				errs <- pub.PublishStream(t.Context(), key, i, newRand(byte(i), 64<<10+int64(i)), events.ChunkSize(4<<10))
+			}()
+		}
+		for range streams {
+			must(t, <-errs)
+		}
+		testenv.WaitFor(t, 2*time.Minute, func() error {
+			if n := k.len(); n != streams {
+				return fmt.Errorf("%d of %d handled", n, streams)
+			}
+			return nil
+		})
+		seen := map[string]bool{}
+		for _, g := range k.all() {
+			var i int
+			if _, err := fmt.Sscan(g.payload, &i); err != nil || seen[g.payload] || g.sha256 != sum(newRand(byte(i), 64<<10+int64(i))) {
+				t.Errorf("stream %s: %+v (%v)", g.payload, g, err)
+			}
+			seen[g.payload] = true
+		}
+		if s.Stats().DeadLettered != 0 {
+			t.Errorf("stats %+v", s.Stats())
+		}
+		must(t, emptyDir(dir))
+	})
+}
