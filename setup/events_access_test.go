@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -227,5 +231,53 @@ func TestNoEvents(t *testing.T) {
 		c := dialRaw(t, f.url(t, u, f.vhost))
 		refused(t, c, u.Name+" publishes to warren.events", publish(wire.EventExchange, "probe.x"))
 		refused(t, c, u.Name+" binds to warren.events", bindOwn(wire.EventExchange))
+	}
+}
+
+// TestPublishRefusedIsAccessError: a publish the broker refuses for want
+// of a permission (write on the exchange, or a topic permission on
+// warren.events, as docs/operations.md suggests) fails with
+// transport.ErrAccessRefused, not as a lost connection that a caller
+// would retry; the transport publishes again afterwards.
+func TestPublishRefusedIsAccessError(t *testing.T) {
+	f := newFixture(t)
+	agentU, mapperU := f.user(t, "agent"), f.user(t, "mapper")
+	f.apply(t, setup.Plan{Agent: agentU, Mapper: mapperU})
+	// The agent user may publish only file.* events.
+	body := strings.NewReader(`{"exchange":"warren.events","write":"^file\\.","read":".*"}`)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut,
+		strings.TrimSuffix(os.Getenv("WARREN_ADMIN_URL"), "/")+"/api/topic-permissions/"+url.PathEscape(f.vhost)+"/"+url.PathEscape(agentU.Name), body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, pw := os.Getenv("WARREN_ADMIN_USER"), os.Getenv("WARREN_ADMIN_PASSWORD")
+	if user == "" {
+		user, pw = "guest", "guest"
+	}
+	req.SetBasicAuth(user, pw)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("topic permissions: %s", resp.Status)
+	}
+
+	tr := dial(t, f.url(t, agentU, f.vhost))
+	err = tr.Publish(ctxT(t, 10*time.Second), wire.RequestExchange, "bob", transport.Message{Body: []byte(`1`)}, transport.PublishOptions{Confirm: true})
+	if !errors.Is(err, transport.ErrAccessRefused) || errors.Is(err, transport.ErrConnectionLost) {
+		t.Errorf("agent user publishes to warren.request: %v, want ErrAccessRefused", err)
+	}
+	bus, err := events.New(tr, events.Config{Identity: "fred"}, events.WithLogger(testenv.Logger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Publish(ctxT(t, 10*time.Second), "billing.paid", 1); !errors.Is(err, transport.ErrAccessRefused) || errors.Is(err, transport.ErrConnectionLost) {
+		t.Errorf("publish of a key outside the topic permission: %v, want ErrAccessRefused", err)
+	}
+	if err := bus.Publish(ctxT(t, 10*time.Second), "file.ok", 1); err != nil {
+		t.Errorf("publish of a permitted key after a refusal: %v", err)
 	}
 }

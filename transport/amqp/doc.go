@@ -43,7 +43,9 @@
 // and returns an error naming the entity and wrapping
 // [transport.ErrNotFound] for 404 NOT_FOUND, [transport.ErrAccessRefused]
 // for 403 ACCESS_REFUSED naming the user (a configure, write or read
-// permission it lacks, a user_id that is not its own), or
+// permission it lacks, a user_id that is not its own; for a publish, the
+// refusal must name its exchange, and the key of a topic permission, else
+// another publish of the channel caused it and it is ErrConnectionLost), or
 // [transport.ErrPrecondition] for 406 PRECONDITION_FAILED, 405
 // RESOURCE_LOCKED (another connection's exclusive queue) and the other 403
 // ACCESS_REFUSED (the default exchange, the amq. prefix, a queue in

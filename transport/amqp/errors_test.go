@@ -86,3 +86,24 @@ func TestDialErrorUnwraps(t *testing.T) {
 		t.Fatalf("Error() = %q", got)
 	}
 }
+
+// TestRefusedFor: a 403 that closes a publish channel is this publish's
+// refusal only when it names its exchange (and, for a topic permission,
+// its key); otherwise another publish of the channel caused it.
+func TestRefusedFor(t *testing.T) {
+	for _, tc := range []struct {
+		reason, exchange, key string
+		want                  bool
+	}{
+		{"ACCESS_REFUSED - write access to exchange 'warren.request' in vhost '/a' refused for user 'fred'", "warren.request", "bob", true},
+		{"ACCESS_REFUSED - write access to exchange 'warren.request' in vhost '/a' refused for user 'fred'", "warren.service", "bob", false},
+		{"ACCESS_REFUSED - write access to exchange 'amq.default' in vhost '/a' refused for user 'm'", "", "q", true},
+		{"ACCESS_REFUSED - access to topic 'billing.paid' in exchange 'warren.events' in vhost '/a' refused for user 'fred'", "warren.events", "billing.paid", true},
+		{"ACCESS_REFUSED - access to topic 'billing.paid' in exchange 'warren.events' in vhost '/a' refused for user 'fred'", "warren.events", "file.ok", false},
+		{"ACCESS_REFUSED - user_id property set to 'fred' but authenticated user was 'bob'", "warren.heartbeat", "", false},
+	} {
+		if got := refusedFor(tc.reason, tc.exchange, tc.key); got != tc.want {
+			t.Errorf("refusedFor(%q, %q, %q) = %v, want %v", tc.reason, tc.exchange, tc.key, got, tc.want)
+		}
+	}
+}

@@ -64,6 +64,7 @@ type pubChannel struct {
 // pending is one publish awaiting its confirm.
 type pending struct {
 	exchange string
+	key      string
 	msgID    string     // set when returns are matched by message id
 	returned bool       // a basic.return arrived for it
 	done     chan error // buffered; receives the outcome once
@@ -121,7 +122,7 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 			continue // unblocked by the loss; nothing was sent
 		}
 		if confirm {
-			pd = &pending{exchange: exchange, done: make(chan error, 1), p: p}
+			pd = &pending{exchange: exchange, key: key, done: make(chan error, 1), p: p}
 		}
 		slots := p.slots
 		if !confirm {
@@ -219,7 +220,7 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 			if l.isLost() && !t.closed.Load() {
 				return errNotSent
 			}
-			return p.failure(l, exchange, nil)
+			return p.failure(l, exchange, key, nil)
 		}
 		err := pc.ch.Publish(exchange, key, mandatory, false, msg)
 		if err == nil {
@@ -401,7 +402,7 @@ func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmatio
 		pc.byID = map[string]uint64{}
 		pc.mu.Unlock()
 		for _, pd := range rest {
-			pd.resolve(p.failure(pc.l, pd.exchange, closeErr))
+			pd.resolve(p.failure(pc.l, pd.exchange, pd.key, closeErr))
 		}
 	}
 	lost := pc.l.lost
@@ -466,8 +467,22 @@ func (p *publisher) dispatch(pc *pubChannel, confirms <-chan amqp091.Confirmatio
 // missingExchange extracts the exchange from RabbitMQ's 404 reply text.
 var missingExchange = regexp.MustCompile(`no exchange '(.*)' in vhost`)
 
+// refusedPublish extracts the exchange, and the routing key of a topic
+// permission, from RabbitMQ's 403 reply text to a publish.
+var refusedPublish = regexp.MustCompile(`access to (?:topic '(.*)' in )?exchange '(.*)' in vhost`)
+
+// refusedFor reports whether the 403 reply text refuses a publish to
+// exchange with key, rather than another publish of the channel.
+func refusedFor(reason, exchange, key string) bool {
+	m := refusedPublish.FindStringSubmatch(reason)
+	if exchange == "" {
+		exchange = "amq.default"
+	}
+	return m != nil && m[2] == exchange && (m[1] == "" || m[1] == key)
+}
+
 // failure is the error of a publish whose channel closed before its confirm.
-func (p *publisher) failure(l *link, exchange string, closeErr *amqp091.Error) error {
+func (p *publisher) failure(l *link, exchange, key string, closeErr *amqp091.Error) error {
 	t := p.t
 	p.t.noticeLoss(l, amqpErr(closeErr))
 	gone := l.pub.c.IsClosed() || l.isLost()
@@ -482,6 +497,10 @@ func (p *publisher) failure(l *link, exchange string, closeErr *amqp091.Error) e
 		}
 	case closeErr == nil && t.closed.Load():
 		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, transport.ErrClosed)
+	case closeErr != nil && closeErr.Code == codeAccessRefused && refusedFor(closeErr.Reason, exchange, key):
+		// No write permission on the exchange, or no topic permission
+		// for the key: sending again would be refused again.
+		return fmt.Errorf("amqp: publish to exchange %q: %w (%s)", exchange, transport.ErrAccessRefused, closeErr.Reason)
 	}
 	// Another publish on the same channel broke it: this one may or may
 	// not have been routed.
