@@ -345,6 +345,7 @@ type assembly struct {
 // assemble collects the stream whose head is d, runs the handler on it
 // and settles the head: acked after the handler, dead-lettered when the
 // stream broke, requeued when the subscription closes.
+//
 // release(true) records the stream as done with here (handled or broken),
 // release(false) only as no longer assembled; it is called before the
 // head is requeued, so that its redelivery here is not taken for a
@@ -356,6 +357,18 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk, releas
 		return
 	}
 	cfg := s.b.cfg.Streams
+	f, err := os.CreateTemp(cfg.Dir, "warren-event-*")
+	if err != nil {
+		// Another subscriber may have room: give it back, not at once.
+		log.Error("cannot store a streamed event: requeued", "err", err)
+		release(false)
+		s.later(d)
+		return
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name())
+	}()
 	ctx, cancel := context.WithCancel(s.stopCtx)
 	defer cancel()
 	sctx, scancel := context.WithTimeout(ctx, streamSetupTimeout)
@@ -375,16 +388,6 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk, releas
 		s.later(d)
 		return
 	}
-	f, err := os.CreateTemp(cfg.Dir, "warren-event-*")
-	if err != nil {
-		log.Error("cannot store a streamed event: requeued", "err", err)
-		s.settle(d, false, true)
-		return
-	}
-	defer func() {
-		f.Close()
-		os.Remove(f.Name())
-	}()
 	a := &assembly{file: f, hash: sha256.New(), seen: map[int64]bool{}}
 	// deleteQueue removes the collection queue once the stream is done
 	// with (handled or broken): not when the subscription closes, so

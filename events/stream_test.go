@@ -582,3 +582,24 @@ func TestStreamedEventsAtOnce(t *testing.T) {
 		must(t, emptyDir(dir))
 	})
 }
+
+// TestStreamedEventCannotStore: a subscriber that cannot create the file
+// of a stream (its directory is gone) gives the event back, and the other
+// subscriber of the group handles it.
+func TestStreamedEventCannotStore(t *testing.T) {
+	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
+		key := fabrictest.Actor() + ".nodir"
+		group := fabrictest.Actor()
+		dir := t.TempDir()
+		var k streamSink
+		subscribe(t, streamBus(t, connect, "", dir+"/gone", 0), key, k.handler("broken"), events.One(group))
+		good := subscribe(t, streamBus(t, connect, "", dir, 0), key, k.handler("good"), events.One(group))
+		const n = 200 << 10
+		must(t, newBus(t, connect, events.Config{}).PublishStream(t.Context(), key, "f", newRand(9, n), events.ChunkSize(16<<10)))
+		waitLen(t, "handled", 1, k.len)
+		if g := k.all()[0]; g.sub != "good" || g.size != n || g.sha256 != sum(newRand(9, n)) {
+			t.Fatalf("got %+v", g)
+		}
+		cleanedUp(t, connect(t), dir, k.all()[0].id, good)
+	})
+}
