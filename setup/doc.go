@@ -35,16 +35,18 @@
 //     warren.events.host.GROUP.HOST and warren.events.all.IDENTITY, with
 //     warren.dlx as dead-letter exchange (so the mapper too may write to
 //     warren.dlx). [EventScope] limits the groups, [AgentScope]'s
-//     identities the agent's durable All subscriptions, and
-//     EventScope.NoEvents withholds events altogether.
+//     identities the agent's durable All subscriptions,
+//     [EventTopicPermissions] (Plan.EventPrefixes) the keys and patterns
+//     through RabbitMQ topic permissions, and EventScope.NoEvents
+//     withholds events altogether.
 //
 // What RabbitMQ's permissions cannot express is listed in
 // docs/operations.md: write on amq.default reaches every queue of the vhost
 // by name; routing keys of direct exchanges are not checked, so an agent can
 // bind its own queue with another agent's identity; configure on an exchange
-// or queue also allows deleting it, read on a queue purging it; any event
-// key may be published and any pattern bound (RabbitMQ's topic permissions,
-// which setup does not set, could limit them); and nothing
+// or queue also allows deleting it, read on a queue purging it; without
+// event prefixes any event key may be published and any pattern bound;
+// and nothing
 // ties a heartbeat to the user that publishes it, so in plain mode any agent
 // user can register or unregister any agent identity (secure mode signs
 // heartbeats).

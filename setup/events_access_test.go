@@ -281,3 +281,56 @@ func TestPublishRefusedIsAccessError(t *testing.T) {
 		t.Errorf("publish of a permitted key after a refusal: %v", err)
 	}
 }
+
+// TestEventPrefixes: --event-prefix limits both users, through RabbitMQ
+// topic permissions, to the event keys under the prefixes, word by word,
+// in what they publish and the patterns they subscribe with; setup sets
+// them idempotently and, run without prefixes, leaves them alone.
+func TestEventPrefixes(t *testing.T) {
+	f := newFixture(t)
+	agentU, mapperU := f.user(t, "agent"), f.user(t, "mapper")
+	plan := setup.Plan{Agent: agentU, Mapper: mapperU, EventPrefixes: []string{"file", "audit.eu"}}
+	r := f.apply(t, plan)
+	want := `warren.events: write '^(file|audit\.eu)(\.|$)' read '^(file|audit\.eu)(\.|$)'`
+	if !strings.Contains(r.String(), "topic permissions of "+agentU.Name+" on "+f.vhost+": created ("+want+")") {
+		t.Errorf("setup did not report the topic permissions:\n%s", r)
+	}
+	if again := f.apply(t, plan); again.Changed() {
+		t.Errorf("second run changed something:\n%s", again)
+	}
+	without := plan
+	without.EventPrefixes = nil
+	if r := f.apply(t, without); r.Changed() || !strings.Contains(r.String(), "left as they are") {
+		t.Errorf("a run without prefixes:\n%s", r)
+	}
+
+	for _, u := range []setup.User{agentU, mapperU} {
+		bus, err := events.New(dial(t, f.url(t, u, f.vhost)), events.Config{}, events.WithLogger(testenv.Logger(t)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{"file", "file.encrypt", "audit.eu.login"} {
+			if err := bus.Publish(ctxT(t, 10*time.Second), key, 1); err != nil {
+				t.Errorf("%s publishes %s: %v", u.Name, key, err)
+			}
+		}
+		for _, key := range []string{"filex", "log.file", "audit.us", "audit"} {
+			if err := bus.Publish(ctxT(t, 10*time.Second), key, 1); !errors.Is(err, transport.ErrAccessRefused) {
+				t.Errorf("%s publishes %s: %v, want ErrAccessRefused", u.Name, key, err)
+			}
+		}
+		for _, pattern := range []string{"file.#", "file.*", "file", "audit.eu.#"} {
+			s, err := bus.Subscribe(ctxT(t, 10*time.Second), pattern, (&keys{}).handle)
+			if err != nil {
+				t.Errorf("%s subscribes %s: %v", u.Name, pattern, err)
+				continue
+			}
+			s.Close()
+		}
+		for _, pattern := range []string{"#", "*.encrypt", "audit.#", "filex.#"} {
+			if _, err := bus.Subscribe(ctxT(t, 10*time.Second), pattern, (&keys{}).handle); !errors.Is(err, transport.ErrAccessRefused) {
+				t.Errorf("%s subscribes %s: %v, want ErrAccessRefused", u.Name, pattern, err)
+			}
+		}
+	}
+}

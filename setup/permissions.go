@@ -236,3 +236,36 @@ func (s MapperScope) Permissions() (Permissions, error) {
 func anchor(alts ...string) string {
 	return "^(" + strings.Join(alts, "|") + ")$"
 }
+
+// TopicPermissions are a user's RabbitMQ topic permissions on one topic
+// exchange: regular expressions matched against the routing key of what
+// it publishes (write) and the binding key of the queues it binds (read).
+type TopicPermissions struct {
+	Exchange string `json:"exchange"`
+	Write    string `json:"write"`
+	Read     string `json:"read"`
+}
+
+func (t TopicPermissions) String() string {
+	return fmt.Sprintf("%s: write '%s' read '%s'", t.Exchange, t.Write, t.Read)
+}
+
+// EventTopicPermissions returns the topic permissions on warren.events
+// that limit a user to the event keys beginning, word by word, with one
+// of prefixes (each an event key: file, audit.eu): it may publish file
+// and file.encrypt, not filex or log.x, and subscribe with file.#,
+// file.*, not # or *.encrypt.
+func EventTopicPermissions(prefixes ...string) (TopicPermissions, error) {
+	if len(prefixes) == 0 {
+		return TopicPermissions{}, errors.New("setup: no event prefix")
+	}
+	quoted := make([]string, len(prefixes))
+	for i, p := range prefixes {
+		if err := wire.CheckEventKey(p); err != nil {
+			return TopicPermissions{}, fmt.Errorf("setup: event prefix: %w", err)
+		}
+		quoted[i] = regexp.QuoteMeta(p)
+	}
+	re := `^(` + strings.Join(quoted, "|") + `)(\.|$)`
+	return TopicPermissions{Exchange: wire.EventExchange, Write: re, Read: re}, nil
+}

@@ -44,6 +44,13 @@ type Plan struct {
 	// (warren.events and its subscriber queues), and skips declaring
 	// warren.events.
 	NoEvents bool
+	// EventPrefixes, when set, limit both users to events whose keys
+	// begin with one of these keys, word by word: "file" allows file and
+	// file.encrypt, not filex. They may publish only such keys and
+	// subscribe only with such patterns (file.#, file.*, not #), through
+	// RabbitMQ topic permissions on warren.events (EventTopicPermissions).
+	// Without them setup leaves the users' topic permissions as they are.
+	EventPrefixes []string
 	// NoTopology skips declaring Warren's exchanges and warren.dead (every
 	// agent and mapper declares them anyway when it starts).
 	NoTopology bool
@@ -134,6 +141,11 @@ func Apply(ctx context.Context, admin *Admin, p Plan, dryRun bool) (*Result, err
 		if err := s.permissions(ctx, p.VHost, u.user.Name, u.perm); err != nil {
 			return r, err
 		}
+		if !p.NoEvents {
+			if err := s.topicPermissions(ctx, p.VHost, u.user.Name, p.EventPrefixes); err != nil {
+				return r, err
+			}
+		}
 	}
 	r.complete = true
 	return r, nil
@@ -156,6 +168,14 @@ func (p Plan) check(admin *Admin) (agent, mapper Permissions, err error) {
 	}
 	if err != nil {
 		return agent, mapper, err
+	}
+	if p.NoEvents && len(p.EventPrefixes) > 0 {
+		return agent, mapper, fmt.Errorf("%w: event prefixes given with no events", ErrInvalidPlan)
+	}
+	if len(p.EventPrefixes) > 0 {
+		if _, err := EventTopicPermissions(p.EventPrefixes...); err != nil {
+			return agent, mapper, fmt.Errorf("%w: %s", ErrInvalidPlan, strings.TrimPrefix(err.Error(), "setup: "))
+		}
 	}
 	ev := EventScope{Groups: p.EventGroups, NoEvents: p.NoEvents}
 	if agent, err = (AgentScope{Identities: p.AgentIdentities, Services: p.AgentServices, Events: ev}).Permissions(); err == nil {
@@ -387,6 +407,42 @@ func (s *applier) permissions(ctx context.Context, vhost, user string, want Perm
 		return err
 	}
 	if ok {
+		s.step(obj, Updated, want.String())
+	} else {
+		s.step(obj, Created, want.String())
+	}
+	return nil
+}
+
+// topicPermissions sets user's topic permissions on warren.events to
+// those of prefixes; without prefixes it leaves them as they are, and
+// says so when there are some.
+func (s *applier) topicPermissions(ctx context.Context, vhost, user string, prefixes []string) error {
+	obj := fmt.Sprintf("topic permissions of %s on %s", user, vhost)
+	path := apiPath("topic-permissions", vhost, user)
+	var list []TopicPermissions
+	if _, err := s.get(ctx, path, &list); err != nil {
+		return err
+	}
+	i := slices.IndexFunc(list, func(t TopicPermissions) bool { return t.Exchange == wire.EventExchange })
+	if len(prefixes) == 0 {
+		if i >= 0 {
+			s.step(obj, Unchanged, list[i].String()+"; left as they are without --event-prefix")
+		}
+		return nil
+	}
+	want, err := EventTopicPermissions(prefixes...)
+	if err != nil {
+		return err
+	}
+	if i >= 0 && list[i] == want {
+		s.step(obj, Unchanged, "")
+		return nil
+	}
+	if err := s.put(ctx, path, want); err != nil {
+		return err
+	}
+	if i >= 0 {
 		s.step(obj, Updated, want.String())
 	} else {
 		s.step(obj, Created, want.String())

@@ -213,10 +213,14 @@ func TestPlanErrors(t *testing.T) {
 	}
 	ok := setup.User{Name: "a", PasswordFile: "/nonexistent/a"}
 	for name, p := range map[string]setup.Plan{
-		"no vhost":     {Agent: ok, Mapper: setup.User{Name: "m"}},
-		"same users":   {VHost: "/v", Agent: ok, Mapper: ok},
-		"admin user":   {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "admin"}},
-		"bad identity": {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "m"}, AgentIdentities: []string{"a/b"}},
+		"no vhost":                  {Agent: ok, Mapper: setup.User{Name: "m"}},
+		"same users":                {VHost: "/v", Agent: ok, Mapper: ok},
+		"admin user":                {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "admin"}},
+		"bad identity":              {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "m"}, AgentIdentities: []string{"a/b"}},
+		"bad event group":           {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "m"}, EventGroups: []string{"a b"}},
+		"event group and no events": {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "m"}, EventGroups: []string{"g"}, NoEvents: true},
+		"wildcard event prefix":     {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "m"}, EventPrefixes: []string{"file.*"}},
+		"prefix and no events":      {VHost: "/v", Agent: ok, Mapper: setup.User{Name: "m"}, EventPrefixes: []string{"file"}, NoEvents: true},
 	} {
 		if _, err := setup.Apply(t.Context(), a, p, true); !errors.Is(err, setup.ErrInvalidPlan) {
 			t.Errorf("%s: %v, want ErrInvalidPlan", name, err)

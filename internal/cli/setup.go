@@ -23,6 +23,7 @@ type setupCmd struct {
 	AgentIdentity     []string      `name:"agent-identity" placeholder:"ID" help:"Limit the agent user to the queues of these agent identities (repeatable; one user per agent)."`
 	AgentService      []string      `name:"agent-service" placeholder:"PATH" help:"Limit the agent user to the shared queues of these services (/actor/method) or actors (/actor/) (repeatable)."`
 	EventGroup        []string      `name:"event-group" placeholder:"GROUP" help:"Limit both users to the queues of these groups of event subscribers (events.One, events.PerHost) (repeatable)."`
+	EventPrefix       []string      `name:"event-prefix" placeholder:"KEY" help:"Limit both users to events whose keys begin, word by word, with KEY (file: file, file.encrypt, not filex): what they publish and the patterns they subscribe with (RabbitMQ topic permissions on warren.events) (repeatable)."`
 	NoEvents          bool          `name:"no-events" help:"Give neither user any permission on events (warren publish, warren subscribe, package events)."`
 	SecretsDir        string        `name:"secrets-dir" default:"." placeholder:"DIR" help:"Where passwords are read from and generated ones written to: DIR/USER.password, mode 0600."`
 	NoTopology        bool          `name:"no-topology" help:"Do not declare Warren's exchanges and warren.dead (agents and mappers do when they start)."`
@@ -35,7 +36,8 @@ func (c *setupCmd) Help() string {
 host, Warren's exchanges (warren.events too) and dead-letter queue, an agent
 user and a mapper user with least-privilege permissions (docs/operations.md
 lists them). Both users may publish events and subscribe to them, unless
---no-events; --event-group limits the groups they may subscribe in.
+--no-events; --event-group limits the groups they may subscribe in,
+--event-prefix the keys and patterns.
 Running it again changes nothing and says so.
 
 Passwords never go on the command line. The admin password comes from
@@ -86,6 +88,7 @@ func (c *setupCmd) Run(g *Globals) error {
 		AgentServices:   c.AgentService,
 		EventGroups:     c.EventGroup,
 		NoEvents:        c.NoEvents,
+		EventPrefixes:   c.EventPrefix,
 		NoTopology:      c.NoTopology,
 	}
 	r, err := setup.Apply(ctx, admin, plan, c.DryRun)
