@@ -64,7 +64,9 @@ type EventScope struct {
 	// Groups limit the queues of One and PerHost subscriptions
 	// (warren.events.one.GROUP, warren.events.host.GROUP.HOST) to these
 	// groups; none: any. The user may consume, purge, bind and delete
-	// the queues of these groups, and none of the others'.
+	// the queues of these groups, and none of the others' (but a PerHost
+	// queue's name cannot tell a dot in the group from the one before the
+	// host: group enc also allows the PerHost queues of group enc.x).
 	Groups []string
 	// NoEvents withholds every permission on events: the user can
 	// neither publish nor subscribe.
