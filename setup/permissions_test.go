@@ -106,6 +106,8 @@ func TestPermissionTable(t *testing.T) {
 		{grouped, "warren.events.host.enc.h1", true, true, true},
 		{grouped, "warren.events.host.enc.h1.example.com", true, true, true},
 		{grouped, "warren.events.host.enc.", false, false, false},
+		{grouped, "warren.events.host.enc.x.h1", true, true, true}, // group enc.x: documented
+		{grouped, "warren.events.one.enc.x", false, false, false},
 		{grouped, "warren.events.host.billing.h1", false, false, false},
 		{grouped, "warren.events.all.fred", true, true, true},
 		{grouped, "warren.events.all.bob", false, false, false},
