@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -54,11 +55,11 @@ func (e *accessEntry) format() string {
 	} else {
 		b = append(b, "ACC ["...)
 	}
-	b = e.accept.Local().AppendFormat(b, accessTimeLayout)
+	b = appendAccessTime(b, e.accept)
 	b = append(b, "] "...)
-	b = strconv.AppendFloat(b, e.process.Sub(e.accept).Seconds(), 'f', 6, 64)
+	b = appendSeconds(b, e.process.Sub(e.accept))
 	b = append(b, ' ')
-	b = strconv.AppendFloat(b, e.done.Sub(e.process).Seconds(), 'f', 6, 64)
+	b = appendSeconds(b, e.done.Sub(e.process))
 	b = append(b, " - "...)
 	b = strconv.AppendInt(b, int64(e.hq), 10)
 	b = append(b, ' ')
@@ -76,6 +77,49 @@ func (e *accessEntry) format() string {
 	b = append(b, action...)
 	b = append(b, '\n')
 	return string(b)
+}
+
+// accessSecond is the local date and time, to the second, of the lines
+// of one second: formatting it, with the time zone lookup, was a third of
+// a line's time.
+type accessSecond struct {
+	unix   int64
+	prefix []byte // accessTimeLayout up to the seconds, and the dot
+}
+
+var lastAccessSecond atomic.Pointer[accessSecond]
+
+// appendAccessTime appends t in accessTimeLayout.
+func appendAccessTime(b []byte, t time.Time) []byte {
+	sec := t.Unix()
+	c := lastAccessSecond.Load()
+	if c == nil || c.unix != sec {
+		c = &accessSecond{unix: sec, prefix: t.Local().AppendFormat(nil, accessTimeLayout[:len("2006-01-02T15:04:05.")])}
+		lastAccessSecond.Store(c)
+	}
+	b = append(b, c.prefix...)
+	return appendDigits6(b, int64(t.Nanosecond()/1000))
+}
+
+// appendSeconds appends d in seconds with six decimals, as %.6f does.
+func appendSeconds(b []byte, d time.Duration) []byte {
+	if d < 0 {
+		return strconv.AppendFloat(b, d.Seconds(), 'f', 6, 64)
+	}
+	us := int64((d + 500) / time.Microsecond)
+	b = strconv.AppendInt(b, us/1e6, 10)
+	b = append(b, '.')
+	return appendDigits6(b, us%1e6)
+}
+
+// appendDigits6 appends n, below 10^6, as six digits.
+func appendDigits6(b []byte, n int64) []byte {
+	var d [6]byte
+	for i := 5; i >= 0; i-- {
+		d[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return append(b, d[:]...)
 }
 
 // appendField3 appends s as fmt's %3.3s does: cut to 3 bytes, padded on

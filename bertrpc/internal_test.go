@@ -268,3 +268,21 @@ func TestAccessFormatAsFmt(t *testing.T) {
 		}
 	}
 }
+
+// TestAccessTimeAndSeconds: the hand-made appenders write what
+// time.Format and %.6f write, across seconds (the cached prefix).
+func TestAccessTimeAndSeconds(t *testing.T) {
+	at := time.Date(2026, 12, 6, 2, 59, 59, 999999000, time.Local)
+	for i := range 50 {
+		tt := at.Add(time.Duration(i) * 37 * time.Millisecond)
+		if got, want := string(appendAccessTime(nil, tt)), tt.Local().Format(accessTimeLayout); got != want {
+			t.Fatalf("time: got %q, want %q", got, want)
+		}
+	}
+	for _, d := range []time.Duration{0, time.Microsecond, 53 * time.Microsecond, 999999 * time.Microsecond,
+		time.Second, 3*time.Second + 250*time.Microsecond, 2 * time.Hour, 1400 * time.Nanosecond, -5 * time.Microsecond} {
+		if got, want := string(appendSeconds(nil, d)), fmt.Sprintf("%.6f", d.Seconds()); got != want {
+			t.Errorf("%v: got %q, want %q", d, got, want)
+		}
+	}
+}
