@@ -49,7 +49,8 @@
 // that mappers stop selecting it (it stays registered, so they do not
 // re-send its work in hand elsewhere), and stops taking work from the
 // shared queues. What still reaches its own queue is passed on, as a
-// declined request or push. It lets the requests in hand finish (up to
+// declined request or push, except pushes sent to it only (by identity, a
+// fan-out copy, or by tags), which it runs. It lets the requests in hand finish (up to
 // DrainTimeout; then their contexts are cancelled and they are requeued,
 // not lost), pinging meanwhile, acks them, unregisters and returns nil.
 package agent

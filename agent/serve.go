@@ -182,6 +182,10 @@ func (a *Agent) expire(ctx context.Context, log *slog.Logger, d *transport.Deliv
 // the agent is draining.
 func (a *Agent) passOn(ctx context.Context, log *slog.Logger, svc *service, d *transport.Delivery, req *Request) bool {
 	switch {
+	case a.draining.Load() && d.ReplyTo == "" && onlyHere(d) != "":
+		// Nobody waits to send it elsewhere, and only this agent (or
+		// one with its tags) may run it: run it while draining.
+		return false
 	case a.draining.Load():
 		log.Info("agent draining: passing the request on")
 	case !svc.isActive():
@@ -343,13 +347,33 @@ func attempts(h map[string]any, limit int) int64 {
 	return min(max(n, 0), int64(limit))
 }
 
+// onlyHere says why d may not go to the service's shared queue, "" if it
+// may: it was sent to this agent only (warren-pinned: by identity, or as
+// one copy of a fan-out), or to agents with its tags (warren-tags).
+func onlyHere(d *transport.Delivery) string {
+	if wire.Pinned(d.Headers) {
+		return "it was sent to this agent only"
+	}
+	if tags := wire.String(d.Headers, wire.HeaderTags); tags != "" {
+		return "it was sent to agents tagged " + tags
+	}
+	return ""
+}
+
 // decline passes a request on. A request addressed to this agent by a
 // waiting mapper gets a declined reply, and the mapper re-sends it to
-// another agent. Anything else is republished to the service's shared
+// another agent. Work only this agent may run (onlyHere) is
+// dead-lettered. Anything else is republished to the service's shared
 // queue for another agent to take, counting attempts.
 func (a *Agent) decline(ctx context.Context, d *transport.Delivery, req *Request) {
 	if d.ReplyTo != "" && d.Exchange != wire.ServiceExchange {
 		a.fail(ctx, d, req, wire.CodeDeclined, fmt.Sprintf("agent %s declined %s", a.cfg.Identity, req.Path))
+		return
+	}
+	if why := onlyHere(d); why != "" {
+		// The shared queue would give it to any agent: to one that ran
+		// its own fan-out copy already, or without the tags.
+		a.deadLetter(ctx, d, req, wire.CodeDeclined, fmt.Sprintf("declined by agent %s, and %s: not passed on", a.cfg.Identity, why))
 		return
 	}
 	n := attempts(d.Headers, a.cfg.MaxDeliveries)

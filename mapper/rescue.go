@@ -160,7 +160,7 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 				return
 			}
 			own := m.ownCall(gone, d)
-			if own != ownResent && own != ownDone && wire.String(d.Headers, wire.HeaderTags) != "" && !isPinned(d) {
+			if own != ownResent && own != ownDone && wire.String(d.Headers, wire.HeaderTags) != "" && !wire.Pinned(d.Headers) {
 				// For agents with these tags: to a live one, when there
 				// is one; else it waits for the gone agent like pinned work.
 				switch ok, sent := m.forward(gone, d, log); {
@@ -173,7 +173,7 @@ func (m *Mapper) rescue(gone string, stop chan struct{}) {
 					continue
 				}
 			}
-			if own != ownResent && own != ownDone && (isPinned(d) || own == ownWaits || wire.String(d.Headers, wire.HeaderTags) != "") {
+			if own != ownResent && own != ownDone && (wire.Pinned(d.Headers) || own == ownWaits || wire.String(d.Headers, wire.HeaderTags) != "") {
 				if !m.cycle(gone, d, log) {
 					why = "publish failed; the message is back in the queue"
 					return
@@ -286,12 +286,6 @@ func (m *Mapper) rescueDeadLetter(gone string, d *transport.Delivery, reason, te
 	log.Warn("rescue: dead-lettered", "reason", reason, "error", text, "message_id", d.MessageID)
 	settle(true, false)
 	return true
-}
-
-// isPinned reports whether d is for its agent only (wire.HeaderPinned).
-func isPinned(d *transport.Delivery) bool {
-	pinned, _ := d.Headers[wire.HeaderPinned].(bool)
-	return pinned
 }
 
 // pinnedTTL bounds how long work pinned to a dropped agent waits in its

@@ -286,6 +286,13 @@ func CheckIdentity(id string) error {
 	return nil
 }
 
+// Pinned reports whether headers h mark work for its agent only
+// (HeaderPinned true).
+func Pinned(h map[string]any) bool {
+	pinned, _ := h[HeaderPinned].(bool)
+	return pinned
+}
+
 // String returns a header as a string, or "".
 func String(h map[string]any, key string) string {
 	switch v := h[key].(type) {
