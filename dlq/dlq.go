@@ -422,6 +422,12 @@ func Replay(ctx context.Context, tr transport.Transport, match func(Letter) bool
 			errs = append(errs, fmt.Errorf("dlq: %s: not replayed: malformed (%s); purge it", l.MessageID, l.Malformed))
 			return held, nil
 		}
+		if l.msg.Type == wire.TypeChunk {
+			// The head of a streamed event: its data chunks went with
+			// their collection queue; alone it would only break again.
+			errs = append(errs, fmt.Errorf("dlq: %s: not replayed: a chunk of a stream whose data is gone; publish the stream again, then purge it", l.MessageID))
+			return held, nil
+		}
 		msg := l.msg
 		msg.Headers = maps.Clone(msg.Headers)
 		for _, k := range []string{"x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange",

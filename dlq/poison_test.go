@@ -16,7 +16,8 @@ import (
 // with headers nested 33 deep (more than amqp091-go reads) used to break
 // the dlq tool's connection: list showed nothing and failed. It is listed
 // with reason malformed, not replayed (with an error saying why), and
-// purged; the other letters are handled as usual.
+// purged; so is the head of a streamed event, whose data is gone; the
+// other letters are handled as usual.
 func TestPoisonLetter(t *testing.T) {
 	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
 		tr := connect(t)
@@ -37,6 +38,8 @@ func TestPoisonLetter(t *testing.T) {
 				"warren-original-exchange": "", "warren-original-routing-key": target}},
 			{MessageID: actor + "-fine", Body: []byte(`2`), Headers: map[string]any{wire.HeaderReason: wire.CodeHandler,
 				"warren-original-exchange": "", "warren-original-routing-key": target}},
+			{MessageID: actor + "-head", Type: wire.TypeChunk, Body: []byte(`3`), Headers: map[string]any{wire.HeaderReason: wire.CodeStreamBroken,
+				"warren-original-exchange": "", "warren-original-routing-key": target}},
 		}
 		for _, l := range letters {
 			must(t, tr.Publish(ctx, transport.DefaultExchange, dead, l, transport.PublishOptions{Confirm: true}))
@@ -44,8 +47,8 @@ func TestPoisonLetter(t *testing.T) {
 
 		ls, err := dlq.List(ctx, tr, 0, nil, dlq.Queue(dead))
 		must(t, err)
-		if len(ls) != 2 {
-			t.Fatalf("listed %d letters, want 2: %+v", len(ls), ls)
+		if len(ls) != 3 {
+			t.Fatalf("listed %d letters, want 3: %+v", len(ls), ls)
 		}
 		if l := ls[0]; l.MessageID != actor+"-poison" || l.Reason != dlq.ReasonMalformed ||
 			!strings.Contains(l.Malformed, `"deep" (nested deeper than 32 levels)`) || !strings.Contains(l.Error, "malformed message") {
@@ -56,11 +59,12 @@ func TestPoisonLetter(t *testing.T) {
 		}
 
 		n, err := dlq.Replay(ctx, tr, nil, dlq.Queue(dead))
-		if n != 1 || err == nil || !strings.Contains(err.Error(), actor+"-poison: not replayed: malformed") {
-			t.Fatalf("replay: %d, %v; want 1 and the poison refused", n, err)
+		if n != 1 || err == nil || !strings.Contains(err.Error(), actor+"-poison: not replayed: malformed") ||
+			!strings.Contains(err.Error(), actor+"-head: not replayed: a chunk of a stream whose data is gone") {
+			t.Fatalf("replay: %d, %v; want 1, the poison and the stream's head refused", n, err)
 		}
 		n, err = dlq.Purge(ctx, tr, nil, dlq.Queue(dead))
-		if n != 1 || err != nil {
+		if n != 2 || err != nil {
 			t.Fatalf("purge: %d, %v", n, err)
 		}
 		if ls, err := dlq.List(ctx, tr, 0, nil, dlq.Queue(dead)); err != nil || len(ls) != 0 {

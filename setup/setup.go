@@ -269,14 +269,17 @@ func (s *applier) topology(ctx context.Context, vhost string, events bool) error
 		args := maps.Clone(q.Arguments)
 		delete(args, "x-queue-type") // 3.10 may report the default "classic"
 		if !q.Durable || q.AutoDelete || q.Exclusive || len(args) > 0 {
-			return fmt.Errorf("setup: %s in vhost %s exists as %+v, Warren needs a durable queue without arguments: delete it first", obj, vhost, q)
+			return fmt.Errorf("setup: %s in vhost %s exists as %+v, Warren needs a durable quorum (or classic) queue without other arguments: delete it first", obj, vhost, q)
 		}
 		s.step(obj, Unchanged, "")
 	} else {
-		if err := s.put(ctx, path, queueInfo{Durable: true, Arguments: map[string]any{}}); err != nil {
+		// A quorum queue, as agents and mappers declare it
+		// (wire.DeclareShared): a classic one stops taking dead letters
+		// when its node is down.
+		if err := s.put(ctx, path, queueInfo{Durable: true, Arguments: map[string]any{"x-queue-type": "quorum"}}); err != nil {
 			return adminHint(err, vhost)
 		}
-		s.step(obj, Created, "durable")
+		s.step(obj, Created, "quorum, durable")
 	}
 
 	obj = "binding " + deadExchange + " -> " + deadQueue

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -170,7 +171,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 		"vhost " + f.vhost + ": created",
 		"exchange warren.request: created (direct, durable)",
 		"exchange warren.heartbeat: created (fanout, durable)",
-		"queue warren.dead: created",
+		"queue warren.dead: created (quorum, durable)",
 		"binding warren.dlx -> warren.dead: created",
 		"user " + agentU.Name + ": created (password generated, written to " + agentU.PasswordFile + ")",
 		"permissions of " + mapperU.Name + " on " + f.vhost + ": created",
@@ -178,6 +179,15 @@ func TestApplyIsIdempotent(t *testing.T) {
 		if !strings.Contains(first.String(), want) {
 			t.Errorf("first run lacks %q:\n%s", want, first)
 		}
+	}
+	// warren.dead is a quorum queue, as agents and mappers declare it:
+	// their declaration is equivalent (a classic one refuses it).
+	ch, err := dialRaw(t, f.adminURL(t)).Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("warren.dead", true, false, false, false, amqp091.Table{"x-queue-type": "quorum"}); err != nil {
+		t.Errorf("warren.dead is not the quorum queue agents declare: %v", err)
 	}
 	for _, u := range []setup.User{agentU, mapperU} {
 		fi, err := os.Stat(u.PasswordFile)
