@@ -131,6 +131,11 @@ type Queue struct {
 	DeliveryLimit int
 }
 
+// MaxExpiration is the longest Message.Expiration: RabbitMQ's limit on a
+// per-message TTL, 2^32-1 milliseconds (about 49.7 days). Every transport
+// refuses a longer one, before anything is sent.
+const MaxExpiration = (1<<32 - 1) * time.Millisecond
+
 // QueueInfo is what InspectQueue reports of a queue, as RabbitMQ's
 // queue.declare-ok does.
 type QueueInfo struct {
@@ -168,7 +173,7 @@ type Message struct {
 	Timestamp     time.Time // second resolution on the wire
 	// Expiration is the per-message TTL. It is sent in milliseconds; a
 	// message that waits longer in a queue is dead-lettered (reason expired)
-	// or dropped. 0 means none.
+	// or dropped. 0 means none; more than MaxExpiration is refused.
 	Expiration time.Duration
 	Persistent bool  // delivery mode 2
 	Priority   uint8 // 0-9

@@ -62,8 +62,8 @@ func toPublishing(m transport.Message) (amqp091.Publishing, error) {
 }
 
 // MaxExpiration is the longest message expiration (per-message TTL)
-// RabbitMQ accepts: 2^32-1 milliseconds, about 49.7 days.
-const MaxExpiration = (1<<32 - 1) * time.Millisecond
+// RabbitMQ accepts: transport.MaxExpiration.
+const MaxExpiration = transport.MaxExpiration
 
 // fromDelivery converts an AMQP delivery to a transport message.
 func fromDelivery(d *amqp091.Delivery) transport.Message {

@@ -57,6 +57,8 @@ func newMessage(exchange, key string, msg transport.Message) (*message, error) {
 	switch {
 	case msg.Expiration < 0:
 		return nil, fmt.Errorf("mem: negative Expiration %v", msg.Expiration)
+	case msg.Expiration > transport.MaxExpiration:
+		return nil, fmt.Errorf("mem: expiration %v is over the limit of %v (2^32-1 ms, RabbitMQ's)", msg.Expiration, transport.MaxExpiration)
 	case msg.Expiration > 0:
 		// Milliseconds on the wire, rounded up: never sooner than asked.
 		m.ttl = int64((msg.Expiration + time.Millisecond - 1) / time.Millisecond)

@@ -18,6 +18,7 @@ var scenarios = []scenario{
 	{name: "PropertiesRoundTrip", fn: propertiesRoundTrip},
 	{name: "EmptyMessageRoundTrip", fn: emptyMessageRoundTrip},
 	{name: "LargeBodyRoundTrip", fn: largeBodyRoundTrip},
+	{name: "ExpirationLimit", fn: expirationLimit},
 	{name: "CancelledContextFails", fn: cancelledContextFails},
 	{name: "DefaultExchangeRoutesByQueueName", fn: defaultExchangeRoutesByQueueName},
 	{name: "DirectRouting", fn: directRouting},
@@ -233,6 +234,25 @@ func emptyMessageRoundTrip(e *env) {
 			e.t.Errorf("Expiration %v came back as %v, want %v", tc.sent+time.Hour, d.Expiration, tc.want+time.Hour)
 		}
 	}
+}
+
+// expirationLimit: an expiration of MaxExpiration is taken; a longer one
+// is refused before anything is sent (RabbitMQ would close the channel).
+func expirationLimit(e *env) {
+	tr := e.open()
+	q := e.queue(tr, transport.Queue{})
+	c := e.consume(tr, q, transport.ConsumeOptions{})
+	err := tr.Publish(e.ctx(), transport.DefaultExchange, q, transport.Message{Body: []byte("over"), Expiration: transport.MaxExpiration + time.Millisecond}, transport.PublishOptions{Confirm: true})
+	if err == nil {
+		e.t.Errorf("an expiration over MaxExpiration was taken")
+	}
+	e.publishMsg(tr, transport.DefaultExchange, q, transport.Message{Body: []byte("max"), Expiration: transport.MaxExpiration})
+	d := e.recv(c)
+	e.ack(d)
+	if string(d.Body) != "max" || d.Expiration != transport.MaxExpiration {
+		e.t.Errorf("got %q with expiration %v, want \"max\" with %v", d.Body, d.Expiration, transport.MaxExpiration)
+	}
+	e.none(c)
 }
 
 func largeBodyRoundTrip(e *env) {
