@@ -53,16 +53,15 @@
 //
 // PublishStream publishes an event whose data, of any size, an io.Reader
 // reads: it goes in chunks (StreamConfig.ChunkSize) to every subscription
-// of the key, each chunk confirmed before the next, and its head (the
-// payload, the size and the SHA-256) last. The subscriber that gets the
-// head assembles the event in a file (StreamConfig.Dir), the others of its
-// group forwarding the chunks they get to it through a collection queue;
-// it checks the size and SHA-256 and runs the handler once, on the whole
-// data (Event.Stream). A stream missing a chunk or that does not match is
-// dead-lettered with reason stream_broken, and its file and queue removed;
-// one whose publisher stopped before the head never reaches a handler. A
-// streamed event is handled once its head is in, so maybe after events
-// published after it began. docs/streams.md has the details and figures.
+// of the key, each chunk confirmed before the next. The subscriber that
+// gets the event's first chunk assembles it in a file (StreamConfig.Dir),
+// the others of its group forwarding the chunks they get to it through a
+// collection queue; it checks the size and SHA-256 and runs the handler
+// once, on the whole data (Event.Stream). A stream whose chunks stop coming
+// (its publisher died) or do not match is dead-lettered with reason
+// stream_broken, and its file and queue removed. A streamed event is
+// handled once its last chunk is in, so maybe after events published
+// after it. docs/streams.md has the details and figures.
 //
 // Handlers may publish events and call actors (through a mapper) from
 // inside: the Bus and mappers are safe for concurrent use.

@@ -18,26 +18,19 @@ import (
 
 // Streamed events (PublishStream): data of any size goes to
 // warren.events in chunks, all with the event's key, so that every
-// subscription queue bound to it gets each chunk. The data chunks go
-// first; chunk 0, the head (the event's payload, and the stream's count,
-// size and SHA-256), goes last, so that it reaches a subscription queue
-// after all of them. Every subscriber of the queue that receives a data
-// chunk forwards it, confirmed, to the stream's collection queue and acks
-// it, so that chunks spread over the consumers of a group queue all reach
-// the one that receives the head, which assembles them: it writes them at
-// their offsets to a file, checks their number, size and SHA-256, and only
-// then runs the handler, once, with Event.Stream reading the file; it acks
-// the head and deletes the collection queue after the handler. It holds
-// the head and the chunks unacked meanwhile: when it dies they are
-// redelivered, and the subscriber that gets the head next takes over.
-//
-// The head comes last so that an assembler never waits for chunks behind
-// it in the subscription queue: with the head first, a subscriber holding
-// more heads than its prefetch had room for could not receive their
-// chunks, and the streams broke. A stream missing a chunk for the idle
-// timeout once its head came is dead-lettered (its head, reason
-// stream_broken) and removed; one whose publisher stopped before the head
-// never reaches a handler, and its collection queue expires.
+// subscription queue bound to it gets each chunk. The subscriber that
+// receives chunk 0 (the head: the event's payload) assembles the stream;
+// every subscriber of the queue that receives a data chunk forwards it,
+// confirmed, to the stream's collection queue and acks it, so that chunks
+// spread over the consumers of a group queue all reach the assembler. The
+// assembler writes them at their offsets to a file, checks their number,
+// size and SHA-256, and only then runs the handler, once, with
+// Event.Stream reading the file; it acks the head and deletes the
+// collection queue after the handler. It holds the head and the chunks
+// unacked meanwhile: when it dies they are redelivered, and the
+// subscriber that gets the head next takes over. A stream whose chunks
+// stop coming for the idle timeout is dead-lettered (its head, reason
+// stream_broken) and removed.
 
 // DefaultChunkSize is the size of a streamed event's chunks unless
 // StreamConfig.ChunkSize or ChunkSize says otherwise.
@@ -47,7 +40,7 @@ const DefaultChunkSize = 256 << 10
 // assembler holds them unacked (an AMQP prefetch is at most 65535), so
 // that another can take over when it dies. With the default chunk size
 // that is 16 GiB.
-const MaxStreamChunks = wire.MaxEventStreamChunks
+const MaxStreamChunks = 65534
 
 // StreamConfig tunes streamed events.
 type StreamConfig struct {
@@ -59,11 +52,10 @@ type StreamConfig struct {
 	// MaxSize dead-letters a stream larger than this many bytes; 0 means
 	// 16 GiB.
 	MaxSize int64 `yaml:"max_size"`
-	// IdleTimeout dead-letters a stream (reason stream_broken) when,
-	// its head received, a chunk of it is still missing after this long
-	// without one: lost on its way. 0 means 1m. The collection queues
-	// expire after 5 times as long unused: those of streams whose
-	// publisher stopped before the head.
+	// IdleTimeout dead-letters a stream (reason stream_broken) when no
+	// chunk of it came for this long: its publisher died, or a chunk was
+	// lost. 0 means 1m. The collection queues expire after 5 times as
+	// long unused.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
@@ -91,13 +83,11 @@ func ChunkSize(n int) PublishOption { return func(p *publish) { p.chunk = n } }
 // its JSON payload. The data goes in chunks (StreamConfig.ChunkSize), each
 // confirmed by the broker before the next is read, so the publisher's
 // memory stays bounded; subscribers assemble it in a file and run the
-// handler once on the whole, checked data (Event.Stream). The data chunks
-// go first and the head, with the payload and the sums, last: it returns
-// once the head is confirmed. A publisher that stops midway (an error from
-// r, ctx, a crash) has published no head: no subscriber runs a handler on
-// it, and the chunks go with their collection queues when those expire.
-// The options are Publish's (Mandatory is checked on the first chunk and
-// on the head), and ChunkSize.
+// handler once on the whole, checked data (Event.Stream). It returns once
+// the last chunk is confirmed. A publisher that stops midway (an error
+// from r, ctx, a crash) leaves a stream that subscribers dead-letter
+// (reason stream_broken) after their idle timeout. The options are
+// Publish's, and ChunkSize.
 func (b *Bus) PublishStream(ctx context.Context, key string, payload any, r io.Reader, opts ...PublishOption) error {
 	p, body, err := b.prepare(ctx, key, payload, opts)
 	if err != nil {
@@ -108,52 +98,54 @@ func (b *Bus) PublishStream(ctx context.Context, key string, payload any, r io.R
 		size = p.chunk
 	}
 	id := newID()
-	noSubscriber := func(err error) error {
-		if errors.Is(err, transport.ErrUnroutable) {
-			return fmt.Errorf("events: publish %s: %w", key, ErrNoSubscriber)
-		}
-		return nil
-	}
-	h := sha256.New()
-	buf := make([]byte, size)
-	var seq, off int64 = 1, 0
-	for {
-		n, rerr := io.ReadFull(r, buf)
-		if n > 0 {
-			if seq > MaxStreamChunks {
-				return fmt.Errorf("events: publish %s: more than %d chunks: raise the chunk size (the event was not published)", key, MaxStreamChunks)
-			}
-			// A copy: the embedded broker keeps the body it is given.
-			msg := wire.NewEventChunk(b.cfg.Identity, id, seq, off, bytes.Clone(buf[:n]))
-			msg.Persistent = p.persistent
-			err := b.tr.Publish(ctx, wire.EventExchange, key, msg, transport.PublishOptions{Confirm: true, Mandatory: p.mandatory && seq == 1})
-			if err := noSubscriber(err); err != nil {
-				return err
-			}
-			if err != nil {
-				return fmt.Errorf("events: publish %s: chunk %d: %w (the event was not published)", key, seq, err)
-			}
-			h.Write(buf[:n])
-			off += int64(n)
-			seq++
-		}
-		if rerr == io.EOF || errors.Is(rerr, io.ErrUnexpectedEOF) {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("events: publish %s: read: %w (the event was not published)", key, rerr)
-		}
-	}
-	head := wire.NewEventHead(b.cfg.Identity, wire.Stream{ID: id, Chunks: seq, Size: off, SHA256: h.Sum(nil)}, body, p.ttl)
+	head := wire.NewEventHead(b.cfg.Identity, id, body, p.ttl)
 	head.Persistent = p.persistent
 	err = b.tr.Publish(ctx, wire.EventExchange, key, head, transport.PublishOptions{Confirm: true, Mandatory: p.mandatory})
-	if err := noSubscriber(err); err != nil {
-		return err
+	if errors.Is(err, transport.ErrUnroutable) {
+		return fmt.Errorf("events: publish %s: %w", key, ErrNoSubscriber)
 	}
 	if err != nil {
 		return fmt.Errorf("events: publish %s: head: %w", key, err)
 	}
-	return nil
+	// One chunk is read ahead: the last one carries the sums.
+	h := sha256.New()
+	cur, next := make([]byte, size), make([]byte, size)
+	n, rerr := io.ReadFull(r, cur)
+	var seq, off int64 = 1, 0
+	for {
+		if rerr != nil && rerr != io.EOF && !errors.Is(rerr, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("events: publish %s: read: %w (subscribers dead-letter the stream)", key, rerr)
+		}
+		last := rerr != nil
+		var m int
+		var nerr error
+		if !last {
+			m, nerr = io.ReadFull(r, next)
+			if m == 0 && nerr == io.EOF {
+				last = true
+			}
+		}
+		if seq > MaxStreamChunks {
+			return fmt.Errorf("events: publish %s: more than %d chunks: raise the chunk size (subscribers dead-letter the stream)", key, MaxStreamChunks)
+		}
+		// A copy: the embedded broker keeps the body it is given.
+		msg := wire.NewEventChunk(b.cfg.Identity, id, seq, off, bytes.Clone(cur[:n]))
+		msg.Persistent = p.persistent
+		h.Write(cur[:n])
+		if last {
+			wire.SetEventStreamEnd(&msg, wire.Stream{ID: id, Chunks: seq + 1, Size: off + int64(n), SHA256: h.Sum(nil)})
+		}
+		if err := b.tr.Publish(ctx, wire.EventExchange, key, msg, transport.PublishOptions{Confirm: true}); err != nil {
+			return fmt.Errorf("events: publish %s: chunk %d: %w (subscribers dead-letter the stream)", key, seq, err)
+		}
+		if last {
+			return nil
+		}
+		off += int64(n)
+		seq++
+		cur, next = next, cur
+		n, rerr = m, nerr
+	}
 }
 
 // forwarded records the collection queues a subscription's consumer
@@ -347,7 +339,7 @@ type assembly struct {
 	seen   map[int64]bool // data chunks stored
 	size   int64          // bytes stored
 	extent int64          // the end of the furthest chunk
-	end    *wire.Stream   // the head's count, size and SHA-256
+	end    *wire.Stream
 }
 
 // assemble collects the stream whose head is d, runs the handler on it
@@ -396,7 +388,7 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk, releas
 		s.later(d)
 		return
 	}
-	a := &assembly{file: f, hash: sha256.New(), seen: map[int64]bool{}, end: c.End}
+	a := &assembly{file: f, hash: sha256.New(), seen: map[int64]bool{}}
 	// deleteQueue removes the collection queue once the stream is done
 	// with (handled or broken): not when the subscription closes, so
 	// that another subscriber takes over.
@@ -409,19 +401,15 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk, releas
 			log.Warn("collection queue not deleted: it expires", "queue", name, "err", err)
 		}
 	}
-	if a.end.Size > cfg.MaxSize {
-		s.broken(d, deleteQueue, fmt.Sprintf("stream larger than %d bytes", cfg.MaxSize))
-		return
-	}
 	idle := time.NewTimer(cfg.IdleTimeout)
 	defer idle.Stop()
-	for int64(len(a.seen)) < a.end.Chunks-1 {
+	for a.end == nil || int64(len(a.seen)) < a.end.Chunks-1 {
 		select {
 		case <-s.stop:
 			s.settle(d, false, true) // another subscriber takes over
 			return
 		case <-idle.C:
-			s.broken(d, deleteQueue, fmt.Sprintf("no chunk for %v: %s (lost on its way)", cfg.IdleTimeout, a.missing()))
+			s.broken(d, deleteQueue, fmt.Sprintf("no chunk for %v: the publisher stopped, or a chunk was lost (%s)", cfg.IdleTimeout, a.missing()))
 			return
 		case cd, ok := <-chunks:
 			if !ok {
@@ -429,7 +417,7 @@ func (s *Subscription) assemble(d *transport.Delivery, c wire.EventChunk, releas
 				s.settle(d, false, true)
 				return
 			}
-			if err := a.store(cd, c.Stream); err != nil {
+			if err := a.store(cd, c.Stream, cfg.MaxSize); err != nil {
 				s.broken(d, deleteQueue, err.Error())
 				return
 			}
@@ -478,7 +466,7 @@ func (s *Subscription) broken(d *transport.Delivery, deleteQueue func(), why str
 // is dropped. Its delivery is not acked: the collection queue is deleted
 // when the stream is done with, and its chunks go back to the queue for
 // another subscriber when this one dies.
-func (a *assembly) store(cd *transport.Delivery, id string) error {
+func (a *assembly) store(cd *transport.Delivery, id string, maxSize int64) error {
 	c, err := wire.ReadEventChunk(cd)
 	switch {
 	case err != nil:
@@ -487,10 +475,21 @@ func (a *assembly) store(cd *transport.Delivery, id string) error {
 		return fmt.Errorf("chunk %d of stream %q in the queue of stream %s", c.Seq, c.Stream, id)
 	case a.seen[c.Seq]:
 		return nil // a duplicate
-	case c.Seq >= a.end.Chunks:
+	case a.end != nil && c.Seq >= a.end.Chunks:
 		return fmt.Errorf("chunk %d beyond the last, %d", c.Seq, a.end.Chunks-1)
-	case c.Offset+int64(len(cd.Body)) > a.end.Size:
-		return fmt.Errorf("chunk %d reaches byte %d: the stream has %d", c.Seq, c.Offset+int64(len(cd.Body)), a.end.Size)
+	case c.Offset+int64(len(cd.Body)) > maxSize:
+		return fmt.Errorf("stream larger than %d bytes", maxSize)
+	}
+	if c.End != nil {
+		if a.end != nil || a.extent > c.End.Size {
+			return fmt.Errorf("chunk %d says the stream ends at %d bytes, chunk data reaches %d", c.Seq, c.End.Size, a.extent)
+		}
+		for seq := range a.seen {
+			if seq >= c.End.Chunks {
+				return fmt.Errorf("chunk %d beyond the last, %d", seq, c.End.Chunks-1)
+			}
+		}
+		a.end = c.End
 	}
 	if _, err := a.file.WriteAt(cd.Body, c.Offset); err != nil {
 		return fmt.Errorf("store chunk %d: %w", c.Seq, err)
@@ -507,6 +506,9 @@ func (a *assembly) store(cd *transport.Delivery, id string) error {
 
 // missing says which chunks a broken stream lacks.
 func (a *assembly) missing() string {
+	if a.end == nil {
+		return fmt.Sprintf("%d data chunks came, not the last", len(a.seen))
+	}
 	for seq := int64(1); seq < a.end.Chunks; seq++ {
 		if !a.seen[seq] {
 			return fmt.Sprintf("chunk %d of %d missing", seq, a.end.Chunks-1)
@@ -515,7 +517,7 @@ func (a *assembly) missing() string {
 	return "complete"
 }
 
-// check compares the stored data with the head's sums; chunks that
+// check compares the stored data with the last chunk's sums; chunks that
 // came out of order are hashed from the file.
 func (a *assembly) check() error {
 	if a.size != a.end.Size || a.extent != a.end.Size {

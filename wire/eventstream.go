@@ -15,17 +15,11 @@ import (
 // one message goes to warren.events as chunks, all with the event's key,
 // so that every subscription queue bound to it gets each of them.
 //
-// Chunks 1 to n carry the data, each with its offset; chunk 0, the head,
-// is published last: it carries the event's JSON payload, its deadline,
-// and the number of chunks, the size and the SHA-256 of the data. A
-// subscriber that receives a data chunk forwards it to the stream's
-// collection queue, where the subscriber that receives the head reads
-// them: by then every data chunk has passed through the subscription
-// queue, since one publisher's messages keep their order in a queue.
-
-// MaxEventStreamChunks is the most data chunks a streamed event has: its
-// assembler holds them unacked, and an AMQP prefetch is at most 65535.
-const MaxEventStreamChunks = 65534
+// Chunk 0 (the head) carries the event's JSON payload and its deadline;
+// chunks 1 to n carry the data, each with its offset; the last one also
+// carries the number of chunks, the size and the SHA-256 of the data. A
+// subscriber that receives a chunk forwards it to the stream's collection
+// queue, where the subscriber that received the head reads them.
 
 // HeaderStreamOffset is the offset of a data chunk in the data of a
 // streamed event (integer).
@@ -37,17 +31,14 @@ type EventChunk struct {
 	Seq      int64     // 0 is the head
 	Offset   int64     // where a data chunk's body goes in the data
 	Deadline time.Time // the head's; zero: none
-	// End is the head's: the number of chunks (the head included), the
-	// size and the SHA-256 of the data. Nil on a data chunk.
+	// End is set on the last chunk: the number of chunks (the head
+	// included), the size and the SHA-256 of the data.
 	End *Stream
 }
 
-// NewEventHead builds chunk 0 of streamed event id, published after its
-// data chunks: the event's JSON payload (meta), when ttl is not zero its
-// deadline, and the stream's end: its number of chunks (the head
-// included), size and SHA-256.
-func NewEventHead(from string, end Stream, meta []byte, ttl time.Duration) transport.Message {
-	id := end.ID
+// NewEventHead builds chunk 0 of streamed event id: the event's JSON
+// payload (meta) and, when ttl is not zero, its deadline.
+func NewEventHead(from, id string, meta []byte, ttl time.Duration) transport.Message {
 	msg := NewEvent("", from, id+".0", meta, ttl)
 	msg.Type = TypeChunk
 	msg.CorrelationID = id
@@ -56,7 +47,6 @@ func NewEventHead(from string, end Stream, meta []byte, ttl time.Duration) trans
 	}
 	msg.Headers[HeaderStream] = id
 	msg.Headers[HeaderChunk] = int64(0)
-	SetStream(&msg, end)
 	return msg
 }
 
@@ -83,6 +73,12 @@ func NewEventChunk(from, id string, seq, offset int64, data []byte) transport.Me
 	return msg
 }
 
+// SetEventStreamEnd marks chunk msg as the last of its stream, with the
+// stream's number of chunks (the head included), size and SHA-256.
+func SetEventStreamEnd(msg *transport.Message, s Stream) {
+	SetStream(msg, s)
+}
+
 // IsEventChunk reports whether d, from an event queue, is a chunk of a
 // streamed event (rather than an event).
 func IsEventChunk(d *transport.Delivery) bool { return d.Type == TypeChunk }
@@ -106,14 +102,6 @@ func ReadEventChunk(d *transport.Delivery) (EventChunk, error) {
 		if d.ContentType != "" && d.ContentType != ContentJSON {
 			return c, fmt.Errorf("%w: head: content type %q: want %s", ErrBadStream, d.ContentType, ContentJSON)
 		}
-		end, _, err := ReadStream(d)
-		if err != nil {
-			return c, fmt.Errorf("%w (on the head, which comes after the data chunks)", err)
-		}
-		if end.ID != c.Stream || end.Chunks < 1 || end.Chunks-1 > MaxEventStreamChunks {
-			return c, fmt.Errorf("%w: head: header %s says %d chunks: want 1 to %d, the head included", ErrBadStream, HeaderStreamChunks, end.Chunks, MaxEventStreamChunks+1)
-		}
-		c.End = &end
 		return c, nil
 	}
 	off, ok := Int(d.Headers, HeaderStreamOffset)
@@ -121,8 +109,15 @@ func ReadEventChunk(d *transport.Delivery) (EventChunk, error) {
 		return c, fmt.Errorf("%w: header %s: want an integer from 0", ErrBadStream, HeaderStreamOffset)
 	}
 	c.Offset = off
-	if _, sums := d.Headers[HeaderStreamChunks]; sums {
-		return c, fmt.Errorf("%w: data chunk %d carries header %s: the head, published last, does", ErrBadStream, seq, HeaderStreamChunks)
+	if _, last := d.Headers[HeaderStreamChunks]; last {
+		end, _, err := ReadStream(d)
+		if err != nil {
+			return c, err
+		}
+		if end.ID != c.Stream || end.Chunks != seq+1 {
+			return c, fmt.Errorf("%w: last chunk %d: header %s says %d chunks", ErrBadStream, seq, HeaderStreamChunks, end.Chunks)
+		}
+		c.End = &end
 	}
 	return c, nil
 }
