@@ -138,11 +138,11 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.settle(d, false, true)
 		return
 	}
-	var pe *panicError
-	if errors.As(herr, &pe) {
-		log.Error("handler panicked", "panic", pe.err.Message, "stack", string(pe.stack))
-	}
 	if herr != nil {
+		var pe *panicError // escapes: declared only on failure
+		if errors.As(herr, &pe) {
+			log.Error("handler panicked", "panic", pe.err.Message, "stack", string(pe.stack))
+		}
 		code := codeOf(herr)
 		log.Info("handler failed", "code", code, "err", herr)
 		a.fail(ctx, d, req, code, messageOf(herr))

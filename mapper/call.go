@@ -134,6 +134,9 @@ func Park() CallOption { return func(c *call) { c.park = true } }
 func RetryOnConnectionLoss() CallOption { return func(c *call) { c.retry = true } }
 
 func (m *Mapper) options(def Selector, opts []CallOption) call {
+	if len(opts) == 0 {
+		return call{sel: def} // c below escapes to the options: no allocation here
+	}
 	c := call{sel: def}
 	for _, o := range opts {
 		if o != nil {
@@ -150,8 +153,11 @@ func (m *Mapper) options(def Selector, opts []CallOption) call {
 // for Park, no live agent serves the path, and its selector does not name
 // its agents (see Park).
 func (c call) parks(err error) bool {
+	if !c.park || err == nil {
+		return false // before none, which escapes: no allocation per call
+	}
 	var none *noLiveAgent
-	return c.park && errors.As(err, &none) && !targeted(c.sel)
+	return errors.As(err, &none) && !targeted(c.sel)
 }
 
 // noLiveAgent is the ErrNoAgent of a path that no live agent serves (as
@@ -174,7 +180,7 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 	ctx = withProgress(ctx, c.progress, c.progressIdle)
 	ctx = withAcceptStream(ctx, c.acceptStream)
 	declined := map[string]bool{}
-	skip := map[string]bool{} // declined, or unroutable (their queue is gone)
+	var skip map[string]bool // declined, or unroutable (their queue is gone); made when needed
 	for {
 		targets, body, err := m.prepare(ctx, path, payload, c, skip)
 		if c.parks(err) && len(declined) == 0 {
@@ -193,15 +199,15 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 		if errors.Is(err, transport.ErrUnroutable) && ctx.Err() == nil {
 			// The agent's queue is gone (a stale or forged heartbeat,
 			// an agent long dead): it is dropped; try the next one.
-			skip[targets[0].Identity] = true
+			skip = skipAgent(skip, targets[0].Identity)
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		if errors.Is(r.Err, &wire.RemoteError{Code: wire.CodeDeclined}) {
+		if r.Err != nil && errors.Is(r.Err, errDeclined) {
 			declined[targets[0].Identity] = true
-			skip[targets[0].Identity] = true
+			skip = skipAgent(skip, targets[0].Identity)
 			continue
 		}
 		if r.Err != nil {
@@ -209,6 +215,19 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 		}
 		return r, nil
 	}
+}
+
+// errDeclined matches, with errors.Is, a reply's error from an agent that
+// declined (any agent).
+var errDeclined error = &wire.RemoteError{Code: wire.CodeDeclined}
+
+// skipAgent adds id to skip, made when nil.
+func skipAgent(skip map[string]bool, id string) map[string]bool {
+	if skip == nil {
+		skip = map[string]bool{}
+	}
+	skip[id] = true
+	return skip
 }
 
 // FanOut sends payload to every agent the selector picks (all by default)
@@ -468,7 +487,8 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 	msg.CorrelationID = msg.MessageID
 	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, sel: sel}
 	if target != "" {
-		w.sentTo = []string{target}
+		w.first[0] = target
+		w.sentTo = w.first[:]
 	}
 	watchProgress(ctx, w, &msg)
 	watchResult(ctx, &msg)
@@ -528,6 +548,7 @@ type waiter struct {
 	// sentTo lists every agent it was addressed to: only their replies
 	// are taken, unless it is (or may be) in a shared queue (nil).
 	sentTo []string
+	first  [1]string // sentTo's first, allocated with the waiter
 	// foreign is the first reply from another agent (the first good one,
 	// if any), kept in case the request turns out to be in a shared queue:
 	// another mapper may have moved it there first (see rescue).
