@@ -136,8 +136,9 @@ func declareTopology(ctx context.Context, tr transport.Transport) error {
 }
 
 // ErrNoSubscriber is returned by a Mandatory Publish that no subscription
-// took. It wraps transport.ErrUnroutable.
-var ErrNoSubscriber = fmt.Errorf("events: no subscriber took the event: %w", transport.ErrUnroutable)
+// took, wrapped as "events: publish KEY: ...". It wraps
+// transport.ErrUnroutable.
+var ErrNoSubscriber = fmt.Errorf("no subscriber took the event: %w", transport.ErrUnroutable)
 
 // PublishOption tunes one Publish.
 type PublishOption func(*publish)

@@ -68,7 +68,7 @@ func Example() {
 	// file.encrypt {"file":"/gfs1/file.dat"}
 	// file.encrypted {"file":"/gfs1/file.dat"}
 	// <nil>
-	// events: publish server.up: events: no subscriber took the event: transport: message unroutable
+	// events: publish server.up: no subscriber took the event: transport: message unroutable
 }
 
 // ExampleBus_PublishStream publishes data too big for one message as a
