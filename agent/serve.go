@@ -159,12 +159,36 @@ func (a *Agent) serve(ctx context.Context, d *transport.Delivery) {
 		a.replyStream(ctx, log, d, req, sr)
 		return
 	}
-	body, err := json.Marshal(result)
+	body, err := encodeResult(result)
 	if err != nil {
 		a.fail(ctx, d, req, wire.CodeHandler, "result does not encode as JSON: "+err.Error())
 		return
 	}
 	a.reply(ctx, d, wire.Reply(d, a.cfg.Identity, a.recipient(d), body))
+}
+
+// encodeResult marshals a handler's result as json.Marshal does. A
+// json.RawMessage that Marshal would return unchanged (valid, with no byte
+// that compacting or HTML escaping could change) is used as it is, without
+// Marshal's copy.
+func encodeResult(result any) ([]byte, error) {
+	if raw, ok := result.(json.RawMessage); ok && len(raw) > 0 && marshalsAsIs(raw) && json.Valid(raw) {
+		return raw, nil
+	}
+	return json.Marshal(result)
+}
+
+// marshalsAsIs reports whether b has none of the bytes json.Marshal's
+// compacting and escaping of a RawMessage act on: whitespace, '<', '>',
+// '&', and 0xE2, the first byte of U+2028 and U+2029.
+func marshalsAsIs(b []byte) bool {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\n', '\r', '<', '>', '&', 0xE2:
+			return false
+		}
+	}
+	return true
 }
 
 // expired reports whether req's deadline has passed.
