@@ -216,7 +216,8 @@ type Delivery struct {
 	// ConsumerTag of the consumer that received it.
 	ConsumerTag string
 
-	settle func(ack, requeue bool) error
+	settle  func(ack, requeue bool) error
+	settler Settler // when settle is nil
 }
 
 // NewDelivery is how transports build a Delivery. settle is called at most
@@ -226,9 +227,25 @@ func NewDelivery(msg Message, settle func(ack, requeue bool) error) *Delivery {
 	return &Delivery{Message: msg, settle: settle}
 }
 
+// Settler settles one delivery, as the settle func of NewDelivery does.
+type Settler interface {
+	Settle(ack, requeue bool) error
+}
+
+// NewSettledDelivery is NewDelivery with the settlement as a Settler: a
+// transport that keeps a delivery's state in a struct of its own passes it
+// as it is, without allocating a closure per delivery. s may be nil for
+// auto-acknowledged deliveries.
+func NewSettledDelivery(msg Message, s Settler) *Delivery {
+	return &Delivery{Message: msg, settler: s}
+}
+
 // Ack acknowledges the delivery: the broker forgets the message.
 func (d *Delivery) Ack() error {
 	if d.settle == nil {
+		if d.settler != nil {
+			return d.settler.Settle(true, false)
+		}
 		return nil
 	}
 	return d.settle(true, false)
@@ -240,6 +257,9 @@ func (d *Delivery) Ack() error {
 // otherwise.
 func (d *Delivery) Nack(requeue bool) error {
 	if d.settle == nil {
+		if d.settler != nil {
+			return d.settler.Settle(false, requeue)
+		}
 		return nil
 	}
 	return d.settle(false, requeue)

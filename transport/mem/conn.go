@@ -537,7 +537,7 @@ func (c *consumer) delivery(qm *qmsg) *transport.Delivery {
 		s.d = *transport.NewDelivery(msg, nil)
 	} else {
 		s.c, s.qm = c, qm
-		s.d = *transport.NewDelivery(msg, s.settle)
+		s.d = *transport.NewSettledDelivery(msg, s)
 	}
 	d := &s.d
 	d.Exchange = m.exchange
@@ -555,7 +555,8 @@ type settlement struct {
 	settled atomic.Bool
 }
 
-func (s *settlement) settle(ack, requeue bool) error {
+// Settle settles s once (transport.Settler).
+func (s *settlement) Settle(ack, requeue bool) error {
 	if !s.settled.CompareAndSwap(false, true) {
 		return fmt.Errorf("mem: delivery from queue %q: %w", s.c.q.name, transport.ErrAlreadySettled)
 	}
