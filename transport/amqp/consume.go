@@ -205,40 +205,54 @@ func amqpErr(e *amqp091.Error) error {
 	return e
 }
 
-// delivery converts d, with a settle function that refuses a second call
-// and reports a closed channel as ErrConnectionLost.
+// delivery converts d, with a settlement that refuses a second call and
+// reports a closed channel as ErrConnectionLost.
 func (c *consumer) delivery(d *amqp091.Delivery, autoAck bool) *transport.Delivery {
-	var settle func(ack, requeue bool) error
-	if !autoAck {
-		var settled atomic.Bool
-		ch, tag, queue := c.ch, d.DeliveryTag, c.queue
-		settle = func(ack, requeue bool) error {
-			op := "ack"
-			if !ack {
-				op = "nack"
-			}
-			if !settled.CompareAndSwap(false, true) {
-				return fmt.Errorf("amqp: %s on queue %q: %w", op, queue, transport.ErrAlreadySettled)
-			}
-			var err error
-			if ack {
-				err = ch.Ack(tag, false)
-			} else {
-				err = ch.Nack(tag, false, requeue)
-			}
-			if err != nil {
-				return fmt.Errorf("amqp: %s on queue %q: the consumer's channel is closed and the broker requeues the message: %w (%v)",
-					op, queue, transport.ErrConnectionLost, err)
-			}
-			return nil
-		}
+	var del *transport.Delivery
+	if autoAck {
+		del = transport.NewDelivery(fromDelivery(d), nil)
+	} else {
+		// One allocation for the delivery and its settlement.
+		s := &settlement{ch: c.ch, tag: d.DeliveryTag, queue: c.queue}
+		s.d = *transport.NewSettledDelivery(fromDelivery(d), s)
+		del = &s.d
 	}
-	del := transport.NewDelivery(fromDelivery(d), settle)
 	del.Exchange = d.Exchange
 	del.RoutingKey = d.RoutingKey
 	del.Redelivered = d.Redelivered
 	del.ConsumerTag = c.tag
 	return del
+}
+
+// settlement is a Delivery with what settles it.
+type settlement struct {
+	d       transport.Delivery
+	settled atomic.Bool
+	ch      *amqp091.Channel
+	tag     uint64
+	queue   string
+}
+
+// Settle acks or nacks the delivery once (transport.Settler).
+func (s *settlement) Settle(ack, requeue bool) error {
+	op := "ack"
+	if !ack {
+		op = "nack"
+	}
+	if !s.settled.CompareAndSwap(false, true) {
+		return fmt.Errorf("amqp: %s on queue %q: %w", op, s.queue, transport.ErrAlreadySettled)
+	}
+	var err error
+	if ack {
+		err = s.ch.Ack(s.tag, false)
+	} else {
+		err = s.ch.Nack(s.tag, false, requeue)
+	}
+	if err != nil {
+		return fmt.Errorf("amqp: %s on queue %q: the consumer's channel is closed and the broker requeues the message: %w (%v)",
+			op, s.queue, transport.ErrConnectionLost, err)
+	}
+	return nil
 }
 
 // await runs fn, honouring ctx: when ctx ends first it returns ctx.Err() and
