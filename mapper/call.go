@@ -485,7 +485,7 @@ func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte,
 // await publishes a request and waits for its reply.
 func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, sel Selector, exchange, key string) (*Reply, error) {
 	msg.CorrelationID = msg.MessageID
-	w := &waiter{ch: make(chan *Reply, 1), path: path, target: target, sel: sel}
+	w := &waiter{ch: make(chan struct{}, 1), path: path, target: target, sel: sel}
 	if target != "" {
 		w.first[0] = target
 		w.sentTo = w.first[:]
@@ -520,7 +520,8 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 	}
 	m.awaitProgress(ctx, w)
 	select {
-	case r := <-w.ch:
+	case <-w.ch:
+		r := w.reply
 		if r.Agent == "" {
 			r.Agent = target
 		}
@@ -542,7 +543,10 @@ func newID() string {
 
 // waiter is a request waiting for its reply.
 type waiter struct {
-	ch     chan *Reply // buffered 1: the first reply wins
+	// ch is signalled, once, when reply is set (answer): a chan of
+	// struct{} is one allocation, a chan of pointers two.
+	ch     chan struct{} // buffered 1
+	reply  *Reply
 	path   string
 	target string // the agent it was sent to last; "" for a shared queue
 	// sentTo lists every agent it was addressed to: only their replies
@@ -564,6 +568,13 @@ type waiter struct {
 	stored int64
 }
 
+// answer gives w its reply. A waiter is answered once: by whoever takes
+// it out of the mapper's pending, under its mu.
+func (w *waiter) answer(r *Reply) {
+	w.reply = r
+	w.ch <- struct{}{}
+}
+
 // keep remembers a reply that w does not accept (yet).
 func (w *waiter) keep(r *Reply) {
 	if w.foreign == nil || (w.foreign.Err != nil && r.Err == nil) {
@@ -577,7 +588,7 @@ func (m *Mapper) anyAgent(w *waiter) {
 	w.sentTo = nil
 	if w.foreign != nil {
 		delete(m.pending, w.msg.CorrelationID)
-		w.ch <- w.foreign
+		w.answer(w.foreign)
 	}
 }
 
@@ -632,7 +643,7 @@ func (m *Mapper) redispatchNow(gone string, stop chan struct{}) {
 		}
 		if w.sel == nil {
 			delete(m.pending, id)
-			w.ch <- &Reply{Agent: gone, Err: fmt.Errorf("request %s to %s: %w: the agent left or is gone", w.path, gone, ErrTimeout)}
+			w.answer(&Reply{Agent: gone, Err: fmt.Errorf("request %s to %s: %w: the agent left or is gone", w.path, gone, ErrTimeout)})
 			continue
 		}
 		moved = append(moved, w)

@@ -407,7 +407,7 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 		if streamed {
 			m.finishResult(d, r, w.path) // a streamed result's data (result.go)
 		}
-		w.ch <- r
+		w.answer(r)
 	}
 	if ctx.Err() == nil {
 		s.markLost()
@@ -495,7 +495,7 @@ func (m *Mapper) failPending(err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id, w := range m.pending {
-		w.ch <- &Reply{Err: err}
+		w.answer(&Reply{Err: err})
 		delete(m.pending, id)
 	}
 }

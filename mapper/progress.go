@@ -96,7 +96,7 @@ func watchProgress(ctx context.Context, w *waiter, msg *transport.Message) {
 
 // awaitProgress hands w's progress to its callback until the reply is
 // there (all progress sent before it included) or ctx ends. It leaves the
-// reply in w.ch for await.
+// reply (its signal on w.ch) for await.
 func (m *Mapper) awaitProgress(ctx context.Context, w *waiter) {
 	if w.progress == nil {
 		return
@@ -112,9 +112,9 @@ func (m *Mapper) awaitProgress(ctx context.Context, w *waiter) {
 				m.runProgress(w)
 				t.Reset(w.progress.idle)
 				continue
-			case r := <-w.ch:
+			case <-w.ch:
 				m.runProgress(w)
-				w.ch <- r // buffered 1, and answered once: room for it
+				w.ch <- struct{}{} // buffered 1, and answered once: room for it
 				return
 			case <-ctx.Done():
 				return
@@ -128,9 +128,9 @@ func (m *Mapper) awaitProgress(ctx context.Context, w *waiter) {
 		select {
 		case <-w.progress.sig:
 			m.runProgress(w)
-		case r := <-w.ch:
+		case <-w.ch:
 			m.runProgress(w)
-			w.ch <- r // buffered 1, and answered once: room for it
+			w.ch <- struct{}{} // buffered 1, and answered once: room for it
 			return
 		case <-ctx.Done():
 			return
@@ -145,12 +145,12 @@ func (m *Mapper) quiet(w *waiter) {
 	defer m.mu.Unlock()
 	id := w.msg.CorrelationID
 	if m.pending[id] != w {
-		return // answered meanwhile: the reply is in w.ch
+		return // answered meanwhile: the reply is in w.reply
 	}
 	delete(m.pending, id)
 	// Nothing was sent on w.ch: whoever answers deletes it from pending
 	// first, under mu.
-	w.ch <- &Reply{Agent: w.target, Err: fmt.Errorf("request %s to %s: %w: no progress for %v", w.path, w.target, ErrTimeout, w.progress.idle)}
+	w.answer(&Reply{Agent: w.target, Err: fmt.Errorf("request %s to %s: %w: no progress for %v", w.path, w.target, ErrTimeout, w.progress.idle)})
 }
 
 // readProgress queues a progress message for its waiter. Progress for no

@@ -87,7 +87,7 @@ func (m *Mapper) stream(ctx context.Context, path string, meta any, r io.Reader,
 	final.Headers[wire.HeaderPinned] = true // the chunks are in this agent's queue only
 	final.Persistent = c.persistent
 	m.address(&final, t)
-	w := &waiter{ch: make(chan *Reply, 1), path: path, target: t, sentTo: []string{t}, credit: make(chan struct{}, 1)}
+	w := &waiter{ch: make(chan struct{}, 1), path: path, target: t, sentTo: []string{t}, credit: make(chan struct{}, 1)}
 	watchProgress(ctx, w, &final)
 	watchResult(ctx, &final)
 	m.mu.Lock()
@@ -120,8 +120,8 @@ func (m *Mapper) stream(ctx context.Context, path string, meta any, r io.Reader,
 			case <-w.credit:
 			case <-w.progressSignal():
 				m.runProgress(w)
-			case r := <-w.ch:
-				return r, nil
+			case <-w.ch:
+				return w.reply, nil
 			case <-ctx.Done():
 				forget()
 				return nil, fmt.Errorf("stream %s to %s: %w: %w", path, t, ErrTimeout, ctx.Err())
@@ -167,8 +167,8 @@ func (m *Mapper) stream(ctx context.Context, path string, meta any, r io.Reader,
 	}
 	m.awaitProgress(ctx, w)
 	select {
-	case r := <-w.ch:
-		return m.streamReply(path, t, r, nil)
+	case <-w.ch:
+		return m.streamReply(path, t, w.reply, nil)
 	case <-ctx.Done():
 		forget()
 		return nil, fmt.Errorf("stream %s to %s: %w: %w", path, t, ErrTimeout, ctx.Err())
