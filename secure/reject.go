@@ -95,12 +95,14 @@ func (t *Transport) Stats() Stats {
 	return s
 }
 
-// reject handles a delivery that failed verification: it is counted,
-// logged without its payload, dead-lettered with its reason and, when the
+// reject handles a delivery that failed verification: it is logged
+// without its payload, dead-lettered with its reason, counted and, when the
 // rejection is one to tell an authenticated sender about (see
 // rejection.answer) and it waits for a reply, answered with an error.
 func (t *Transport) reject(ctx context.Context, d *transport.Delivery, rej *rejection) {
-	t.stats.rejected[reasonIndex(rej.reason)].Add(1)
+	// Counted once settled: a rejection in the stats has been acked or
+	// nacked (its consumer may be stopped right after).
+	defer t.stats.rejected[reasonIndex(rej.reason)].Add(1)
 	t.log.Warn("secure: message rejected",
 		"reason", string(rej.reason), "err", rej.err,
 		"type", d.Type, "message_id", d.MessageID, "correlation_id", d.CorrelationID,

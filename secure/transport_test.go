@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -344,9 +345,7 @@ func TestRejections(t *testing.T) {
 				t.Errorf("dead letter lost its headers: %v", d.Headers)
 			}
 			expectNothing(t, in)
-			if n := rx.Stats().Rejected[c.reason]; n != 1 {
-				t.Errorf("rejected[%s] = %d", c.reason, n)
-			}
+			waitRejected(t, rx, c.reason, 1)
 			if rx.Stats().Opened != 0 {
 				t.Error("opened a rejected message")
 			}
@@ -380,9 +379,19 @@ func TestReplay(t *testing.T) {
 	f.expectDead(ReasonReplayed)
 	expectNothing(t, in)
 	expectNone(t, back)
-	if n := rx.Stats().Rejected[ReasonReplayed]; n != 1 {
-		t.Fatalf("replays counted: %d", n)
-	}
+	waitRejected(t, rx, ReasonReplayed, 1)
+}
+
+// waitRejected waits until tr counted want rejections for reason: a
+// rejection is counted once settled, after its dead letter went out.
+func waitRejected(t *testing.T, tr *Transport, reason Reason, want int64) {
+	t.Helper()
+	testenv.WaitFor(t, 5*time.Second, func() error {
+		if n := tr.Stats().Rejected[reason]; n != want {
+			return fmt.Errorf("rejected[%s] = %d, want %d", reason, n, want)
+		}
+		return nil
+	})
 }
 
 // TestNoReplyToUntrusted: a forged request gets no reply, whatever its

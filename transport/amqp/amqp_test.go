@@ -630,3 +630,52 @@ func TestLongNamesAreErrors(t *testing.T) {
 		t.Fatalf("transport broken: %v", err)
 	}
 }
+
+// TestSettleRacingStop: acks sent while the consumer stops (its context
+// ends) never reach the broker after the channel's close, where RabbitMQ
+// closes the whole connection (504 CHANNEL_ERROR "expected
+// 'channel.open'"): the connection survives every round, and each ack
+// either went out or says the broker requeues the message.
+func TestSettleRacingStop(t *testing.T) {
+	tr := dial(t, amqp.Config{})
+	const rounds, msgs = 40, 8
+	for range rounds {
+		q, err := tr.DeclareQueue(t.Context(), transport.Queue{AutoDelete: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range msgs {
+			if err := tr.Publish(t.Context(), "", q, transport.Message{Body: []byte("x")}, transport.PublishOptions{Confirm: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, stop := context.WithCancel(t.Context())
+		ch, err := tr.Consume(ctx, q, transport.ConsumeOptions{Prefetch: msgs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ds []*transport.Delivery
+		for range msgs {
+			ds = append(ds, <-ch)
+		}
+		var wg sync.WaitGroup
+		for i, d := range ds {
+			wg.Go(func() {
+				// Spread over the stop (basic.cancel, then channel.close),
+				// so that some acks come while the channel closes. The
+				// outcome does not depend on when they come.
+				time.Sleep(time.Duration(i) * 250 * time.Microsecond)
+				if err := d.Ack(); err != nil && !errors.Is(err, transport.ErrConnectionLost) {
+					t.Errorf("ack: %v", err)
+				}
+			})
+		}
+		stop()
+		wg.Wait()
+		for range ch {
+		}
+		if s := tr.Stats(); s.Losses != 0 {
+			t.Fatalf("the connection was lost: %+v", s)
+		}
+	}
+}

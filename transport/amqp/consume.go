@@ -21,6 +21,15 @@ type consumer struct {
 	tag   string
 	out   chan *transport.Delivery
 	done  chan struct{} // closed when run has returned
+
+	// settling is held (read) by each ack or nack while it is sent, and
+	// (write) by run when it closes the channel: once closing is set, no
+	// ack or nack goes out. RabbitMQ closes the whole connection (504
+	// CHANNEL_ERROR "expected 'channel.open'") on a frame that arrives on
+	// a channel after its channel.close, and amqp091-go sends one if an
+	// ack races the close.
+	settling sync.RWMutex
+	closing  bool
 }
 
 // Consume starts a consumer on queue, on its own channel of the consume
@@ -183,7 +192,10 @@ loop:
 		// Stop deliveries, then close the channel: the broker requeues
 		// whatever was delivered and not settled. (A lost link's
 		// connections are closed by the supervisor, which may not get an
-		// answer from the broker.)
+		// answer from the broker.) No ack or nack is sent from here on.
+		c.settling.Lock()
+		c.closing = true
+		c.settling.Unlock()
 		_ = c.ch.Cancel(c.tag, false)
 		_ = c.ch.Close()
 	}
@@ -213,7 +225,7 @@ func (c *consumer) delivery(d *amqp091.Delivery, autoAck bool) *transport.Delive
 		del = transport.NewDelivery(fromDelivery(d), nil)
 	} else {
 		// One allocation for the delivery and its settlement.
-		s := &settlement{ch: c.ch, tag: d.DeliveryTag, queue: c.queue}
+		s := &settlement{c: c, tag: d.DeliveryTag}
 		s.d = *transport.NewSettledDelivery(fromDelivery(d), s)
 		del = &s.d
 	}
@@ -228,9 +240,8 @@ func (c *consumer) delivery(d *amqp091.Delivery, autoAck bool) *transport.Delive
 type settlement struct {
 	d       transport.Delivery
 	settled atomic.Bool
-	ch      *amqp091.Channel
+	c       *consumer
 	tag     uint64
-	queue   string
 }
 
 // Settle acks or nacks the delivery once (transport.Settler).
@@ -239,18 +250,25 @@ func (s *settlement) Settle(ack, requeue bool) error {
 	if !ack {
 		op = "nack"
 	}
+	c := s.c
 	if !s.settled.CompareAndSwap(false, true) {
-		return fmt.Errorf("amqp: %s on queue %q: %w", op, s.queue, transport.ErrAlreadySettled)
+		return fmt.Errorf("amqp: %s on queue %q: %w", op, c.queue, transport.ErrAlreadySettled)
+	}
+	c.settling.RLock()
+	defer c.settling.RUnlock()
+	if c.closing {
+		return fmt.Errorf("amqp: %s on queue %q: the consumer has stopped, its channel is closing and the broker requeues the message: %w",
+			op, c.queue, transport.ErrConnectionLost)
 	}
 	var err error
 	if ack {
-		err = s.ch.Ack(s.tag, false)
+		err = c.ch.Ack(s.tag, false)
 	} else {
-		err = s.ch.Nack(s.tag, false, requeue)
+		err = c.ch.Nack(s.tag, false, requeue)
 	}
 	if err != nil {
 		return fmt.Errorf("amqp: %s on queue %q: the consumer's channel is closed and the broker requeues the message: %w (%v)",
-			op, s.queue, transport.ErrConnectionLost, err)
+			op, c.queue, transport.ErrConnectionLost, err)
 	}
 	return nil
 }
