@@ -63,6 +63,28 @@ func (g *Globals) Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(g.errOut, o))
 }
 
+// serialized returns w made safe for the goroutines of a command, which
+// log through handlers of their own (Globals.Logger) to the same writer.
+// An *os.File is already, and stays one (terminal checks look for it).
+func serialized(w io.Writer) io.Writer {
+	if _, ok := w.(*os.File); ok {
+		return w
+	}
+	return &syncWriter{w: w}
+}
+
+// syncWriter serializes the writes to w: a log record is one write.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
 // root is the command tree. Each subcommand lives in its own file.
 type root struct {
 	Globals
@@ -80,6 +102,7 @@ func (e usageError) Unwrap() error { return e.error }
 func Main(ctx context.Context, args []string, out, errOut io.Writer) int {
 	var r root
 	secrets := secretValues(args, os.Environ())
+	out, errOut = serialized(out), serialized(errOut)
 	errOut = newScrubber(errOut, secrets)
 	r.ctx, r.in, r.out, r.errOut = ctx, os.Stdin, out, errOut
 	exited := false
