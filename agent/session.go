@@ -307,36 +307,63 @@ func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Deliver
 	if own {
 		defer s.ownSwitched()
 	}
-	w := workers{s: s, handlers: handlers, work: make(chan *transport.Delivery), done: make(chan struct{})}
-	defer close(w.done)
+	w := workers{s: s, handlers: handlers, work: make(chan *transport.Delivery)}
+	defer close(w.work) // only this loop sends on it: the idle workers end
 	for {
-		select {
-		case <-taking:
-			if own {
-				taking = nil // from now on serve passes it on
-				s.ownSwitched()
-				continue
-			}
-			return
-		case <-stop:
-			return
-		case d, ok := <-src:
-			if !ok {
-				if ctx.Err() == nil {
-					s.markLost()
+		d, ok, got := poll(taking, stop, src)
+		if !got {
+			select {
+			case <-taking:
+				if own {
+					taking = nil // from now on serve passes it on
+					s.ownSwitched()
+					continue
 				}
 				return
+			case <-stop:
+				return
+			case d, ok = <-src:
 			}
-			if own && taking == nil {
-				s.own.Go(func() { s.a.serve(s.handlers, d) })
-				continue
-			}
-			s.a.inflight.Add(1)
-			if handlers != nil {
-				handlers.Add(1)
-			}
-			w.start(d)
 		}
+		if !ok {
+			if ctx.Err() == nil {
+				s.markLost()
+			}
+			return
+		}
+		if own && taking == nil {
+			s.own.Go(func() { s.a.serve(s.handlers, d) })
+			continue
+		}
+		s.a.inflight.Add(1)
+		if handlers != nil {
+			handlers.Add(1)
+		}
+		w.start(d)
+	}
+}
+
+// poll is consumeLoop's common case, without a select's locking of every
+// channel in it (taking and stop are shared, and a select locks them all
+// even when src is ready): neither taking nor stop closed, and a delivery
+// waiting in src. A receive with default that finds its channel open and
+// empty, or nil, takes no lock. got is false when consumeLoop is to select.
+func poll(taking, stop <-chan struct{}, src <-chan *transport.Delivery) (d *transport.Delivery, ok, got bool) {
+	select {
+	case <-taking:
+		return nil, false, false
+	default:
+	}
+	select {
+	case <-stop:
+		return nil, false, false
+	default:
+	}
+	select {
+	case d, ok = <-src:
+		return d, ok, true
+	default:
+		return nil, false, false
 	}
 }
 
@@ -350,8 +377,7 @@ func (s *session) consumeLoop(ctx context.Context, src <-chan *transport.Deliver
 type workers struct {
 	s        *session
 	handlers *sync.WaitGroup
-	work     chan *transport.Delivery // to an idle worker
-	done     chan struct{}            // closed when the loop returns
+	work     chan *transport.Delivery // to an idle worker; closed when the loop returns
 }
 
 // start serves d on an idle worker, or on a new one if none is idle. The
@@ -365,13 +391,8 @@ func (w *workers) start(d *transport.Delivery) {
 }
 
 func (w *workers) run(d *transport.Delivery) {
-	for {
+	for ok := true; ok; d, ok = <-w.work {
 		w.serve(d)
-		select {
-		case d = <-w.work:
-		case <-w.done:
-			return
-		}
 	}
 }
 

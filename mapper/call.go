@@ -340,10 +340,14 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 		return nil, nil, err
 	}
 	select {
-	case <-m.ready:
-	case <-m.stopped:
-	case <-ctx.Done():
-		return nil, nil, fmt.Errorf("mapper: %s: %w", path, ctx.Err())
+	case <-m.ready: // the common case, without locking the three channels
+	default:
+		select {
+		case <-m.ready:
+		case <-m.stopped:
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("mapper: %s: %w", path, ctx.Err())
+		}
 	}
 	select {
 	case <-m.stopped:
