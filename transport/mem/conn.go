@@ -288,7 +288,15 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 		exclusive: opts.Exclusive,
 		stop:      make(chan struct{}),
 	}
-	cs.out = make(chan *transport.Delivery, min(cs.prefetch, maxChannelBuffer))
+	buf := min(cs.prefetch, maxChannelBuffer)
+	if cs.autoAck {
+		// basic.qos does not bound an AutoAck consumer: a buffer of its
+		// prefetch (1 by default) sends every delivery that finds the
+		// consumer busy through the pump, a goroutine hop more (the
+		// mapper's replies at 64 in flight).
+		buf = maxChannelBuffer
+	}
+	cs.out = make(chan *transport.Delivery, buf)
 	if cs.tag == "" {
 		cs.tag = "amq.ctag-mem-" + strconv.FormatUint(ctagSeq.Add(1), 10)
 	}
@@ -381,10 +389,11 @@ func (c *Conn) forgetConsumer(cs *consumer) {
 // unacknowledged messages, and the channel the caller receives from.
 //
 // The queue sends deliveries on out itself, under its lock, without ever
-// blocking: out has room for prefetch deliveries (up to maxChannelBuffer)
-// and a consumer holds at most prefetch unacknowledged ones, each either in
-// out or with the caller. Deliveries that do not fit (AutoAck consumers,
-// which basic.qos does not bound, or a prefetch above maxChannelBuffer)
+// blocking: out has room for prefetch deliveries (up to maxChannelBuffer;
+// always maxChannelBuffer for AutoAck) and a consumer holds at most
+// prefetch unacknowledged ones, each either in out or with the caller.
+// Deliveries that do not fit (AutoAck consumers, which basic.qos does not
+// bound, or a prefetch above maxChannelBuffer)
 // wait in overflow, which a pump goroutine feeds into out. A watcher goroutine per consumer ends it when
 // its context does.
 type consumer struct {
