@@ -32,7 +32,7 @@ func TestBertBridgeToAgents(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	a, err := agent.New(tr, agent.Config{Identity: actor + "-go"}, agent.WithLogger(testenv.Logger(t)))
+	a, err := agent.New(fabrictest.Recording(t, url, tr), agent.Config{Identity: actor + "-go"}, agent.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}

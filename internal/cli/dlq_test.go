@@ -25,7 +25,7 @@ func rabbit(t *testing.T) (transport.Transport, string) {
 	if err := wire.Topology(t.Context(), tr); err != nil {
 		t.Fatal(err)
 	}
-	return tr, url
+	return fabrictest.Recording(t, url, tr), url
 }
 
 // TestDLQListFiltersBeforeMax puts a letter that does not match ahead of one

@@ -59,8 +59,9 @@ func Each(t *testing.T, f func(t *testing.T, connect Connect)) {
 // expire only after minutes), they would pile up on a developer's broker,
 // run after run (a few hundred a run), and slow its restarts.
 type queues struct {
-	mu    sync.Mutex
-	names []string
+	mu       sync.Mutex
+	names    []string
+	onlyOurs bool // note only names that hold an Actor (see Recording)
 }
 
 // recording is a transport that notes the agent and service queues it
@@ -74,7 +75,7 @@ func (r recording) DeclareQueue(ctx context.Context, q transport.Queue) (string,
 	name, err := r.Transport.DeclareQueue(ctx, q)
 	if err == nil && !q.Exclusive &&
 		(strings.HasPrefix(name, "warren.service.") || strings.HasPrefix(name, "warren.agent.") ||
-			strings.HasPrefix(name, "warren.events.")) {
+			strings.HasPrefix(name, "warren.events.")) && (!r.q.onlyOurs || isOurs(name)) {
 		r.q.mu.Lock()
 		if !slices.Contains(r.q.names, name) {
 			r.q.names = append(r.q.names, name)
@@ -93,7 +94,7 @@ func Unwrap(tr transport.Transport) transport.Transport {
 	return tr
 }
 
-func (q *queues) deleteAll(t *testing.T, url string) {
+func (q *queues) deleteAll(t testing.TB, url string) {
 	q.mu.Lock()
 	names := q.names
 	q.mu.Unlock()
@@ -131,7 +132,35 @@ func deleteNow(t testing.TB, url string, queues []string) {
 func Actor() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	return "t" + hex.EncodeToString(b[:])
+	a := "t" + hex.EncodeToString(b[:])
+	ours.Store(a, true)
+	return a
+}
+
+// ours holds the names Actor returned in this process.
+var ours sync.Map
+
+// Recording returns tr, which must be a connection to the RabbitMQ at url,
+// noting the agent, service and event queues declared through it whose
+// names hold a name Actor returned; they are deleted when the test ends.
+// Call it before the agents and mappers that use the result start, so that
+// the deletion runs after they have stopped. Queues of other names (the
+// example actor's /simple/... in the shared vhost) may be in use by other
+// tests' processes and are left alone.
+func Recording(t testing.TB, url string, tr transport.Transport) transport.Transport {
+	declared := &queues{onlyOurs: true}
+	t.Cleanup(func() { declared.deleteAll(t, url) })
+	return recording{tr, declared}
+}
+
+// isOurs reports whether name holds a name Actor returned.
+func isOurs(name string) bool {
+	found := false
+	ours.Range(func(k, _ any) bool {
+		found = strings.Contains(name, k.(string))
+		return !found
+	})
+	return found
 }
 
 // RunAgent runs a until the end of the test (then stops it and checks that
