@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/warrenrpc/warren/internal/backoff"
@@ -48,8 +49,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	bo := backoff.New()
 	first := true
-	startLosses := 0    // of the first session (see backoff.StartRetries)
-	var inUse time.Time // when the own queue was first found in use
+	startLosses := 0        // of the first session (see backoff.StartRetries)
+	var inUse time.Time     // when the own queue was first found in use
+	var inUseSaid time.Time // when that was last logged at Warn
 	for {
 		s, err := a.startSession(ctx, bg, handlerCtx)
 		if err != nil && ctx.Err() != nil {
@@ -61,13 +63,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, ErrIdentityInUse) {
 			if inUse.IsZero() {
-				inUse = time.Now()
+				inUse, inUseSaid = time.Now(), time.Time{}
 			}
 			if first && time.Since(inUse) >= a.cfg.IdentityWait {
 				return fmt.Errorf("%w: %s kept another consumer for %v: is another agent %q running?",
 					ErrIdentityInUse, wire.AgentQueue(a.cfg.Identity), a.cfg.IdentityWait, a.cfg.Identity)
 			}
-			a.log.Error("the agent's queue is consumed by someone else: another agent with this identity, a mapper moving what a dropped agent left there, or this agent's previous connection not yet closed by the broker; waiting for it to go",
+			// A wait that ends by itself (a mapper's move, a connection
+			// the broker has not closed yet) is usual: said at Warn when
+			// it begins and every inUseEvery, each retry at Debug.
+			level := slog.LevelDebug
+			if inUseSaid.IsZero() || time.Since(inUseSaid) >= inUseEvery {
+				level, inUseSaid = slog.LevelWarn, time.Now()
+			}
+			a.log.Log(ctx, level, "the agent's queue is consumed by someone else: another agent with this identity, a mapper moving what a dropped agent left there, or this agent's previous connection not yet closed by the broker; waiting for it to go",
 				"queue", wire.AgentQueue(a.cfg.Identity), "waited", time.Since(inUse).Round(time.Millisecond), "gives_up", giveUp(first, a.cfg.IdentityWait), "err", err)
 			if !bo.Wait(ctx) {
 				if !first {
@@ -183,6 +192,10 @@ func (a *Agent) drain(cancelHandlers func()) {
 // drainGrace is how long a stopping agent waits, after the drain timeout,
 // for handlers to honour their cancelled context.
 const drainGrace = 5 * time.Second
+
+// inUseEvery is how often Run says again, at Warn, that it still waits
+// for another consumer of the agent's queue to go.
+const inUseEvery = 5 * time.Second
 
 // pingWhileDraining keeps pinging (every service inactive) during the
 // drain, so that mappers neither select the agent nor drop it as silent,
