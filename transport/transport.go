@@ -164,6 +164,13 @@ type Message struct {
 	// Headers hold values of these Go types only: string, []byte, bool,
 	// int32, int64, float64, time.Time, []any and map[string]any of the same.
 	// Transports convert other integer types to int64 on the way in.
+	//
+	// Publish may keep the map it is given, and what it holds, after it
+	// returns (the embedded broker keeps it as its copy of the message
+	// rather than copying it): do not modify a map once it is published;
+	// to publish changed headers, change a copy (maps.Clone). Transports
+	// never modify it, and the headers of every Delivery are its
+	// consumer's own.
 	Headers       map[string]any
 	MessageID     string
 	CorrelationID string
@@ -289,7 +296,8 @@ type Transport interface {
 	// Unbind removes a binding; removing a missing binding is not an error.
 	Unbind(ctx context.Context, b Binding) error
 	// Publish sends msg to exchange with routing key. A message that no
-	// queue takes is dropped, unless opts.Mandatory.
+	// queue takes is dropped, unless opts.Mandatory. It may keep
+	// msg.Headers: see Message.
 	Publish(ctx context.Context, exchange, key string, msg Message, opts PublishOptions) error
 	// Consume starts a consumer on queue. Deliveries arrive on the returned
 	// channel until ctx ends, the transport is closed, the queue is deleted

@@ -515,20 +515,22 @@ func (c *consumer) detach() {
 
 // delivery builds what the caller receives: its own copy of the message.
 // A message that went to no other queue, taken with AutoAck, is no longer
-// the broker's: the caller gets the broker's copy. Called with q.mu held.
+// the broker's: the caller gets the broker's copy (but for headers that
+// are the publisher's map). Called with q.mu held.
 func (c *consumer) delivery(qm *qmsg) *transport.Delivery {
 	m := qm.m
 	msg := m.msg
-	if !c.autoAck || !m.sole {
-		if msg.Body != nil {
-			msg.Body = bytes.Clone(msg.Body)
-		}
-		if msg.Headers != nil {
-			msg.Headers = copyTable(msg.Headers, 1)
-		}
+	own := c.autoAck && m.sole // the caller may have the broker's copy
+	if !own && msg.Body != nil {
+		msg.Body = bytes.Clone(msg.Body)
+	}
+	copied := false
+	if msg.Headers != nil && (!own || m.sharedHeaders) {
+		msg.Headers = copyTable(msg.Headers, 1)
+		copied = true
 	}
 	if qm.returns > 0 {
-		if msg.Headers == nil || (c.autoAck && m.sole) {
+		if !copied {
 			msg.Headers = copyTable(msg.Headers, 1)
 		}
 		msg.Headers["x-delivery-count"] = qm.returns

@@ -33,6 +33,9 @@ type message struct {
 	// one queue only: an AutoAck consumer then takes the broker's own copy,
 	// since once delivered nothing else can read it.
 	sole bool
+	// sharedHeaders is set when msg.Headers is the publisher's own map,
+	// which it may still read: every consumer gets a copy.
+	sharedHeaders bool
 	// firstSettlement is the Delivery and settlement of first's first
 	// delivery, allocated with the message; used and guarded as first is.
 	firstSettlement settlement
@@ -44,7 +47,14 @@ type message struct {
 func newMessage(exchange, key string, msg transport.Message) (*message, error) {
 	m := &message{exchange: exchange, key: key, msg: msg, ttl: -1}
 	m.msg.Body = bytes.Clone(msg.Body)
-	if msg.Headers != nil {
+	switch {
+	case msg.Headers == nil:
+	case normal(msg.Headers, 1):
+		// Already as amqp091-go would decode it: kept as it is, not
+		// copied (transport.Message.Headers: the publisher does not
+		// modify it any more). Deliveries get copies of their own.
+		m.sharedHeaders = true
+	default:
 		h, err := normTable(msg.Headers)
 		if err != nil {
 			return nil, err
@@ -65,6 +75,44 @@ func newMessage(exchange, key string, msg transport.Message) (*message, error) {
 		m.msg.Expiration = time.Duration(m.ttl) * time.Millisecond
 	}
 	return m, nil
+}
+
+// normal reports whether h, a table at depth (1 for the headers), is
+// normalised already (normTable would return an equal table) and readable
+// (unreadable would remove nothing), without allocating. Times are not
+// checked: a table holding one is not normal.
+func normal(h map[string]any, depth int) bool {
+	if container(depth, len(h)) != "" {
+		return false
+	}
+	for _, v := range h {
+		if !normalValue(v, depth+1) {
+			return false
+		}
+	}
+	return true
+}
+
+func normalValue(v any, depth int) bool {
+	switch x := v.(type) {
+	case nil, string, bool, int32, int64, float64:
+		return true
+	case []byte:
+		return x != nil
+	case []any:
+		if container(depth, len(x)) != "" {
+			return false
+		}
+		for _, e := range x {
+			if !normalValue(e, depth+1) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		return normal(x, depth)
+	}
+	return false
 }
 
 // normTable returns a deep copy of h with every value converted to the Go

@@ -23,6 +23,7 @@ var scenarios = []scenario{
 	{name: "DefaultExchangeRoutesByQueueName", fn: defaultExchangeRoutesByQueueName},
 	{name: "DirectRouting", fn: directRouting},
 	{name: "FanoutToAllBoundQueues", fn: fanoutToAllBoundQueues},
+	{name: "PublishedHeadersKept", fn: publishedHeadersKept},
 	{name: "TopicWildcards", fn: topicWildcards},
 	{name: "ServerNamedQueue", fn: serverNamedQueue},
 	{name: "MandatoryUnroutable", fn: mandatoryUnroutable},
@@ -374,6 +375,73 @@ func fanoutToAllBoundQueues(e *env) {
 	e.equalStrings("q1", e.contents(tr, q1), []string{"m1", "m2"})
 	e.equalStrings("q2", e.contents(tr, q2), []string{"m1", "m2"})
 	e.equalStrings("q3 (unbound)", e.contents(tr, q3), nil)
+}
+
+// publishedHeadersKept: the transport does not modify the headers it is
+// given to publish (transport.Message.Headers: it may keep them), and
+// every delivery's headers are its consumer's own: what a consumer changes
+// in them reaches neither the publisher's map, nor another queue's
+// delivery of the message, nor a redelivery. A quorum queue's
+// x-delivery-count goes into the redelivery only.
+func publishedHeadersKept(e *env) {
+	tr := e.open()
+	headers := func() map[string]any {
+		return map[string]any{"k": "v", "n": int64(1), "list": []any{"a", int64(2)}, "table": map[string]any{"x": "y"}}
+	}
+	spoil := func(h map[string]any) {
+		h["k"] = "changed"
+		h["added"] = true
+		if l, ok := h["list"].([]any); ok && len(l) > 0 {
+			l[0] = "changed"
+		}
+		if t, ok := h["table"].(map[string]any); ok {
+			t["x"] = "changed"
+		}
+	}
+	same := func(what string, got map[string]any, extra map[string]any) {
+		e.t.Helper()
+		want := headers()
+		for k, v := range extra {
+			want[k] = v
+		}
+		if !sameValue(got, want) {
+			e.t.Errorf("%s: headers %v, want %v", what, got, want)
+		}
+	}
+
+	// To two queues: a quorum queue (for x-delivery-count) and one
+	// consumed with AutoAck.
+	x := e.exchange(tr, transport.Fanout)
+	q1 := e.queue(tr, transport.Queue{Type: transport.Quorum, Durable: true})
+	q2 := e.queue(tr, transport.Queue{})
+	e.bind(tr, x, q1, "")
+	e.bind(tr, x, q2, "")
+	h := headers()
+	e.publishMsg(tr, x, "", transport.Message{Body: []byte("m"), Headers: h})
+	// Each on a connection of its own, as two processes would (a secure
+	// transport takes one copy of a message only).
+	c1 := e.consume(e.open(), q1, transport.ConsumeOptions{Prefetch: 1})
+	c2 := e.consume(e.open(), q2, transport.ConsumeOptions{AutoAck: true})
+	d1 := e.recvBody(c1, "m")
+	spoil(d1.Headers)
+	d2 := e.recvBody(c2, "m")
+	same("the AutoAck queue's delivery after the quorum queue's consumer changed its own", d2.Headers, nil)
+	spoil(d2.Headers)
+	same("the published map after consumers changed their deliveries' headers", h, nil)
+	e.nack(d1, true)
+	d1 = e.recvBody(c1, "m")
+	same("the quorum queue's redelivery", d1.Headers, map[string]any{"x-delivery-count": int64(1)})
+	e.ack(d1)
+	same("the published map after a redelivery", h, nil)
+
+	// To one queue consumed with AutoAck: the delivery is the consumer's
+	// alone, but not the publisher's map.
+	q3 := e.queue(tr, transport.Queue{})
+	h = headers()
+	e.publishMsg(tr, transport.DefaultExchange, q3, transport.Message{Body: []byte("m"), Headers: h})
+	d3 := e.recvBody(e.consume(tr, q3, transport.ConsumeOptions{AutoAck: true}), "m")
+	spoil(d3.Headers)
+	same("the published map after the one AutoAck consumer changed its delivery's headers", h, nil)
 }
 
 func topicWildcards(e *env) {

@@ -27,7 +27,8 @@
 // header type; Timestamp to the second), EmptyMessageRoundTrip,
 // LargeBodyRoundTrip, CancelledContextFails,
 // DefaultExchangeRoutesByQueueName, DirectRouting, FanoutToAllBoundQueues,
-// TopicWildcards, ServerNamedQueue, MandatoryUnroutable, ConfirmedPublish,
+// PublishedHeadersKept (Publish leaves its headers alone, and each delivery's
+// headers are its consumer's own), TopicWildcards, ServerNamedQueue, MandatoryUnroutable, ConfirmedPublish,
 // PublishToMissingExchange, UnreadableHeadersDelivered (headers amqp091-go
 // cannot read: removed, with transport.HeaderMalformed).
 //
