@@ -339,12 +339,28 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 	if err != nil {
 		return fail(fmt.Errorf("mapper: declare reply queue: %w", err))
 	}
-	replies, err := m.tr.Consume(ctx, replyQ, transport.ConsumeOptions{AutoAck: true, Exclusive: true})
-	if err != nil {
-		return fail(fmt.Errorf("mapper: consume reply queue: %w", err))
+	replyOpts := transport.ConsumeOptions{AutoAck: true, Exclusive: true}
+	if fc, ok := m.tr.(funcConsumer); ok {
+		// The embedded broker hands each reply to takeReply on the
+		// goroutine that published it: no hop through a reader.
+		done, err := fc.ConsumeFunc(ctx, replyQ, replyOpts, m.takeReply)
+		if err != nil {
+			return fail(fmt.Errorf("mapper: consume reply queue: %w", err))
+		}
+		s.wg.Go(func() {
+			<-done
+			if ctx.Err() == nil {
+				s.markLost()
+			}
+		})
+	} else {
+		replies, err := m.tr.Consume(ctx, replyQ, replyOpts)
+		if err != nil {
+			return fail(fmt.Errorf("mapper: consume reply queue: %w", err))
+		}
+		s.wg.Go(func() { m.readReplies(ctx, replies, s) })
 	}
 	s.replyQ = replyQ
-	s.wg.Go(func() { m.readReplies(ctx, replies, s) })
 	hbQ, err := m.tr.DeclareQueue(ctx, transport.Queue{Exclusive: true, AutoDelete: true})
 	if err != nil {
 		return fail(fmt.Errorf("mapper: declare heartbeat queue: %w", err))
@@ -367,51 +383,65 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 	return s, nil
 }
 
+// funcConsumer is the embedded broker's consumer with a callback
+// (mem.Conn.ConsumeFunc), which the reply queue uses when the transport
+// has it.
+type funcConsumer interface {
+	ConsumeFunc(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (<-chan struct{}, error)
+}
+
 func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
-		switch d.Type {
-		case wire.TypeProgress:
-			m.readProgress(d) // not a reply: the waiter stays
-			continue
-		case wire.TypeCredit:
-			m.readCredit(d) // a stream's flow control (stream.go)
-			continue
-		case wire.TypeChunk:
-			m.readResultChunk(d) // a piece of a streamed result (result.go)
-			continue
-		}
-		agent := d.AppID
-		m.mu.Lock()
-		w := m.pending[d.CorrelationID]
-		if w != nil && !w.accepts(agent) && m.moved(w, agent) {
-			m.log.Info("request answered by another agent: another mapper moved it from the queue of its agent to the shared queue", "correlation_id", d.CorrelationID, "agent", agent, "sent_to", w.sentTo)
-			w.sentTo = nil // any agent's, from now on
-		}
-		if w != nil && !w.accepts(agent) {
-			sentTo := slices.Clone(w.sentTo)
-			w.keep(replyFrom(d, w.path))
-			m.mu.Unlock()
-			m.foreign.Add(1)
-			m.log.Debug("reply from an agent the request was not sent to discarded", "correlation_id", d.CorrelationID, "agent", agent, "sent_to", sentTo)
-			continue
-		}
-		delete(m.pending, d.CorrelationID)
-		streamed := w != nil && w.msg.Headers[wire.HeaderAcceptStream] == true
-		m.mu.Unlock()
-		if w == nil {
-			m.late.Add(1)
-			m.log.Debug("late or unknown reply discarded", "correlation_id", d.CorrelationID)
-			continue
-		}
-		r := replyFrom(d, w.path)
-		if streamed {
-			m.finishResult(d, r, w.path) // a streamed result's data (result.go)
-		}
-		w.answer(r)
+		m.takeReply(d)
 	}
 	if ctx.Err() == nil {
 		s.markLost()
 	}
+}
+
+// takeReply handles one delivery from the reply queue. Its calls come one
+// at a time, in the queue's order: the reply reader's, or the embedded
+// broker's (funcConsumer).
+func (m *Mapper) takeReply(d *transport.Delivery) {
+	switch d.Type {
+	case wire.TypeProgress:
+		m.readProgress(d) // not a reply: the waiter stays
+		return
+	case wire.TypeCredit:
+		m.readCredit(d) // a stream's flow control (stream.go)
+		return
+	case wire.TypeChunk:
+		m.readResultChunk(d) // a piece of a streamed result (result.go)
+		return
+	}
+	agent := d.AppID
+	m.mu.Lock()
+	w := m.pending[d.CorrelationID]
+	if w != nil && !w.accepts(agent) && m.moved(w, agent) {
+		m.log.Info("request answered by another agent: another mapper moved it from the queue of its agent to the shared queue", "correlation_id", d.CorrelationID, "agent", agent, "sent_to", w.sentTo)
+		w.sentTo = nil // any agent's, from now on
+	}
+	if w != nil && !w.accepts(agent) {
+		sentTo := slices.Clone(w.sentTo)
+		w.keep(replyFrom(d, w.path))
+		m.mu.Unlock()
+		m.foreign.Add(1)
+		m.log.Debug("reply from an agent the request was not sent to discarded", "correlation_id", d.CorrelationID, "agent", agent, "sent_to", sentTo)
+		return
+	}
+	delete(m.pending, d.CorrelationID)
+	streamed := w != nil && w.msg.Headers[wire.HeaderAcceptStream] == true
+	m.mu.Unlock()
+	if w == nil {
+		m.late.Add(1)
+		m.log.Debug("late or unknown reply discarded", "correlation_id", d.CorrelationID)
+		return
+	}
+	r := replyFrom(d, w.path)
+	if streamed {
+		m.finishResult(d, r, w.path) // a streamed result's data (result.go)
+	}
+	w.answer(r)
 }
 
 // moved reports whether a reply from agent, which w was not sent to, is

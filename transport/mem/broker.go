@@ -273,7 +273,7 @@ func (b *Broker) routeLocked(exchange, key string, out []*queue) ([]*queue, erro
 func (b *Broker) publish(m *message, mandatory bool) error {
 	var qbuf [4]*queue
 	var dl []deadLetter
-	var clk clock
+	clk := clock{inline: true}
 	// Route under the topology lock, deliver under each queue's own: a
 	// queue deleted in between drops the message, as it would have a
 	// moment later.
@@ -285,6 +285,11 @@ func (b *Broker) publish(m *message, mandatory bool) error {
 		q.mu.Lock()
 		q.enqueue(m, &clk, &dl)
 		q.mu.Unlock()
+	}
+	if clk.run != nil {
+		// A callback consumer took the message and none of its callbacks
+		// runs: this goroutine runs them (ConsumeFunc).
+		clk.run.feed()
 	}
 	b.publishDeadLetters(dl)
 	switch {

@@ -274,6 +274,41 @@ func (c *Conn) Publish(ctx context.Context, exchange, key string, msg transport.
 
 // Consume implements [transport.Transport].
 func (c *Conn) Consume(ctx context.Context, queue string, opts transport.ConsumeOptions) (<-chan *transport.Delivery, error) {
+	cs, err := c.consume(ctx, queue, opts, nil)
+	if err != nil {
+		return nil, err
+	}
+	return cs.out, nil
+}
+
+// ConsumeFunc is Consume for an AutoAck consumer (opts.AutoAck must be
+// set) that has its deliveries handed to f instead of a channel, in the
+// order a channel would give them and one call at a time. f runs on the
+// goroutine that published the message, once the broker has let go of it,
+// or on one of the broker's: there is no hand-off to a goroutine reading a
+// channel. f must not block on what the publishers of its queue do, nor
+// hold a lock that they take while publishing to it. The consumer ends
+// as Consume's does; the channel returned is then closed, after f's last
+// call has returned.
+//
+// It is the embedded broker's fast path for a reply queue (Warren's
+// mappers use it when their transport is a *Conn); a
+// [transport.Transport] has no such method.
+func (c *Conn) ConsumeFunc(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (<-chan struct{}, error) {
+	if !opts.AutoAck {
+		return nil, fmt.Errorf("mem: consume queue %q with a callback: AutoAck only", queue)
+	}
+	if f == nil {
+		return nil, fmt.Errorf("mem: consume queue %q with a callback: nil callback", queue)
+	}
+	cs, err := c.consume(ctx, queue, opts, f)
+	if err != nil {
+		return nil, err
+	}
+	return cs.done, nil
+}
+
+func (c *Conn) consume(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (*consumer, error) {
 	if err := c.check(ctx); err != nil {
 		return nil, err
 	}
@@ -287,6 +322,7 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 		autoAck:   opts.AutoAck,
 		exclusive: opts.Exclusive,
 		stop:      make(chan struct{}),
+		fn:        f,
 	}
 	buf := min(cs.prefetch, maxChannelBuffer)
 	if cs.autoAck {
@@ -296,7 +332,11 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 		// mapper's replies at 64 in flight).
 		buf = maxChannelBuffer
 	}
-	cs.out = make(chan *transport.Delivery, buf)
+	if f != nil {
+		cs.done = make(chan struct{})
+	} else {
+		cs.out = make(chan *transport.Delivery, buf)
+	}
 	if cs.tag == "" {
 		cs.tag = "amq.ctag-mem-" + strconv.FormatUint(ctagSeq.Add(1), 10)
 	}
@@ -339,7 +379,7 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 	c.mu.Unlock()
 	go cs.watch(ctx)
 	b.publishDeadLetters(dl)
-	return cs.out, nil
+	return cs, nil
 }
 
 // Close implements [transport.Transport]: it ends the consumers, requeueing
@@ -403,8 +443,13 @@ type consumer struct {
 	prefetch  int
 	autoAck   bool
 	exclusive bool
-	out       chan *transport.Delivery
-	stop      chan struct{} // closed when the consumer ends
+	out       chan *transport.Delivery // nil with fn
+	stop      chan struct{}            // closed when the consumer ends
+	// fn takes the deliveries instead of out (ConsumeFunc): each goes to
+	// overflow, and a feed (the publisher's, or the pump's) calls fn;
+	// done is closed when the consumer has ended and fn returned.
+	fn   func(*transport.Delivery)
+	done chan struct{}
 
 	// Guarded by q.mu.
 	unacked      int
@@ -417,7 +462,7 @@ type consumer struct {
 }
 
 // take gives qm to c. Called with q.mu held.
-func (c *consumer) take(qm *qmsg) {
+func (c *consumer) take(qm *qmsg, clk *clock) {
 	if !c.autoAck {
 		qm.c = c
 		qm.prev, qm.next = c.list.prev, &c.list
@@ -426,7 +471,7 @@ func (c *consumer) take(qm *qmsg) {
 		c.unacked++
 	}
 	d := c.delivery(qm)
-	if !c.pumping {
+	if !c.pumping && c.fn == nil {
 		select {
 		case c.out <- d:
 			return
@@ -436,15 +481,24 @@ func (c *consumer) take(qm *qmsg) {
 	c.overflow = append(c.overflow, d)
 	if !c.pumping {
 		c.pumping = true
+		if c.fn != nil && clk.inline && clk.run == nil {
+			clk.run = c // the publisher feeds it, without q.mu
+			return
+		}
 		c.conn.wg.Add(1)
 		go c.pump()
 	}
 }
 
-// pump feeds overflow into out until overflow is empty or the consumer
-// ends.
+// pump feeds c on a goroutine of its own.
 func (c *consumer) pump() {
 	defer c.conn.wg.Done()
+	c.feed()
+}
+
+// feed hands overflow to out or fn until overflow is empty or the consumer
+// ends. It runs while c.pumping, once at a time.
+func (c *consumer) feed() {
 	q := c.q
 	for {
 		q.mu.Lock()
@@ -461,6 +515,10 @@ func (c *consumer) pump() {
 		c.overflow[c.ohead] = nil
 		c.ohead++
 		q.mu.Unlock()
+		if c.fn != nil {
+			c.fn(d)
+			continue
+		}
 		select {
 		case c.out <- d:
 		case <-c.stop:
@@ -480,6 +538,10 @@ func (c *consumer) end() {
 }
 
 func (c *consumer) closeOut() {
+	if c.fn != nil {
+		close(c.done)
+		return
+	}
 	if !c.autoAck {
 	drain:
 		for {

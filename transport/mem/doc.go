@@ -24,7 +24,13 @@
 // that stops reading holds up only its own consumer. AutoAck consumers are
 // not bounded by prefetch; what does not fit in their channel waits in a
 // buffer of their own, fed into the channel by a goroutine that runs only
-// while the buffer is not empty. Each consumer has a goroutine that ends it
+// while the buffer is not empty. An AutoAck consumer made with
+// [Conn.ConsumeFunc] has a callback instead of a channel: the publisher of
+// a message hands it over itself, once it has released the queue's lock,
+// unless a call is running (which then takes it next) or the message was
+// waiting in the queue (a broker goroutine then does). Warren's mappers
+// read their replies so, one goroutine hand-off less per request. Each
+// consumer has a goroutine that ends it
 // when its context ends. Timers (message TTL, queue expiry) are runtime
 // timers, one per queue at most, armed for the next event only; nothing
 // polls. So a broker made inside a testing/synctest bubble runs on the
@@ -33,7 +39,10 @@
 // Every delivery carries its own copy of the body and headers, so
 // consumers, publishers and other queues never share memory. (A message
 // routed to one queue only and taken by an AutoAck consumer carries the
-// broker's own copy: once delivered, nothing else can read it.)
+// broker's own copy: once delivered, nothing else can read it.) The broker
+// keeps a published message's headers as they are when they are already as
+// amqp091-go would decode them: a publisher does not modify headers once
+// published ([transport.Message]).
 //
 // # Semantics
 //
@@ -120,6 +129,7 @@
 //
 // Conn.mu, then Broker.mu, then a queue's mu. Dead letters are collected under the queue lock and republished
 // after it is released, so no two queue locks are ever held at once. No
-// lock is held while user code runs or while a channel send may block:
-// sends under a queue's lock are to a channel known to have room.
+// lock is held while user code runs (a ConsumeFunc callback included) or
+// while a channel send may block: sends under a queue's lock are to a
+// channel known to have room.
 package mem

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -299,13 +301,18 @@ func TestDeliveriesShareNoMemory(t *testing.T) {
 		}
 	}
 
-	// AutoAck from the only queue: the publisher's buffers stay its own.
+	// AutoAck from the only queue: the publisher's body stays its own (its
+	// headers it does not modify once published: transport.Message), and
+	// the consumer's changes to the headers do not reach the publisher's.
 	sole := declare()
 	body, list := publish("", sole)
 	d := next(consume(sole, true))
 	copy(body, "XXXX")
-	list[0] = "scribbled"
-	check("sole AutoAck delivery after the publisher scribbled", d)
+	check("sole AutoAck delivery after the publisher scribbled on its body", d)
+	scribble(d.Body, d.Headers)
+	if list[0] != "x" {
+		t.Errorf("the published headers after the sole AutoAck consumer scribbled: list %v", list)
+	}
 
 	// With acks: a requeued message comes back as published.
 	acked := declare()
@@ -336,4 +343,111 @@ func TestDeliveriesShareNoMemory(t *testing.T) {
 	da := next(consume(qa, true))
 	scribble(da.Body, da.Headers)
 	check("fanout AutoAck delivery after the other queue's consumer scribbled", next(consume(qb, true)))
+}
+
+// ConsumeFunc hands an AutoAck consumer's deliveries to its callback, in
+// order and one call at a time; a message published while the callback is
+// idle is handed over before Publish returns, on the publisher's
+// goroutine; the channel returned closes once the consumer ended and the
+// last call returned.
+func TestConsumeFunc(t *testing.T) {
+	ctx := t.Context()
+	tr := mem.New()
+	defer tr.Close()
+	q, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.ConsumeFunc(ctx, q, transport.ConsumeOptions{}, func(*transport.Delivery) {}); err == nil {
+		t.Fatal("ConsumeFunc without AutoAck: no error")
+	}
+	publish := func(body string) { // on any goroutine
+		if err := tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: []byte(body)}, transport.PublishOptions{}); err != nil {
+			t.Error(err)
+		}
+	}
+	publish("before") // waiting in the queue: a broker goroutine hands it over
+
+	var (
+		mu      sync.Mutex
+		got     []string
+		running atomic.Int32
+		overlap atomic.Bool
+		block   = make(chan struct{})
+		blocked = make(chan struct{})
+	)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done, err := tr.ConsumeFunc(cctx, q, transport.ConsumeOptions{AutoAck: true}, func(d *transport.Delivery) {
+		if running.Add(1) > 1 {
+			overlap.Store(true)
+		}
+		defer running.Add(-1)
+		if string(d.Body) == "block" {
+			close(blocked)
+			<-block
+		}
+		mu.Lock()
+		got = append(got, string(d.Body))
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got)
+	}
+	for count() < 1 {
+		time.Sleep(time.Millisecond) // the broker's goroutine, bounded by the test's timeout
+	}
+	// Idle: the publisher hands its message over itself.
+	publish("inline")
+	if n := count(); n != 2 {
+		t.Fatalf("after Publish returned the callback had %d deliveries, want 2", n)
+	}
+	// Several publishers: one call at a time, each publisher's in order.
+	const publishers, each = 4, 200
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Go(func() {
+			for i := range each {
+				publish(fmt.Sprintf("p%d-%d", p, i))
+			}
+		})
+	}
+	wg.Wait()
+	if n := count(); n != 2+publishers*each {
+		t.Fatalf("%d deliveries, want %d", n, 2+publishers*each)
+	}
+	if overlap.Load() {
+		t.Error("callback calls overlapped")
+	}
+	mu.Lock()
+	next := make([]int, publishers)
+	for _, b := range got[2:] {
+		var p, i int
+		if _, err := fmt.Sscanf(b, "p%d-%d", &p, &i); err != nil || i != next[p] {
+			t.Fatalf("delivery %q out of order (want p%d-%d next)", b, p, next[p])
+		}
+		next[p]++
+	}
+	mu.Unlock()
+
+	// The consumer ends while a call runs: done closes after it returned.
+	go publish("block")
+	<-blocked
+	cancel()
+	select {
+	case <-done:
+		t.Fatal("done closed while the callback ran")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(block)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("done not closed 10s after the consumer ended")
+	}
 }

@@ -180,8 +180,15 @@ func (q *queue) deadLetter(qm *qmsg, reason string, dl *[]deadLetter) {
 func expired(qm *qmsg, clk *clock) bool { return qm.expireAt != 0 && qm.expireAt < clk.now() }
 
 // clock reads the time once, when first needed: most messages have no TTL
-// and need none.
-type clock struct{ t int64 }
+// and need none. It also carries, for a publish, the one callback consumer
+// (ConsumeFunc) whose deliveries the publishing goroutine hands over itself
+// once it has released the queue's lock.
+type clock struct {
+	t int64
+	// inline is set by a caller that runs run after releasing q.mu.
+	inline bool
+	run    *consumer
+}
 
 func (c *clock) now() int64 {
 	if c.t == 0 {
@@ -203,7 +210,7 @@ func (q *queue) dispatch(clk *clock, dl *[]deadLetter) {
 			q.deadLetter(qm, reasonExpired, dl)
 			continue
 		}
-		c.take(qm)
+		c.take(qm, clk)
 	}
 }
 
