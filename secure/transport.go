@@ -251,6 +251,15 @@ func (t *Transport) Publish(ctx context.Context, exchange, key string, msg trans
 	return t.inner.Publish(ctx, exchange, key, sealed, opts)
 }
 
+// NotifyReturn implements [transport.Returner] when the wrapped transport
+// does: a sealed message keeps its message and correlation ids, exchange
+// and key in the clear, so a return names the message as it was given to
+// Publish. A basic.return comes from the broker on the publisher's own
+// channel, as a confirm does.
+func (t *Transport) NotifyReturn(f func(transport.Return)) (stop func(), ok bool) {
+	return transport.NotifyReturn(t.inner, f)
+}
+
 // seal turns msg, to be published to exchange with key, into a secure
 // message.
 func (t *Transport) seal(ctx context.Context, exchange, key string, msg transport.Message) (transport.Message, error) {

@@ -26,6 +26,9 @@ package transport
 import (
 	"context"
 	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -189,12 +192,66 @@ type Message struct {
 // PublishOptions tune one Publish.
 type PublishOptions struct {
 	// Mandatory asks the broker to return the message when no queue takes
-	// it; Publish then fails with ErrUnroutable. Implies Confirm.
+	// it; Publish then fails with ErrUnroutable. Implies Confirm, unless
+	// Unconfirmed.
 	Mandatory bool
 	// Confirm waits for the broker's publisher confirm; a nack is ErrNacked.
 	// Without it Publish returns once the message is written to the
 	// connection.
 	Confirm bool
+	// Unconfirmed, with Mandatory and without Confirm, publishes mandatory
+	// without waiting for a confirm: Publish returns once the message is
+	// written, and a message that no queue took (a basic.return) is
+	// reported later, asynchronously, to the functions registered with the
+	// transport's NotifyReturn (see Returner), as a Return whose Err wraps
+	// ErrUnroutable. So is a message lost because the channel it was
+	// written on broke (see Return). Nothing reports a message a queue
+	// took or refused (a nack): use it only for queues that do not nack
+	// (a classic queue without reject-publish) and when something else
+	// proves delivery (a reply). A transport that is not a Returner
+	// ignores it: the publish is confirmed, and unroutable is an error of
+	// Publish, as with Mandatory alone.
+	Unconfirmed bool
+}
+
+// Return reports an Unconfirmed mandatory publish that did not reach a
+// queue, by the ids and destination it was published with.
+type Return struct {
+	Exchange      string
+	Key           string
+	MessageID     string
+	CorrelationID string
+	// Err wraps ErrUnroutable when the broker returned the message (no
+	// queue took it). When the channel it was written on broke before the
+	// broker routed it, or may have (another publish on it was refused),
+	// Err wraps what broke it: ErrNotFound (no such exchange),
+	// ErrAccessRefused, or ErrConnectionLost (it may or may not have been
+	// routed).
+	Err error
+}
+
+// Returner is implemented by transports that support
+// PublishOptions.Unconfirmed (transport/amqp, transport/mem, and secure's
+// decorator over either).
+type Returner interface {
+	// NotifyReturn registers f to be called with each Return of this
+	// transport's Unconfirmed publishes, until stop is called. f is called
+	// from the transport's own goroutines, possibly concurrently; it must
+	// not block. ok is false, and nothing is registered, when the
+	// transport cannot report returns (a decorator over a transport that
+	// is not a Returner): its Unconfirmed publishes are confirmed.
+	NotifyReturn(f func(Return)) (stop func(), ok bool)
+}
+
+// NotifyReturn registers f with tr's NotifyReturn when tr is a Returner
+// that can report returns; ok is false otherwise. Decorators that embed a
+// Transport forward their NotifyReturn with it.
+func NotifyReturn(tr any, f func(Return)) (stop func(), ok bool) {
+	r, isR := tr.(Returner)
+	if !isR {
+		return nil, false
+	}
+	return r.NotifyReturn(f)
 }
 
 // ConsumeOptions tune one consumer.
@@ -308,4 +365,46 @@ type Transport interface {
 	// Close stops all consumers, requeues what they had not settled, deletes
 	// exclusive queues and releases the connection. It is idempotent.
 	Close() error
+}
+
+// Returns is the set of functions registered with a Returner's
+// NotifyReturn, for transports to embed. The zero value is ready to use;
+// it is safe for concurrent use.
+type Returns struct {
+	mu  sync.Mutex
+	fns atomic.Pointer[[]*func(Return)]
+}
+
+// Add registers f; stop removes it.
+func (rs *Returns) Add(f func(Return)) (stop func()) {
+	p := &f
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	var cur []*func(Return)
+	if old := rs.fns.Load(); old != nil {
+		cur = *old
+	}
+	next := append(slices.Clip(cur), p)
+	rs.fns.Store(&next)
+	return func() {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		old := rs.fns.Load()
+		if old == nil {
+			return
+		}
+		next := slices.DeleteFunc(slices.Clone(*old), func(q *func(Return)) bool { return q == p })
+		rs.fns.Store(&next)
+	}
+}
+
+// Report calls every registered function with r.
+func (rs *Returns) Report(r Return) {
+	fns := rs.fns.Load()
+	if fns == nil {
+		return
+	}
+	for _, f := range *fns {
+		(*f)(r)
+	}
 }

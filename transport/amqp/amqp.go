@@ -109,6 +109,9 @@ type Transport struct {
 
 	stats counters
 
+	// returns gets the returns of Unconfirmed publishes (NotifyReturn).
+	returns transport.Returns
+
 	mu        sync.Mutex
 	cur       *link         // nil while reconnecting
 	up        chan struct{} // closed while cur is set
@@ -116,7 +119,10 @@ type Transport struct {
 	wg        sync.WaitGroup // abandoned operations
 }
 
-var _ transport.Transport = (*Transport)(nil)
+var (
+	_ transport.Transport = (*Transport)(nil)
+	_ transport.Returner  = (*Transport)(nil)
+)
 
 // Dial connects to the broker at url (amqp:// or amqps://) and returns a
 // Transport. ctx bounds the connection attempts; Dial itself does not retry.

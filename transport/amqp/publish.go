@@ -45,7 +45,12 @@ type pubChannel struct {
 	ch      *amqp091.Channel
 	confirm bool // in confirm mode, with a dispatcher
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// recent holds the latest Unconfirmed mandatory publishes on a channel
+	// not in confirm mode, oldest first, at most recentUnconfirmed of
+	// them: when the channel breaks they are reported as returns (see
+	// watch).
+	recent  []transport.Return
 	pending map[uint64]*pending
 	byID    map[string]uint64 // message id → tag, to match returns without a token header
 	dead    bool              // the dispatcher has finished: nothing will be confirmed
@@ -201,7 +206,10 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 			pd.msgID = "" // matched by id on this attempt's channel only
 		}
 		msg := pub
-		if mandatory && !(pd != nil && pc.matchByID(pub.MessageId, tag, pd)) {
+		if mandatory && pd == nil {
+			// Unconfirmed: the caller matches a return by its ids.
+			pc.remember(exchange, key, pub)
+		} else if mandatory && !pc.matchByID(pub.MessageId, tag, pd) {
 			// No unique message id to match a return with: carry the
 			// delivery tag in a header.
 			h := make(amqp091.Table, len(pub.Headers)+1)
@@ -294,7 +302,12 @@ func (p *publisher) open(l *link, confirm bool) (*pubChannel, error) {
 	pc := &pubChannel{l: l, ch: ch, confirm: confirm, pending: make(map[uint64]*pending), byID: make(map[string]uint64)}
 	if !confirm {
 		// A channel error (a missing exchange) closes it; send sees that
-		// and opens another.
+		// and opens another. Returns of Unconfirmed mandatory publishes
+		// go to NotifyReturn's functions.
+		returns := ch.NotifyReturn(make(chan amqp091.Return, 256))
+		closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
+		p.wg.Add(1)
+		go p.watch(pc, returns, closes)
 		return pc, nil
 	}
 	// Buffers are generous so that the connection's reader goroutine never
@@ -306,6 +319,70 @@ func (p *publisher) open(l *link, confirm bool) (*pubChannel, error) {
 	go p.dispatch(pc, confirms, returns, closes)
 	t.log.Debug("opened publish channel")
 	return pc, nil
+}
+
+// recentUnconfirmed bounds pubChannel.recent. RabbitMQ drops what a
+// channel carries after the publish that broke it until the client sees
+// the channel.close, a round trip later: the latest publishes are the ones
+// that can be lost that way, and far fewer than this are written in a
+// round trip.
+const recentUnconfirmed = 4096
+
+// remember records an Unconfirmed mandatory publish on pc, a channel not
+// in confirm mode, before it is sent. A record made after watch took them
+// is of a publish that amqp091 refuses (the channel is marked closed
+// before its close is notified): send retries it on another channel.
+func (pc *pubChannel) remember(exchange, key string, pub amqp091.Publishing) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if len(pc.recent) == recentUnconfirmed {
+		n := copy(pc.recent, pc.recent[recentUnconfirmed/2:])
+		clear(pc.recent[n:])
+		pc.recent = pc.recent[:n]
+	}
+	pc.recent = append(pc.recent, transport.Return{Exchange: exchange, Key: key, MessageID: pub.MessageId, CorrelationID: pub.CorrelationId})
+}
+
+// watch hands the returns of pc, a channel not in confirm mode, to the
+// transport's NotifyReturn functions until the channel closes. Then, unless
+// the transport is closing, it reports the latest Unconfirmed mandatory
+// publishes on it as lost with the error that broke it: RabbitMQ drops
+// what a channel carries after a publish it refused, and no confirm will
+// say which.
+func (p *publisher) watch(pc *pubChannel, returns <-chan amqp091.Return, closes <-chan *amqp091.Error) {
+	defer p.wg.Done()
+	t := p.t
+	var closeErr *amqp091.Error
+	for returns != nil || closes != nil {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			t.returns.Report(transport.Return{
+				Exchange: r.Exchange, Key: r.RoutingKey, MessageID: r.MessageId, CorrelationID: r.CorrelationId,
+				Err: fmt.Errorf("amqp: publish to exchange %q with key %q: %w (%s)", r.Exchange, r.RoutingKey, transport.ErrUnroutable, r.ReplyText),
+			})
+		case e, ok := <-closes:
+			if !ok {
+				closes = nil
+				continue
+			}
+			closeErr = e
+		}
+	}
+	pc.mu.Lock()
+	lost := pc.recent
+	pc.recent = nil
+	pc.mu.Unlock()
+	if t.closed.Load() {
+		return
+	}
+	for _, r := range lost {
+		r.Err = p.failure(pc.l, r.Exchange, r.Key, closeErr)
+		t.returns.Report(r)
+	}
 }
 
 // matchByID arranges for a return of this publish to be matched by its
@@ -528,8 +605,11 @@ func (p *publisher) close(l *link) {
 
 // Publish sends msg to exchange with routing key key. Without
 // opts.Confirm it returns once the message is handed to the connection;
-// with it (or opts.Mandatory) it waits for the broker's publisher confirm,
-// and many such publishes can be in flight together. While the broker
+// with it (or opts.Mandatory, unless opts.Unconfirmed) it waits for the
+// broker's publisher confirm, and many such publishes can be in flight
+// together. An Unconfirmed mandatory publish goes on a channel not in
+// confirm mode; its basic.return, or the loss of the channel it was
+// written on, is reported to NotifyReturn's functions. While the broker
 // blocks the connection (a resource alarm) Publish waits, honouring ctx.
 //
 // A publish to an exchange that does not exist makes RabbitMQ close the
@@ -553,10 +633,20 @@ func (t *Transport) Publish(ctx context.Context, exchange, key string, msg trans
 	if err != nil {
 		return fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
 	}
-	err = t.publisher.publish(ctx, exchange, key, pub, opts.Mandatory, opts.Confirm || opts.Mandatory)
+	confirm := opts.Confirm || opts.Mandatory && !opts.Unconfirmed
+	err = t.publisher.publish(ctx, exchange, key, pub, opts.Mandatory, confirm)
 	if err != nil && !strings.HasPrefix(err.Error(), "amqp: ") {
 		// Errors from the dispatcher name the exchange already.
 		err = fmt.Errorf("amqp: publish to exchange %q: %w", exchange, err)
 	}
 	return err
+}
+
+// NotifyReturn implements [transport.Returner]: f gets the returns of
+// Unconfirmed mandatory publishes, from the goroutine that watches their
+// channel, and, when such a channel breaks (a publish to a missing exchange
+// closes it; so does the loss of the connection), each of the latest
+// Unconfirmed publishes on it, with the error that broke it.
+func (t *Transport) NotifyReturn(f func(transport.Return)) (stop func(), ok bool) {
+	return t.returns.Add(f), true
 }

@@ -3,6 +3,7 @@ package mem
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -27,9 +28,15 @@ type Conn struct {
 	mu        sync.Mutex // guards the maps; taken before Broker.mu
 	consumers map[*consumer]struct{}
 	exclusive map[*queue]struct{}
+
+	// returns gets the returns of Unconfirmed publishes (NotifyReturn).
+	returns transport.Returns
 }
 
-var _ transport.Transport = (*Conn)(nil)
+var (
+	_ transport.Transport = (*Conn)(nil)
+	_ transport.Returner  = (*Conn)(nil)
+)
 
 var ctagSeq atomic.Uint64
 
@@ -269,7 +276,22 @@ func (c *Conn) Publish(ctx context.Context, exchange, key string, msg transport.
 	if err != nil {
 		return err
 	}
-	return c.b.publish(m, opts.Mandatory)
+	err = c.b.publish(m, opts.Mandatory)
+	if opts.Mandatory && opts.Unconfirmed && !opts.Confirm && errors.Is(err, transport.ErrUnroutable) {
+		// As RabbitMQ's basic.return, after Publish has returned.
+		r := transport.Return{Exchange: exchange, Key: key, MessageID: msg.MessageID, CorrelationID: msg.CorrelationID, Err: err}
+		go c.returns.Report(r)
+		return nil
+	}
+	return err
+}
+
+// NotifyReturn implements [transport.Returner]: f gets, from a goroutine
+// of its own, each Unconfirmed mandatory publish of this connection that
+// no queue took. A publish to a missing exchange is ErrNotFound from
+// Publish, as without Unconfirmed.
+func (c *Conn) NotifyReturn(f func(transport.Return)) (stop func(), ok bool) {
+	return c.returns.Add(f), true
 }
 
 // Consume implements [transport.Transport].

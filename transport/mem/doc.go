@@ -95,6 +95,9 @@
 //     transport.ErrNotFound even without Confirm (RabbitMQ closes the
 //     channel asynchronously), and Confirm costs nothing: the broker has
 //     taken the message when Publish returns. Nothing is ever nacked.
+//     An Unconfirmed mandatory publish that no queue takes is reported
+//     to NotifyReturn's functions from a goroutine, after Publish
+//     returned nil, as RabbitMQ's basic.return is.
 //   - Everything else is synchronous too: a dead letter is in its new
 //     queue, and a requeued message offered to consumers, when the call
 //     that caused it returns. Where RabbitMQ's order depends on timing (a

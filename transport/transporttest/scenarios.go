@@ -27,6 +27,8 @@ var scenarios = []scenario{
 	{name: "TopicWildcards", fn: topicWildcards},
 	{name: "ServerNamedQueue", fn: serverNamedQueue},
 	{name: "MandatoryUnroutable", fn: mandatoryUnroutable},
+	{name: "UnconfirmedReturned", fn: unconfirmedReturned},
+	{name: "UnconfirmedChannelBreak", fn: unconfirmedChannelBreak},
 	{name: "ConfirmedPublish", fn: confirmedPublish},
 	{name: "PublishToMissingExchange", fn: publishToMissingExchange},
 	{name: "UnreadableHeadersDelivered", fn: unreadableHeadersDelivered},

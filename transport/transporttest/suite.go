@@ -28,7 +28,10 @@
 // LargeBodyRoundTrip, CancelledContextFails,
 // DefaultExchangeRoutesByQueueName, DirectRouting, FanoutToAllBoundQueues,
 // PublishedHeadersKept (Publish leaves its headers alone, and each delivery's
-// headers are its consumer's own), TopicWildcards, ServerNamedQueue, MandatoryUnroutable, ConfirmedPublish,
+// headers are its consumer's own), TopicWildcards, ServerNamedQueue,
+// MandatoryUnroutable, UnconfirmedReturned and UnconfirmedChannelBreak
+// (PublishOptions.Unconfirmed: every transport is a transport.Returner),
+// ConfirmedPublish,
 // PublishToMissingExchange, UnreadableHeadersDelivered (headers amqp091-go
 // cannot read: removed, with transport.HeaderMalformed).
 //
