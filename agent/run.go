@@ -276,7 +276,17 @@ func (a *Agent) heartbeat() wire.Heartbeat {
 		PingInterval: a.cfg.PingInterval.Milliseconds(),
 		Inactive:     a.inactive(),
 		Started:      a.started.UTC(),
+		QueueType:    a.queueType(),
 	}
+}
+
+// queueType is the type of the agent's own queue, as declared (see
+// session.declare), for its heartbeat.
+func (a *Agent) queueType() string {
+	if a.cfg.Durable {
+		return wire.QueueQuorum
+	}
+	return wire.QueueClassic
 }
 
 // inactive lists the services whose Active predicate is false: every

@@ -319,7 +319,9 @@ var ErrBadHeartbeat = errors.New("warren: heartbeat refused")
 // is the identity's, whose services and inactive services are valid paths,
 // whose status is a finite number, a string or another JSON value, and
 // whose ping interval is within MinPingInterval..MaxPingInterval. A
-// missing queue is filled in. Errors wrap ErrBadHeartbeat and say why.
+// missing queue is filled in; a queue type other than QueueClassic and
+// QueueQuorum is read as "" (not reported). Errors wrap ErrBadHeartbeat
+// and say why.
 func ReadHeartbeat(d *transport.Delivery) (Heartbeat, error) {
 	var hb Heartbeat
 	if why, ok := d.Headers[transport.HeaderMalformed].(string); ok {
@@ -359,6 +361,9 @@ func ReadHeartbeat(d *transport.Delivery) (Heartbeat, error) {
 	}
 	if hb.InFlight != nil && *hb.InFlight < 0 || hb.Handled != nil && *hb.Handled < 0 {
 		return hb, fmt.Errorf("%w: agent %s: negative in_flight or handled", ErrBadHeartbeat, hb.Identity)
+	}
+	if hb.QueueType != QueueClassic && hb.QueueType != QueueQuorum {
+		hb.QueueType = "" // a type this version does not know: not reported
 	}
 	return hb, nil
 }

@@ -192,6 +192,33 @@ func TestHeartbeat(t *testing.T) {
 			t.Errorf("%s: %v, want ErrBadHeartbeat saying %q", tc.name, err, tc.says)
 		}
 	}
+	// The queue type travels as queue_type; absent or unknown, it is not
+	// classic, so requests keep their confirm.
+	for _, qt := range []string{QueueClassic, QueueQuorum, "", "stream"} {
+		good.QueueType = qt
+		msg, err := NewHeartbeat(TypePing, good)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has := strings.Contains(string(msg.Body), `"queue_type"`); has != (qt != "") {
+			t.Errorf("queue type %q: body %s", qt, msg.Body)
+		}
+		hb, err := ReadHeartbeat(&transport.Delivery{Message: msg})
+		want := qt
+		if qt == "stream" {
+			want = "" // unknown: read as not reported
+		}
+		if err != nil || hb.QueueType != want || NoNack(hb.QueueType) != (qt == QueueClassic) {
+			t.Errorf("queue type %q: read %q, %v", qt, hb.QueueType, err)
+		}
+	}
+	if hb, err := ReadHeartbeat(&transport.Delivery{Message: transport.Message{Type: TypePing, Body: body(func(map[string]any) {})}}); err != nil || hb.QueueType != "" || NoNack(hb.QueueType) {
+		t.Errorf("a heartbeat without queue_type (an older or outside agent): %+v %v, want no queue type", hb, err)
+	}
+	hb, err = ReadHeartbeat(&transport.Delivery{Message: transport.Message{Type: TypePing, Body: body(func(m map[string]any) { m["queue_type"] = "classic" })}})
+	if err != nil || !NoNack(hb.QueueType) {
+		t.Errorf("queue_type classic: %+v %v", hb, err)
+	}
 	// Any JSON status, and an unregister, are fine.
 	for _, st := range []string{`"busy"`, `null`, `{"cpu":1}`, `-1000`} {
 		b := []byte(`{"identity":"fred","services":["/a/b"],"status":` + st + `,"ping_interval_ms":10}`)

@@ -159,7 +159,28 @@ type Heartbeat struct {
 	// this heartbeat (Warren's agents send both; nil: not reported).
 	InFlight *int64 `json:"in_flight,omitempty"`
 	Handled  *int64 `json:"handled,omitempty"`
+	// QueueType, optional, is the type of the agent's own queue as the
+	// agent declared it: QueueClassic or QueueQuorum; "" when not
+	// reported. Only QueueClassic lets a mapper send requests without a
+	// publisher confirm (see NoNack).
+	QueueType string `json:"queue_type,omitempty"`
 }
+
+// Values of Heartbeat.QueueType.
+const (
+	QueueClassic = string(transport.Classic)
+	QueueQuorum  = string(transport.Quorum)
+)
+
+// NoNack reports whether the agent's own queue, of the type queueType
+// that its heartbeat reported (AgentInfo.QueueType, Heartbeat.QueueType),
+// is one that the broker does not nack publishes to in normal operation:
+// a classic queue, which Warren declares without reject-publish overflow,
+// nacks only when its queue process fails. A quorum queue nacks around a
+// leader election; an unknown or missing type is taken to nack. Requests
+// to such an agent need no publisher confirm: the reply proves delivery,
+// and a basic.return that the queue is gone.
+func NoNack(queueType string) bool { return queueType == QueueClassic }
 
 // RemoteError is a failure reported by the agent that handled a request.
 // errors.Is matches another *RemoteError with the same Code, so
