@@ -478,18 +478,28 @@ func (m *Mapper) message(ctx context.Context, typ, path string, body []byte) tra
 // With a selector (a Request, not a leg of a fan-out), the request may be
 // re-sent to another agent that selector picks if t leaves or expires
 // before answering (see redispatch).
+//
+// A request that is not Persistent, to an agent whose own queue is classic
+// (its heartbeat says so: wire.NoNack), is published mandatory without a
+// publisher confirm: such a queue does not nack, the reply proves
+// delivery, a basic.return (its queue is gone) fails it at once as
+// ErrUnroutable does (see onReturn), and a lost connection fails it with
+// every other waiting call. Any other request keeps the confirm and
+// publishOne's retry of a nack.
 func (m *Mapper) ask(ctx context.Context, path string, t AgentInfo, body []byte, sel Selector, persistent, fanOut bool) (*Reply, error) {
 	msg := m.message(ctx, wire.TypeRequest, path, body)
 	pin(&msg, sel, fanOut)
 	m.address(&msg, t.Identity)
 	msg.Persistent = persistent
-	return m.await(ctx, path, t.Identity, msg, sel, wire.RequestExchange, t.Identity)
+	unconfirmed := !persistent && wire.NoNack(t.QueueType) && m.returns.Load()
+	return m.await(ctx, path, t.Identity, msg, sel, wire.RequestExchange, t.Identity, unconfirmed)
 }
 
-// await publishes a request and waits for its reply.
-func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, sel Selector, exchange, key string) (*Reply, error) {
+// await publishes a request and waits for its reply; unconfirmed, without
+// waiting for a publisher confirm (see ask).
+func (m *Mapper) await(ctx context.Context, path, target string, msg transport.Message, sel Selector, exchange, key string, unconfirmed bool) (*Reply, error) {
 	msg.CorrelationID = msg.MessageID
-	w := &waiter{ch: make(chan struct{}, 1), path: path, target: target, sel: sel}
+	w := &waiter{ch: make(chan struct{}, 1), path: path, target: target, sel: sel, unconfirmed: unconfirmed}
 	if target != "" {
 		w.first[0] = target
 		w.sentTo = w.first[:]
@@ -515,7 +525,13 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 		delete(m.pending, msg.CorrelationID)
 		m.mu.Unlock()
 	}
-	if err := m.publishOne(ctx, exchange, key, msg); err != nil {
+	var err error
+	if unconfirmed {
+		err = m.tr.Publish(ctx, exchange, key, msg, transport.PublishOptions{Mandatory: true, Unconfirmed: true})
+	} else {
+		err = m.publishOne(ctx, exchange, key, msg)
+	}
+	if err != nil {
 		forget()
 		if target != "" {
 			m.unroutable(target, err)
@@ -526,6 +542,11 @@ func (m *Mapper) await(ctx context.Context, path, target string, msg transport.M
 	select {
 	case <-w.ch:
 		r := w.reply
+		if w.returned {
+			// As the error of a confirmed publish above.
+			m.unroutable(target, r.Err)
+			return nil, fmt.Errorf("mapper: request %s to %s: %w", path, target, r.Err)
+		}
 		if r.Agent == "" {
 			r.Agent = target
 		}
@@ -564,6 +585,10 @@ type waiter struct {
 	msg     transport.Message
 	sel     Selector  // a Request's selector; nil for a fan-out leg or a parked request
 	sent    time.Time // when it was sent to target (see probeAgents)
+	// unconfirmed: it was published to target without a confirm, so a
+	// return of it (onReturn) may come; returned: one came and answered
+	// it (guarded by the mapper's mu until answered).
+	unconfirmed, returned bool
 	// progress queues progress for the callback; nil when not asked for.
 	progress *progressQueue
 	// A stream's (Stream): credit says stored changed (the chunks its
@@ -692,6 +717,7 @@ func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 		return
 	}
 	next := picked[0]
+	w.unconfirmed = false // re-sent with a confirm, by publishOne
 	w.target = next.Identity
 	w.sentTo = append(w.sentTo, next.Identity)
 	w.sent = time.Now()
@@ -716,6 +742,30 @@ func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 	}
 }
 
+// onReturn fails the request that a return names, if it still waits and
+// was published to that agent without a confirm (see ask), as the
+// confirmed publish would have failed: await then drops the agent when its
+// queue is gone and Request tries the next one. A return is matched by
+// correlation id, message id, exchange and agent; the table of waiting
+// requests is what bounds what is matched (a return comes within a round
+// trip of its publish, and none says when no more can come).
+func (m *Mapper) onReturn(r transport.Return) {
+	if r.Exchange != wire.RequestExchange || r.CorrelationID == "" {
+		return
+	}
+	m.mu.Lock()
+	w := m.pending[r.CorrelationID]
+	if w == nil || !w.unconfirmed || w.target != r.Key || w.msg.MessageID != r.MessageID {
+		m.mu.Unlock()
+		return
+	}
+	delete(m.pending, r.CorrelationID)
+	w.returned = true
+	m.mu.Unlock()
+	m.log.Debug("request returned by the broker", "agent", r.Key, "correlation_id", r.CorrelationID, "err", r.Err)
+	w.answer(&Reply{Agent: r.Key, Err: r.Err})
+}
+
 // parkRequest parks a request in the service's shared queue and waits for
 // the reply of whichever agent takes it.
 func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c call) (*Reply, error) {
@@ -729,7 +779,7 @@ func (m *Mapper) parkRequest(ctx context.Context, path string, payload any, c ca
 	if err != nil {
 		return nil, err
 	}
-	r, err := m.await(ctx, path, "", msg, nil, wire.ServiceExchange, path)
+	r, err := m.await(ctx, path, "", msg, nil, wire.ServiceExchange, path, false)
 	if err != nil {
 		return nil, noSharedQueue(path, refused, err)
 	}

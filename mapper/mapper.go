@@ -115,6 +115,9 @@ type Mapper struct {
 	// addressed: set warren-to on requests and pushes (wire.WantsRecipient).
 	addressed bool
 	dropped   atomic.Int64
+	// returns: the transport reports the returns of Unconfirmed publishes
+	// to onReturn, while Run runs (transport.Returner).
+	returns atomic.Bool
 }
 
 // New returns a mapper on tr. It does not touch the broker until Run.
@@ -223,6 +226,11 @@ func (m *Mapper) Run(ctx context.Context) error {
 	defer close(m.stopped)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if stop, ok := transport.NotifyReturn(m.tr, m.onReturn); ok {
+		defer stop()
+		m.returns.Store(true)
+		defer m.returns.Store(false)
+	}
 	m.mu.Lock()
 	m.runCtx = ctx
 	m.mu.Unlock()

@@ -29,6 +29,11 @@ type AgentInfo struct {
 	// in hand and handled since it started, as of its latest heartbeat;
 	// -1 when it does not report them (an agent outside Warren may not).
 	InFlight, Handled int64
+	// QueueType is the type of the agent's own queue as its heartbeat
+	// reports it (wire.QueueClassic, wire.QueueQuorum), "" when it does
+	// not. Requests to an agent whose queue is classic are published
+	// without a publisher confirm (see Mapper.Request).
+	QueueType string
 }
 
 // Serves reports whether the agent offers path.
@@ -153,6 +158,7 @@ func (r *registry) update(typ string, hb wire.Heartbeat, now time.Time) []Event 
 		Inactive:     slices.Clone(hb.Inactive),
 		InFlight:     count(hb.InFlight),
 		Handled:      count(hb.Handled),
+		QueueType:    hb.QueueType,
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

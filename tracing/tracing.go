@@ -107,6 +107,11 @@ func Wrap(tr transport.Transport, tp trace.TracerProvider) transport.Transport {
 // WantsRecipient passes on the wrapped transport's (secure mode's) wish.
 func (t *tracingTransport) WantsRecipient() bool { return wire.WantsRecipient(t.Transport) }
 
+// NotifyReturn forwards to the wrapped transport (transport.Returner).
+func (t *tracingTransport) NotifyReturn(f func(transport.Return)) (stop func(), ok bool) {
+	return transport.NotifyReturn(t.Transport, f)
+}
+
 func work(typ string) bool { return typ == wire.TypeRequest || typ == wire.TypePush }
 
 func attrs(msg transport.Message, exchange, key string) []attribute.KeyValue {

@@ -85,6 +85,12 @@ func (r recording) DeclareQueue(ctx context.Context, q transport.Queue) (string,
 	return name, err
 }
 
+// NotifyReturn forwards to the transport it records for
+// (transport.Returner), so that mappers publish as they do on it.
+func (r recording) NotifyReturn(f func(transport.Return)) (stop func(), ok bool) {
+	return transport.NotifyReturn(r.Transport, f)
+}
+
 // Unwrap returns the transport under the one a Connect returned: the
 // *amqp.Transport or the embedded broker's connection.
 func Unwrap(tr transport.Transport) transport.Transport {
