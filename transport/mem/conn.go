@@ -613,7 +613,7 @@ func (c *consumer) delivery(qm *qmsg) *transport.Delivery {
 		msg.Headers = copyTable(msg.Headers, 1)
 		copied = true
 	}
-	if qm.returns > 0 {
+	if qm.returns > 0 && c.q.quorum() {
 		if !copied {
 			msg.Headers = copyTable(msg.Headers, 1)
 		}
@@ -637,7 +637,7 @@ func (c *consumer) delivery(qm *qmsg) *transport.Delivery {
 	d := &s.d
 	d.Exchange = m.exchange
 	d.RoutingKey = m.key
-	d.Redelivered = qm.redelivered
+	d.Redelivered = qm.returns > 0
 	d.ConsumerTag = c.tag
 	return d
 }

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestTopicMatch(t *testing.T) {
@@ -115,13 +116,13 @@ func equalValue(a, b any) bool {
 // x-first-death-* keep the first.
 func TestDeadLetterHeaders(t *testing.T) {
 	now := time.Unix(1700000000, 0)
-	m := &message{exchange: "", key: "q1", ttl: 250}
+	m := &message{exchange: "", key: "q1"}
 	m.msg.Headers = map[string]any{"app": "x"}
 	m.msg.Expiration = 250 * time.Millisecond
 
 	m1 := deadLetter{m: m, reason: reasonExpired, queue: "q1", dlx: "dlx"}.build(now)
-	if m1.exchange != "dlx" || m1.key != "q1" || m1.msg.Expiration != 0 || m1.ttl != -1 {
-		t.Fatalf("first dead letter: exchange %q key %q expiration %v ttl %d", m1.exchange, m1.key, m1.msg.Expiration, m1.ttl)
+	if m1.exchange != "dlx" || m1.key != "q1" || m1.msg.Expiration != 0 || m1.ttl() != -1 {
+		t.Fatalf("first dead letter: exchange %q key %q expiration %v ttl %d", m1.exchange, m1.key, m1.msg.Expiration, m1.ttl())
 	}
 	m2 := deadLetter{m: m1, reason: reasonRejected, queue: "q2", dlx: "dlx2", dlrk: "to-q1"}.build(now)
 	m3 := deadLetter{m: m2, reason: reasonExpired, queue: "q1", dlx: "dlx"}.build(now.Add(time.Second))
@@ -204,5 +205,14 @@ func TestRingInsertKeepsSeqOrder(t *testing.T) {
 	}
 	if s := strings.Join(got, ""); s != "1345689" {
 		t.Errorf("ring order %s, want 1345689", s)
+	}
+}
+
+// A message, two per round trip, stays in the 576-byte size class (with
+// the 8-byte header of an object over 512 bytes that holds pointers): one
+// field more and it is 640.
+func TestMessageSize(t *testing.T) {
+	if n := unsafe.Sizeof(message{}); n+8 > 576 {
+		t.Errorf("message is %d bytes, with its malloc header over the 576-byte size class", n)
 	}
 }

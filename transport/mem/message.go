@@ -17,35 +17,45 @@ import (
 // once built, so every queue it was routed to shares it and consumers read
 // it without locks.
 type message struct {
+	// msg.Expiration is the per-message TTL as it travels on the wire,
+	// whole milliseconds (see ttl).
 	msg      transport.Message
 	exchange string
 	key      string
-	// ttl is the per-message expiration in milliseconds as it travels on
-	// the wire, -1 when none.
-	ttl int64
 
 	// first is the queue entry of the first queue the message is routed
 	// to, allocated with it: most messages go to one queue.
-	first     qmsg
-	firstUsed bool // set by the one goroutine that enqueues the message
+	first qmsg
+	// firstSettlement is the Delivery and settlement of first's first
+	// delivery, allocated with the message; used and guarded as first is.
+	firstSettlement settlement
 
+	// The flags together, after the rest: a message is two of the
+	// broker's allocations per round trip, and this keeps it in the
+	// 576-byte size class.
+	firstUsed bool // set by the one goroutine that enqueues the message
 	// sole is set, before the message is enqueued, when it is routed to
 	// one queue only: an AutoAck consumer then takes the broker's own copy,
 	// since once delivered nothing else can read it.
 	sole bool
 	// sharedHeaders is set when msg.Headers is the publisher's own map,
 	// which it may still read: every consumer gets a copy.
-	sharedHeaders bool
-	// firstSettlement is the Delivery and settlement of first's first
-	// delivery, allocated with the message; used and guarded as first is.
-	firstSettlement settlement
-	firstDelivered  bool
+	sharedHeaders  bool
+	firstDelivered bool // guarded as first is
+}
+
+// ttl is the per-message expiration in milliseconds, -1 when none.
+func (m *message) ttl() int64 {
+	if m.msg.Expiration <= 0 {
+		return -1
+	}
+	return int64(m.msg.Expiration / time.Millisecond)
 }
 
 // newMessage copies msg into a message the broker owns, normalised as an
 // AMQP 0-9-1 round trip through amqp091-go would normalise it.
 func newMessage(exchange, key string, msg transport.Message) (*message, error) {
-	m := &message{exchange: exchange, key: key, msg: msg, ttl: -1}
+	m := &message{exchange: exchange, key: key, msg: msg}
 	m.msg.Body = bytes.Clone(msg.Body)
 	switch {
 	case msg.Headers == nil:
@@ -71,8 +81,7 @@ func newMessage(exchange, key string, msg transport.Message) (*message, error) {
 		return nil, fmt.Errorf("mem: expiration %v is over the limit of %v (2^32-1 ms, RabbitMQ's)", msg.Expiration, transport.MaxExpiration)
 	case msg.Expiration > 0:
 		// Milliseconds on the wire, rounded up: never sooner than asked.
-		m.ttl = int64((msg.Expiration + time.Millisecond - 1) / time.Millisecond)
-		m.msg.Expiration = time.Duration(m.ttl) * time.Millisecond
+		m.msg.Expiration = (msg.Expiration + time.Millisecond - 1) / time.Millisecond * time.Millisecond
 	}
 	return m, nil
 }
@@ -232,7 +241,7 @@ type deadLetter struct {
 // moved into x-death as original-expiration.
 func (d deadLetter) build(now time.Time) *message {
 	old := d.m
-	nm := &message{exchange: d.dlx, key: old.key, msg: old.msg, ttl: -1}
+	nm := &message{exchange: d.dlx, key: old.key, msg: old.msg}
 	if d.dlrk != "" {
 		nm.key = d.dlrk
 	}
@@ -246,8 +255,8 @@ func (d deadLetter) build(now time.Time) *message {
 		"exchange":     old.exchange,
 		"routing-keys": []any{old.key},
 	}
-	if old.ttl >= 0 {
-		info["original-expiration"] = strconv.FormatInt(old.ttl, 10)
+	if ttl := old.ttl(); ttl >= 0 {
+		info["original-expiration"] = strconv.FormatInt(ttl, 10)
 	}
 	switch deaths := h["x-death"].(type) {
 	case nil:

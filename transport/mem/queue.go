@@ -14,10 +14,9 @@ type qmsg struct {
 	m        *message
 	seq      uint64 // publish order in this queue: requeue goes back here
 	expireAt int64  // unix nanoseconds; 0 means never
-	// redelivered is set when the message comes back unsettled.
-	redelivered bool
-	// returns counts the times the message came back unsettled (quorum
-	// queues' x-delivery-count).
+	// returns counts the times the message came back unsettled: it is
+	// redelivered when not 0, and a quorum queue's x-delivery-count. (No
+	// flag for the one: a message is in the 576-byte size class.)
 	returns int64
 	// c owns the message while it is unacknowledged; prev and next link it
 	// into c's list of unacknowledged messages.
@@ -149,8 +148,8 @@ func (q *queue) enqueue(m *message, clk *clock, dl *[]deadLetter) {
 	if ttl := q.cfg.MessageTTL; ttl > 0 {
 		qm.expireAt = clk.now() + int64(ttl)
 	}
-	if m.ttl >= 0 {
-		if at := clk.now() + m.ttl*int64(time.Millisecond); qm.expireAt == 0 || at < qm.expireAt {
+	if ttl := m.ttl(); ttl >= 0 {
+		if at := clk.now() + ttl*int64(time.Millisecond); qm.expireAt == 0 || at < qm.expireAt {
 			qm.expireAt = at
 		}
 	}
@@ -282,12 +281,11 @@ func (q *queue) onTTL() {
 // that a poison message does not block the queue). Called with q.mu held.
 func (q *queue) requeue(qm *qmsg, nacked bool, dl *[]deadLetter) {
 	qm.c = nil
-	qm.redelivered = true
+	qm.returns++
 	if !q.quorum() {
 		q.ready.insert(qm)
 		return
 	}
-	qm.returns++
 	if lim := q.cfg.DeliveryLimit; lim > 0 && qm.returns > int64(lim) {
 		q.deadLetter(qm, reasonDeliveryLimit, dl)
 		return
