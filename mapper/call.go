@@ -181,8 +181,9 @@ func (m *Mapper) Request(ctx context.Context, path string, payload any, opts ...
 	ctx = withAcceptStream(ctx, c.acceptStream)
 	declined := map[string]bool{}
 	var skip map[string]bool // declined, or unroutable (their queue is gone); made when needed
+	var one [1]AgentInfo     // prepare's pick, without an allocation
 	for {
-		targets, body, err := m.prepare(ctx, path, payload, c, skip)
+		targets, body, err := m.prepare(ctx, path, payload, c, skip, one[:0])
 		if c.parks(err) && len(declined) == 0 {
 			return m.parkRequest(ctx, path, payload, c)
 		}
@@ -238,7 +239,7 @@ func skipAgent(skip map[string]bool, id string) map[string]bool {
 func (m *Mapper) FanOut(ctx context.Context, path string, payload any, opts ...CallOption) (Results, error) {
 	c := m.options(All(), opts)
 	ctx = withProgress(ctx, serialised(c.progress), c.progressIdle)
-	targets, body, err := m.prepare(ctx, path, payload, c, nil)
+	targets, body, err := m.prepare(ctx, path, payload, c, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -283,7 +284,7 @@ func (m *Mapper) Push(ctx context.Context, path string, payload any, opts ...Cal
 // next. Several targets are sent to each; those unroutable are dropped
 // and named in the error.
 func (m *Mapper) push(ctx context.Context, path string, payload any, c call, skip map[string]bool) (done bool, _ error) {
-	targets, body, err := m.prepare(ctx, path, payload, c, skip)
+	targets, body, err := m.prepare(ctx, path, payload, c, skip, nil)
 	if c.parks(err) {
 		body, err := m.encode(path, payload)
 		if err != nil {
@@ -333,9 +334,9 @@ func (m *Mapper) unroutable(id string, err error) {
 	}
 }
 
-// prepare validates the call, encodes the payload and picks the targets.
-// Agents in skip are not candidates.
-func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, skip map[string]bool) ([]AgentInfo, []byte, error) {
+// prepare validates the call, encodes the payload and picks the targets
+// (appended to dst: see registry.pick). Agents in skip are not candidates.
+func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, skip map[string]bool, dst []AgentInfo) ([]AgentInfo, []byte, error) {
 	if err := wire.CheckPath(path); err != nil {
 		return nil, nil, err
 	}
@@ -380,7 +381,7 @@ func (m *Mapper) prepare(ctx context.Context, path string, payload any, c call, 
 		}
 		return nil, nil, err
 	}
-	targets, cands := m.reg.pick(path, c.sel, skip, time.Now())
+	targets, cands := m.reg.pick(path, c.sel, skip, time.Now(), dst)
 	if len(targets) == 0 {
 		switch {
 		case cands > 0:
@@ -697,7 +698,7 @@ func (m *Mapper) redispatchNow(gone string, stop chan struct{}) {
 // so any agent's reply is taken.
 func (m *Mapper) resend(w *waiter, gone string, rescued bool) {
 	// The caller's choice still holds (To, tags, ...), among the others.
-	picked, _ := m.reg.pick(w.path, w.sel, map[string]bool{gone: true}, time.Now())
+	picked, _ := m.reg.pick(w.path, w.sel, map[string]bool{gone: true}, time.Now(), nil)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pending[w.msg.CorrelationID] != w || w.target != gone {

@@ -184,7 +184,7 @@ func checkSelectors(t *testing.T, r *registry, m model, path string, now time.Ti
 	}
 	one := func(name string, sel Selector, ok func([]AgentInfo) bool, c []AgentInfo) {
 		t.Helper()
-		got, n := r.pick(path, sel, skip, now)
+		got, n := r.pick(path, sel, skip, now, nil)
 		if len(got) == 0 && n != len(cands) {
 			t.Fatalf("%s %s: counted %d candidates, want %d", name, path, n, len(cands))
 		}
@@ -229,7 +229,7 @@ func checkSelectors(t *testing.T, r *registry, m model, path string, now time.Ti
 		one("identity", Identity(id), in([]string{id}), cands)
 	}
 	gone := fmt.Sprintf("agent-%02d", rng.IntN(25))
-	if got, _ := r.pick(path, Identity(gone), skip, now); len(got) > 0 && !slices.Contains(ids(cands), gone) {
+	if got, _ := r.pick(path, Identity(gone), skip, now, nil); len(got) > 0 && !slices.Contains(ids(cands), gone) {
 		t.Fatalf("identity %s picked, not a candidate", gone)
 	}
 	// Round robin over the index takes the same turns as over the slice.
@@ -238,7 +238,7 @@ func checkSelectors(t *testing.T, r *registry, m model, path string, now time.Ti
 		if i == 2 {
 			c = m.candidates(path, now, skip) // Tagged filters it itself
 		}
-		got, _ := r.pick(path, rr[i], skip, now)
+		got, _ := r.pick(path, rr[i], skip, now, nil)
 		var want []AgentInfo
 		if len(c) > 0 {
 			want = rr[i+1].Select(path, c)
@@ -265,7 +265,7 @@ func TestIndexedLeastLoadedSharesTies(t *testing.T) {
 	r.update(wire.TypePing, wire.Heartbeat{Identity: "a0", Services: []string{"/s/p"}, Status: 1.0, PingInterval: 100}, now.Add(-time.Second))
 	seen := map[string]int{}
 	for range 400 {
-		got, _ := r.pick("/s/p", LeastLoaded(), map[string]bool{"a1": true}, now)
+		got, _ := r.pick("/s/p", LeastLoaded(), map[string]bool{"a1": true}, now, nil)
 		seen[got[0].Identity]++
 	}
 	if len(seen) != 4 || seen["a2"] == 0 || seen["a3"] == 0 || seen["a4"] == 0 || seen["a5"] == 0 {
@@ -273,12 +273,12 @@ func TestIndexedLeastLoadedSharesTies(t *testing.T) {
 	}
 	// A status change moves an agent: a7 becomes the least loaded.
 	r.update(wire.TypePing, wire.Heartbeat{Identity: "a7", Services: []string{"/s/p"}, Status: 0.5, PingInterval: 1000}, now)
-	if got, _ := r.pick("/s/p", LeastLoaded(), nil, now); got[0].Identity != "a7" {
+	if got, _ := r.pick("/s/p", LeastLoaded(), nil, now, nil); got[0].Identity != "a7" {
 		t.Fatalf("picked %s, want a7", got[0].Identity)
 	}
 	// Inactive for the path: not picked, still known.
 	r.update(wire.TypePing, wire.Heartbeat{Identity: "a7", Services: []string{"/s/p"}, Inactive: []string{"/s/p"}, Status: 0.5, PingInterval: 1000}, now)
-	if got, _ := r.pick("/s/p", Identity("a7"), nil, now); len(got) != 0 {
+	if got, _ := r.pick("/s/p", Identity("a7"), nil, now, nil); len(got) != 0 {
 		t.Fatalf("inactive a7 picked")
 	}
 	if !slices.Contains(r.identities(), "a7") {
@@ -303,13 +303,13 @@ func TestRegistryPickSkipsAndCounts(t *testing.T) {
 	for _, id := range []string{"a", "b", "c"} {
 		r.update(wire.TypePing, wire.Heartbeat{Identity: id, Services: []string{"/s/p"}, Status: 0.0, PingInterval: 1000, Tags: []string{strings.ToUpper(id)}}, now)
 	}
-	if got, n := r.pick("/s/p", Tagged(nil, "Z"), nil, now); len(got) != 0 || n != 3 {
+	if got, n := r.pick("/s/p", Tagged(nil, "Z"), nil, now, nil); len(got) != 0 || n != 3 {
 		t.Fatalf("tag Z: %v, %d candidates; want none of 3", ids(got), n)
 	}
-	if got, n := r.pick("/s/p", LeastLoaded(), map[string]bool{"a": true, "b": true, "c": true}, now); len(got) != 0 || n != 0 {
+	if got, n := r.pick("/s/p", LeastLoaded(), map[string]bool{"a": true, "b": true, "c": true}, now, nil); len(got) != 0 || n != 0 {
 		t.Fatalf("all skipped: %v, %d candidates", ids(got), n)
 	}
-	if got, _ := r.pick("/s/none", LeastLoaded(), nil, now); len(got) != 0 {
+	if got, _ := r.pick("/s/none", LeastLoaded(), nil, now, nil); len(got) != 0 {
 		t.Fatalf("unknown path: %v", ids(got))
 	}
 	// A custom selector runs outside the registry lock: it may read the
@@ -320,10 +320,10 @@ func TestRegistryPickSkipsAndCounts(t *testing.T) {
 		}
 		return c[len(c)-1:]
 	})
-	if got, n := r.pick("/s/p", reads, nil, now); len(got) != 1 || got[0].Identity != "c" || n != 3 {
+	if got, n := r.pick("/s/p", reads, nil, now, nil); len(got) != 1 || got[0].Identity != "c" || n != 3 {
 		t.Fatalf("custom: %v of %d", ids(got), n)
 	}
-	if got, _ := r.pick("/s/p", Tagged(reads, "B"), nil, now); len(got) != 1 || got[0].Identity != "b" {
+	if got, _ := r.pick("/s/p", Tagged(reads, "B"), nil, now, nil); len(got) != 1 || got[0].Identity != "b" {
 		t.Fatalf("tagged custom: %v", ids(got))
 	}
 }

@@ -77,7 +77,7 @@ func BenchmarkSelect(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/agents=%d/index", s.name, n), func(b *testing.B) {
 				sel := s.sel()
 				for b.Loop() {
-					if got, _ := r.pick("/bench/echo", sel, nil, now); len(got) != 1 {
+					if got, _ := r.pick("/bench/echo", sel, nil, now, nil); len(got) != 1 {
 						b.Fatal("no pick")
 					}
 				}

@@ -329,7 +329,7 @@ func (m *Mapper) forward(gone string, d *transport.Delivery, log *slog.Logger) (
 		return true, false
 	}
 	// From the registry's index: no copy of every agent serving the path.
-	picked, _ := m.reg.pick(path, Tagged(LeastLoaded(), tags...), map[string]bool{gone: true}, time.Now())
+	picked, _ := m.reg.pick(path, Tagged(LeastLoaded(), tags...), map[string]bool{gone: true}, time.Now(), nil)
 	if len(picked) == 0 {
 		return true, false
 	}

@@ -58,7 +58,10 @@ const randomTries = 8
 // Built-in selectors pick under the registry lock; a custom one runs
 // outside it, on a copy of the candidates (it may be slow, or read the
 // mapper).
-func (r *registry) pick(path string, sel Selector, skip map[string]bool, now time.Time) (picked []AgentInfo, n int) {
+//
+// The one agent least_loaded picks (the default) is appended to dst, which
+// a caller may give room for it on its stack: no allocation.
+func (r *registry) pick(path string, sel Selector, skip map[string]bool, now time.Time, dst []AgentInfo) (picked []AgentInfo, n int) {
 	if s, ok := sel.(indexed); ok && inPlace(sel) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -67,7 +70,11 @@ func (r *registry) pick(path string, sel Selector, skip map[string]bool, now tim
 			return nil, 0
 		}
 		f := filter{r: r, now: now, skip: skip}
-		if picked = s.pick(path, ix, f); len(picked) > 0 {
+		if _, ok := sel.(leastLoaded); ok {
+			if lo, hi := ix.leastLoaded(f.fits); lo >= 0 {
+				return append(dst, oneOf(ix.byLoad[lo:hi], f).AgentInfo), 0
+			}
+		} else if picked = s.pick(path, ix, f); len(picked) > 0 {
 			return picked, 0
 		}
 		for _, a := range ix.byID {

@@ -70,7 +70,7 @@ func (m *Mapper) stream(ctx context.Context, path string, meta any, r io.Reader,
 		ctx = withProgress(ctx, c.progress, c.progressIdle)
 		ctx = withAcceptStream(ctx, c.acceptStream)
 	}
-	targets, body, err := m.prepare(ctx, path, meta, c, nil)
+	targets, body, err := m.prepare(ctx, path, meta, c, nil, nil)
 	if err != nil {
 		return nil, err
 	}
