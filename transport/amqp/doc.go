@@ -34,7 +34,11 @@
 // channels not in confirm mode and wait for nothing but the write; one
 // sent just as its channel is closed by an earlier publish's error (a
 // missing exchange) can be lost without an error, as unconfirmed publishes
-// can be on any AMQP client.
+// can be on any AMQP client. Mandatory ones (PublishOptions.Unconfirmed)
+// go there too; a goroutine per such channel hands their basic.returns to
+// [Transport.NotifyReturn]'s functions, and when the channel breaks, its
+// latest Unconfirmed publishes (up to 4096), each with the error that broke
+// it: those are the ones such a break can lose.
 //
 // Each consumer has its own channel with basic.qos set to its prefetch, and
 // its own goroutine that forwards deliveries to the channel Consume
