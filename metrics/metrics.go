@@ -216,9 +216,12 @@ func confirmsVec(name string) *prometheus.CounterVec {
 	}, []string{"result"})
 }
 
-// countConfirm counts the outcome of a publish made with opts.
+// countConfirm counts the outcome of a publish made with opts. An
+// Unconfirmed mandatory publish waited for nothing: it is counted only when
+// it failed, here or by a return (see mapperTransport.NotifyReturn).
 func countConfirm(c *prometheus.CounterVec, opts transport.PublishOptions, err error) {
-	if !opts.Confirm && !opts.Mandatory {
+	waited := opts.Confirm || opts.Mandatory && !opts.Unconfirmed
+	if !waited && !(opts.Mandatory && err != nil) {
 		return
 	}
 	result := "ack"
@@ -397,6 +400,20 @@ func (m *mapperTransport) sweep(now time.Time) {
 
 // WantsRecipient passes on the wrapped transport's (secure mode's) wish.
 func (m *mapperTransport) WantsRecipient() bool { return wire.WantsRecipient(m.Transport) }
+
+// NotifyReturn forwards to the wrapped transport (transport.Returner), so
+// that the mapper publishes its requests as it would without metrics, and
+// counts each return as the confirm would have been counted: returned
+// (or error), and the request no longer awaited.
+func (m *mapperTransport) NotifyReturn(f func(transport.Return)) (stop func(), ok bool) {
+	return transport.NotifyReturn(m.Transport, func(r transport.Return) {
+		countConfirm(m.confirms, transport.PublishOptions{Mandatory: true}, r.Err)
+		if r.CorrelationID != "" {
+			m.unawait(r.CorrelationID)
+		}
+		f(r)
+	})
+}
 
 func (m *mapperTransport) Consume(ctx context.Context, queue string, opts transport.ConsumeOptions) (<-chan *transport.Delivery, error) {
 	in, err := m.Transport.Consume(ctx, queue, opts)

@@ -135,6 +135,64 @@ warren_registry_agents 1
 	}
 }
 
+// TestUnconfirmedReturnCounted: a mapper's Unconfirmed mandatory publish
+// is counted only when it is returned, as returned, and its reply is no
+// longer awaited; the wrapper passes the return on.
+func TestUnconfirmedReturnCounted(t *testing.T) {
+	b := mem.NewBroker()
+	tr := b.Connect()
+	defer tr.Close()
+	ctx := context.Background()
+	if err := wire.Topology(ctx, tr); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	itr, err := metrics.Mapper(tr, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	returns := make(chan transport.Return, 1)
+	stop, ok := transport.NotifyReturn(itr, func(r transport.Return) { returns <- r })
+	if !ok {
+		t.Fatal("the mapper's metrics transport over a Returner is not one")
+	}
+	defer stop()
+	q, err := tr.DeclareQueue(ctx, transport.Queue{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Bind(ctx, transport.Binding{Exchange: wire.RequestExchange, Queue: q, Key: "fred"}); err != nil {
+		t.Fatal(err)
+	}
+	opts := transport.PublishOptions{Mandatory: true, Unconfirmed: true}
+	for _, key := range []string{"fred", "ghost"} {
+		msg := wire.NewRequest(wire.TypeRequest, "/a/b", "m", "id-"+key, []byte("{}"), time.Time{})
+		msg.CorrelationID, msg.ReplyTo = msg.MessageID, "replies"
+		if err := itr.Publish(ctx, wire.RequestExchange, key, msg, opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case r := <-returns:
+		if r.Key != "ghost" || !errors.Is(r.Err, transport.ErrUnroutable) {
+			t.Fatalf("return %+v", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no return")
+	}
+	want := `
+# HELP warren_mapper_publish_confirms_total Publishes that waited for the broker (publisher confirms, mandatory), by result: ack, nack (the broker refused it), returned (no queue took a mandatory message), error (connection lost, timeout).
+# TYPE warren_mapper_publish_confirms_total counter
+warren_mapper_publish_confirms_total{result="returned"} 1
+# HELP warren_mapper_requests_in_flight Replies the mapper awaits.
+# TYPE warren_mapper_requests_in_flight gauge
+warren_mapper_requests_in_flight 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "warren_mapper_publish_confirms_total", "warren_mapper_requests_in_flight"); err != nil {
+		t.Error(err)
+	}
+}
+
 func histogramCount(t *testing.T, reg *prometheus.Registry, name string) uint64 {
 	t.Helper()
 	mfs, err := reg.Gather()
