@@ -143,7 +143,18 @@ func (s *session) declare() error {
 	// Exclusively: a second agent with this identity is refused, instead
 	// of sharing the queue unseen. The queue was just declared, so a
 	// refusal here is another consumer.
-	ch, err := tr.Consume(ctx, own, transport.ConsumeOptions{Prefetch: a.cfg.Prefetch, Exclusive: true})
+	var (
+		ch   <-chan *transport.Delivery
+		feed *ownFeed
+		done <-chan struct{}
+	)
+	ownOpts := transport.ConsumeOptions{Prefetch: a.cfg.Prefetch, Exclusive: true}
+	if fc, ok := tr.(funcConsumer); ok {
+		feed = &ownFeed{s: s, w: workers{s: s, work: make(chan *transport.Delivery)}}
+		done, err = fc.ConsumeFunc(ctx, own, ownOpts, feed.take)
+	} else {
+		ch, err = tr.Consume(ctx, own, ownOpts)
+	}
 	if errors.Is(err, transport.ErrPrecondition) {
 		return fmt.Errorf("%w: %s has another consumer: %w", ErrIdentityInUse, own, err)
 	}
@@ -163,7 +174,11 @@ func (s *session) declare() error {
 		}
 		a.staleOwn = max(other, 0)
 	}
-	s.own.Go(func() { s.consumeLoop(ctx, ch, true, s.ownStop, nil) })
+	if feed != nil {
+		s.own.Go(func() { feed.run(ctx, done) })
+	} else {
+		s.own.Go(func() { s.consumeLoop(ctx, ch, true, s.ownStop, nil) })
+	}
 	if a.cfg.NoSharedQueues {
 		return nil
 	}
@@ -364,6 +379,104 @@ func poll(taking, stop <-chan struct{}, src <-chan *transport.Delivery) (d *tran
 		return d, ok, true
 	default:
 		return nil, false, false
+	}
+}
+
+// funcConsumer is the embedded broker's consumer with a callback
+// (mem.Conn.ConsumeFunc), which the agent's own queue uses when the
+// transport has it.
+type funcConsumer interface {
+	ConsumeFunc(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (<-chan struct{}, error)
+}
+
+// ownFeed does for the agent's own queue on the embedded broker what
+// consumeLoop does with a channel's deliveries, without its goroutine: the
+// broker hands each delivery to take on the goroutine that published it
+// (or settled the one before), and take hands it to an idle worker, one
+// goroutine hand-off per request instead of two. run follows the session
+// as consumeLoop does and sets the state that take reads: until run
+// starts, deliveries wait in held (a session that fails to start cancels
+// the consumer: they are requeued); while the session takes work they are
+// counted in the agent's inflight and served; once it stops taking, they
+// are passed on (serve declines them), counted in s.own; once stopped, they
+// are left unsettled, requeued when the session cancels the consumer.
+type ownFeed struct {
+	s     *session
+	w     workers
+	mu    sync.Mutex
+	state ownState
+	held  []*transport.Delivery
+}
+
+type ownState int
+
+const (
+	ownHeld ownState = iota
+	ownTaking
+	ownPassing
+	ownStopped
+)
+
+// take is the consumer's callback; its calls come one at a time.
+func (f *ownFeed) take(d *transport.Delivery) {
+	s := f.s
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch f.state {
+	case ownHeld:
+		f.held = append(f.held, d)
+	case ownTaking:
+		s.a.inflight.Add(1)
+		f.w.start(d)
+	case ownPassing:
+		s.own.Go(func() { s.a.serve(s.handlers, d) })
+	}
+}
+
+// run is consumeLoop's part for an ownFeed: it starts the feed, switches
+// it to passing on when the session stops taking work (then the drain may
+// wait for the agent's inflight: take adds to it no more), and stops it
+// at ownStop or when the consumer ends (done), which is a lost connection
+// while ctx lives.
+func (f *ownFeed) run(ctx context.Context, done <-chan struct{}) {
+	s := f.s
+	defer s.ownSwitched()
+	f.set(ownTaking)
+	ended := false
+	select {
+	case <-s.taking:
+		f.set(ownPassing)
+		s.ownSwitched()
+		select {
+		case <-s.ownStop:
+		case <-done:
+			ended = true
+		}
+	case <-s.ownStop:
+	case <-done:
+		ended = true
+	}
+	if ended && ctx.Err() == nil {
+		s.markLost()
+	}
+	f.set(ownStopped)
+}
+
+// set moves the feed to state; entering ownTaking it serves what was held,
+// entering ownStopped it ends the idle workers.
+func (f *ownFeed) set(state ownState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state = state
+	switch state {
+	case ownTaking:
+		for _, d := range f.held {
+			f.s.a.inflight.Add(1)
+			f.w.start(d)
+		}
+		f.held = nil
+	case ownStopped:
+		close(f.w.work)
 	}
 }
 

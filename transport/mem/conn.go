@@ -303,23 +303,23 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 	return cs.out, nil
 }
 
-// ConsumeFunc is Consume for an AutoAck consumer (opts.AutoAck must be
-// set) that has its deliveries handed to f instead of a channel, in the
-// order a channel would give them and one call at a time. f runs on the
-// goroutine that published the message, once the broker has let go of it,
-// or on one of the broker's: there is no hand-off to a goroutine reading a
-// channel. f must not block on what the publishers of its queue do, nor
-// hold a lock that they take while publishing to it. The consumer ends
-// as Consume's does; the channel returned is then closed, after f's last
-// call has returned.
+// ConsumeFunc is Consume with the deliveries handed to f instead of a
+// channel, in the order a channel would give them and one call at a time.
+// f runs on the goroutine that published the message (or settled the one
+// before it, which made room in the prefetch), once the broker has let go
+// of it, or on one of the broker's: there is no hand-off to a goroutine
+// reading a channel. f must return soon, without blocking on what the
+// publishers of its queue or the settlers of its deliveries do, nor take a
+// lock that they hold while they publish or settle. Without AutoAck, f
+// settles what it is given as from a channel, at any time after, or
+// leaves it unsettled until the consumer ends. The consumer ends as
+// Consume's does; the channel returned is then closed, after f's last call
+// has returned.
 //
-// It is the embedded broker's fast path for a reply queue (Warren's
-// mappers use it when their transport is a *Conn); a
-// [transport.Transport] has no such method.
+// It is the embedded broker's fast path for a mapper's reply queue and an
+// agent's own queue (Warren's mappers and agents use it when their
+// transport is a *Conn); a [transport.Transport] has no such method.
 func (c *Conn) ConsumeFunc(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (<-chan struct{}, error) {
-	if !opts.AutoAck {
-		return nil, fmt.Errorf("mem: consume queue %q with a callback: AutoAck only", queue)
-	}
 	if f == nil {
 		return nil, fmt.Errorf("mem: consume queue %q with a callback: nil callback", queue)
 	}

@@ -24,13 +24,15 @@
 // that stops reading holds up only its own consumer. AutoAck consumers are
 // not bounded by prefetch; what does not fit in their channel waits in a
 // buffer of their own, fed into the channel by a goroutine that runs only
-// while the buffer is not empty. An AutoAck consumer made with
-// [Conn.ConsumeFunc] has a callback instead of a channel: the publisher of
-// a message hands it over itself, once it has released the queue's lock,
-// unless a call is running (which then takes it next) or the message was
-// waiting in the queue (a broker goroutine then does). Warren's mappers
-// read their replies so, one goroutine hand-off less per request. Each
-// consumer has a goroutine that ends it
+// while the buffer is not empty. A consumer made with [Conn.ConsumeFunc]
+// has a callback instead of a channel: the publisher of a message (or the
+// settler of the delivery before it, which made room in the prefetch)
+// hands it over itself, once it has released the queue's lock, unless a
+// call is running (which then takes it next) or the message was waiting in
+// the queue for another reason (a broker goroutine then does). Warren's
+// mappers read their replies so, and agents their own queue: a request's
+// round trip has one goroutine hand-off each way. Each consumer has a
+// goroutine that ends it
 // when its context ends. Timers (message TTL, queue expiry) are runtime
 // timers, one per queue at most, armed for the next event only; nothing
 // polls. So a broker made inside a testing/synctest bubble runs on the

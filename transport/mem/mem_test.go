@@ -358,8 +358,8 @@ func TestConsumeFunc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tr.ConsumeFunc(ctx, q, transport.ConsumeOptions{}, func(*transport.Delivery) {}); err == nil {
-		t.Fatal("ConsumeFunc without AutoAck: no error")
+	if _, err := tr.ConsumeFunc(ctx, q, transport.ConsumeOptions{AutoAck: true}, nil); err == nil {
+		t.Fatal("ConsumeFunc without a callback: no error")
 	}
 	publish := func(body string) { // on any goroutine
 		if err := tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: []byte(body)}, transport.PublishOptions{}); err != nil {
@@ -449,5 +449,78 @@ func TestConsumeFunc(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("done not closed 10s after the consumer ended")
+	}
+}
+
+// ConsumeFunc without AutoAck: prefetch bounds what the callback holds
+// unsettled; the settlement that makes room hands the next delivery over
+// before it returns, on its goroutine; what the consumer held when it
+// ended is requeued.
+func TestConsumeFuncAcks(t *testing.T) {
+	ctx := t.Context()
+	tr := mem.New()
+	defer tr.Close()
+	q, err := tr.DeclareQueue(ctx, transport.Queue{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"m1", "m2", "m3"} {
+		if err := tr.Publish(ctx, transport.DefaultExchange, q, transport.Message{Body: []byte(b)}, transport.PublishOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		mu  sync.Mutex
+		got []*transport.Delivery
+	)
+	last := func() (*transport.Delivery, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) == 0 {
+			return nil, 0
+		}
+		return got[len(got)-1], len(got)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done, err := tr.ConsumeFunc(cctx, q, transport.ConsumeOptions{Prefetch: 1}, func(d *transport.Delivery) {
+		mu.Lock()
+		got = append(got, d)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, n := last()
+	for n == 0 {
+		time.Sleep(time.Millisecond) // a broker goroutine hands m1 over, bounded by the test's timeout
+		d, n = last()
+	}
+	if string(d.Body) != "m1" {
+		t.Fatalf("first delivery %q", d.Body)
+	}
+	if err := d.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	if d, n = last(); n != 2 || string(d.Body) != "m2" {
+		t.Fatalf("after the ack returned: %d deliveries, the last %q; want m2 handed over", n, d.Body)
+	}
+	if err := d.Nack(true); err != nil {
+		t.Fatal(err)
+	}
+	if d, n = last(); n != 3 || string(d.Body) != "m2" || !d.Redelivered {
+		t.Fatalf("after the nack returned: %d deliveries, the last %q (redelivered %v); want m2 again", n, d.Body, d.Redelivered)
+	}
+	cancel() // holding m2 unsettled
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("done not closed 10s after the consumer ended")
+	}
+	info, err := tr.InspectQueue(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Messages != 2 {
+		t.Fatalf("%d messages ready after the consumer ended, want 2 (m2 requeued, m3)", info.Messages)
 	}
 }

@@ -179,9 +179,9 @@ func (q *queue) deadLetter(qm *qmsg, reason string, dl *[]deadLetter) {
 func expired(qm *qmsg, clk *clock) bool { return qm.expireAt != 0 && qm.expireAt < clk.now() }
 
 // clock reads the time once, when first needed: most messages have no TTL
-// and need none. It also carries, for a publish, the one callback consumer
-// (ConsumeFunc) whose deliveries the publishing goroutine hands over itself
-// once it has released the queue's lock.
+// and need none. It also carries, for a publish or a settlement, the one
+// callback consumer (ConsumeFunc) whose deliveries the goroutine hands
+// over itself once it has released the queue's lock.
 type clock struct {
 	t int64
 	// inline is set by a caller that runs run after releasing q.mu.
@@ -300,6 +300,7 @@ func (q *queue) requeue(qm *qmsg, nacked bool, dl *[]deadLetter) {
 // settle acknowledges or rejects qm held by c.
 func (q *queue) settle(c *consumer, qm *qmsg, ack, requeue bool) error {
 	var dl []deadLetter
+	clk := clock{inline: true}
 	q.mu.Lock()
 	if c.gone {
 		q.mu.Unlock()
@@ -309,7 +310,6 @@ func (q *queue) settle(c *consumer, qm *qmsg, ack, requeue bool) error {
 		return fmt.Errorf("mem: settle on queue %q: consumer %q ended and its message was requeued: %w", q.name, c.tag, transport.ErrClosed)
 	}
 	c.unlink(qm)
-	var clk clock
 	switch {
 	case ack:
 	case requeue:
@@ -320,6 +320,9 @@ func (q *queue) settle(c *consumer, qm *qmsg, ack, requeue bool) error {
 	q.dispatch(&clk, &dl)
 	q.armTTL(&clk)
 	q.mu.Unlock()
+	if clk.run != nil {
+		clk.run.feed()
+	}
 	q.b.publishDeadLetters(dl)
 	return nil
 }
