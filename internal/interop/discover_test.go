@@ -25,7 +25,7 @@ func TestInteropDiscovery(t *testing.T) {
 	}
 	defer tr.Close()
 	id := actor + "-go"
-	a, err := agent.New(tr, agent.Config{Identity: id, PingInterval: time.Second, Version: "2.0.1"}, agent.WithLogger(testenv.Logger(t)))
+	a, err := agent.New(fabrictest.Recording(t, url, tr), agent.Config{Identity: id, PingInterval: time.Second, Version: "2.0.1"}, agent.WithLogger(testenv.Logger(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
