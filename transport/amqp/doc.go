@@ -21,11 +21,16 @@
 // reason ("low on memory", "low on disk") wrapped with ctx's error, and
 // [Transport.Blocked] reports the block.
 //
-// Confirmed publishes are spread over a few channels in confirm mode. Each
-// has a dispatcher goroutine that receives publisher confirms and
-// basic.return notifications and resolves the matching publishes, so many
-// confirmed publishes are in flight at once; [Config.ConfirmWindow] bounds
-// how many. A returned mandatory message is matched to its publish by its
+// Confirmed publishes are spread over a few channels in confirm mode, so
+// many are in flight at once; [Config.ConfirmWindow] bounds how many.
+// Mandatory ones go on channels with a dispatcher goroutine that receives
+// publisher confirms and basic.return notifications and resolves the
+// matching publishes. The others, which cannot be returned, go on channels
+// of their own where each publisher waits on amqp091's deferred
+// confirmation of its publish, resolved by the connection's reader itself
+// (one goroutine woken per confirm rather than two); a goroutine per such
+// channel fails what is still pending when the channel or the connection
+// goes, with the error that ended it. A returned mandatory message is matched to its publish by its
 // message id (RabbitMQ sends basic.return before the basic.ack of the same
 // message) when that id is set and unique among the publishes in flight on
 // its channel; otherwise the publish carries its delivery tag in the

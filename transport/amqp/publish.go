@@ -16,14 +16,19 @@ import (
 )
 
 // publisher spreads publishes over a few channels of the publish
-// connection: confirmed ones over channels in confirm mode, each with a
-// dispatcher goroutine that matches publisher confirms and mandatory returns
-// to the publishes waiting for them (so any number are in flight at once),
-// unconfirmed ones over channels not in confirm mode, which RabbitMQ then
-// does not confirm for nobody.
+// connection: confirmed mandatory ones over channels in confirm mode, each
+// with a dispatcher goroutine that matches publisher confirms and mandatory
+// returns to the publishes waiting for them (so any number are in flight at
+// once); confirmed ones that are not mandatory over channels in confirm mode
+// whose publishers wait on amqp091's deferred confirmation, which its
+// connection's reader resolves itself (no confirm can be matched with a
+// return there, and waking one goroutine per confirm rather than two was
+// worth a few percent: docs/benchmarks.md); unconfirmed ones over channels
+// not in confirm mode, which RabbitMQ then does not confirm for nobody.
 type publisher struct {
 	t      *Transport
-	slots  []pubSlot
+	slots  []pubSlot // confirm mode, with a dispatcher: mandatory publishes
+	direct []pubSlot // confirm mode, resolved by their publishers
 	plain  []pubSlot // channels not in confirm mode, for unconfirmed publishes
 	next   atomic.Uint32
 	window chan struct{} // one token per confirmed publish awaiting its confirm
@@ -44,6 +49,11 @@ type pubChannel struct {
 	l       *link
 	ch      *amqp091.Channel
 	confirm bool // in confirm mode, with a dispatcher
+	// direct: in confirm mode, for publishes that are not mandatory; each
+	// publisher settles its own publish from its deferred confirmation,
+	// and the dispatcher only fails those pending when the channel or the
+	// link goes.
+	direct bool
 
 	mu sync.Mutex
 	// recent holds the latest Unconfirmed mandatory publishes on a channel
@@ -74,11 +84,17 @@ type pending struct {
 	returned bool       // a basic.return arrived for it
 	done     chan error // buffered; receives the outcome once
 	p        *publisher // to release the window token
+
+	// On a direct channel: the publish's deferred confirmation, channel
+	// and delivery tag, for its publisher to settle it (settle).
+	dc  *amqp091.DeferredConfirmation
+	pc  *pubChannel
+	tag uint64
 }
 
 func newPublisher(t *Transport) *publisher {
 	n := t.cfg.publishChannels()
-	return &publisher{t: t, window: make(chan struct{}, t.cfg.confirmWindow()), slots: make([]pubSlot, n), plain: make([]pubSlot, n)}
+	return &publisher{t: t, window: make(chan struct{}, t.cfg.confirmWindow()), slots: make([]pubSlot, n), direct: make([]pubSlot, n), plain: make([]pubSlot, n)}
 }
 
 // publish sends msg and, when confirm is set, waits for the broker's confirm.
@@ -130,10 +146,13 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 			pd = &pending{exchange: exchange, key: key, done: make(chan error, 1), p: p}
 		}
 		slots := p.slots
-		if !confirm {
+		switch {
+		case !confirm:
 			// RabbitMQ confirms every publish on a channel in confirm
 			// mode, wanted or not: keep the others off those channels.
 			slots = p.plain
+		case !mandatory:
+			slots = p.direct
 		}
 		slot := &slots[int(p.next.Add(1)%uint32(len(slots)))]
 		err = p.send(slot, l, exchange, key, pub, mandatory, pd)
@@ -149,18 +168,65 @@ func (p *publisher) publish(ctx context.Context, exchange, key string, pub amqp0
 	if !confirm {
 		return nil
 	}
-	select {
-	case err := <-pd.done:
-		return err
-	case <-ctx.Done():
-		// The dispatcher still resolves pd and releases its token.
-		if b := l.pub.blocked(); b != nil {
-			// The broker stopped reading the connection after this
-			// publish, or before it reached the broker.
-			return fmt.Errorf("amqp: publish to exchange %q: %w: %w", exchange, b, ctx.Err())
-		}
-		return ctx.Err()
+	var settled <-chan struct{}
+	if pd.dc != nil {
+		settled = pd.dc.Done()
 	}
+	for {
+		select {
+		case <-settled:
+			if err, ok := p.settle(pd); ok {
+				return err
+			}
+			settled = nil // the channel closed: the dispatcher says why
+			continue
+		case err := <-pd.done:
+			return err
+		case <-ctx.Done():
+		}
+		break
+	}
+	if settled != nil {
+		// Nobody else settles an acked or nacked publish of a direct
+		// channel; a closed channel's pending ones the dispatcher fails.
+		// Not in p.wg: it ends when the channel does, at the latest.
+		go func() {
+			<-settled
+			_, _ = p.settle(pd)
+		}()
+	}
+	// Otherwise the dispatcher still resolves pd and releases its token.
+	if b := l.pub.blocked(); b != nil {
+		// The broker stopped reading the connection after this publish,
+		// or before it reached the broker.
+		return fmt.Errorf("amqp: publish to exchange %q: %w: %w", exchange, b, ctx.Err())
+	}
+	return ctx.Err()
+}
+
+// settle resolves pd, a publish on a direct channel, once its deferred
+// confirmation is done: acked, nacked, or failed because the channel
+// closed. ok is false in the last case (amqp091 marks the channel closed
+// before it fails the deferred confirmations): the dispatcher, which has
+// the close's error, resolves pd then.
+func (p *publisher) settle(pd *pending) (err error, ok bool) {
+	pc := pd.pc
+	if pd.dc.Acked() {
+		// The broker has it; if the dispatcher took pd first (the link
+		// was lost just now), it released the token.
+		if pc.take(pd.tag) != nil {
+			<-p.window
+		}
+		return nil, true
+	}
+	if pc.ch.IsClosed() {
+		return nil, false
+	}
+	pc.nacked.Store(true)
+	if pc.take(pd.tag) != nil {
+		<-p.window
+	}
+	return fmt.Errorf("amqp: publish to exchange %q: %w", pd.exchange, transport.ErrNacked), true
 }
 
 func (p *publisher) release(confirm bool) {
@@ -191,7 +257,7 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 			slot.pc = nil
 		}
 		if slot.pc == nil || slot.pc.l != l || slot.pc.ch.IsClosed() {
-			pc, err := p.open(l, pd != nil)
+			pc, err := p.open(l, pd != nil, pd != nil && !mandatory)
 			if err != nil {
 				if l.isLost() && !t.closed.Load() {
 					return errNotSent
@@ -230,8 +296,11 @@ func (p *publisher) send(slot *pubSlot, l *link, exchange, key string, pub amqp0
 			}
 			return p.failure(l, exchange, key, nil)
 		}
-		err := pc.ch.Publish(exchange, key, mandatory, false, msg)
+		dc, err := pc.ch.PublishWithDeferredConfirm(exchange, key, mandatory, false, msg)
 		if err == nil {
+			if pd != nil && pc.direct {
+				pd.dc, pd.pc, pd.tag = dc, pc, tag
+			}
 			return nil
 		}
 		if pd != nil && !pc.remove(tag) {
@@ -279,8 +348,9 @@ func (p *publisher) retire(pc *pubChannel) {
 const retireWait = 30 * time.Second
 
 // open opens a channel of l, in confirm mode with its dispatcher when
-// confirm is set.
-func (p *publisher) open(l *link, confirm bool) (*pubChannel, error) {
+// confirm is set, and then a direct one (see pubChannel.direct) when
+// direct is set.
+func (p *publisher) open(l *link, confirm, direct bool) (*pubChannel, error) {
 	t := p.t
 	ch, err := l.pub.c.Channel()
 	if err == nil && confirm {
@@ -299,7 +369,7 @@ func (p *publisher) open(l *link, confirm bool) (*pubChannel, error) {
 		}
 		return nil, fmt.Errorf("amqp: open publish channel: %w", err)
 	}
-	pc := &pubChannel{l: l, ch: ch, confirm: confirm, pending: make(map[uint64]*pending), byID: make(map[string]uint64)}
+	pc := &pubChannel{l: l, ch: ch, confirm: confirm, direct: direct, pending: make(map[uint64]*pending), byID: make(map[string]uint64)}
 	if !confirm {
 		// A channel error (a missing exchange) closes it; send sees that
 		// and opens another. Returns of Unconfirmed mandatory publishes
@@ -310,11 +380,19 @@ func (p *publisher) open(l *link, confirm bool) (*pubChannel, error) {
 		go p.watch(pc, returns, closes)
 		return pc, nil
 	}
+	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	if direct {
+		// No returns (nothing mandatory) and no confirms to dispatch: the
+		// dispatcher waits for the end of the channel or the link.
+		p.wg.Add(1)
+		go p.dispatch(pc, nil, nil, closes)
+		t.log.Debug("opened publish channel")
+		return pc, nil
+	}
 	// Buffers are generous so that the connection's reader goroutine never
 	// waits for the dispatcher; amqp091 drops a notification after 5s.
 	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, 1024))
 	returns := ch.NotifyReturn(make(chan amqp091.Return, 256))
-	closes := ch.NotifyClose(make(chan *amqp091.Error, 1))
 	p.wg.Add(1)
 	go p.dispatch(pc, confirms, returns, closes)
 	t.log.Debug("opened publish channel")
@@ -594,7 +672,7 @@ func (p *publisher) close(l *link) {
 		l.pub.close(closeTimeout)
 	}
 	// After this no send can open a channel: they all see t.closed.
-	for _, slots := range [][]pubSlot{p.slots, p.plain} {
+	for _, slots := range [][]pubSlot{p.slots, p.direct, p.plain} {
 		for i := range slots {
 			slots[i].mu.Lock()
 			slots[i].mu.Unlock()
