@@ -31,8 +31,9 @@ import (
 // Three more variants split that cost (docs/benchmarks.md): rawprops is
 // raw with what events.Bus adds to the message (a 32-character random
 // message id and a timestamp); rawhop is raw waiting as transport/amqp
-// does, for a dispatcher goroutine fed by NotifyPublish rather than on
-// the deferred confirmation; tr is the raw message published through
+// does for mandatory publishes (and did for all before eea7323), for a
+// dispatcher goroutine fed by NotifyPublish rather than on the deferred
+// confirmation; tr is the raw message published through
 // the transport (transport/amqp, its frame filter included) without
 // events.Bus.
 func BenchmarkPublish(b *testing.B) {
