@@ -371,11 +371,27 @@ func List(ctx context.Context, tr transport.Transport, max int, match func(Lette
 // the queue. It is ErrNotFound when no letter has it, and wraps
 // ErrIncomplete when none of the first Hold letters has it but the queue
 // holds more.
+//
+// A letter that another consumer held while Show walked the queue (another
+// List or Show: a Tower page refreshing) was not seen: when Show finds
+// nothing, it waits for the queue's other consumers to go (up to showWait)
+// and walks it once more.
 func Show(ctx context.Context, tr transport.Transport, messageID string, opts ...Option) (Letter, error) {
 	c, err := configure(opts)
 	if err != nil {
 		return Letter{}, err
 	}
+	l, err := show(ctx, tr, c, messageID)
+	if err == nil || !(errors.Is(err, ErrNotFound) || errors.Is(err, ErrIncomplete)) {
+		return l, err
+	}
+	if !alone(ctx, tr, c.queue) {
+		return l, err
+	}
+	return show(ctx, tr, c, messageID)
+}
+
+func show(ctx context.Context, tr transport.Transport, c config, messageID string) (Letter, error) {
 	var found *Letter
 	seen, err := visit(ctx, tr, c, false, func(d *transport.Delivery, l Letter) (action, error) {
 		if l.MessageID == messageID {
@@ -393,6 +409,31 @@ func Show(ctx context.Context, tr transport.Transport, messageID string, opts ..
 		return Letter{}, err
 	}
 	return Letter{}, fmt.Errorf("%w %q", ErrNotFound, messageID)
+}
+
+// showWait bounds how long Show waits for other consumers of the queue to
+// go before it looks again.
+const showWait = 5 * time.Second
+
+// alone waits, up to showWait, until queue has no consumer, so that what
+// other consumers held is back in place, and reports whether it came to
+// that.
+func alone(ctx context.Context, tr transport.Transport, queue string) bool {
+	deadline := time.Now().Add(showWait)
+	for ctx.Err() == nil {
+		info, err := tr.InspectQueue(ctx, queue)
+		if err != nil {
+			return false
+		}
+		if info.Consumers == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
 }
 
 // Replay republishes the dead letters that match (all when match is nil)

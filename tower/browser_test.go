@@ -177,7 +177,11 @@ func TestBrowser(t *testing.T) {
 	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		if err := chromedp.Do(ctx, steps...); err != nil {
-			html, _ := chromedp.Run(context.WithoutCancel(ctx), chromedp.OuterHTML(chromedp.CSS("main")))
+			// Bounded: a query without a deadline retries for ever, and
+			// the test would hang instead of failing.
+			hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			html, _ := chromedp.Run(hctx, chromedp.OuterHTML(chromedp.CSS("main")))
 			t.Fatalf("%s: %v\npage: %.3000s", what, err, html)
 		}
 	}
