@@ -260,6 +260,14 @@ func (s *settlement) Settle(ack, requeue bool) error {
 		return fmt.Errorf("amqp: %s on queue %q: the consumer has stopped, its channel is closing and the broker requeues the message: %w",
 			op, c.queue, transport.ErrConnectionLost)
 	}
+	if c.l.isLost() {
+		// The link is lost (its other connection, maybe): the supervisor
+		// is closing this one too, and the broker requeues what it
+		// delivered. Sent now, the ack might still reach the broker,
+		// and the caller could not tell which happened.
+		return fmt.Errorf("amqp: %s on queue %q: the connection is lost and the broker requeues the message: %w",
+			op, c.queue, transport.ErrConnectionLost)
+	}
 	var err error
 	if ack {
 		err = c.ch.Ack(s.tag, false)
