@@ -134,20 +134,36 @@ func unconfirmedChannelBreak(e *env) {
 		return tr.Publish(e.ctx(), transport.DefaultExchange, q, transport.Message{Body: []byte("ok")}, transport.PublishOptions{Confirm: true})
 	})
 	got := e.contents(tr, q)
+	// The broken channel's publishes are reported once the transport sees
+	// its close, which the confirmed publish above (on another channel)
+	// does not wait for: collect returns until each publish is accounted
+	// for.
 	reported := map[string]error{}
-	for len(returns) > 0 {
-		r := <-returns
-		reported[r.MessageID] = r.Err
-	}
+	bad := fmt.Sprint("m", n/4)
+	e.eventually("every publish delivered or reported", func() error {
+		for drained := false; !drained; {
+			select {
+			case r := <-returns:
+				reported[r.MessageID] = r.Err
+			default:
+				drained = true
+			}
+		}
+		if _, ok := reported[bad]; badErr == nil && !ok {
+			return errors.New("the publish to a missing exchange: neither an error nor a return")
+		}
+		for _, id := range sent {
+			if _, ok := reported[id]; !ok && !slices.Contains(got, id) {
+				return fmt.Errorf("message %s neither delivered nor reported", id)
+			}
+		}
+		return nil
+	})
 	if badErr == nil {
-		e.wantErr("return of the publish to a missing exchange", reported[fmt.Sprint("m", n/4)], transport.ErrNotFound)
+		e.wantErr("return of the publish to a missing exchange", reported[bad], transport.ErrNotFound)
 	}
 	for _, id := range sent {
-		err, ok := reported[id]
-		if !slices.Contains(got, id) && !ok {
-			e.t.Errorf("message %s neither delivered nor reported", id)
-		}
-		if ok && !errors.Is(err, transport.ErrNotFound) && !errors.Is(err, transport.ErrConnectionLost) {
+		if err, ok := reported[id]; ok && !errors.Is(err, transport.ErrNotFound) && !errors.Is(err, transport.ErrConnectionLost) {
 			e.t.Errorf("return of %s: %v, want one wrapping ErrNotFound or ErrConnectionLost", id, err)
 		}
 	}
