@@ -149,7 +149,7 @@ func (s *session) declare() error {
 		done <-chan struct{}
 	)
 	ownOpts := transport.ConsumeOptions{Prefetch: a.cfg.Prefetch, Exclusive: true}
-	if fc, ok := tr.(funcConsumer); ok {
+	if fc, ok := tr.(transport.FuncConsumer); ok {
 		feed = &ownFeed{s: s, w: workers{s: s, work: make(chan *transport.Delivery)}}
 		done, err = fc.ConsumeFunc(ctx, own, ownOpts, feed.take)
 	} else {
@@ -380,13 +380,6 @@ func poll(taking, stop <-chan struct{}, src <-chan *transport.Delivery) (d *tran
 	default:
 		return nil, false, false
 	}
-}
-
-// funcConsumer is the embedded broker's consumer with a callback
-// (mem.Conn.ConsumeFunc), which the agent's own queue uses when the
-// transport has it.
-type funcConsumer interface {
-	ConsumeFunc(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (<-chan struct{}, error)
 }
 
 // ownFeed does for the agent's own queue on the embedded broker what

@@ -348,7 +348,7 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 		return fail(fmt.Errorf("mapper: declare reply queue: %w", err))
 	}
 	replyOpts := transport.ConsumeOptions{AutoAck: true, Exclusive: true}
-	if fc, ok := m.tr.(funcConsumer); ok {
+	if fc, ok := m.tr.(transport.FuncConsumer); ok {
 		// The embedded broker hands each reply to takeReply on the
 		// goroutine that published it: no hop through a reader.
 		done, err := fc.ConsumeFunc(ctx, replyQ, replyOpts, m.takeReply)
@@ -391,13 +391,6 @@ func (m *Mapper) startSession(parent context.Context) (*session, error) {
 	return s, nil
 }
 
-// funcConsumer is the embedded broker's consumer with a callback
-// (mem.Conn.ConsumeFunc), which the reply queue uses when the transport
-// has it.
-type funcConsumer interface {
-	ConsumeFunc(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (<-chan struct{}, error)
-}
-
 func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery, s *session) {
 	for d := range ch {
 		m.takeReply(d)
@@ -409,7 +402,7 @@ func (m *Mapper) readReplies(ctx context.Context, ch <-chan *transport.Delivery,
 
 // takeReply handles one delivery from the reply queue. Its calls come one
 // at a time, in the queue's order: the reply reader's, or the embedded
-// broker's (funcConsumer).
+// broker's (transport.FuncConsumer).
 func (m *Mapper) takeReply(d *transport.Delivery) {
 	switch d.Type {
 	case wire.TypeProgress:

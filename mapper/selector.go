@@ -70,11 +70,12 @@ func (r *registry) pick(path string, sel Selector, skip map[string]bool, now tim
 			return nil, 0
 		}
 		f := filter{r: r, now: now, skip: skip}
-		if _, ok := sel.(leastLoaded); ok {
-			if lo, hi := ix.leastLoaded(f.fits); lo >= 0 {
-				return append(dst, oneOf(ix.byLoad[lo:hi], f).AgentInfo), 0
-			}
-		} else if picked = s.pick(path, ix, f); len(picked) > 0 {
+		if l, ok := sel.(leastLoaded); ok {
+			picked = l.pickInto(ix, f, dst)
+		} else {
+			picked = s.pick(path, ix, f)
+		}
+		if len(picked) > 0 {
 			return picked, 0
 		}
 		for _, a := range ix.byID {
@@ -191,12 +192,19 @@ func (leastLoaded) Select(_ string, c []AgentInfo) []AgentInfo {
 	return []AgentInfo{best[rand.IntN(len(best))]}
 }
 
-func (leastLoaded) pick(_ string, ix *pathIndex, f filter) []AgentInfo {
+func (l leastLoaded) pick(_ string, ix *pathIndex, f filter) []AgentInfo {
+	return l.pickInto(ix, f, nil)
+}
+
+// pickInto appends the agent it picks to dst: registry.pick calls it
+// directly (not through the indexed interface), so that a dst on its
+// caller's stack stays there.
+func (leastLoaded) pickInto(ix *pathIndex, f filter, dst []AgentInfo) []AgentInfo {
 	lo, hi := ix.leastLoaded(f.fits)
 	if lo < 0 {
-		return nil
+		return dst
 	}
-	return []AgentInfo{oneOf(ix.byLoad[lo:hi], f).AgentInfo}
+	return append(dst, oneOf(ix.byLoad[lo:hi], f).AgentInfo)
 }
 
 // oneOf returns a random agent of s that fits f, uniformly; one must.

@@ -134,17 +134,7 @@ func spyOn(t *testing.T, raw transport.Transport, key string) <-chan *transport.
 func TestFabricSecure(t *testing.T) {
 	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
 		actor := fabrictest.Actor()
-		ca, err := NewCA("test CA "+actor, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		issue := func(name string) *Identity {
-			id, err := ca.Issue(name, CertOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return id
-		}
+		ca, issue := testCA(t, actor)
 		fredID, bobID, mapID := actor+"-fred", actor+"-bob", actor+"-mapper"
 		auth := ca.Authority()
 		fred := startSecureAgent(t, connect, Config{Identity: issue(fredID), Authority: auth}, actor)
@@ -427,5 +417,23 @@ func TestFabricDeclinedPush(t *testing.T) {
 	}
 	if r, err := m.Request(timeout(t, 5*time.Second), "/vault/busy", 1); !errors.Is(err, &wire.RemoteError{Code: wire.CodeDeclined}) {
 		t.Fatalf("declined request: %v %v", r, err)
+	}
+}
+
+// testCA returns a new CA named for actor and a function that issues an
+// identity from it, failing the test on error.
+func testCA(t *testing.T, actor string) (*CA, func(name string) *Identity) {
+	t.Helper()
+	ca, err := NewCA("test CA "+actor, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, func(name string) *Identity {
+		t.Helper()
+		id, err := ca.Issue(name, CertOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
 	}
 }

@@ -22,17 +22,7 @@ import (
 func TestFabricSecureReturned(t *testing.T) {
 	fabrictest.Each(t, func(t *testing.T, connect fabrictest.Connect) {
 		actor := fabrictest.Actor()
-		ca, err := NewCA("test CA "+actor, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		issue := func(name string) *Identity {
-			id, err := ca.Issue(name, CertOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return id
-		}
+		ca, issue := testCA(t, actor)
 		auth := ca.Authority()
 		fredID, ghostID, mapID := actor+"-fred", actor+"-ghost", actor+"-mapper"
 		startSecureAgent(t, connect, Config{Identity: issue(fredID), Authority: auth}, actor)

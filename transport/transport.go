@@ -367,6 +367,16 @@ type Transport interface {
 	Close() error
 }
 
+// FuncConsumer is implemented by transports that can hand deliveries to a
+// function on the goroutine that published (or settled) them, without a
+// hand-off to a goroutine reading a channel: the embedded broker
+// (mem.Conn.ConsumeFunc, whose doc gives the contract). Agents consume
+// their own queue and mappers their reply queue so when their transport
+// has it; decorators do not pass it on.
+type FuncConsumer interface {
+	ConsumeFunc(ctx context.Context, queue string, opts ConsumeOptions, f func(*Delivery)) (<-chan struct{}, error)
+}
+
 // Returns is the set of functions registered with a Returner's
 // NotifyReturn, for transports to embed. The zero value is ready to use;
 // it is safe for concurrent use.

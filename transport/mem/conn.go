@@ -34,8 +34,9 @@ type Conn struct {
 }
 
 var (
-	_ transport.Transport = (*Conn)(nil)
-	_ transport.Returner  = (*Conn)(nil)
+	_ transport.Transport    = (*Conn)(nil)
+	_ transport.Returner     = (*Conn)(nil)
+	_ transport.FuncConsumer = (*Conn)(nil)
 )
 
 var ctagSeq atomic.Uint64
@@ -318,7 +319,8 @@ func (c *Conn) Consume(ctx context.Context, queue string, opts transport.Consume
 //
 // It is the embedded broker's fast path for a mapper's reply queue and an
 // agent's own queue (Warren's mappers and agents use it when their
-// transport is a *Conn); a [transport.Transport] has no such method.
+// transport is a *Conn): it implements [transport.FuncConsumer], which the
+// [transport.Transport] interface does not include.
 func (c *Conn) ConsumeFunc(ctx context.Context, queue string, opts transport.ConsumeOptions, f func(*transport.Delivery)) (<-chan struct{}, error) {
 	if f == nil {
 		return nil, fmt.Errorf("mem: consume queue %q with a callback: nil callback", queue)
